@@ -1,0 +1,144 @@
+//! Phone numbers in E.164, checked against libphonenumber's metadata.
+
+use std::fmt;
+
+use phonenumber::{Mode, Type};
+
+/// A phone number that can receive SMS: `+`, country code and national number, valid for its
+/// country and of a type that reaches a handset.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct E164(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    #[error("a phone number in E.164 format is `+` followed by 8 to 15 digits")]
+    NotE164,
+    #[error("the phone number is not a valid number for its country")]
+    Invalid,
+    #[error("the phone number cannot receive SMS")]
+    NotMobile,
+}
+
+impl E164 {
+    /// Strict E.164: `+` then 8 to 15 digits and nothing else (what Pinpoint requires).
+    pub fn parse(input: &str) -> Result<Self, PhoneError> {
+        let digits = input.strip_prefix('+').ok_or(PhoneError::NotE164)?;
+        Self::parse_digits(digits)
+    }
+
+    /// The amm dialect's form: international digits without `+` (`393481234567`); a leading
+    /// `+` is tolerated.
+    pub fn parse_international_digits(input: &str) -> Result<Self, PhoneError> {
+        Self::parse_digits(input.strip_prefix('+').unwrap_or(input))
+    }
+
+    fn parse_digits(digits: &str) -> Result<Self, PhoneError> {
+        let shaped = (8..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        if !shaped {
+            return Err(PhoneError::NotE164);
+        }
+        let candidate = format!("+{digits}");
+        let number = phonenumber::parse(None, &candidate).map_err(|_| PhoneError::Invalid)?;
+        if !number.is_valid() {
+            return Err(PhoneError::Invalid);
+        }
+        match number.number_type(&phonenumber::metadata::DATABASE) {
+            Type::Mobile | Type::FixedLineOrMobile | Type::PersonalNumber | Type::Pager => {}
+            _ => return Err(PhoneError::NotMobile),
+        }
+        // libphonenumber's own E.164 rendering: the canonical form stored and compared.
+        Ok(Self(number.format().mode(Mode::E164).to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The digits without `+`, as the amm dialect shows numbers.
+    pub fn digits(&self) -> &str {
+        &self.0[1..]
+    }
+
+    /// A form safe for logs: country code region kept, all but the last two digits masked.
+    pub fn redacted(&self) -> String {
+        let keep = 2.min(self.0.len());
+        let masked = self.0.len().saturating_sub(keep + 3);
+        format!(
+            "{}{}{}",
+            &self.0[..3.min(self.0.len())],
+            "*".repeat(masked),
+            &self.0[self.0.len() - keep..]
+        )
+    }
+}
+
+impl fmt::Debug for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "E164({})", self.redacted())
+    }
+}
+
+impl fmt::Display for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_mobile_numbers() {
+        assert_eq!(
+            E164::parse("+393481234567").map(|n| n.as_str().to_owned()),
+            Ok("+393481234567".to_owned())
+        );
+        assert!(E164::parse("+12065550123").is_ok());
+        assert!(E164::parse("+447911123456").is_ok());
+    }
+
+    #[test]
+    fn requires_the_plus_for_strict_e164() {
+        assert_eq!(E164::parse("393481234567"), Err(PhoneError::NotE164));
+        assert!(E164::parse_international_digits("393481234567").is_ok());
+        assert!(E164::parse_international_digits("+393481234567").is_ok());
+    }
+
+    #[test]
+    fn rejects_malformed_numbers() {
+        for bad in [
+            "+",
+            "+1234567",
+            "+1234567890123456",
+            "+39 348 1234567",
+            "+39348abc4567",
+            "+0393481234567",
+            "",
+        ] {
+            assert_eq!(E164::parse(bad), Err(PhoneError::NotE164), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rejects_numbers_invalid_for_their_country() {
+        assert_eq!(E164::parse("+3912"), Err(PhoneError::NotE164));
+        assert_eq!(E164::parse("+99912345678"), Err(PhoneError::Invalid));
+    }
+
+    #[test]
+    fn rejects_numbers_that_cannot_take_sms() {
+        // An Italian landline (Rome) and a UK freephone number.
+        assert_eq!(E164::parse("+390612345678"), Err(PhoneError::NotMobile));
+        assert_eq!(E164::parse("+448001234567"), Err(PhoneError::NotMobile));
+    }
+
+    #[test]
+    fn redaction_keeps_only_the_country_prefix_and_last_digits() {
+        let number = E164::parse("+393481234567").expect("valid");
+        assert_eq!(number.redacted(), "+39********67");
+        assert!(!format!("{number:?}").contains("348123"));
+    }
+}

@@ -1,0 +1,150 @@
+//! The ports the core drives. Adapters live in other crates: `otpd-store` implements `Store`,
+//! `otpd-sms` implements `MessageComposer` and `SmsTransport`.
+
+use async_trait::async_trait;
+
+use crate::account::{Account, Application, NewAccount};
+use crate::code::OtpCode;
+use crate::ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
+use crate::phone::E164;
+use crate::sms::{ComposeError, ComposedSms, MessageBody, Sender};
+use crate::verification::{
+    CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, NewVerification, SendGuards,
+    SendRejected, Verification,
+};
+
+/// A failure of the storage itself (as opposed to a business answer such as "not found").
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the database returned something unexpected: {0}")]
+    Corrupt(String),
+    #[error("a record with that identity already exists")]
+    Duplicate,
+}
+
+/// Why creating a verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Rejected(#[from] SendRejected),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Durable state. Every method is atomic; every write is durable before it returns.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Accounts and applications.
+    async fn create_account(&self, account: NewAccount) -> Result<Account, StoreError>;
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
+    async fn find_account_by_key(&self, key: &AccessKeyId) -> Result<Option<Account>, StoreError>;
+    /// Deletes the account, its applications and its verifications.
+    async fn delete_account(&self, key: &AccessKeyId) -> Result<bool, StoreError>;
+    /// Adds `credits` (which may be negative) and returns the account; a limitless account
+    /// gets a balance of `credits`.
+    async fn add_credits(
+        &self,
+        key: &AccessKeyId,
+        credits: i64,
+    ) -> Result<Option<Account>, StoreError>;
+    async fn create_application(&self, application: Application)
+    -> Result<Application, StoreError>;
+    async fn list_applications(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<Application>, StoreError>;
+    async fn find_application(&self, id: &ApplicationId)
+    -> Result<Option<Application>, StoreError>;
+    async fn delete_application(&self, id: &ApplicationId) -> Result<bool, StoreError>;
+
+    // Verifications.
+    /// In one transaction: apply `guards` (anti-spam window, credit debit), cancel the live
+    /// verification with the same key, and insert this one.
+    async fn create_verification(
+        &self,
+        verification: NewVerification,
+        guards: SendGuards,
+    ) -> Result<(), CreateError>;
+    /// One atomic step: find the verification, run the check state machine (reserving an
+    /// attempt before the comparison), store the new state and the check record.
+    async fn check(
+        &self,
+        lookup: CheckLookup,
+        attempt: CheckAttempt,
+    ) -> Result<CheckOutcome, StoreError>;
+    async fn cancel(
+        &self,
+        account_id: &AccountId,
+        id: &VerifyId,
+    ) -> Result<CancelOutcome, StoreError>;
+    async fn find_verification(
+        &self,
+        account_id: &AccountId,
+        id: &VerifyId,
+    ) -> Result<Option<Verification>, StoreError>;
+    async fn record_delivery(
+        &self,
+        id: &VerifyId,
+        report: &DeliveryReport,
+    ) -> Result<(), StoreError>;
+
+    /// Whether the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Turns a message body and a code into the final text, encoded and counted.
+pub trait MessageComposer: Send + Sync + 'static {
+    fn compose(&self, body: &MessageBody, code: &OtpCode) -> Result<ComposedSms, ComposeError>;
+}
+
+/// One SMS handed to a transport.
+#[derive(Debug, Clone)]
+pub struct OutgoingSms {
+    pub verify_id: VerifyId,
+    pub to: E164,
+    pub from: Sender,
+    pub message: ComposedSms,
+    /// India DLT registration ids, passed through to carriers that need them.
+    pub entity_id: Option<String>,
+    pub template_id: Option<String>,
+}
+
+/// How a hand-over to the SMS network went, in Pinpoint's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Successful,
+    Throttled,
+    TemporaryFailure,
+    PermanentFailure,
+    UnknownFailure,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Successful => "SUCCESSFUL",
+            Self::Throttled => "THROTTLED",
+            Self::TemporaryFailure => "TEMPORARY_FAILURE",
+            Self::PermanentFailure => "PERMANENT_FAILURE",
+            Self::UnknownFailure => "UNKNOWN_FAILURE",
+        }
+    }
+}
+
+/// The transport's answer for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    pub status: DeliveryStatus,
+    pub message_id: Option<String>,
+    /// The downstream status code (HTTP-like: 200 for accepted).
+    pub status_code: u16,
+    pub status_message: String,
+}
+
+/// Something that hands SMS to the network (or, in development, to a console or a file).
+#[async_trait]
+pub trait SmsTransport: Send + Sync + 'static {
+    async fn send(&self, sms: &OutgoingSms) -> DeliveryReport;
+}

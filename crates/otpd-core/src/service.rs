@@ -1,0 +1,244 @@
+//! The verification service: the one place both dialects send and check codes through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::account::{Account, Name, NewAccount};
+use crate::code::{CodeLength, OtpCode};
+use crate::crypto::ServerKey;
+use crate::ids::{AccessKeyId, AccountId, SecretAccessKey, VerifyId};
+use crate::policy::{MaxAttempts, Ttl};
+use crate::ports::{
+    CreateError, DeliveryReport, MessageComposer, OutgoingSms, SmsTransport, Store, StoreError,
+};
+use crate::sms::{ComposeError, MessageBody, Sender};
+use crate::verification::{
+    CancelOutcome, Candidate, CheckAttempt, CheckLookup, CheckOutcome, NewVerification, SendGuards,
+    SendRejected, Verification, VerificationKey,
+};
+
+/// Limits that protect recipients and accounts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// More than this many SMS to one recipient within `antispam_window` is refused.
+    pub max_sends_per_destination: u32,
+    pub antispam_window: Duration,
+}
+
+impl Default for Limits {
+    /// The amm API's documented rule: more than 10 SMS to the same recipient in 60 minutes.
+    fn default() -> Self {
+        Self {
+            max_sends_per_destination: 10,
+            antispam_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A send, already parsed by its dialect.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub key: VerificationKey,
+    pub sender: Sender,
+    pub body: MessageBody,
+    pub code_length: CodeLength,
+    pub ttl: Ttl,
+    pub max_attempts: MaxAttempts,
+    pub sandbox: bool,
+    pub entity_id: Option<String>,
+    pub template_id: Option<String>,
+}
+
+/// What a successful send returns.
+#[derive(Debug, Clone)]
+pub struct SendReceipt {
+    pub verify_id: VerifyId,
+    /// The transport's answer; `None` for sandbox sends, which reach no carrier.
+    pub delivery: Option<DeliveryReport>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+    #[error(transparent)]
+    Rejected(#[from] SendRejected),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CreateError> for SendError {
+    fn from(error: CreateError) -> Self {
+        match error {
+            CreateError::Rejected(rejected) => Self::Rejected(rejected),
+            CreateError::Store(store) => Self::Store(store),
+        }
+    }
+}
+
+/// A freshly created account with the one copy of its secret anyone will ever see.
+#[derive(Debug)]
+pub struct NewCredentials {
+    pub account: Account,
+    pub secret_access_key: SecretAccessKey,
+}
+
+#[derive(Clone)]
+pub struct VerificationService {
+    store: Arc<dyn Store>,
+    composer: Arc<dyn MessageComposer>,
+    transport: Arc<dyn SmsTransport>,
+    key: Arc<ServerKey>,
+    limits: Limits,
+}
+
+impl VerificationService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        composer: Arc<dyn MessageComposer>,
+        transport: Arc<dyn SmsTransport>,
+        key: Arc<ServerKey>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            store,
+            composer,
+            transport,
+            key,
+            limits,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Generates a code, stores only its digest (with the guards applied in the same
+    /// transaction), and, once that is durable, hands the message to the transport.
+    pub async fn send(&self, request: SendRequest) -> Result<SendReceipt, SendError> {
+        let verify_id = VerifyId::generate();
+        let code = OtpCode::generate(request.code_length);
+        let message = self.composer.compose(&request.body, &code)?;
+        let verification = NewVerification {
+            id: verify_id.clone(),
+            key: request.key.clone(),
+            sender: request.sender.to_string(),
+            digest: self.key.digest_code(&verify_id, &code),
+            ttl: request.ttl,
+            max_attempts: request.max_attempts,
+            sandbox: request.sandbox,
+            sandbox_code: request.sandbox.then(|| code.expose().to_owned()),
+            parts: message.parts,
+        };
+        let guards = SendGuards {
+            max_sends_per_destination: self.limits.max_sends_per_destination,
+            window: self.limits.antispam_window,
+            charge: if request.sandbox { 0 } else { message.parts },
+        };
+        self.store.create_verification(verification, guards).await?;
+        if request.sandbox {
+            return Ok(SendReceipt {
+                verify_id,
+                delivery: None,
+            });
+        }
+        let sms = OutgoingSms {
+            verify_id: verify_id.clone(),
+            to: request.key.destination,
+            from: request.sender,
+            message,
+            entity_id: request.entity_id,
+            template_id: request.template_id,
+        };
+        let report = self.transport.send(&sms).await;
+        if let Err(error) = self.store.record_delivery(&verify_id, &report).await {
+            // The code is stored and the SMS went out: the send succeeded either way.
+            tracing::warn!(%error, verify_id = %verify_id, "could not record the delivery status");
+        }
+        Ok(SendReceipt {
+            verify_id,
+            delivery: Some(report),
+        })
+    }
+
+    /// Checks a submitted code. A submission that cannot be a code (empty or absurdly long)
+    /// still goes through the store, so it counts as an attempt like any wrong code.
+    pub async fn check(
+        &self,
+        lookup: CheckLookup,
+        submitted: &str,
+        client_ip: Option<String>,
+        keep_submitted_code: bool,
+    ) -> Result<CheckOutcome, StoreError> {
+        let code = OtpCode::submitted(submitted).unwrap_or_else(|| {
+            OtpCode::submitted("-").unwrap_or_else(|| unreachable!("'-' is a valid submission"))
+        });
+        let attempt = CheckAttempt {
+            candidate: Candidate::new(self.key.clone(), code),
+            client_ip,
+            keep_submitted_code,
+        };
+        self.store.check(lookup, attempt).await
+    }
+
+    pub async fn cancel(
+        &self,
+        account_id: &AccountId,
+        id: &VerifyId,
+    ) -> Result<CancelOutcome, StoreError> {
+        self.store.cancel(account_id, id).await
+    }
+
+    pub async fn find(
+        &self,
+        account_id: &AccountId,
+        id: &VerifyId,
+    ) -> Result<Option<Verification>, StoreError> {
+        self.store.find_verification(account_id, id).await
+    }
+
+    /// Creates an account with fresh credentials; the secret is stored sealed.
+    pub async fn create_account(
+        &self,
+        name: Name,
+        credits: Option<i64>,
+        default_sender: Option<Sender>,
+    ) -> Result<NewCredentials, StoreError> {
+        let secret = SecretAccessKey::generate();
+        let account = self
+            .store
+            .create_account(NewAccount {
+                id: AccountId::generate(),
+                name,
+                access_key_id: AccessKeyId::generate(),
+                sealed_secret: self.key.seal(secret.expose().as_bytes()),
+                credits,
+                default_sender: default_sender.map(|sender| sender.to_string()),
+            })
+            .await?;
+        Ok(NewCredentials {
+            account,
+            secret_access_key: secret,
+        })
+    }
+
+    /// Finds an account by access key id and opens its secret, for SigV4 and basic auth.
+    pub async fn credentials(
+        &self,
+        key: &AccessKeyId,
+    ) -> Result<Option<(Account, SecretAccessKey)>, StoreError> {
+        let Some(account) = self.store.find_account_by_key(key).await? else {
+            return Ok(None);
+        };
+        let secret = self
+            .key
+            .open(&account.sealed_secret)
+            .and_then(|bytes| SecretAccessKey::from_bytes(&bytes))
+            .ok_or_else(|| {
+                StoreError::Corrupt(
+                    "an account secret does not open with this server key (was the key file replaced?)".into(),
+                )
+            })?;
+        Ok(Some((account, secret)))
+    }
+}
