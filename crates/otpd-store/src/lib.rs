@@ -1,14 +1,8 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! otpd-store: durable state behind the core's `Store` port.
+//!
+//! SQLite is the embedded default (one file, no setup); every write goes through one
+//! group-committing writer so durable writes are cheap.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod sqlite;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use sqlite::SqliteStore;

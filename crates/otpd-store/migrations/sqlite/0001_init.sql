@@ -1,0 +1,60 @@
+-- Accounts: who may call otpd. `credits` NULL means no credit limit.
+CREATE TABLE accounts (
+    id              TEXT PRIMARY KEY,
+    name            TEXT NOT NULL,
+    access_key_id   TEXT NOT NULL UNIQUE,
+    sealed_secret   BLOB NOT NULL,
+    credits         INTEGER,
+    default_sender  TEXT,
+    created_at      INTEGER NOT NULL
+) STRICT;
+
+-- Pinpoint applications ("projects").
+CREATE TABLE applications (
+    id          TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX applications_by_account ON applications (account_id);
+
+-- One row per code sent. Only the code's HMAC is stored (sandbox sends also keep the code, which
+-- reaches no phone). Times are milliseconds since the Unix epoch.
+CREATE TABLE verifications (
+    id                  TEXT PRIMARY KEY,
+    account_id          TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    dialect             TEXT NOT NULL,
+    app                 TEXT NOT NULL,
+    reference           TEXT NOT NULL,
+    destination         TEXT NOT NULL,
+    sender              TEXT NOT NULL,
+    code_digest         BLOB NOT NULL,
+    status              TEXT NOT NULL,
+    created_at          INTEGER NOT NULL,
+    expires_at          INTEGER NOT NULL,
+    attempts_used       INTEGER NOT NULL DEFAULT 0,
+    max_attempts        INTEGER NOT NULL,
+    sandbox             INTEGER NOT NULL,
+    sandbox_code        TEXT,
+    parts               INTEGER NOT NULL,
+    message_id          TEXT,
+    delivery_status     TEXT,
+    delivery_updated_at INTEGER
+) STRICT;
+-- The newest verification for a key (Pinpoint's lookup) and the one-live-code rule.
+CREATE INDEX verifications_by_key
+    ON verifications (account_id, dialect, app, reference, destination, created_at);
+CREATE UNIQUE INDEX verifications_one_live_per_key
+    ON verifications (account_id, dialect, app, reference, destination) WHERE status = 'pending';
+-- The anti-spam window: sends to one destination recently.
+CREATE INDEX verifications_by_destination ON verifications (account_id, destination, created_at);
+
+-- Every check, for the amm search history.
+CREATE TABLE checks (
+    verification_id TEXT NOT NULL REFERENCES verifications (id) ON DELETE CASCADE,
+    at              INTEGER NOT NULL,
+    submitted_code  TEXT,
+    outcome         TEXT NOT NULL,
+    client_ip       TEXT
+) STRICT;
+CREATE INDEX checks_by_verification ON checks (verification_id, at);

@@ -1,0 +1,303 @@
+//! The embedded SQLite store: WAL, `synchronous=FULL`, one group-committing writer thread and a
+//! few reader threads.
+
+mod queries;
+mod readers;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use otpd_core::account::{Account, Application, NewAccount};
+use otpd_core::ports::{CreateError, DeliveryReport, Store, StoreError};
+use otpd_core::verification::{
+    CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, NewVerification, SendGuards,
+    SendRejected, Verification,
+};
+use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, VerifyId};
+use rusqlite::{Connection, OpenFlags};
+use rusqlite_migration::{M, Migrations};
+
+use readers::Readers;
+use writer::Writer;
+
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/sqlite/0001_init.sql"))];
+const READERS: usize = 2;
+
+/// Why a store operation did not complete, before it is mapped to the core's error types.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    Database(String),
+    Duplicate,
+    Rejected(SendRejected),
+    /// SQLite rolled back the whole group transaction.
+    Aborted,
+    /// The writer or reader threads are gone (the store is shutting down).
+    WriterGone,
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ConstraintViolation) => Self::Duplicate,
+            _ => Self::Database(error.to_string()),
+        }
+    }
+}
+
+impl From<Failure> for StoreError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Database(message) => StoreError::Unavailable(message),
+            Failure::Duplicate => StoreError::Duplicate,
+            Failure::Rejected(rejected) => {
+                StoreError::Corrupt(format!("unexpected rejection: {rejected}"))
+            }
+            Failure::Aborted => StoreError::Unavailable("the transaction was rolled back".into()),
+            Failure::WriterGone => StoreError::Unavailable("the store is shutting down".into()),
+        }
+    }
+}
+
+impl From<Failure> for CreateError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Rejected(rejected) => CreateError::Rejected(rejected),
+            other => CreateError::Store(other.into()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Readers,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let mut write_connection = connect(path, OpenFlags::default())?;
+        write_connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut write_connection)
+            .map_err(|e| StoreError::Unavailable(format!("migrating the database failed: {e}")))?;
+        let read_connections = (0..READERS)
+            .map(|_| {
+                let connection = connect(path, OpenFlags::default())?;
+                connection
+                    .pragma_update(None, "query_only", true)
+                    .map_err(unavailable)?;
+                Ok(connection)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let spawn_failed =
+            |e: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {e}"));
+        Ok(Self {
+            writer: Writer::spawn(write_connection).map_err(spawn_failed)?,
+            readers: Readers::spawn(read_connections).map_err(spawn_failed)?,
+            clock,
+        })
+    }
+
+    async fn write<T, F>(&self, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &dyn Clock) -> Result<T, Failure> + Send + 'static,
+    {
+        let clock = self.clock.clone();
+        self.writer
+            .write(move |connection| work(connection, clock.as_ref()))
+            .await
+    }
+
+    async fn read<T, F>(&self, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &dyn Clock) -> Result<T, Failure> + Send + 'static,
+    {
+        let clock = self.clock.clone();
+        self.readers
+            .read(move |connection| work(connection, clock.as_ref()))
+            .await
+    }
+}
+
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+    // FULL: a commit is on disk before anyone is told it happened.
+    connection
+        .execute_batch(
+            "PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(unavailable)?;
+    Ok(connection)
+}
+
+fn unavailable(error: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(&self, account: NewAccount) -> Result<Account, StoreError> {
+        Ok(self
+            .write(move |connection, clock| {
+                queries::insert_account(connection, &account, clock.now())
+            })
+            .await?)
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        Ok(self
+            .read(|connection, _| queries::list_accounts(connection))
+            .await?)
+    }
+
+    async fn find_account_by_key(&self, key: &AccessKeyId) -> Result<Option<Account>, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .read(move |connection, _| queries::find_account_by_key(connection, &key))
+            .await?)
+    }
+
+    async fn delete_account(&self, key: &AccessKeyId) -> Result<bool, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .write(move |connection, _| queries::delete_account(connection, &key))
+            .await?)
+    }
+
+    async fn add_credits(
+        &self,
+        key: &AccessKeyId,
+        credits: i64,
+    ) -> Result<Option<Account>, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .write(move |connection, _| queries::add_credits(connection, &key, credits))
+            .await?)
+    }
+
+    async fn create_application(
+        &self,
+        application: Application,
+    ) -> Result<Application, StoreError> {
+        Ok(self
+            .write(move |connection, clock| {
+                queries::insert_application(connection, application, clock.now())
+            })
+            .await?)
+    }
+
+    async fn list_applications(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<Application>, StoreError> {
+        let account = account.cloned();
+        Ok(self
+            .read(move |connection, _| queries::list_applications(connection, account.as_ref()))
+            .await?)
+    }
+
+    async fn find_application(
+        &self,
+        id: &ApplicationId,
+    ) -> Result<Option<Application>, StoreError> {
+        let id = id.clone();
+        Ok(self
+            .read(move |connection, _| queries::find_application(connection, &id))
+            .await?)
+    }
+
+    async fn delete_application(&self, id: &ApplicationId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        Ok(self
+            .write(move |connection, _| queries::delete_application(connection, &id))
+            .await?)
+    }
+
+    async fn create_verification(
+        &self,
+        verification: NewVerification,
+        guards: SendGuards,
+    ) -> Result<(), CreateError> {
+        Ok(self
+            .write(move |connection, clock| {
+                queries::insert_verification(connection, &verification, guards, clock.now())
+            })
+            .await?)
+    }
+
+    async fn check(
+        &self,
+        lookup: CheckLookup,
+        attempt: CheckAttempt,
+    ) -> Result<CheckOutcome, StoreError> {
+        Ok(self
+            .write(move |connection, clock| {
+                queries::check(connection, &lookup, &attempt, clock.now())
+            })
+            .await?)
+    }
+
+    async fn cancel(
+        &self,
+        account_id: &AccountId,
+        id: &VerifyId,
+    ) -> Result<CancelOutcome, StoreError> {
+        let (account_id, id) = (account_id.clone(), id.clone());
+        Ok(self
+            .write(move |connection, clock| {
+                queries::cancel(connection, &account_id, &id, clock.now())
+            })
+            .await?)
+    }
+
+    async fn find_verification(
+        &self,
+        account_id: &AccountId,
+        id: &VerifyId,
+    ) -> Result<Option<Verification>, StoreError> {
+        let (account_id, id) = (account_id.clone(), id.clone());
+        Ok(self
+            .read(move |connection, clock| {
+                queries::find_verification(connection, &account_id, &id, clock.now())
+            })
+            .await?)
+    }
+
+    async fn record_delivery(
+        &self,
+        id: &VerifyId,
+        report: &DeliveryReport,
+    ) -> Result<(), StoreError> {
+        let (id, report) = (id.clone(), report.clone());
+        Ok(self
+            .write(move |connection, clock| {
+                queries::record_delivery(connection, &id, &report, clock.now())
+            })
+            .await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self
+            .read(|connection, _| {
+                connection
+                    .query_row("SELECT 1", [], |_| Ok(()))
+                    .map_err(Failure::from)
+            })
+            .await?)
+    }
+}

@@ -1,0 +1,463 @@
+//! The SQL of the SQLite store, one function per operation. Each runs on the writer or a reader
+//! thread with the connection it is handed.
+
+use otpd_core::account::{Account, Application, NewAccount};
+use otpd_core::ports::DeliveryReport;
+use otpd_core::verification::{
+    CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, CheckRecord, CheckState, Dialect,
+    NewVerification, SendGuards, SendRejected, Verification, VerificationKey, VerificationStatus,
+};
+use otpd_core::{AccessKeyId, AccountId, ApplicationId, E164, Timestamp, VerifyId};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::Failure;
+
+const ACCOUNT_COLUMNS: &str =
+    "id, name, access_key_id, sealed_secret, credits, default_sender, created_at";
+
+fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: parse_column(row, 0, AccountId::parse)?,
+        name: row.get(1)?,
+        access_key_id: parse_column(row, 2, AccessKeyId::parse)?,
+        sealed_secret: row.get(3)?,
+        credits: row.get(4)?,
+        default_sender: row.get(5)?,
+        created_at: Timestamp(row.get(6)?),
+    })
+}
+
+/// Reads a text column through a parser, turning a malformed value into a conversion error.
+fn parse_column<T>(
+    row: &Row<'_>,
+    index: usize,
+    parse: impl Fn(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("malformed value in column {index}").into(),
+        )
+    })
+}
+
+pub(super) fn insert_account(
+    connection: &Connection,
+    account: &NewAccount,
+    now: Timestamp,
+) -> Result<Account, Failure> {
+    connection.execute(
+        "INSERT INTO accounts (id, name, access_key_id, sealed_secret, credits, default_sender, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            account.id.as_str(),
+            account.name.as_str(),
+            account.access_key_id.as_str(),
+            account.sealed_secret,
+            account.credits,
+            account.default_sender,
+            now.millis()
+        ],
+    )?;
+    Ok(Account {
+        id: account.id.clone(),
+        name: account.name.as_str().to_owned(),
+        access_key_id: account.access_key_id.clone(),
+        sealed_secret: account.sealed_secret.clone(),
+        credits: account.credits,
+        default_sender: account.default_sender.clone(),
+        created_at: now,
+    })
+}
+
+pub(super) fn list_accounts(connection: &Connection) -> Result<Vec<Account>, Failure> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id"
+    ))?;
+    let accounts = statement
+        .query_map([], account_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(accounts)
+}
+
+pub(super) fn find_account_by_key(
+    connection: &Connection,
+    key: &AccessKeyId,
+) -> Result<Option<Account>, Failure> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE access_key_id = ?1"
+    ))?;
+    Ok(statement
+        .query_row([key.as_str()], account_from_row)
+        .optional()?)
+}
+
+pub(super) fn delete_account(connection: &Connection, key: &AccessKeyId) -> Result<bool, Failure> {
+    let deleted = connection.execute(
+        "DELETE FROM accounts WHERE access_key_id = ?1",
+        [key.as_str()],
+    )?;
+    Ok(deleted > 0)
+}
+
+pub(super) fn add_credits(
+    connection: &Connection,
+    key: &AccessKeyId,
+    credits: i64,
+) -> Result<Option<Account>, Failure> {
+    connection.execute(
+        "UPDATE accounts SET credits = COALESCE(credits, 0) + ?2 WHERE access_key_id = ?1",
+        params![key.as_str(), credits],
+    )?;
+    find_account_by_key(connection, key)
+}
+
+const APPLICATION_COLUMNS: &str = "id, account_id, name, created_at";
+
+fn application_from_row(row: &Row<'_>) -> rusqlite::Result<Application> {
+    Ok(Application {
+        id: parse_column(row, 0, ApplicationId::parse)?,
+        account_id: parse_column(row, 1, AccountId::parse)?,
+        name: row.get(2)?,
+        created_at: Timestamp(row.get(3)?),
+    })
+}
+
+pub(super) fn insert_application(
+    connection: &Connection,
+    application: Application,
+    now: Timestamp,
+) -> Result<Application, Failure> {
+    connection.execute(
+        "INSERT INTO applications (id, account_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            application.id.as_str(),
+            application.account_id.as_str(),
+            application.name,
+            now.millis()
+        ],
+    )?;
+    Ok(Application {
+        created_at: now,
+        ..application
+    })
+}
+
+pub(super) fn list_applications(
+    connection: &Connection,
+    account: Option<&AccountId>,
+) -> Result<Vec<Application>, Failure> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {APPLICATION_COLUMNS} FROM applications
+         WHERE ?1 IS NULL OR account_id = ?1 ORDER BY created_at, id"
+    ))?;
+    let applications = statement
+        .query_map([account.map(AccountId::as_str)], application_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(applications)
+}
+
+pub(super) fn find_application(
+    connection: &Connection,
+    id: &ApplicationId,
+) -> Result<Option<Application>, Failure> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = ?1"
+    ))?;
+    Ok(statement
+        .query_row([id.as_str()], application_from_row)
+        .optional()?)
+}
+
+pub(super) fn delete_application(
+    connection: &Connection,
+    id: &ApplicationId,
+) -> Result<bool, Failure> {
+    Ok(connection.execute("DELETE FROM applications WHERE id = ?1", [id.as_str()])? > 0)
+}
+
+/// Guards, retirement of the previous live code, and the insert, in the caller's savepoint.
+pub(super) fn insert_verification(
+    connection: &Connection,
+    verification: &NewVerification,
+    guards: SendGuards,
+    now: Timestamp,
+) -> Result<(), Failure> {
+    let key = &verification.key;
+    let recent: u32 = connection
+        .prepare_cached(
+            "SELECT COUNT(*) FROM verifications
+             WHERE account_id = ?1 AND destination = ?2 AND created_at > ?3",
+        )?
+        .query_row(
+            params![
+                key.account_id.as_str(),
+                key.destination.as_str(),
+                now.minus(guards.window).millis()
+            ],
+            |row| row.get(0),
+        )?;
+    if recent >= guards.max_sends_per_destination {
+        return Err(Failure::Rejected(SendRejected::TooManySends));
+    }
+    debit(connection, &key.account_id, guards.charge)?;
+    connection
+        .prepare_cached(
+            "UPDATE verifications
+             SET status = CASE WHEN expires_at <= ?6 THEN 'expired' ELSE 'cancelled' END
+             WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4 AND destination = ?5
+               AND status = 'pending'",
+        )?
+        .execute(params![
+            key.account_id.as_str(),
+            key.dialect.as_str(),
+            key.app,
+            key.reference,
+            key.destination.as_str(),
+            now.millis()
+        ])?;
+    connection
+        .prepare_cached(
+            "INSERT INTO verifications (id, account_id, dialect, app, reference, destination, sender,
+                 code_digest, status, created_at, expires_at, attempts_used, max_attempts, sandbox,
+                 sandbox_code, parts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, 0, ?11, ?12, ?13, ?14)",
+        )?
+        .execute(params![
+            verification.id.as_str(),
+            key.account_id.as_str(),
+            key.dialect.as_str(),
+            key.app,
+            key.reference,
+            key.destination.as_str(),
+            verification.sender,
+            verification.digest.0.as_slice(),
+            now.millis(),
+            now.plus(verification.ttl.duration()).millis(),
+            verification.max_attempts.get(),
+            verification.sandbox,
+            verification.sandbox_code,
+            verification.parts,
+        ])?;
+    Ok(())
+}
+
+/// Takes `charge` credits from the account, unless it has no credit limit.
+fn debit(connection: &Connection, account_id: &AccountId, charge: u32) -> Result<(), Failure> {
+    let credits: Option<Option<i64>> = connection
+        .prepare_cached("SELECT credits FROM accounts WHERE id = ?1")?
+        .query_row([account_id.as_str()], |row| row.get(0))
+        .optional()?;
+    match credits {
+        None => Err(Failure::Rejected(SendRejected::UnknownAccount)),
+        Some(None) => Ok(()),
+        Some(Some(balance)) if balance < i64::from(charge) => {
+            Err(Failure::Rejected(SendRejected::NoCredit))
+        }
+        Some(Some(_)) => {
+            connection
+                .prepare_cached("UPDATE accounts SET credits = credits - ?2 WHERE id = ?1")?
+                .execute(params![account_id.as_str(), charge])?;
+            Ok(())
+        }
+    }
+}
+
+/// The check step: read the state, run the state machine, write the result and the record.
+/// The writer runs one job at a time, so no other check can interleave.
+pub(super) fn check(
+    connection: &Connection,
+    lookup: &CheckLookup,
+    attempt: &CheckAttempt,
+    now: Timestamp,
+) -> Result<CheckOutcome, Failure> {
+    type Found = (String, String, i64, u8, u8, Vec<u8>);
+    let map = |row: &Row<'_>| -> rusqlite::Result<Found> {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+        ))
+    };
+    let found: Option<Found> = match lookup {
+        CheckLookup::ByKey(key) => connection
+            .prepare_cached(
+                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest
+                 FROM verifications
+                 WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4 AND destination = ?5
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    key.account_id.as_str(),
+                    key.dialect.as_str(),
+                    key.app,
+                    key.reference,
+                    key.destination.as_str()
+                ],
+                map,
+            )
+            .optional()?,
+        CheckLookup::ById { account_id, id } => connection
+            .prepare_cached(
+                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest
+                 FROM verifications WHERE id = ?1 AND account_id = ?2",
+            )?
+            .query_row(params![id.as_str(), account_id.as_str()], map)
+            .optional()?,
+    };
+    let Some((id, status, expires_at, attempts_used, max_attempts, digest)) = found else {
+        return Ok(CheckOutcome::NotFound);
+    };
+    let verify_id =
+        VerifyId::parse(&id).ok_or_else(|| Failure::Database(format!("malformed id {id}")))?;
+    let state = CheckState {
+        status: VerificationStatus::parse(&status)
+            .ok_or_else(|| Failure::Database(format!("unknown status {status}")))?,
+        expires_at: Timestamp(expires_at),
+        attempts_used,
+        max_attempts,
+    };
+    let transition = state.check(now, || attempt.candidate.matches(&verify_id, &digest));
+    if transition.next != state {
+        connection
+            .prepare_cached(
+                "UPDATE verifications SET status = ?2, attempts_used = ?3 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                transition.next.status.as_str(),
+                transition.next.attempts_used
+            ])?;
+    }
+    connection
+        .prepare_cached(
+            "INSERT INTO checks (verification_id, at, submitted_code, outcome, client_ip)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            id,
+            now.millis(),
+            attempt
+                .keep_submitted_code
+                .then(|| attempt.candidate.code().expose()),
+            transition.outcome.as_str(),
+            attempt.client_ip,
+        ])?;
+    Ok(transition.outcome)
+}
+
+pub(super) fn cancel(
+    connection: &Connection,
+    account_id: &AccountId,
+    id: &VerifyId,
+    now: Timestamp,
+) -> Result<CancelOutcome, Failure> {
+    let status: Option<(String, i64)> = connection
+        .prepare_cached(
+            "SELECT status, expires_at FROM verifications WHERE id = ?1 AND account_id = ?2",
+        )?
+        .query_row(params![id.as_str(), account_id.as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    match status {
+        None => Ok(CancelOutcome::NotFound),
+        Some((status, expires_at)) if status == "pending" && now.millis() < expires_at => {
+            connection
+                .prepare_cached("UPDATE verifications SET status = 'cancelled' WHERE id = ?1")?
+                .execute([id.as_str()])?;
+            Ok(CancelOutcome::Cancelled)
+        }
+        Some(_) => Ok(CancelOutcome::NotCancellable),
+    }
+}
+
+pub(super) fn find_verification(
+    connection: &Connection,
+    account_id: &AccountId,
+    id: &VerifyId,
+    now: Timestamp,
+) -> Result<Option<Verification>, Failure> {
+    let verification = connection
+        .prepare_cached(
+            "SELECT id, account_id, dialect, app, reference, destination, sender, status, created_at,
+                    expires_at, attempts_used, max_attempts, sandbox, sandbox_code, message_id,
+                    delivery_status, parts
+             FROM verifications WHERE id = ?1 AND account_id = ?2",
+        )?
+        .query_row(params![id.as_str(), account_id.as_str()], |row| {
+            let state = CheckState {
+                status: parse_column(row, 7, VerificationStatus::parse)?,
+                expires_at: Timestamp(row.get(9)?),
+                attempts_used: row.get(10)?,
+                max_attempts: row.get(11)?,
+            };
+            Ok(Verification {
+                id: parse_column(row, 0, VerifyId::parse)?,
+                key: VerificationKey {
+                    account_id: parse_column(row, 1, AccountId::parse)?,
+                    dialect: parse_column(row, 2, Dialect::parse)?,
+                    app: row.get(3)?,
+                    reference: row.get(4)?,
+                    destination: parse_column(row, 5, |text| E164::parse(text).ok())?,
+                },
+                sender: row.get(6)?,
+                status: state.status_at(now),
+                created_at: Timestamp(row.get(8)?),
+                expires_at: state.expires_at,
+                attempts_used: state.attempts_used,
+                max_attempts: state.max_attempts,
+                sandbox: row.get(12)?,
+                sandbox_code: row.get(13)?,
+                message_id: row.get(14)?,
+                delivery_status: row.get(15)?,
+                parts: row.get(16)?,
+                checks: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut verification) = verification else {
+        return Ok(None);
+    };
+    verification.checks = connection
+        .prepare_cached(
+            "SELECT at, submitted_code, outcome, client_ip FROM checks
+             WHERE verification_id = ?1 ORDER BY at, rowid",
+        )?
+        .query_map([id.as_str()], |row| {
+            Ok(CheckRecord {
+                at: Timestamp(row.get(0)?),
+                submitted_code: row.get(1)?,
+                outcome: parse_column(row, 2, CheckOutcome::parse)?,
+                client_ip: row.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(verification))
+}
+
+pub(super) fn record_delivery(
+    connection: &Connection,
+    id: &VerifyId,
+    report: &DeliveryReport,
+    now: Timestamp,
+) -> Result<(), Failure> {
+    connection
+        .prepare_cached(
+            "UPDATE verifications SET message_id = ?2, delivery_status = ?3, delivery_updated_at = ?4
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            id.as_str(),
+            report.message_id,
+            report.status.as_str(),
+            now.millis()
+        ])?;
+    Ok(())
+}

@@ -1,0 +1,650 @@
+//! The store conformance suite: every guarantee the core relies on, checked against a real
+//! database. Each test gets a fresh database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use otpd_core::account::{Application, Name, NewAccount};
+use otpd_core::clock::ManualClock;
+use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
+use otpd_core::verification::{
+    CancelOutcome, Candidate, CheckAttempt, CheckLookup, CheckOutcome, Dialect, NewVerification,
+    SendGuards, SendRejected, VerificationKey, VerificationStatus,
+};
+use otpd_core::{
+    AccessKeyId, AccountId, ApplicationId, CodeLength, E164, MaxAttempts, OtpCode, ServerKey,
+    Timestamp, Ttl, VerifyId,
+};
+use otpd_store::SqliteStore;
+
+const START: Timestamp = Timestamp(1_700_000_000_000);
+
+struct Harness {
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    key: Arc<ServerKey>,
+    account: AccountId,
+    access_key: AccessKeyId,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness_with_credits(credits: Option<i64>) -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::starting_at(START));
+    let store = SqliteStore::open(&dir.path().join("otpd.db"), clock.clone()).expect("open store");
+    let store: Arc<dyn Store> = Arc::new(store);
+    let account = AccountId::generate();
+    let access_key = AccessKeyId::generate();
+    store
+        .create_account(NewAccount {
+            id: account.clone(),
+            name: Name::parse("test").expect("name"),
+            access_key_id: access_key.clone(),
+            sealed_secret: vec![1, 2, 3],
+            credits,
+            default_sender: None,
+        })
+        .await
+        .expect("create account");
+    Harness {
+        store,
+        clock,
+        key: Arc::new(ServerKey::from_hex(&"11".repeat(32)).expect("key")),
+        account,
+        access_key,
+        _dir: dir,
+    }
+}
+
+async fn harness() -> Harness {
+    harness_with_credits(None).await
+}
+
+const UNLIMITED: SendGuards = SendGuards {
+    max_sends_per_destination: 1_000,
+    window: Duration::from_secs(3600),
+    charge: 1,
+};
+
+impl Harness {
+    fn key_for(&self, destination: &str) -> VerificationKey {
+        VerificationKey {
+            account_id: self.account.clone(),
+            dialect: Dialect::Pinpoint,
+            app: "app".into(),
+            reference: "ref".into(),
+            destination: E164::parse(destination).expect("number"),
+        }
+    }
+
+    /// Creates a verification and returns its id and code.
+    async fn send(
+        &self,
+        key: VerificationKey,
+        max_attempts: u8,
+        guards: SendGuards,
+    ) -> Result<(VerifyId, OtpCode), CreateError> {
+        let id = VerifyId::generate();
+        let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+        self.store
+            .create_verification(
+                NewVerification {
+                    id: id.clone(),
+                    key,
+                    sender: "otpd".into(),
+                    digest: self.key.digest_code(&id, &code),
+                    ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
+                    max_attempts: MaxAttempts::new(max_attempts).expect("attempts"),
+                    sandbox: false,
+                    sandbox_code: None,
+                    parts: 1,
+                },
+                guards,
+            )
+            .await?;
+        Ok((id, code))
+    }
+
+    fn attempt(&self, code: &str) -> CheckAttempt {
+        CheckAttempt {
+            candidate: Candidate::new(self.key.clone(), OtpCode::submitted(code).expect("code")),
+            client_ip: Some("192.0.2.1".into()),
+            keep_submitted_code: true,
+        }
+    }
+
+    fn by_id(&self, id: &VerifyId) -> CheckLookup {
+        CheckLookup::ById {
+            account_id: self.account.clone(),
+            id: id.clone(),
+        }
+    }
+
+    async fn check(&self, lookup: CheckLookup, code: &str) -> CheckOutcome {
+        self.store
+            .check(lookup, self.attempt(code))
+            .await
+            .expect("check")
+    }
+}
+
+fn wrong(code: &OtpCode) -> String {
+    let first = code.expose().as_bytes()[0];
+    let changed = if first == b'9' {
+        '0'
+    } else {
+        char::from(first + 1)
+    };
+    format!("{changed}{}", &code.expose()[1..])
+}
+
+#[tokio::test]
+async fn right_code_verifies_once() {
+    let h = harness().await;
+    let key = h.key_for("+393481234567");
+    let (id, code) = h.send(key.clone(), 3, UNLIMITED).await.expect("send");
+    assert_eq!(
+        h.check(CheckLookup::ByKey(key.clone()), code.expose())
+            .await,
+        CheckOutcome::Verified
+    );
+    assert_eq!(
+        h.check(CheckLookup::ByKey(key), code.expose()).await,
+        CheckOutcome::AlreadyVerified
+    );
+    let stored = h
+        .store
+        .find_verification(&h.account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(stored.status, VerificationStatus::Verified);
+    assert_eq!(stored.checks.len(), 2);
+    assert_eq!(stored.checks[0].outcome, CheckOutcome::Verified);
+    assert_eq!(stored.checks[0].client_ip.as_deref(), Some("192.0.2.1"));
+}
+
+#[tokio::test]
+async fn wrong_codes_exhaust_the_attempts() {
+    let h = harness().await;
+    let key = h.key_for("+393481234567");
+    let (id, code) = h.send(key, 2, UNLIMITED).await.expect("send");
+    let bad = wrong(&code);
+    assert_eq!(
+        h.check(h.by_id(&id), &bad).await,
+        CheckOutcome::Mismatch { exhausted: false }
+    );
+    assert_eq!(
+        h.check(h.by_id(&id), &bad).await,
+        CheckOutcome::Mismatch { exhausted: true }
+    );
+    assert_eq!(
+        h.check(h.by_id(&id), code.expose()).await,
+        CheckOutcome::AttemptsExhausted
+    );
+    let stored = h
+        .store
+        .find_verification(&h.account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(stored.status, VerificationStatus::Failed);
+    assert_eq!(stored.attempts_used, 2);
+    assert_eq!(
+        stored.checks[0].submitted_code.as_deref(),
+        Some(bad.as_str())
+    );
+}
+
+#[tokio::test]
+async fn parallel_wrong_guesses_never_exceed_the_limit() {
+    let h = harness().await;
+    let (id, code) = h
+        .send(h.key_for("+393481234567"), 5, UNLIMITED)
+        .await
+        .expect("send");
+    let bad = wrong(&code);
+    let guesses = (0..200).map(|_| {
+        let store = h.store.clone();
+        let (lookup, attempt) = (h.by_id(&id), h.attempt(&bad));
+        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check") })
+    });
+    let mut mismatches = 0;
+    for guess in guesses.collect::<Vec<_>>() {
+        if matches!(guess.await.expect("join"), CheckOutcome::Mismatch { .. }) {
+            mismatches += 1;
+        }
+    }
+    assert_eq!(mismatches, 5);
+    let stored = h
+        .store
+        .find_verification(&h.account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(stored.attempts_used, 5);
+    assert_eq!(
+        h.check(h.by_id(&id), code.expose()).await,
+        CheckOutcome::AttemptsExhausted
+    );
+}
+
+#[tokio::test]
+async fn parallel_right_codes_verify_exactly_once() {
+    let h = harness().await;
+    let (id, code) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let checks = (0..100).map(|_| {
+        let store = h.store.clone();
+        let (lookup, attempt) = (h.by_id(&id), h.attempt(code.expose()));
+        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check") })
+    });
+    let mut verified = 0;
+    let mut reused = 0;
+    for check in checks.collect::<Vec<_>>() {
+        match check.await.expect("join") {
+            CheckOutcome::Verified => verified += 1,
+            CheckOutcome::AlreadyVerified => reused += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((verified, reused), (1, 99));
+}
+
+#[tokio::test]
+async fn codes_expire_by_the_store_clock() {
+    let h = harness().await;
+    let (id, code) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    h.clock.advance(Duration::from_secs(299));
+    let found = h
+        .store
+        .find_verification(&h.account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(found.status, VerificationStatus::Pending);
+    h.clock.advance(Duration::from_secs(1));
+    let found = h
+        .store
+        .find_verification(&h.account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(found.status, VerificationStatus::Expired);
+    assert_eq!(found.expires_at, START.plus(Duration::from_secs(300)));
+    assert_eq!(
+        h.check(h.by_id(&id), code.expose()).await,
+        CheckOutcome::Expired
+    );
+}
+
+#[tokio::test]
+async fn a_new_send_cancels_the_live_code_for_the_same_key() {
+    let h = harness().await;
+    let key = h.key_for("+393481234567");
+    let (first, first_code) = h.send(key.clone(), 3, UNLIMITED).await.expect("send");
+    let (_, second_code) = h.send(key.clone(), 3, UNLIMITED).await.expect("resend");
+    assert_eq!(
+        h.check(h.by_id(&first), first_code.expose()).await,
+        CheckOutcome::Cancelled
+    );
+    if first_code != second_code {
+        // The old code does not verify through the key either: only the newest counts.
+        assert_eq!(
+            h.check(CheckLookup::ByKey(key.clone()), first_code.expose())
+                .await,
+            CheckOutcome::Mismatch { exhausted: false }
+        );
+    }
+    assert_eq!(
+        h.check(CheckLookup::ByKey(key), second_code.expose()).await,
+        CheckOutcome::Verified
+    );
+}
+
+#[tokio::test]
+async fn other_keys_are_untouched_by_a_resend() {
+    let h = harness().await;
+    let (first, code) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let mut other = h.key_for("+393481234567");
+    other.reference = "other".into();
+    h.send(other, 3, UNLIMITED).await.expect("send");
+    assert_eq!(
+        h.check(h.by_id(&first), code.expose()).await,
+        CheckOutcome::Verified
+    );
+}
+
+#[tokio::test]
+async fn the_antispam_window_allows_ten_sends_per_hour() {
+    let h = harness().await;
+    let guards = SendGuards {
+        max_sends_per_destination: 10,
+        ..UNLIMITED
+    };
+    for _ in 0..10 {
+        h.send(h.key_for("+393481234567"), 3, guards)
+            .await
+            .expect("send");
+    }
+    let refused = h.send(h.key_for("+393481234567"), 3, guards).await;
+    assert!(matches!(
+        refused,
+        Err(CreateError::Rejected(SendRejected::TooManySends))
+    ));
+    // Another destination is not affected, and the window slides.
+    h.send(h.key_for("+393481234568"), 3, guards)
+        .await
+        .expect("other destination");
+    h.clock.advance(Duration::from_secs(3600));
+    h.send(h.key_for("+393481234567"), 3, guards)
+        .await
+        .expect("after the window");
+}
+
+#[tokio::test]
+async fn credit_is_debited_per_part_and_never_overdrawn() {
+    let h = harness_with_credits(Some(3)).await;
+    let two_parts = SendGuards {
+        charge: 2,
+        ..UNLIMITED
+    };
+    h.send(h.key_for("+393481234567"), 3, two_parts)
+        .await
+        .expect("exactly enough");
+    let refused = h.send(h.key_for("+393481234567"), 3, two_parts).await;
+    assert!(matches!(
+        refused,
+        Err(CreateError::Rejected(SendRejected::NoCredit))
+    ));
+    let account = h
+        .store
+        .find_account_by_key(&h.access_key)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(account.credits, Some(1));
+}
+
+#[tokio::test]
+async fn parallel_sends_never_overdraw() {
+    let h = harness_with_credits(Some(25)).await;
+    let sends = (0..60).map(|i| {
+        let store = h.store.clone();
+        let key = h.key_for(&format!("+3934812345{:02}", i));
+        let id = VerifyId::generate();
+        let digest = h
+            .key
+            .digest_code(&id, &OtpCode::generate(CodeLength::new(6).expect("len")));
+        tokio::spawn(async move {
+            store
+                .create_verification(
+                    NewVerification {
+                        id,
+                        key,
+                        sender: "otpd".into(),
+                        digest,
+                        ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
+                        max_attempts: MaxAttempts::new(3).expect("attempts"),
+                        sandbox: false,
+                        sandbox_code: None,
+                        parts: 1,
+                    },
+                    UNLIMITED,
+                )
+                .await
+        })
+    });
+    let mut accepted = 0;
+    for send in sends.collect::<Vec<_>>() {
+        match send.await.expect("join") {
+            Ok(()) => accepted += 1,
+            Err(CreateError::Rejected(SendRejected::NoCredit)) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted, 25);
+    let account = h
+        .store
+        .find_account_by_key(&h.access_key)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(account.credits, Some(0));
+}
+
+#[tokio::test]
+async fn a_failed_request_does_not_fail_its_batch_mates() {
+    let h = harness_with_credits(Some(0)).await;
+    let free = SendGuards {
+        charge: 0,
+        ..UNLIMITED
+    };
+    let paid = UNLIMITED;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let guards = if i % 2 == 0 { free } else { paid };
+        let key = h.key_for(&format!("+3934812345{:02}", i));
+        let store = h.store.clone();
+        let id = VerifyId::generate();
+        let digest = h
+            .key
+            .digest_code(&id, &OtpCode::generate(CodeLength::new(6).expect("len")));
+        tasks.push(tokio::spawn(async move {
+            let result = store
+                .create_verification(
+                    NewVerification {
+                        id: id.clone(),
+                        key,
+                        sender: "otpd".into(),
+                        digest,
+                        ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
+                        max_attempts: MaxAttempts::new(3).expect("attempts"),
+                        sandbox: false,
+                        sandbox_code: None,
+                        parts: 1,
+                    },
+                    guards,
+                )
+                .await;
+            (i, id, result)
+        }));
+    }
+    for task in tasks {
+        let (i, id, result) = task.await.expect("join");
+        let found = h
+            .store
+            .find_verification(&h.account, &id)
+            .await
+            .expect("find");
+        if i % 2 == 0 {
+            assert!(result.is_ok());
+            assert!(
+                found.is_some(),
+                "a free send must survive its batch-mates' failures"
+            );
+        } else {
+            assert!(matches!(
+                result,
+                Err(CreateError::Rejected(SendRejected::NoCredit))
+            ));
+            assert!(found.is_none(), "a refused send leaves nothing behind");
+        }
+    }
+}
+
+#[tokio::test]
+async fn cancel_only_live_codes() {
+    let h = harness().await;
+    let (id, code) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    assert_eq!(
+        h.store.cancel(&h.account, &id).await.expect("cancel"),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        h.store.cancel(&h.account, &id).await.expect("cancel"),
+        CancelOutcome::NotCancellable
+    );
+    assert_eq!(
+        h.check(h.by_id(&id), code.expose()).await,
+        CheckOutcome::Cancelled
+    );
+    let unknown = VerifyId::generate();
+    assert_eq!(
+        h.store.cancel(&h.account, &unknown).await.expect("cancel"),
+        CancelOutcome::NotFound
+    );
+    // Another account cannot see or cancel it.
+    let stranger = AccountId::generate();
+    assert_eq!(
+        h.store.cancel(&stranger, &id).await.expect("cancel"),
+        CancelOutcome::NotFound
+    );
+    assert!(
+        h.store
+            .find_verification(&stranger, &id)
+            .await
+            .expect("find")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn delivery_reports_are_recorded() {
+    let h = harness().await;
+    let (id, _) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let report = DeliveryReport {
+        status: DeliveryStatus::Successful,
+        message_id: Some("msg-1".into()),
+        status_code: 200,
+        status_message: "accepted".into(),
+    };
+    h.store.record_delivery(&id, &report).await.expect("record");
+    let found = h
+        .store
+        .find_verification(&h.account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(found.message_id.as_deref(), Some("msg-1"));
+    assert_eq!(found.delivery_status.as_deref(), Some("SUCCESSFUL"));
+}
+
+#[tokio::test]
+async fn accounts_and_applications() {
+    let h = harness().await;
+    let duplicate = h
+        .store
+        .create_account(NewAccount {
+            id: AccountId::generate(),
+            name: Name::parse("again").expect("name"),
+            access_key_id: h.access_key.clone(),
+            sealed_secret: vec![],
+            credits: None,
+            default_sender: None,
+        })
+        .await;
+    assert!(matches!(duplicate, Err(StoreError::Duplicate)));
+
+    let app = h
+        .store
+        .create_application(Application {
+            id: ApplicationId::generate(),
+            account_id: h.account.clone(),
+            name: "shop".into(),
+            created_at: Timestamp(0),
+        })
+        .await
+        .expect("create app");
+    assert_eq!(app.created_at, START);
+    assert_eq!(
+        h.store.find_application(&app.id).await.expect("find"),
+        Some(app.clone())
+    );
+    assert_eq!(
+        h.store
+            .list_applications(Some(&h.account))
+            .await
+            .expect("list"),
+        vec![app.clone()]
+    );
+    assert!(
+        h.store
+            .list_applications(Some(&AccountId::generate()))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    let credited = h
+        .store
+        .add_credits(&h.access_key, 5)
+        .await
+        .expect("credits")
+        .expect("exists");
+    assert_eq!(credited.credits, Some(5));
+    assert!(
+        h.store
+            .add_credits(&AccessKeyId::generate(), 5)
+            .await
+            .expect("credits")
+            .is_none()
+    );
+
+    assert!(h.store.delete_application(&app.id).await.expect("delete"));
+    assert!(!h.store.delete_application(&app.id).await.expect("delete"));
+    assert_eq!(h.store.list_accounts().await.expect("list").len(), 1);
+    assert!(h.store.delete_account(&h.access_key).await.expect("delete"));
+    assert!(
+        h.store
+            .find_account_by_key(&h.access_key)
+            .await
+            .expect("find")
+            .is_none()
+    );
+    h.store.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn data_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("otpd.db");
+    let key = AccessKeyId::generate();
+    {
+        let store =
+            SqliteStore::open(&path, Arc::new(ManualClock::starting_at(START))).expect("open");
+        store
+            .create_account(NewAccount {
+                id: AccountId::generate(),
+                name: Name::parse("durable").expect("name"),
+                access_key_id: key.clone(),
+                sealed_secret: vec![9],
+                credits: Some(7),
+                default_sender: None,
+            })
+            .await
+            .expect("create");
+    }
+    let store =
+        SqliteStore::open(&path, Arc::new(ManualClock::starting_at(START))).expect("reopen");
+    let account = store
+        .find_account_by_key(&key)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(account.credits, Some(7));
+}
