@@ -1,14 +1,12 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! otpd-sms: what a message says and how it travels.
+//!
+//! Templates per language, GSM 03.38 7-bit and UCS-2 encoding with segment counting, the
+//! `MessageComposer` the core uses, and the transports behind the core's `SmsTransport` port.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod composer;
+pub mod gsm;
+pub mod segments;
+pub mod template;
+pub mod transport;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use composer::SmsComposer;

@@ -1,0 +1,137 @@
+//! A development sink that appends one JSON line per message to a file, for tests and demos.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use super::local_message_id;
+
+#[derive(Debug)]
+pub struct FileTransport {
+    path: PathBuf,
+    /// One writer at a time, so lines never interleave.
+    lock: Mutex<()>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    message_id: &'a str,
+    to: &'a str,
+    from: &'a str,
+    text: &'a str,
+    encoding: &'a str,
+    parts: u32,
+}
+
+impl FileTransport {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            lock: Mutex::new(()),
+        }
+    }
+
+    async fn append(&self, line: &[u8]) -> std::io::Result<()> {
+        let _guard = self.lock.lock().await;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await?;
+        file.write_all(line).await?;
+        file.flush().await
+    }
+}
+
+#[async_trait]
+impl SmsTransport for FileTransport {
+    async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
+        let message_id = local_message_id();
+        let line = Line {
+            message_id: &message_id,
+            to: sms.to.as_str(),
+            from: sms.from.as_str(),
+            text: &sms.message.text,
+            encoding: sms.message.encoding.as_str(),
+            parts: sms.message.parts,
+        };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        match self.append(&bytes).await {
+            Ok(()) => DeliveryReport {
+                status: DeliveryStatus::Successful,
+                message_id: Some(message_id),
+                status_code: 200,
+                status_message: "written to the message file".into(),
+            },
+            Err(error) => {
+                tracing::error!(%error, path = %self.path.display(), "cannot write to the SMS file");
+                DeliveryReport {
+                    status: DeliveryStatus::TemporaryFailure,
+                    message_id: None,
+                    status_code: 500,
+                    status_message: "the message file cannot be written".into(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otpd_core::sms::{ComposedSms, Encoding, Sender};
+    use otpd_core::{E164, VerifyId};
+
+    fn sms(text: &str) -> OutgoingSms {
+        OutgoingSms {
+            verify_id: VerifyId::generate(),
+            to: E164::parse("+393481234567").expect("number"),
+            from: Sender::parse("Acme").expect("sender"),
+            message: ComposedSms {
+                text: text.into(),
+                encoding: Encoding::Gsm7,
+                parts: 1,
+            },
+            entity_id: None,
+            template_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_one_json_line_per_message() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("sms.jsonl");
+        let transport = FileTransport::new(path.clone());
+        let first = transport.send(&sms("one 1234")).await;
+        transport.send(&sms("two \"5678\"")).await;
+        assert_eq!(first.status, DeliveryStatus::Successful);
+        let content = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<serde_json::Value> = content
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("json"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["to"], "+393481234567");
+        assert_eq!(lines[0]["from"], "Acme");
+        assert_eq!(lines[0]["encoding"], "GSM7");
+        assert_eq!(lines[0]["parts"], 1);
+        assert_eq!(
+            lines[0]["message_id"],
+            first.message_id.unwrap_or_default().as_str()
+        );
+        assert_eq!(lines[1]["text"], "two \"5678\"");
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_file_is_a_temporary_failure() {
+        let transport = FileTransport::new("/nonexistent-dir/sms.jsonl".into());
+        let report = transport.send(&sms("x")).await;
+        assert_eq!(report.status, DeliveryStatus::TemporaryFailure);
+        assert!(report.message_id.is_none());
+    }
+}
