@@ -1,14 +1,72 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! otpd-api: the HTTP face of otpd.
+//!
+//! One axum router per dialect (`pinpoint`, later `amm`), each with its own extractors and an
+//! error type rendered in its own wire format, plus the shared pieces: request ids and request
+//! logging without query strings or secrets, health endpoints.
+
+pub mod health;
+pub mod observe;
+pub mod pinpoint;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, Uri};
+use otpd_core::ports::Store;
+use otpd_core::service::VerificationService;
+
+/// Everything a handler may need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: VerificationService,
+    pub settings: Arc<ApiSettings>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl AppState {
+    pub fn store(&self) -> &Arc<dyn Store> {
+        self.service.store()
     }
+}
+
+/// Tunables of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// The largest clock difference a SigV4 request may have.
+    pub max_clock_skew: Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            max_clock_skew: Duration::from_secs(15 * 60),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(pinpoint::router())
+        .fallback(unknown_path)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(observe::observe))
+}
+
+/// A path no dialect owns, answered in the format of the dialect its prefix suggests.
+async fn unknown_path(uri: Uri) -> Response {
+    if uri.path().starts_with("/v1/") {
+        return pinpoint::PinpointError::NotFound("The requested resource does not exist".into())
+            .into_response();
+    }
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"message": "not found"})),
+    )
+        .into_response()
 }

@@ -1,5 +1,7 @@
 //! Accounts (who may call otpd) and Pinpoint applications (what they send for).
 
+use std::collections::BTreeMap;
+
 use crate::clock::Timestamp;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId};
 
@@ -50,6 +52,8 @@ pub struct Application {
     pub id: ApplicationId,
     pub account_id: AccountId,
     pub name: String,
+    /// Pinpoint resource tags, kept as given.
+    pub tags: BTreeMap<String, String>,
     pub created_at: Timestamp,
 }
 

@@ -566,6 +566,7 @@ async fn accounts_and_applications() {
             id: ApplicationId::generate(),
             account_id: h.account.clone(),
             name: "shop".into(),
+            tags: [("team".to_owned(), "growth".to_owned())].into(),
             created_at: Timestamp(0),
         })
         .await

@@ -14,6 +14,7 @@ CREATE TABLE applications (
     id          TEXT PRIMARY KEY,
     account_id  TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
     name        TEXT NOT NULL,
+    tags        TEXT NOT NULL DEFAULT '{}',
     created_at  INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX applications_by_account ON applications (account_id);

@@ -114,14 +114,15 @@ pub(super) fn add_credits(
     find_account_by_key(connection, key)
 }
 
-const APPLICATION_COLUMNS: &str = "id, account_id, name, created_at";
+const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
 
 fn application_from_row(row: &Row<'_>) -> rusqlite::Result<Application> {
     Ok(Application {
         id: parse_column(row, 0, ApplicationId::parse)?,
         account_id: parse_column(row, 1, AccountId::parse)?,
         name: row.get(2)?,
-        created_at: Timestamp(row.get(3)?),
+        tags: parse_column(row, 3, |text| serde_json::from_str(text).ok())?,
+        created_at: Timestamp(row.get(4)?),
     })
 }
 
@@ -131,11 +132,12 @@ pub(super) fn insert_application(
     now: Timestamp,
 ) -> Result<Application, Failure> {
     connection.execute(
-        "INSERT INTO applications (id, account_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO applications (id, account_id, name, tags, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             application.id.as_str(),
             application.account_id.as_str(),
             application.name,
+            serde_json::to_string(&application.tags).map_err(|e| Failure::Database(e.to_string()))?,
             now.millis()
         ],
     )?;

@@ -1,0 +1,49 @@
+//! Request ids and request logging. Every request gets a fresh id, returned in `x-request-id`
+//! (and `x-amzn-RequestId`, which the AWS SDKs read) and attached to every log line of the
+//! request. Log lines carry the method and path only: never a query string (the amm dialect puts
+//! codes there) nor any header or body.
+
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use http::HeaderValue;
+use tracing::Instrument;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled, for error bodies that must carry it.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+pub async fn observe(request: Request, next: Next) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id, %method, %path);
+    let mut response = REQUEST_ID
+        .scope(
+            request_id.clone(),
+            next.run(request).instrument(span.clone()),
+        )
+        .await;
+    let status = response.status();
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request handled"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        let headers = response.headers_mut();
+        headers.insert("x-request-id", value.clone());
+        headers.insert("x-amzn-requestid", value);
+    }
+    response
+}

@@ -1,0 +1,86 @@
+//! SendOTPMessage and VerifyOTPMessage.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use otpd_core::service::SendError;
+use otpd_core::verification::{CheckLookup, CheckOutcome, SendRejected};
+
+use super::auth::Signed;
+use super::error::PinpointError;
+use super::wire::{
+    self, MessageResponse, MessageResult, SendOtpParameters, VerificationResponse,
+    VerifyOtpParameters,
+};
+use super::{internal, owned_application};
+use crate::AppState;
+use crate::observe::current_request_id;
+
+pub async fn send(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    signed: Signed,
+) -> Result<Json<MessageResponse>, PinpointError> {
+    let application = owned_application(&state, &signed.account, path).await?;
+    let parameters: SendOtpParameters = wire::parse_json(&signed.body)?;
+    let destination_key = parameters.destination_identity.clone().unwrap_or_default();
+    let request = wire::send_request(parameters, &signed.account.id, &application.id)?;
+    let destination = request.key.destination.clone();
+    let receipt = state
+        .service
+        .send(request)
+        .await
+        .map_err(|error| match error {
+            SendError::Rejected(SendRejected::TooManySends) => PinpointError::TooManyRequests(
+                "Too many messages were sent to this destination recently; try again later".into(),
+            ),
+            SendError::Rejected(SendRejected::NoCredit) => {
+                PinpointError::Forbidden("The account's credit does not cover this message".into())
+            }
+            SendError::Compose(error) => PinpointError::BadRequest(error.to_string()),
+            other => internal(other),
+        })?;
+    tracing::info!(
+        verify_id = %receipt.verify_id,
+        destination = %destination.redacted(),
+        "OTP sent"
+    );
+    let result = receipt
+        .delivery
+        .map(MessageResult::from)
+        .map(|result| HashMap::from([(destination_key, result)]))
+        .unwrap_or_default();
+    Ok(Json(MessageResponse {
+        application_id: application.id.to_string(),
+        request_id: current_request_id(),
+        endpoint_result: HashMap::new(),
+        result,
+    }))
+}
+
+pub async fn verify(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    signed: Signed,
+) -> Result<Json<VerificationResponse>, PinpointError> {
+    let application = owned_application(&state, &signed.account, path).await?;
+    let parameters: VerifyOtpParameters = wire::parse_json(&signed.body)?;
+    let destination = wire::destination(parameters.destination_identity)?;
+    let reference = wire::reference_id(parameters.reference_id)?;
+    let otp = parameters
+        .otp
+        .filter(|otp| !otp.is_empty())
+        .ok_or_else(|| PinpointError::BadRequest("Otp is required".into()))?;
+    let key = wire::verification_key(&signed.account.id, &application.id, &reference, destination);
+    let outcome = state
+        .service
+        .check(CheckLookup::ByKey(key), &otp, None, false)
+        .await
+        .map_err(internal)?;
+    tracing::info!(outcome = outcome.as_str(), "OTP checked");
+    Ok(Json(VerificationResponse {
+        valid: outcome == CheckOutcome::Verified,
+    }))
+}
