@@ -15,12 +15,13 @@ use axum::Router;
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, Uri};
 use otpd_core::ports::Store;
-use otpd_core::service::VerificationService;
+use otpd_core::service::{AccountService, VerificationService};
 
 /// Everything a handler may need, cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub service: VerificationService,
+    pub accounts: AccountService,
     pub settings: Arc<ApiSettings>,
 }
 

@@ -196,6 +196,19 @@ impl VerificationService {
     ) -> Result<Option<Verification>, StoreError> {
         self.store.find_verification(account_id, id).await
     }
+}
+
+/// Accounts and their credentials: creation with fresh keys, and lookup with the secret opened.
+#[derive(Clone)]
+pub struct AccountService {
+    store: Arc<dyn Store>,
+    key: Arc<ServerKey>,
+}
+
+impl AccountService {
+    pub fn new(store: Arc<dyn Store>, key: Arc<ServerKey>) -> Self {
+        Self { store, key }
+    }
 
     /// Creates an account with fresh credentials; the secret is stored sealed.
     pub async fn create_account(

@@ -66,7 +66,7 @@ impl FromRequest<AppState> for Signed {
             state.settings.max_clock_skew,
         )?;
         let (account, secret) = state
-            .service
+            .accounts
             .credentials(&authorization.access_key_id)
             .await
             .map_err(|error| {

@@ -1,0 +1,155 @@
+//! The admin commands: accounts, applications and credit, printing JSON on stdout.
+
+use std::sync::Arc;
+
+use otpd_core::account::{Account, Application, Name};
+use otpd_core::clock::Timestamp;
+use otpd_core::ports::{Store, StoreError};
+use otpd_core::service::AccountService;
+use otpd_core::sms::Sender;
+use otpd_core::{AccessKeyId, ApplicationId, SystemClock};
+use serde_json::{Value, json};
+
+use crate::CommandError;
+use crate::cli::{AccountsCommand, AppsCommand, CreditsCommand, GlobalOptions};
+use crate::config::{self, DatabaseLocation};
+
+fn open_store(global: &GlobalOptions) -> Result<Arc<dyn Store>, CommandError> {
+    DatabaseLocation::from_options(global)?.open(Arc::new(SystemClock))
+}
+
+fn print(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn failed(error: StoreError) -> CommandError {
+    CommandError::Failed(anyhow::Error::new(error))
+}
+
+fn access_key(text: &str) -> Result<AccessKeyId, CommandError> {
+    AccessKeyId::parse(text).ok_or_else(|| CommandError::Usage(format!("{text:?} is not an access key id")))
+}
+
+async fn account_by_key(store: &Arc<dyn Store>, text: &str) -> Result<Account, CommandError> {
+    let key = access_key(text)?;
+    store
+        .find_account_by_key(&key)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| CommandError::Usage(format!("no account has the access key id {text}")))
+}
+
+fn account_json(account: &Account) -> Value {
+    json!({
+        "account_id": account.id.as_str(),
+        "name": account.name,
+        "access_key_id": account.access_key_id.as_str(),
+        "credits": account.credits,
+        "default_sender": account.default_sender,
+        "created_at": account.created_at.millis(),
+    })
+}
+
+fn application_json(application: &Application) -> Value {
+    json!({
+        "application_id": application.id.as_str(),
+        "account_id": application.account_id.as_str(),
+        "name": application.name,
+        "created_at": application.created_at.millis(),
+    })
+}
+
+pub async fn accounts(global: &GlobalOptions, command: AccountsCommand) -> Result<(), CommandError> {
+    let store = open_store(global)?;
+    match command {
+        AccountsCommand::Create { name, credits, sender } => {
+            let name = Name::parse(&name).ok_or_else(|| CommandError::Usage("an account name is 1 to 64 characters".into()))?;
+            if credits.is_some_and(|credits| credits < 0) {
+                return Err(CommandError::Usage("--credits cannot be negative".into()));
+            }
+            let sender = sender
+                .map(|sender| {
+                    Sender::parse(&sender).ok_or_else(|| {
+                        CommandError::Usage(format!(
+                            "{sender:?} is not a sender: use a phone number, a short code or up to 11 letters and digits"
+                        ))
+                    })
+                })
+                .transpose()?;
+            let key = config::server_key(global)?;
+            let created = AccountService::new(store, Arc::new(key)).create_account(name, credits, sender).await.map_err(failed)?;
+            let mut value = account_json(&created.account);
+            value["secret_access_key"] = json!(created.secret_access_key.expose());
+            print(&value);
+        }
+        AccountsCommand::List => {
+            let accounts = store.list_accounts().await.map_err(failed)?;
+            print(&Value::Array(accounts.iter().map(account_json).collect()));
+        }
+        AccountsCommand::Delete { access_key_id } => {
+            let key = access_key(&access_key_id)?;
+            if !store.delete_account(&key).await.map_err(failed)? {
+                return Err(CommandError::Usage(format!("no account has the access key id {access_key_id}")));
+            }
+            print(&json!({"deleted": access_key_id}));
+        }
+    }
+    Ok(())
+}
+
+pub async fn apps(global: &GlobalOptions, command: AppsCommand) -> Result<(), CommandError> {
+    let store = open_store(global)?;
+    match command {
+        AppsCommand::Create { account, name } => {
+            let account = account_by_key(&store, &account).await?;
+            let name = Name::parse(&name).ok_or_else(|| CommandError::Usage("an application name is 1 to 64 characters".into()))?;
+            let application = store
+                .create_application(Application {
+                    id: ApplicationId::generate(),
+                    account_id: account.id,
+                    name: name.as_str().to_owned(),
+                    tags: Default::default(),
+                    created_at: Timestamp(0),
+                })
+                .await
+                .map_err(failed)?;
+            print(&application_json(&application));
+        }
+        AppsCommand::List { account } => {
+            let account = match account {
+                Some(key) => Some(account_by_key(&store, &key).await?),
+                None => None,
+            };
+            let applications = store
+                .list_applications(account.as_ref().map(|account| &account.id))
+                .await
+                .map_err(failed)?;
+            print(&Value::Array(applications.iter().map(application_json).collect()));
+        }
+        AppsCommand::Delete { application_id } => {
+            let id = ApplicationId::parse(&application_id)
+                .ok_or_else(|| CommandError::Usage(format!("{application_id:?} is not an application id")))?;
+            if !store.delete_application(&id).await.map_err(failed)? {
+                return Err(CommandError::Usage(format!("no application has the id {application_id}")));
+            }
+            print(&json!({"deleted": application_id}));
+        }
+    }
+    Ok(())
+}
+
+pub async fn credits(global: &GlobalOptions, command: CreditsCommand) -> Result<(), CommandError> {
+    let store = open_store(global)?;
+    match command {
+        CreditsCommand::Add { access_key_id, credits } => {
+            let key = access_key(&access_key_id)?;
+            let account = store
+                .add_credits(&key, credits)
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| CommandError::Usage(format!("no account has the access key id {access_key_id}")))?;
+            print(&account_json(&account));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The command line: a contract that tests and docs rely on (see DESIGN.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "otpd", version, about = "A self-hosted SMS one-time-password service")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where otpd keeps its state; every command needs these.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOptions {
+    /// Directory for the SQLite database and the generated server key.
+    #[arg(long, env = "OTPD_DATA_DIR", default_value = "./otpd-data", global = true)]
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` (default: DATA_DIR/otpd.db).
+    #[arg(long, env = "OTPD_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// A file holding the 64-hex-character server key (default: DATA_DIR/server.key, generated on
+    /// first use).
+    #[arg(long, env = "OTPD_SERVER_KEY_FILE", global = true)]
+    pub server_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(ServeOptions),
+    /// Manage accounts (API credentials).
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Manage Pinpoint applications.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Manage account credit.
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeOptions {
+    /// Address to listen on; port 0 picks a free port (the log says which).
+    #[arg(long, env = "OTPD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where SMS go: `console` or `file:PATH`.
+    #[arg(long, env = "OTPD_SMS", default_value = "console")]
+    pub sms: String,
+    /// Log format.
+    #[arg(long, env = "OTPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account; prints its id and credentials as JSON (the secret is shown only once).
+    Create {
+        name: String,
+        /// SMS parts the account may send; without it the account has no credit limit.
+        #[arg(long)]
+        credits: Option<i64>,
+        /// The sender used when a request names none (amm `from`).
+        #[arg(long)]
+        sender: Option<String>,
+    },
+    /// List accounts as JSON (never their secrets).
+    List,
+    /// Delete an account with its applications and verifications.
+    Delete { access_key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create a Pinpoint application; prints its application_id as JSON.
+    Create {
+        /// The owning account's access key id.
+        #[arg(long)]
+        account: String,
+        name: String,
+    },
+    /// List applications as JSON, optionally of one account.
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Delete an application.
+    Delete { application_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreditsCommand {
+    /// Add N credits (SMS parts) to an account; N may be negative.
+    Add {
+        access_key_id: String,
+        #[arg(allow_negative_numbers = true)]
+        credits: i64,
+    },
+}

@@ -1,0 +1,159 @@
+//! Turning options into the things otpd runs on: the store and the server key.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use otpd_core::ports::Store;
+use otpd_core::{Clock, ServerKey};
+use otpd_store::SqliteStore;
+
+use crate::CommandError;
+use crate::cli::GlobalOptions;
+
+/// Where the database is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    Sqlite(PathBuf),
+}
+
+impl DatabaseLocation {
+    pub fn from_options(options: &GlobalOptions) -> Result<Self, CommandError> {
+        let Some(url) = options.database_url.as_deref().filter(|url| !url.is_empty()) else {
+            return Ok(Self::Sqlite(options.data_dir.join("otpd.db")));
+        };
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err(CommandError::Usage("sqlite:// needs a file path, as in sqlite:///var/lib/otpd/otpd.db".into()));
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(CommandError::Usage(
+                "PostgreSQL is not supported by this build yet; use sqlite://PATH".into(),
+            ));
+        }
+        Err(CommandError::Usage(format!(
+            "unsupported database URL {:?}: use sqlite://PATH",
+            url.split(':').next().unwrap_or_default()
+        )))
+    }
+
+    pub fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, CommandError> {
+        match self {
+            Self::Sqlite(path) => {
+                let store = SqliteStore::open(path, clock)
+                    .with_context(|| format!("cannot open the database at {}", path.display()))?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+}
+
+/// Loads the server key: from `--server-key-file` if given (it must exist), else from
+/// `DATA_DIR/server.key`, generating that file on first use.
+pub fn server_key(options: &GlobalOptions) -> Result<ServerKey, CommandError> {
+    let path = match &options.server_key_file {
+        Some(path) => path.clone(),
+        None => {
+            let path = options.data_dir.join("server.key");
+            generate_if_missing(&path)?;
+            path
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the server key file {}", path.display()))?;
+    ServerKey::from_hex(&text).map_err(|error| CommandError::Usage(format!("{}: {error}", path.display())))
+}
+
+fn generate_if_missing(path: &Path) -> Result<(), CommandError> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            let key = ServerKey::generate_hex();
+            file.write_all(key.as_bytes())
+                .and_then(|()| file.write_all(b"\n"))
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write the server key to {}", path.display()))?;
+            Ok(())
+        }
+        // Another process created it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(anyhow::Error::new(error)
+            .context(format!("cannot create the server key file {}", path.display()))
+            .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(data_dir: &Path, url: Option<&str>) -> GlobalOptions {
+        GlobalOptions {
+            data_dir: data_dir.to_owned(),
+            database_url: url.map(str::to_owned),
+            server_key_file: None,
+        }
+    }
+
+    #[test]
+    fn database_locations() {
+        let dir = Path::new("/data");
+        assert_eq!(
+            DatabaseLocation::from_options(&options(dir, None)).ok(),
+            Some(DatabaseLocation::Sqlite("/data/otpd.db".into()))
+        );
+        assert_eq!(
+            DatabaseLocation::from_options(&options(dir, Some("sqlite:///tmp/x.db"))).ok(),
+            Some(DatabaseLocation::Sqlite("/tmp/x.db".into()))
+        );
+        assert!(matches!(
+            DatabaseLocation::from_options(&options(dir, Some("mysql://x"))),
+            Err(CommandError::Usage(_))
+        ));
+        assert!(matches!(
+            DatabaseLocation::from_options(&options(dir, Some("sqlite://"))),
+            Err(CommandError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn the_key_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let options = options(dir.path(), None);
+        server_key(&options).expect("generated");
+        let first = std::fs::read_to_string(dir.path().join("server.key")).expect("written");
+        server_key(&options).expect("loaded");
+        let second = std::fs::read_to_string(dir.path().join("server.key")).expect("kept");
+        assert_eq!(first, second);
+        assert_eq!(first.trim().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("server.key")).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_named_key_file_must_exist_and_be_well_formed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut options = options(dir.path(), None);
+        options.server_key_file = Some(dir.path().join("missing.key"));
+        assert!(matches!(server_key(&options), Err(CommandError::Failed(_))));
+        std::fs::write(dir.path().join("bad.key"), "not hex").expect("write");
+        options.server_key_file = Some(dir.path().join("bad.key"));
+        assert!(matches!(server_key(&options), Err(CommandError::Usage(_))));
+    }
+}

@@ -1,0 +1,44 @@
+//! The otpd binary's library half: command line, configuration, startup and shutdown, so that
+//! tests can build and run the real application.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod startup;
+pub mod telemetry;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command};
+
+/// An error a command reports on one line. `Usage` errors exit with 2, like clap's own.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(options) => {
+            telemetry::init(options.log_format);
+            startup::serve(&cli.global, options).await
+        }
+        Command::Accounts(command) => admin::accounts(&cli.global, command).await,
+        Command::Apps(command) => admin::apps(&cli.global, command).await,
+        Command::Credits(command) => admin::credits(&cli.global, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CommandError::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(CommandError::Failed(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
