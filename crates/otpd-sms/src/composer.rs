@@ -47,12 +47,12 @@ pub fn check_placeholders(text: &str) -> Result<(), ComposeError> {
     let mut found = false;
     let mut rest = text;
     while let Some(start) = rest.find("${") {
-        let candidate = &rest[start..];
-        if candidate.starts_with(PLACEHOLDER) {
-            found = true;
-            rest = &candidate[PLACEHOLDER.len()..];
-        } else {
-            return Err(ComposeError::BadPlaceholder);
+        match rest[start..].strip_prefix(PLACEHOLDER) {
+            Some(after) => {
+                found = true;
+                rest = after;
+            }
+            None => return Err(ComposeError::BadPlaceholder),
         }
     }
     if found {

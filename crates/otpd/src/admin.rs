@@ -19,7 +19,10 @@ fn open_store(global: &GlobalOptions) -> Result<Arc<dyn Store>, CommandError> {
 }
 
 fn print(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 fn failed(error: StoreError) -> CommandError {
@@ -27,7 +30,8 @@ fn failed(error: StoreError) -> CommandError {
 }
 
 fn access_key(text: &str) -> Result<AccessKeyId, CommandError> {
-    AccessKeyId::parse(text).ok_or_else(|| CommandError::Usage(format!("{text:?} is not an access key id")))
+    AccessKeyId::parse(text)
+        .ok_or_else(|| CommandError::Usage(format!("{text:?} is not an access key id")))
 }
 
 async fn account_by_key(store: &Arc<dyn Store>, text: &str) -> Result<Account, CommandError> {
@@ -59,11 +63,20 @@ fn application_json(application: &Application) -> Value {
     })
 }
 
-pub async fn accounts(global: &GlobalOptions, command: AccountsCommand) -> Result<(), CommandError> {
+pub async fn accounts(
+    global: &GlobalOptions,
+    command: AccountsCommand,
+) -> Result<(), CommandError> {
     let store = open_store(global)?;
     match command {
-        AccountsCommand::Create { name, credits, sender } => {
-            let name = Name::parse(&name).ok_or_else(|| CommandError::Usage("an account name is 1 to 64 characters".into()))?;
+        AccountsCommand::Create {
+            name,
+            credits,
+            sender,
+        } => {
+            let name = Name::parse(&name).ok_or_else(|| {
+                CommandError::Usage("an account name is 1 to 64 characters".into())
+            })?;
             if credits.is_some_and(|credits| credits < 0) {
                 return Err(CommandError::Usage("--credits cannot be negative".into()));
             }
@@ -77,7 +90,10 @@ pub async fn accounts(global: &GlobalOptions, command: AccountsCommand) -> Resul
                 })
                 .transpose()?;
             let key = config::server_key(global)?;
-            let created = AccountService::new(store, Arc::new(key)).create_account(name, credits, sender).await.map_err(failed)?;
+            let created = AccountService::new(store, Arc::new(key))
+                .create_account(name, credits, sender)
+                .await
+                .map_err(failed)?;
             let mut value = account_json(&created.account);
             value["secret_access_key"] = json!(created.secret_access_key.expose());
             print(&value);
@@ -89,7 +105,9 @@ pub async fn accounts(global: &GlobalOptions, command: AccountsCommand) -> Resul
         AccountsCommand::Delete { access_key_id } => {
             let key = access_key(&access_key_id)?;
             if !store.delete_account(&key).await.map_err(failed)? {
-                return Err(CommandError::Usage(format!("no account has the access key id {access_key_id}")));
+                return Err(CommandError::Usage(format!(
+                    "no account has the access key id {access_key_id}"
+                )));
             }
             print(&json!({"deleted": access_key_id}));
         }
@@ -102,7 +120,9 @@ pub async fn apps(global: &GlobalOptions, command: AppsCommand) -> Result<(), Co
     match command {
         AppsCommand::Create { account, name } => {
             let account = account_by_key(&store, &account).await?;
-            let name = Name::parse(&name).ok_or_else(|| CommandError::Usage("an application name is 1 to 64 characters".into()))?;
+            let name = Name::parse(&name).ok_or_else(|| {
+                CommandError::Usage("an application name is 1 to 64 characters".into())
+            })?;
             let application = store
                 .create_application(Application {
                     id: ApplicationId::generate(),
@@ -124,13 +144,18 @@ pub async fn apps(global: &GlobalOptions, command: AppsCommand) -> Result<(), Co
                 .list_applications(account.as_ref().map(|account| &account.id))
                 .await
                 .map_err(failed)?;
-            print(&Value::Array(applications.iter().map(application_json).collect()));
+            print(&Value::Array(
+                applications.iter().map(application_json).collect(),
+            ));
         }
         AppsCommand::Delete { application_id } => {
-            let id = ApplicationId::parse(&application_id)
-                .ok_or_else(|| CommandError::Usage(format!("{application_id:?} is not an application id")))?;
+            let id = ApplicationId::parse(&application_id).ok_or_else(|| {
+                CommandError::Usage(format!("{application_id:?} is not an application id"))
+            })?;
             if !store.delete_application(&id).await.map_err(failed)? {
-                return Err(CommandError::Usage(format!("no application has the id {application_id}")));
+                return Err(CommandError::Usage(format!(
+                    "no application has the id {application_id}"
+                )));
             }
             print(&json!({"deleted": application_id}));
         }
@@ -141,13 +166,18 @@ pub async fn apps(global: &GlobalOptions, command: AppsCommand) -> Result<(), Co
 pub async fn credits(global: &GlobalOptions, command: CreditsCommand) -> Result<(), CommandError> {
     let store = open_store(global)?;
     match command {
-        CreditsCommand::Add { access_key_id, credits } => {
+        CreditsCommand::Add {
+            access_key_id,
+            credits,
+        } => {
             let key = access_key(&access_key_id)?;
             let account = store
                 .add_credits(&key, credits)
                 .await
                 .map_err(failed)?
-                .ok_or_else(|| CommandError::Usage(format!("no account has the access key id {access_key_id}")))?;
+                .ok_or_else(|| {
+                    CommandError::Usage(format!("no account has the access key id {access_key_id}"))
+                })?;
             print(&account_json(&account));
         }
     }

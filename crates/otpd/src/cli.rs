@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "otpd", version, about = "A self-hosted SMS one-time-password service")]
+#[command(
+    name = "otpd",
+    version,
+    about = "A self-hosted SMS one-time-password service"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOptions,
@@ -18,7 +22,12 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalOptions {
     /// Directory for the SQLite database and the generated server key.
-    #[arg(long, env = "OTPD_DATA_DIR", default_value = "./otpd-data", global = true)]
+    #[arg(
+        long,
+        env = "OTPD_DATA_DIR",
+        default_value = "./otpd-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// `sqlite://PATH` (default: DATA_DIR/otpd.db).
     #[arg(long, env = "OTPD_DATABASE_URL", global = true)]

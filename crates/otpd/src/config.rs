@@ -20,12 +20,21 @@ pub enum DatabaseLocation {
 
 impl DatabaseLocation {
     pub fn from_options(options: &GlobalOptions) -> Result<Self, CommandError> {
-        let Some(url) = options.database_url.as_deref().filter(|url| !url.is_empty()) else {
+        let Some(url) = options
+            .database_url
+            .as_deref()
+            .filter(|url| !url.is_empty())
+        else {
             return Ok(Self::Sqlite(options.data_dir.join("otpd.db")));
         };
-        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             if path.is_empty() {
-                return Err(CommandError::Usage("sqlite:// needs a file path, as in sqlite:///var/lib/otpd/otpd.db".into()));
+                return Err(CommandError::Usage(
+                    "sqlite:// needs a file path, as in sqlite:///var/lib/otpd/otpd.db".into(),
+                ));
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
@@ -64,7 +73,8 @@ pub fn server_key(options: &GlobalOptions) -> Result<ServerKey, CommandError> {
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the server key file {}", path.display()))?;
-    ServerKey::from_hex(&text).map_err(|error| CommandError::Usage(format!("{}: {error}", path.display())))
+    ServerKey::from_hex(&text)
+        .map_err(|error| CommandError::Usage(format!("{}: {error}", path.display())))
 }
 
 fn generate_if_missing(path: &Path) -> Result<(), CommandError> {
@@ -72,7 +82,8 @@ fn generate_if_missing(path: &Path) -> Result<(), CommandError> {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -90,7 +101,10 @@ fn generate_if_missing(path: &Path) -> Result<(), CommandError> {
         // Another process created it first: use theirs.
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(error) => Err(anyhow::Error::new(error)
-            .context(format!("cannot create the server key file {}", path.display()))
+            .context(format!(
+                "cannot create the server key file {}",
+                path.display()
+            ))
             .into()),
     }
 }
@@ -141,7 +155,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("server.key")).expect("meta").permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("server.key"))
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -33,7 +33,13 @@ impl Components {
     pub fn state(self) -> AppState {
         let key = Arc::new(self.key);
         let accounts = AccountService::new(self.store.clone(), key.clone());
-        let service = VerificationService::new(self.store, Arc::new(SmsComposer), self.transport, key, self.limits);
+        let service = VerificationService::new(
+            self.store,
+            Arc::new(SmsComposer),
+            self.transport,
+            key,
+            self.limits,
+        );
         AppState {
             service,
             accounts,
@@ -62,10 +68,14 @@ impl Application {
         self.listener.local_addr()
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         axum::serve(
             self.listener,
-            self.router.into_make_service_with_connect_info::<SocketAddr>(),
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await
@@ -89,7 +99,9 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         api: ApiSettings::default(),
     };
     let application = Application::build(options.listen, components).await?;
-    let address = application.address().context("cannot read the bound address")?;
+    let address = application
+        .address()
+        .context("cannot read the bound address")?;
     tracing::info!(%address, "otpd listening on http://{address}");
     application
         .run_until_stopped(shutdown_signal())
