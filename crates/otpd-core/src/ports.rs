@@ -9,7 +9,7 @@ use crate::ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
 use crate::phone::E164;
 use crate::sms::{ComposeError, ComposedSms, MessageBody, Sender};
 use crate::verification::{
-    CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, NewVerification, SendGuards,
+    CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
     SendRejected, Verification,
 };
 
@@ -73,7 +73,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         lookup: CheckLookup,
         attempt: CheckAttempt,
-    ) -> Result<CheckOutcome, StoreError>;
+    ) -> Result<CheckReport, StoreError>;
     async fn cancel(
         &self,
         account_id: &AccountId,

@@ -13,8 +13,8 @@ use crate::ports::{
 };
 use crate::sms::{ComposeError, MessageBody, Sender};
 use crate::verification::{
-    CancelOutcome, Candidate, CheckAttempt, CheckLookup, CheckOutcome, NewVerification, SendGuards,
-    SendRejected, Verification, VerificationKey,
+    CancelOutcome, Candidate, CheckAttempt, CheckLookup, CheckReport, IpLimit, NewVerification,
+    SendGuards, SendRejected, Verification, VerificationKey,
 };
 
 /// Limits that protect recipients and accounts.
@@ -23,6 +23,9 @@ pub struct Limits {
     /// More than this many SMS to one recipient within `antispam_window` is refused.
     pub max_sends_per_destination: u32,
     pub antispam_window: Duration,
+    /// Wrong checks one end-user IP address may make on an account's codes per window.
+    pub max_failed_checks_per_ip: u32,
+    pub failed_checks_window: Duration,
 }
 
 impl Default for Limits {
@@ -31,6 +34,8 @@ impl Default for Limits {
         Self {
             max_sends_per_destination: 10,
             antispam_window: Duration::from_secs(3600),
+            max_failed_checks_per_ip: 20,
+            failed_checks_window: Duration::from_secs(3600),
         }
     }
 }
@@ -169,14 +174,19 @@ impl VerificationService {
         submitted: &str,
         client_ip: Option<String>,
         keep_submitted_code: bool,
-    ) -> Result<CheckOutcome, StoreError> {
+    ) -> Result<CheckReport, StoreError> {
         let code = OtpCode::submitted(submitted).unwrap_or_else(|| {
             OtpCode::submitted("-").unwrap_or_else(|| unreachable!("'-' is a valid submission"))
+        });
+        let ip_limit = client_ip.as_ref().map(|_| IpLimit {
+            max_failures: self.limits.max_failed_checks_per_ip,
+            window: self.limits.failed_checks_window,
         });
         let attempt = CheckAttempt {
             candidate: Candidate::new(self.key.clone(), code),
             client_ip,
             keep_submitted_code,
+            ip_limit,
         };
         self.store.check(lookup, attempt).await
     }

@@ -115,6 +115,8 @@ pub enum CheckOutcome {
     Cancelled,
     /// No verification matches the lookup.
     NotFound,
+    /// The client's IP address made too many wrong checks recently; nothing was compared.
+    RateLimited,
 }
 
 impl CheckOutcome {
@@ -128,6 +130,7 @@ impl CheckOutcome {
             Self::AlreadyVerified => "already_verified",
             Self::Cancelled => "cancelled",
             Self::NotFound => "not_found",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -141,6 +144,7 @@ impl CheckOutcome {
             "already_verified" => Self::AlreadyVerified,
             "cancelled" => Self::Cancelled,
             "not_found" => Self::NotFound,
+            "rate_limited" => Self::RateLimited,
             _ => return None,
         })
     }
@@ -267,6 +271,23 @@ pub struct CheckAttempt {
     pub client_ip: Option<String>,
     /// Keep the submitted code in the check history (the amm `search` shows it).
     pub keep_submitted_code: bool,
+    /// Refuse the check when `client_ip` already made this many wrong checks on the account's
+    /// codes within the window (the amm `ip_address` anti-spam filter).
+    pub ip_limit: Option<IpLimit>,
+}
+
+/// At most `max_failures` wrong codes from one IP address per account within `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpLimit {
+    pub max_failures: u32,
+    pub window: Duration,
+}
+
+/// What a check found, with the id of the message that carried the code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub outcome: CheckOutcome,
+    pub message_id: Option<String>,
 }
 
 /// Which verification a check is for.
@@ -423,6 +444,7 @@ mod tests {
             CheckOutcome::AlreadyVerified,
             CheckOutcome::Cancelled,
             CheckOutcome::NotFound,
+            CheckOutcome::RateLimited,
         ];
         for outcome in all {
             assert_eq!(CheckOutcome::parse(outcome.as_str()), Some(outcome));

@@ -8,8 +8,8 @@ use otpd_core::account::{Application, Name, NewAccount};
 use otpd_core::clock::ManualClock;
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::verification::{
-    CancelOutcome, Candidate, CheckAttempt, CheckLookup, CheckOutcome, Dialect, NewVerification,
-    SendGuards, SendRejected, VerificationKey, VerificationStatus,
+    CancelOutcome, Candidate, CheckAttempt, CheckLookup, CheckOutcome, CheckReport, Dialect,
+    IpLimit, NewVerification, SendGuards, SendRejected, VerificationKey, VerificationStatus,
 };
 use otpd_core::{
     AccessKeyId, AccountId, ApplicationId, CodeLength, E164, MaxAttempts, OtpCode, ServerKey,
@@ -110,6 +110,7 @@ impl Harness {
             candidate: Candidate::new(self.key.clone(), OtpCode::submitted(code).expect("code")),
             client_ip: Some("192.0.2.1".into()),
             keep_submitted_code: true,
+            ip_limit: None,
         }
     }
 
@@ -125,6 +126,7 @@ impl Harness {
             .check(lookup, self.attempt(code))
             .await
             .expect("check")
+            .outcome
     }
 }
 
@@ -207,7 +209,7 @@ async fn parallel_wrong_guesses_never_exceed_the_limit() {
     let guesses = (0..200).map(|_| {
         let store = h.store.clone();
         let (lookup, attempt) = (h.by_id(&id), h.attempt(&bad));
-        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check") })
+        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check").outcome })
     });
     let mut mismatches = 0;
     for guess in guesses.collect::<Vec<_>>() {
@@ -239,7 +241,7 @@ async fn parallel_right_codes_verify_exactly_once() {
     let checks = (0..100).map(|_| {
         let store = h.store.clone();
         let (lookup, attempt) = (h.by_id(&id), h.attempt(code.expose()));
-        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check") })
+        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check").outcome })
     });
     let mut verified = 0;
     let mut reused = 0;
@@ -648,4 +650,103 @@ async fn data_survives_reopening() {
         .expect("find")
         .expect("exists");
     assert_eq!(account.credits, Some(7));
+}
+
+#[tokio::test]
+async fn one_ip_address_gets_a_bounded_number_of_wrong_checks() {
+    let h = harness().await;
+    let limit = IpLimit {
+        max_failures: 3,
+        window: Duration::from_secs(200),
+    };
+    let limited = |code: &str, ip: &str| CheckAttempt {
+        client_ip: Some(ip.into()),
+        ip_limit: Some(limit),
+        ..h.attempt(code)
+    };
+    let mut codes = Vec::new();
+    for i in 0..2 {
+        codes.push(
+            h.send(h.key_for(&format!("+39348123450{i}")), 5, UNLIMITED)
+                .await
+                .expect("send"),
+        );
+    }
+    let (first, first_code) = &codes[0];
+    let (second, second_code) = &codes[1];
+    for _ in 0..2 {
+        let report = h
+            .store
+            .check(h.by_id(first), limited(&wrong(first_code), "203.0.113.7"))
+            .await
+            .expect("check");
+        assert!(matches!(report.outcome, CheckOutcome::Mismatch { .. }));
+    }
+    let report = h
+        .store
+        .check(h.by_id(second), limited(&wrong(second_code), "203.0.113.7"))
+        .await
+        .expect("check");
+    assert!(matches!(report.outcome, CheckOutcome::Mismatch { .. }));
+    // The limit spans the account's codes; the right code is not even compared now.
+    let report = h
+        .store
+        .check(
+            h.by_id(second),
+            limited(second_code.expose(), "203.0.113.7"),
+        )
+        .await
+        .expect("check");
+    assert_eq!(report.outcome, CheckOutcome::RateLimited);
+    // Another address is unaffected, and the window slides.
+    let report = h
+        .store
+        .check(
+            h.by_id(second),
+            limited(second_code.expose(), "203.0.113.8"),
+        )
+        .await
+        .expect("check");
+    assert_eq!(report.outcome, CheckOutcome::Verified);
+    h.clock.advance(Duration::from_secs(201));
+    let report = h
+        .store
+        .check(h.by_id(first), limited(first_code.expose(), "203.0.113.7"))
+        .await
+        .expect("check");
+    assert_eq!(report.outcome, CheckOutcome::Verified);
+}
+
+#[tokio::test]
+async fn checks_report_the_message_id() {
+    let h = harness().await;
+    let (id, code) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let report = DeliveryReport {
+        status: DeliveryStatus::Successful,
+        message_id: Some("sms-77".into()),
+        status_code: 200,
+        status_message: "ok".into(),
+    };
+    h.store.record_delivery(&id, &report).await.expect("record");
+    let checked = h
+        .store
+        .check(h.by_id(&id), h.attempt(code.expose()))
+        .await
+        .expect("check");
+    assert_eq!(checked.message_id.as_deref(), Some("sms-77"));
+    let unknown = h
+        .store
+        .check(h.by_id(&VerifyId::generate()), h.attempt("1234"))
+        .await
+        .expect("check");
+    assert_eq!(
+        unknown,
+        CheckReport {
+            outcome: CheckOutcome::NotFound,
+            message_id: None
+        }
+    );
 }

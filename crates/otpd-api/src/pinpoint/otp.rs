@@ -78,7 +78,8 @@ pub async fn verify(
         .service
         .check(CheckLookup::ByKey(key), &otp, None, false)
         .await
-        .map_err(internal)?;
+        .map_err(internal)?
+        .outcome;
     tracing::info!(outcome = outcome.as_str(), "OTP checked");
     Ok(Json(VerificationResponse {
         valid: outcome == CheckOutcome::Verified,

@@ -53,9 +53,12 @@ CREATE INDEX verifications_by_destination ON verifications (account_id, destinat
 -- Every check, for the amm search history.
 CREATE TABLE checks (
     verification_id TEXT NOT NULL REFERENCES verifications (id) ON DELETE CASCADE,
+    account_id      TEXT NOT NULL,
     at              INTEGER NOT NULL,
     submitted_code  TEXT,
     outcome         TEXT NOT NULL,
     client_ip       TEXT
 ) STRICT;
 CREATE INDEX checks_by_verification ON checks (verification_id, at);
+-- The per-IP anti-spam filter: recent wrong checks from one end-user address.
+CREATE INDEX checks_by_client_ip ON checks (account_id, client_ip, at) WHERE client_ip IS NOT NULL;

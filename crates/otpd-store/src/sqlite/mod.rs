@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use otpd_core::account::{Account, Application, NewAccount};
 use otpd_core::ports::{CreateError, DeliveryReport, Store, StoreError};
 use otpd_core::verification::{
-    CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, NewVerification, SendGuards,
+    CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
     SendRejected, Verification,
 };
 use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, VerifyId};
@@ -244,7 +244,7 @@ impl Store for SqliteStore {
         &self,
         lookup: CheckLookup,
         attempt: CheckAttempt,
-    ) -> Result<CheckOutcome, StoreError> {
+    ) -> Result<CheckReport, StoreError> {
         Ok(self
             .write(move |connection, clock| {
                 queries::check(connection, &lookup, &attempt, clock.now())

@@ -4,8 +4,9 @@
 use otpd_core::account::{Account, Application, NewAccount};
 use otpd_core::ports::DeliveryReport;
 use otpd_core::verification::{
-    CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, CheckRecord, CheckState, Dialect,
-    NewVerification, SendGuards, SendRejected, Verification, VerificationKey, VerificationStatus,
+    CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, CheckRecord, CheckReport, CheckState,
+    Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
+    VerificationStatus,
 };
 use otpd_core::{AccessKeyId, AccountId, ApplicationId, E164, Timestamp, VerifyId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -274,8 +275,8 @@ pub(super) fn check(
     lookup: &CheckLookup,
     attempt: &CheckAttempt,
     now: Timestamp,
-) -> Result<CheckOutcome, Failure> {
-    type Found = (String, String, i64, u8, u8, Vec<u8>);
+) -> Result<CheckReport, Failure> {
+    type Found = (String, String, i64, u8, u8, Vec<u8>, Option<String>, String);
     let map = |row: &Row<'_>| -> rusqlite::Result<Found> {
         Ok((
             row.get(0)?,
@@ -284,12 +285,14 @@ pub(super) fn check(
             row.get(3)?,
             row.get(4)?,
             row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
         ))
     };
     let found: Option<Found> = match lookup {
         CheckLookup::ByKey(key) => connection
             .prepare_cached(
-                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest
+                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id, account_id
                  FROM verifications
                  WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4 AND destination = ?5
                  ORDER BY created_at DESC, rowid DESC LIMIT 1",
@@ -307,15 +310,38 @@ pub(super) fn check(
             .optional()?,
         CheckLookup::ById { account_id, id } => connection
             .prepare_cached(
-                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest
+                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id, account_id
                  FROM verifications WHERE id = ?1 AND account_id = ?2",
             )?
             .query_row(params![id.as_str(), account_id.as_str()], map)
             .optional()?,
     };
-    let Some((id, status, expires_at, attempts_used, max_attempts, digest)) = found else {
-        return Ok(CheckOutcome::NotFound);
+    let Some((id, status, expires_at, attempts_used, max_attempts, digest, message_id, account_id)) =
+        found
+    else {
+        return Ok(CheckReport {
+            outcome: CheckOutcome::NotFound,
+            message_id: None,
+        });
     };
+    if let (Some(ip), Some(limit)) = (&attempt.client_ip, attempt.ip_limit) {
+        let recent_failures: u32 = connection
+            .prepare_cached(
+                "SELECT COUNT(*) FROM checks
+                 WHERE account_id = ?1 AND client_ip = ?2 AND at > ?3
+                   AND outcome IN ('mismatch', 'mismatch_exhausted')",
+            )?
+            .query_row(
+                params![account_id, ip, now.minus(limit.window).millis()],
+                |row| row.get(0),
+            )?;
+        if recent_failures >= limit.max_failures {
+            return Ok(CheckReport {
+                outcome: CheckOutcome::RateLimited,
+                message_id,
+            });
+        }
+    }
     let verify_id =
         VerifyId::parse(&id).ok_or_else(|| Failure::Database(format!("malformed id {id}")))?;
     let state = CheckState {
@@ -339,11 +365,12 @@ pub(super) fn check(
     }
     connection
         .prepare_cached(
-            "INSERT INTO checks (verification_id, at, submitted_code, outcome, client_ip)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO checks (verification_id, account_id, at, submitted_code, outcome, client_ip)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             id,
+            account_id,
             now.millis(),
             attempt
                 .keep_submitted_code
@@ -351,7 +378,10 @@ pub(super) fn check(
             transition.outcome.as_str(),
             attempt.client_ip,
         ])?;
-    Ok(transition.outcome)
+    Ok(CheckReport {
+        outcome: transition.outcome,
+        message_id,
+    })
 }
 
 pub(super) fn cancel(
