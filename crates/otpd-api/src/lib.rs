@@ -1,9 +1,10 @@
 //! otpd-api: the HTTP face of otpd.
 //!
-//! One axum router per dialect (`pinpoint`, later `amm`), each with its own extractors and an
+//! One axum router per dialect (`pinpoint`, `amm`), each with its own extractors and an
 //! error type rendered in its own wire format, plus the shared pieces: request ids and request
 //! logging without query strings or secrets, health endpoints.
 
+pub mod amm;
 pub mod health;
 pub mod observe;
 pub mod pinpoint;
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(pinpoint::router())
+        .merge(amm::router())
         .fallback(unknown_path)
         .with_state(state)
         .layer(axum::middleware::from_fn(observe::observe))

@@ -1,0 +1,151 @@
+//! The amm request: HTTP basic credentials and parameters from the form body and the query
+//! string. Parameters are kept as strings so each can be answered with the provider's own code
+//! (axum's `Form` would reject `sandbox=True` or an empty `code_len=` with a plain-text 422).
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, Request};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http_body_util::LengthLimitError;
+use otpd_core::AccessKeyId;
+use otpd_core::account::Account;
+use subtle::ConstantTimeEq;
+
+use super::error::AmmError;
+use crate::AppState;
+
+/// An authenticated amm request with its parameters.
+pub struct AmmRequest {
+    pub account: Account,
+    pub params: Params,
+}
+
+/// Parameters by name. A name given in the body wins over the same name in the query string;
+/// within one source the first occurrence wins.
+#[derive(Debug, Default)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn parse(body: &[u8], query: Option<&str>) -> Self {
+        let mut params = HashMap::new();
+        let sources = [body, query.unwrap_or_default().as_bytes()];
+        for source in sources {
+            for (name, value) in form_urlencoded::parse(source) {
+                params
+                    .entry(name.into_owned())
+                    .or_insert_with(|| value.into_owned());
+            }
+        }
+        Self(params)
+    }
+
+    /// The value of `name`, with an empty value treated as absent.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|value| !value.is_empty())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(String::is_empty)
+    }
+}
+
+impl FromRequest<AppState> for AmmRequest {
+    type Rejection = AmmError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let account = authenticate(state, parts.headers.get(AUTHORIZATION)).await?;
+        let limit = state.settings.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(AmmError::PayloadTooLarge);
+        }
+        let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
+            if error
+                .into_inner()
+                .downcast_ref::<LengthLimitError>()
+                .is_some()
+            {
+                AmmError::PayloadTooLarge
+            } else {
+                AmmError::Generic
+            }
+        })?;
+        Ok(Self {
+            account,
+            params: Params::parse(&body, parts.uri.query()),
+        })
+    }
+}
+
+/// HTTP basic auth with the account's access key id and secret, compared in constant time.
+async fn authenticate(
+    state: &AppState,
+    header: Option<&http::HeaderValue>,
+) -> Result<Account, AmmError> {
+    let encoded = header
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .strip_prefix("Basic ")
+                .or_else(|| value.strip_prefix("basic "))
+        })
+        .ok_or(AmmError::Unauthorized)?;
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| AmmError::Unauthorized)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| AmmError::Unauthorized)?;
+    let (key, secret) = decoded.split_once(':').ok_or(AmmError::Unauthorized)?;
+    let key = AccessKeyId::parse(key).ok_or(AmmError::Unauthorized)?;
+    let (account, stored) = state
+        .accounts
+        .credentials(&key)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot look up credentials");
+            AmmError::Generic
+        })?
+        .ok_or(AmmError::Unauthorized)?;
+    if bool::from(stored.expose().as_bytes().ct_eq(secret.as_bytes())) {
+        Ok(account)
+    } else {
+        Err(AmmError::Unauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_wins_over_query_and_empty_is_absent() {
+        let params = Params::parse(b"to=391&text=a%20b&code_len=", Some("to=392&sandbox=true"));
+        assert_eq!(params.get("to"), Some("391"));
+        assert_eq!(params.get("text"), Some("a b"));
+        assert_eq!(params.get("sandbox"), Some("true"));
+        assert_eq!(params.get("code_len"), None);
+        assert!(!params.is_empty());
+        assert!(Params::parse(b"", None).is_empty());
+        assert!(Params::parse(b"verify_id=", None).is_empty());
+    }
+
+    #[test]
+    fn the_dotnet_sample_body_parses() {
+        // The provider's .NET sample starts the body with '&' and sends `sandbox=True`.
+        let params = Params::parse(
+            b"&text=Codice+%24%7Bverify_code%7D&to=393470000000&sandbox=True",
+            None,
+        );
+        assert_eq!(params.get("text"), Some("Codice ${verify_code}"));
+        assert_eq!(params.get("sandbox"), Some("True"));
+    }
+}
