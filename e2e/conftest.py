@@ -92,6 +92,19 @@ class Otpd:
             config=Config(retries={"max_attempts": 1}),
         )
 
+    def amm(self, account):
+        """A requests session speaking the amm API with the account's basic credentials."""
+        session = requests.Session()
+        session.auth = (account["access_key_id"], account["secret_access_key"])
+        session.headers["Accept"] = "application/json"
+        return session
+
+    def account_info(self, access_key_id):
+        for account in json.loads(self.cli("accounts", "list").stdout):
+            if account["access_key_id"] == access_key_id:
+                return account
+        raise AssertionError(f"no account {access_key_id}")
+
     def messages(self):
         if not self.sms_file.exists():
             return []

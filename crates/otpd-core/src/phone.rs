@@ -56,6 +56,12 @@ impl E164 {
         &self.0
     }
 
+    /// Loads libphonenumber's metadata now rather than on the first request (it is parsed
+    /// lazily, which costs the first caller noticeable time).
+    pub fn load_metadata() {
+        let _ = phonenumber::parse(None, "+393481234567");
+    }
+
     /// The digits without `+`, as the amm dialect shows numbers.
     pub fn digits(&self) -> &str {
         &self.0[1..]

@@ -55,6 +55,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(listen: SocketAddr, components: Components) -> anyhow::Result<Self> {
+        otpd_core::E164::load_metadata();
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
