@@ -1,11 +1,14 @@
 //! The ports the core drives. Adapters live in other crates: `otpd-store` implements `Store`,
 //! `otpd-sms` implements `MessageComposer` and `SmsTransport`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::account::{Account, Application, NewAccount};
 use crate::code::OtpCode;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
+use crate::outbox::{AttemptOutcome, MessageId, MessageRecord, OutboxMessage, Receipt};
 use crate::phone::E164;
 use crate::sms::{ComposeError, ComposedSms, MessageBody, Sender};
 use crate::verification::{
@@ -84,11 +87,27 @@ pub trait Store: Send + Sync + 'static {
         account_id: &AccountId,
         id: &VerifyId,
     ) -> Result<Option<Verification>, StoreError>;
-    async fn record_delivery(
+
+    // The outbox.
+    /// Claims up to `limit` due messages for `lease`, counting an attempt for each. Messages
+    /// whose code has expired or is no longer pending are dropped instead, never returned.
+    async fn claim_outbox(
         &self,
-        id: &VerifyId,
-        report: &DeliveryReport,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Stores the outcome of an attempt and releases the claim.
+    async fn finish_attempt(
+        &self,
+        id: &MessageId,
+        outcome: AttemptOutcome,
     ) -> Result<(), StoreError>;
+    /// Stores a carrier's delivery receipt; `false` if no message has that carrier id.
+    async fn record_receipt(&self, receipt: Receipt) -> Result<bool, StoreError>;
+    /// Releases every claim. Only for a store that one process owns (SQLite), at start: a
+    /// process that died mid-send leaves its claims behind.
+    async fn release_claims(&self) -> Result<u64, StoreError>;
+    async fn find_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
 
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -102,6 +121,7 @@ pub trait MessageComposer: Send + Sync + 'static {
 /// One SMS handed to a transport.
 #[derive(Debug, Clone)]
 pub struct OutgoingSms {
+    pub message_id: MessageId,
     pub verify_id: VerifyId,
     pub to: E164,
     pub from: Sender,
@@ -141,6 +161,15 @@ pub struct DeliveryReport {
     /// The downstream status code (HTTP-like: 200 for accepted).
     pub status_code: u16,
     pub status_message: String,
+}
+
+/// Delivers what the outbox holds. The core tells it when a message was committed and may wait
+/// a short, bounded time for the first attempt so that an API can report it.
+#[async_trait]
+pub trait Dispatcher: Send + Sync + 'static {
+    /// `id` was just committed to the outbox: deliver it soon. Returns the first attempt's
+    /// report if it comes within `wait`.
+    async fn enqueued(&self, id: &MessageId, wait: Duration) -> Option<DeliveryReport>;
 }
 
 /// Something that hands SMS to the network (or, in development, to a console or a file).

@@ -7,9 +7,10 @@ use crate::account::{Account, Name, NewAccount};
 use crate::code::{CodeLength, OtpCode};
 use crate::crypto::ServerKey;
 use crate::ids::{AccessKeyId, AccountId, SecretAccessKey, VerifyId};
+use crate::outbox::{MessageId, NewOutboxMessage};
 use crate::policy::{MaxAttempts, Ttl};
 use crate::ports::{
-    CreateError, DeliveryReport, MessageComposer, OutgoingSms, SmsTransport, Store, StoreError,
+    CreateError, DeliveryReport, DeliveryStatus, Dispatcher, MessageComposer, Store, StoreError,
 };
 use crate::sms::{ComposeError, MessageBody, Sender};
 use crate::verification::{
@@ -26,6 +27,8 @@ pub struct Limits {
     /// Wrong checks one end-user IP address may make on an account's codes per window.
     pub max_failed_checks_per_ip: u32,
     pub failed_checks_window: Duration,
+    /// How long a send waits for the first delivery attempt before answering anyway.
+    pub first_attempt_wait: Duration,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             antispam_window: Duration::from_secs(3600),
             max_failed_checks_per_ip: 20,
             failed_checks_window: Duration::from_secs(3600),
+            first_attempt_wait: Duration::from_secs(2),
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct SendRequest {
 #[derive(Debug, Clone)]
 pub struct SendReceipt {
     pub verify_id: VerifyId,
+    /// The message's id; `None` for sandbox sends.
+    pub message_id: Option<MessageId>,
     /// The transport's answer; `None` for sandbox sends, which reach no carrier.
     pub delivery: Option<DeliveryReport>,
 }
@@ -92,7 +98,7 @@ pub struct NewCredentials {
 pub struct VerificationService {
     store: Arc<dyn Store>,
     composer: Arc<dyn MessageComposer>,
-    transport: Arc<dyn SmsTransport>,
+    dispatcher: Arc<dyn Dispatcher>,
     key: Arc<ServerKey>,
     limits: Limits,
 }
@@ -101,14 +107,14 @@ impl VerificationService {
     pub fn new(
         store: Arc<dyn Store>,
         composer: Arc<dyn MessageComposer>,
-        transport: Arc<dyn SmsTransport>,
+        dispatcher: Arc<dyn Dispatcher>,
         key: Arc<ServerKey>,
         limits: Limits,
     ) -> Self {
         Self {
             store,
             composer,
-            transport,
+            dispatcher,
             key,
             limits,
         }
@@ -118,12 +124,22 @@ impl VerificationService {
         &self.store
     }
 
-    /// Generates a code, stores only its digest (with the guards applied in the same
-    /// transaction), and, once that is durable, hands the message to the transport.
+    /// Generates a code and, in one transaction, stores its digest (with the guards applied)
+    /// and the sealed message in the outbox. Once that is durable the dispatcher is told, and the
+    /// first delivery attempt is awaited for at most `first_attempt_wait`.
     pub async fn send(&self, request: SendRequest) -> Result<SendReceipt, SendError> {
         let verify_id = VerifyId::generate();
         let code = OtpCode::generate(request.code_length);
         let message = self.composer.compose(&request.body, &code)?;
+        let message_id = (!request.sandbox).then(MessageId::generate);
+        let outbox = message_id.as_ref().map(|id| NewOutboxMessage {
+            id: id.clone(),
+            sealed_text: self.key.seal(message.text.as_bytes()),
+            encoding: message.encoding,
+            parts: message.parts,
+            entity_id: request.entity_id.clone(),
+            template_id: request.template_id.clone(),
+        });
         let verification = NewVerification {
             id: verify_id.clone(),
             key: request.key.clone(),
@@ -134,6 +150,7 @@ impl VerificationService {
             sandbox: request.sandbox,
             sandbox_code: request.sandbox.then(|| code.expose().to_owned()),
             parts: message.parts,
+            outbox,
         };
         let guards = SendGuards {
             max_sends_per_destination: self.limits.max_sends_per_destination,
@@ -141,27 +158,28 @@ impl VerificationService {
             charge: if request.sandbox { 0 } else { message.parts },
         };
         self.store.create_verification(verification, guards).await?;
-        if request.sandbox {
+        let Some(message_id) = message_id else {
             return Ok(SendReceipt {
                 verify_id,
+                message_id: None,
                 delivery: None,
             });
-        }
-        let sms = OutgoingSms {
-            verify_id: verify_id.clone(),
-            to: request.key.destination,
-            from: request.sender,
-            message,
-            entity_id: request.entity_id,
-            template_id: request.template_id,
         };
-        let report = self.transport.send(&sms).await;
-        if let Err(error) = self.store.record_delivery(&verify_id, &report).await {
-            // The code is stored and the SMS went out: the send succeeded either way.
-            tracing::warn!(%error, verify_id = %verify_id, "could not record the delivery status");
-        }
+        let report = self
+            .dispatcher
+            .enqueued(&message_id, self.limits.first_attempt_wait)
+            .await
+            .unwrap_or_else(|| DeliveryReport {
+                // Committed and queued: the dispatcher delivers it even though the first
+                // attempt did not finish in time.
+                status: DeliveryStatus::Successful,
+                message_id: None,
+                status_code: 202,
+                status_message: "queued for delivery".into(),
+            });
         Ok(SendReceipt {
             verify_id,
+            message_id: Some(message_id),
             delivery: Some(report),
         })
     }

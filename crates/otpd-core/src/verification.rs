@@ -7,6 +7,7 @@ use crate::clock::Timestamp;
 use crate::code::OtpCode;
 use crate::crypto::{CodeDigest, ServerKey};
 use crate::ids::{AccountId, VerifyId};
+use crate::outbox::NewOutboxMessage;
 use crate::phone::E164;
 use crate::policy::{MaxAttempts, Ttl};
 
@@ -313,6 +314,8 @@ pub struct NewVerification {
     pub sandbox_code: Option<String>,
     /// SMS parts the message takes.
     pub parts: u32,
+    /// The message to deliver, committed in the same transaction; `None` for sandbox sends.
+    pub outbox: Option<NewOutboxMessage>,
 }
 
 /// Business limits the store enforces in the same transaction that creates a verification.
@@ -368,7 +371,10 @@ pub struct Verification {
     pub sandbox: bool,
     pub sandbox_code: Option<String>,
     pub message_id: Option<String>,
+    /// The newest word on delivery: the carrier's receipt state, else the hand-over status.
     pub delivery_status: Option<String>,
+    /// When that word came.
+    pub delivery_updated_at: Option<Timestamp>,
     pub parts: u32,
     pub checks: Vec<CheckRecord>,
 }

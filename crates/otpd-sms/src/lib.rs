@@ -4,9 +4,11 @@
 //! `MessageComposer` the core uses, and the transports behind the core's `SmsTransport` port.
 
 pub mod composer;
+pub mod dispatcher;
 pub mod gsm;
 pub mod segments;
 pub mod template;
 pub mod transport;
 
 pub use composer::SmsComposer;
+pub use dispatcher::{DispatchSettings, OutboxDispatcher};

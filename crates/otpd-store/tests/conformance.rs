@@ -4,9 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use otpd_core::Clock;
 use otpd_core::account::{Application, Name, NewAccount};
 use otpd_core::clock::ManualClock;
+use otpd_core::outbox::{AttemptOutcome, MessageId, MessageState, NewOutboxMessage, Receipt};
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
+use otpd_core::sms::Encoding;
 use otpd_core::verification::{
     CancelOutcome, Candidate, CheckAttempt, CheckLookup, CheckOutcome, CheckReport, Dialect,
     IpLimit, NewVerification, SendGuards, SendRejected, VerificationKey, VerificationStatus,
@@ -98,6 +101,7 @@ impl Harness {
                     sandbox: false,
                     sandbox_code: None,
                     parts: 1,
+                    outbox: Some(outbox_message()),
                 },
                 guards,
             )
@@ -399,6 +403,7 @@ async fn parallel_sends_never_overdraw() {
                         sandbox: false,
                         sandbox_code: None,
                         parts: 1,
+                        outbox: None,
                     },
                     UNLIMITED,
                 )
@@ -453,6 +458,7 @@ async fn a_failed_request_does_not_fail_its_batch_mates() {
                         sandbox: false,
                         sandbox_code: None,
                         parts: 1,
+                        outbox: None,
                     },
                     guards,
                 )
@@ -520,30 +526,6 @@ async fn cancel_only_live_codes() {
             .expect("find")
             .is_none()
     );
-}
-
-#[tokio::test]
-async fn delivery_reports_are_recorded() {
-    let h = harness().await;
-    let (id, _) = h
-        .send(h.key_for("+393481234567"), 3, UNLIMITED)
-        .await
-        .expect("send");
-    let report = DeliveryReport {
-        status: DeliveryStatus::Successful,
-        message_id: Some("msg-1".into()),
-        status_code: 200,
-        status_message: "accepted".into(),
-    };
-    h.store.record_delivery(&id, &report).await.expect("record");
-    let found = h
-        .store
-        .find_verification(&h.account, &id)
-        .await
-        .expect("find")
-        .expect("exists");
-    assert_eq!(found.message_id.as_deref(), Some("msg-1"));
-    assert_eq!(found.delivery_status.as_deref(), Some("SUCCESSFUL"));
 }
 
 #[tokio::test]
@@ -717,6 +699,40 @@ async fn one_ip_address_gets_a_bounded_number_of_wrong_checks() {
     assert_eq!(report.outcome, CheckOutcome::Verified);
 }
 
+fn outbox_message() -> NewOutboxMessage {
+    NewOutboxMessage {
+        id: MessageId::generate(),
+        sealed_text: b"sealed".to_vec(),
+        encoding: Encoding::Gsm7,
+        parts: 1,
+        entity_id: None,
+        template_id: Some("tpl".into()),
+    }
+}
+
+fn accepted(carrier_id: &str) -> AttemptOutcome {
+    AttemptOutcome::Accepted(DeliveryReport {
+        status: DeliveryStatus::Successful,
+        message_id: Some(carrier_id.into()),
+        status_code: 200,
+        status_message: "accepted".into(),
+    })
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+impl Harness {
+    async fn message_of(&self, id: &VerifyId) -> MessageId {
+        let found = self
+            .store
+            .find_verification(&self.account, id)
+            .await
+            .expect("find")
+            .expect("exists");
+        MessageId::parse(&found.message_id.expect("has a message")).expect("message id")
+    }
+}
+
 #[tokio::test]
 async fn checks_report_the_message_id() {
     let h = harness().await;
@@ -724,19 +740,13 @@ async fn checks_report_the_message_id() {
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
         .expect("send");
-    let report = DeliveryReport {
-        status: DeliveryStatus::Successful,
-        message_id: Some("sms-77".into()),
-        status_code: 200,
-        status_message: "ok".into(),
-    };
-    h.store.record_delivery(&id, &report).await.expect("record");
+    let message = h.message_of(&id).await;
     let checked = h
         .store
         .check(h.by_id(&id), h.attempt(code.expose()))
         .await
         .expect("check");
-    assert_eq!(checked.message_id.as_deref(), Some("sms-77"));
+    assert_eq!(checked.message_id.as_deref(), Some(message.as_str()));
     let unknown = h
         .store
         .check(h.by_id(&VerifyId::generate()), h.attempt("1234"))
@@ -749,4 +759,207 @@ async fn checks_report_the_message_id() {
             message_id: None
         }
     );
+}
+
+#[tokio::test]
+async fn the_outbox_hands_out_each_message_once_per_lease() {
+    let h = harness().await;
+    let (id, _) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let message = &claimed[0];
+    assert_eq!(message.verify_id, id);
+    assert_eq!(message.to.as_str(), "+393481234567");
+    assert_eq!(message.sealed_text, b"sealed");
+    assert_eq!(message.template_id.as_deref(), Some("tpl"));
+    assert_eq!(message.attempts, 0);
+    assert!(
+        h.store
+            .claim_outbox(10, LEASE)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "leased"
+    );
+    // A node that died mid-send: its lease runs out and the message comes back.
+    h.clock.advance(LEASE);
+    let again = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    h.store
+        .finish_attempt(&again[0].id, accepted("carrier-1"))
+        .await
+        .expect("finish");
+    h.clock.advance(LEASE * 2);
+    assert!(
+        h.store
+            .claim_outbox(10, LEASE)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "sent is final"
+    );
+    let record = h
+        .store
+        .find_message(&again[0].id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(record.state, MessageState::Sent);
+    assert_eq!(record.attempts, 2);
+    assert_eq!(record.carrier_message_id.as_deref(), Some("carrier-1"));
+    assert_eq!(record.sent_at, Some(h.clock.now().minus(LEASE * 2)));
+}
+
+#[tokio::test]
+async fn retries_wait_for_their_time() {
+    let h = harness().await;
+    h.send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    let retry_at = h.clock.now().plus(Duration::from_secs(5));
+    let report = DeliveryReport {
+        status: DeliveryStatus::Throttled,
+        message_id: None,
+        status_code: 88,
+        status_message: "throttled".into(),
+    };
+    h.store
+        .finish_attempt(&claimed[0].id, AttemptOutcome::Retry { report, retry_at })
+        .await
+        .expect("finish");
+    assert!(
+        h.store
+            .claim_outbox(10, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    h.clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
+        1
+    );
+    let record = h
+        .store
+        .find_message(&claimed[0].id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(record.delivery_status.as_deref(), Some("THROTTLED"));
+    assert_eq!(record.state, MessageState::Pending);
+}
+
+#[tokio::test]
+async fn expired_or_cancelled_codes_are_never_handed_out() {
+    let h = harness().await;
+    let (expiring, _) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let (cancelled, _) = h
+        .send(h.key_for("+393481234568"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    h.store
+        .cancel(&h.account, &cancelled)
+        .await
+        .expect("cancel");
+    h.clock.advance(Duration::from_secs(300));
+    assert!(
+        h.store
+            .claim_outbox(10, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    for id in [expiring, cancelled] {
+        let message = h.message_of(&id).await;
+        let record = h
+            .store
+            .find_message(&message)
+            .await
+            .expect("find")
+            .expect("exists");
+        assert_eq!(record.state, MessageState::Dropped);
+    }
+}
+
+#[tokio::test]
+async fn releasing_claims_after_a_crash() {
+    let h = harness().await;
+    h.send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    assert_eq!(
+        h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
+        1
+    );
+    assert_eq!(h.store.release_claims().await.expect("release"), 1);
+    assert_eq!(
+        h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn receipts_update_the_delivery_status() {
+    let h = harness().await;
+    let (id, _) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    h.store
+        .finish_attempt(&claimed[0].id, accepted("smsc-42"))
+        .await
+        .expect("finish");
+    let found = h
+        .store
+        .find_verification(&h.account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(found.delivery_status.as_deref(), Some("SUCCESSFUL"));
+    let at = h.clock.now().plus(Duration::from_secs(3));
+    let receipt = Receipt {
+        carrier_message_id: "smsc-42".into(),
+        state: "DELIVRD".into(),
+        at,
+    };
+    assert!(
+        h.store
+            .record_receipt(receipt.clone())
+            .await
+            .expect("receipt")
+    );
+    assert!(
+        !h.store
+            .record_receipt(Receipt {
+                carrier_message_id: "other".into(),
+                ..receipt
+            })
+            .await
+            .expect("receipt")
+    );
+    let found = h
+        .store
+        .find_verification(&h.account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(found.delivery_status.as_deref(), Some("DELIVRD"));
+    assert_eq!(found.delivery_updated_at, Some(at));
+    let record = h
+        .store
+        .find_message(&claimed[0].id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(record.receipt_state.as_deref(), Some("DELIVRD"));
+    assert_eq!(record.receipt_at, Some(at));
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use otpd_core::account::{Account, Application, Name};
 use otpd_core::clock::Timestamp;
+use otpd_core::outbox::MessageId;
 use otpd_core::ports::{Store, StoreError};
 use otpd_core::service::AccountService;
 use otpd_core::sms::Sender;
@@ -11,7 +12,7 @@ use otpd_core::{AccessKeyId, ApplicationId, SystemClock};
 use serde_json::{Value, json};
 
 use crate::CommandError;
-use crate::cli::{AccountsCommand, AppsCommand, CreditsCommand, GlobalOptions};
+use crate::cli::{AccountsCommand, AppsCommand, CreditsCommand, GlobalOptions, MessagesCommand};
 use crate::config::{self, DatabaseLocation};
 
 fn open_store(global: &GlobalOptions) -> Result<Arc<dyn Store>, CommandError> {
@@ -179,6 +180,46 @@ pub async fn credits(global: &GlobalOptions, command: CreditsCommand) -> Result<
                     CommandError::Usage(format!("no account has the access key id {access_key_id}"))
                 })?;
             print(&account_json(&account));
+        }
+    }
+    Ok(())
+}
+
+pub async fn messages(
+    global: &GlobalOptions,
+    command: MessagesCommand,
+) -> Result<(), CommandError> {
+    let store = open_store(global)?;
+    match command {
+        MessagesCommand::Show { message_id } => {
+            let id = MessageId::parse(&message_id).ok_or_else(|| {
+                CommandError::Usage(format!("{message_id:?} is not a message id"))
+            })?;
+            let message = store
+                .find_message(&id)
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| {
+                    CommandError::Usage(format!("no message has the id {message_id}"))
+                })?;
+            print(&json!({
+                "message_id": message.id.as_str(),
+                "verify_id": message.verify_id.as_str(),
+                "account_id": message.account_id.as_str(),
+                "to": message.to.as_str(),
+                "from": message.from,
+                "encoding": message.encoding.as_str(),
+                "parts": message.parts,
+                "state": message.state.as_str(),
+                "attempts": message.attempts,
+                "created_at": message.created_at.millis(),
+                "sent_at": message.sent_at.map(|at| at.millis()),
+                "delivery_status": message.delivery_status,
+                "status_message": message.status_message,
+                "carrier_message_id": message.carrier_message_id,
+                "receipt_state": message.receipt_state,
+                "receipt_at": message.receipt_at.map(|at| at.millis()),
+            }));
         }
     }
     Ok(())

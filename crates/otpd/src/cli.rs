@@ -51,6 +51,15 @@ pub enum Command {
     /// Manage account credit.
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Look at SMS messages and their delivery.
+    #[command(subcommand)]
+    Messages(MessagesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MessagesCommand {
+    /// Print one message's delivery record as JSON (never its text, which holds the code).
+    Show { message_id: String },
 }
 
 #[derive(Debug, Clone, Args)]

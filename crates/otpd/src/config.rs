@@ -49,6 +49,11 @@ impl DatabaseLocation {
         )))
     }
 
+    /// Whether one process owns the database (SQLite), so claims left at start are stale.
+    pub fn is_single_process(&self) -> bool {
+        matches!(self, Self::Sqlite(_))
+    }
+
     pub fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, CommandError> {
         match self {
             Self::Sqlite(path) => {

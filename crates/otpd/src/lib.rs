@@ -29,6 +29,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Accounts(command) => admin::accounts(&cli.global, command).await,
         Command::Apps(command) => admin::apps(&cli.global, command).await,
         Command::Credits(command) => admin::credits(&cli.global, command).await,
+        Command::Messages(command) => admin::messages(&cli.global, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,8 +12,8 @@ use otpd_api::{ApiSettings, AppState};
 use otpd_core::ports::{SmsTransport, Store};
 use otpd_core::service::{AccountService, Limits, VerificationService};
 use otpd_core::{ServerKey, SystemClock};
-use otpd_sms::SmsComposer;
 use otpd_sms::transport::TransportSpec;
+use otpd_sms::{DispatchSettings, OutboxDispatcher, SmsComposer};
 use tokio::net::TcpListener;
 
 use crate::CommandError;
@@ -27,30 +27,40 @@ pub struct Components {
     pub key: ServerKey,
     pub limits: Limits,
     pub api: ApiSettings,
+    pub dispatch: DispatchSettings,
 }
 
 impl Components {
-    pub fn state(self) -> AppState {
+    /// The HTTP state and the dispatcher that delivers what it sends.
+    pub fn build(self) -> (AppState, OutboxDispatcher) {
         let key = Arc::new(self.key);
+        let dispatcher = OutboxDispatcher::new(
+            self.store.clone(),
+            self.transport,
+            key.clone(),
+            self.dispatch,
+        );
         let accounts = AccountService::new(self.store.clone(), key.clone());
         let service = VerificationService::new(
             self.store,
             Arc::new(SmsComposer),
-            self.transport,
+            Arc::new(dispatcher.clone()),
             key,
             self.limits,
         );
-        AppState {
+        let state = AppState {
             service,
             accounts,
             settings: Arc::new(self.api),
-        }
+        };
+        (state, dispatcher)
     }
 }
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    dispatcher: OutboxDispatcher,
 }
 
 impl Application {
@@ -59,9 +69,11 @@ impl Application {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let (state, dispatcher) = components.build();
         Ok(Self {
             listener,
-            router: otpd_api::router(components.state()),
+            router: otpd_api::router(state),
+            dispatcher,
         })
     }
 
@@ -69,17 +81,29 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// Serves until `shutdown` resolves: then stops accepting, finishes the requests in flight,
+    /// and stops the dispatcher, which leaves undelivered messages in the outbox.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let dispatcher = tokio::spawn(self.dispatcher.run(async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|&stop| stop).await;
+        }));
+        let served = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+        let _ = stop.send(true);
+        if let Err(error) = dispatcher.await {
+            tracing::error!(%error, "the dispatcher stopped abnormally");
+        }
+        served
     }
 }
 
@@ -92,12 +116,26 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     let location = DatabaseLocation::from_options(global)?;
     let key = config::server_key(global)?;
     let store = location.open(Arc::new(SystemClock))?;
+    if location.is_single_process() {
+        // Claims left by a process that died mid-send: nobody else can hold them.
+        let released = store
+            .release_claims()
+            .await
+            .context("cannot read the outbox")?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "picked up messages an earlier run left undelivered"
+            );
+        }
+    }
     let components = Components {
         store,
         transport: spec.build(),
         key,
         limits: Limits::default(),
         api: ApiSettings::default(),
+        dispatch: DispatchSettings::default(),
     };
     let application = Application::build(options.listen, components).await?;
     let address = application

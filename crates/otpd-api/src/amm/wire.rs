@@ -178,6 +178,12 @@ pub struct SearchResponse {
     pub date_submit: i64,
     pub valid_until: i64,
     pub checks: Vec<SearchCheck>,
+    /// otpd's addition: the newest word on delivery (the carrier's receipt state such as
+    /// `DELIVRD`, else the hand-over status such as `SUCCESSFUL`) and when it came (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_date: Option<i64>,
 }
 
 impl From<Verification> for SearchResponse {
@@ -204,6 +210,8 @@ impl From<Verification> for SearchResponse {
                 .into_iter()
                 .map(SearchCheck::from)
                 .collect(),
+            delivery_status: verification.delivery_status,
+            delivery_date: verification.delivery_updated_at.map(|at| at.millis()),
         }
     }
 }

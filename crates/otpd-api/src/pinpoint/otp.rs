@@ -49,7 +49,7 @@ pub async fn send(
     );
     let result = receipt
         .delivery
-        .map(MessageResult::from)
+        .map(|report| MessageResult::new(report, receipt.message_id.as_ref()))
         .map(|result| HashMap::from([(destination_key, result)]))
         .unwrap_or_default();
     Ok(Json(MessageResponse {

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use otpd_core::account::Application;
+use otpd_core::outbox::MessageId;
 use otpd_core::ports::DeliveryReport;
 use otpd_core::service::SendRequest;
 use otpd_core::sms::{Language, MessageBody, Sender};
@@ -169,11 +170,12 @@ pub struct MessageResult {
     pub status_message: String,
 }
 
-impl From<DeliveryReport> for MessageResult {
-    fn from(report: DeliveryReport) -> Self {
+impl MessageResult {
+    /// The result of the first delivery attempt; `MessageId` is otpd's own id for the message.
+    pub fn new(report: DeliveryReport, message_id: Option<&MessageId>) -> Self {
         Self {
             delivery_status: report.status.as_str(),
-            message_id: report.message_id,
+            message_id: message_id.map(ToString::to_string),
             status_code: report.status_code,
             status_message: report.status_message,
         }

@@ -3,15 +3,13 @@
 use async_trait::async_trait;
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
 
-use super::local_message_id;
-
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ConsoleTransport;
 
 #[async_trait]
 impl SmsTransport for ConsoleTransport {
     async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
-        let message_id = local_message_id();
+        let message_id = sms.message_id.to_string();
         // This is the SMS itself, not a log line: a developer reads the code from here.
         eprintln!(
             "SMS {message_id} to {} from {} ({}, {} part(s)): {}",

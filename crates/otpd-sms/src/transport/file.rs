@@ -8,8 +8,6 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use super::local_message_id;
-
 #[derive(Debug)]
 pub struct FileTransport {
     path: PathBuf,
@@ -50,7 +48,7 @@ impl FileTransport {
 #[async_trait]
 impl SmsTransport for FileTransport {
     async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
-        let message_id = local_message_id();
+        let message_id = sms.message_id.to_string();
         let line = Line {
             message_id: &message_id,
             to: sms.to.as_str(),
@@ -84,11 +82,13 @@ impl SmsTransport for FileTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use otpd_core::outbox::MessageId;
     use otpd_core::sms::{ComposedSms, Encoding, Sender};
     use otpd_core::{E164, VerifyId};
 
     fn sms(text: &str) -> OutgoingSms {
         OutgoingSms {
+            message_id: MessageId::generate(),
             verify_id: VerifyId::generate(),
             to: E164::parse("+393481234567").expect("number"),
             from: Sender::parse("Acme").expect("sender"),

@@ -52,11 +52,6 @@ impl TransportSpec {
     }
 }
 
-/// A message id for transports that have none of their own.
-pub(crate) fn local_message_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,9 +38,7 @@ CREATE TABLE verifications (
     sandbox             INTEGER NOT NULL,
     sandbox_code        TEXT,
     parts               INTEGER NOT NULL,
-    message_id          TEXT,
-    delivery_status     TEXT,
-    delivery_updated_at INTEGER
+    message_id          TEXT
 ) STRICT;
 -- The newest verification for a key (Pinpoint's lookup) and the one-live-code rule.
 CREATE INDEX verifications_by_key
@@ -62,3 +60,34 @@ CREATE TABLE checks (
 CREATE INDEX checks_by_verification ON checks (verification_id, at);
 -- The per-IP anti-spam filter: recent wrong checks from one end-user address.
 CREATE INDEX checks_by_client_ip ON checks (account_id, client_ip, at) WHERE client_ip IS NOT NULL;
+
+-- The outbox: each message is committed with its verification and delivered afterwards. The
+-- text holds the code, so it is sealed with the server key.
+CREATE TABLE outbox (
+    id                  TEXT PRIMARY KEY,
+    verification_id     TEXT NOT NULL REFERENCES verifications (id) ON DELETE CASCADE,
+    account_id          TEXT NOT NULL,
+    destination         TEXT NOT NULL,
+    sender              TEXT NOT NULL,
+    sealed_text         BLOB NOT NULL,
+    encoding            TEXT NOT NULL,
+    parts               INTEGER NOT NULL,
+    entity_id           TEXT,
+    template_id         TEXT,
+    state               TEXT NOT NULL,
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at     INTEGER NOT NULL,
+    lease_until         INTEGER NOT NULL DEFAULT 0,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    sent_at             INTEGER,
+    delivery_status     TEXT,
+    status_code         INTEGER,
+    status_message      TEXT,
+    carrier_message_id  TEXT,
+    receipt_state       TEXT,
+    receipt_at          INTEGER
+) STRICT;
+CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX outbox_by_carrier_id ON outbox (carrier_message_id) WHERE carrier_message_id IS NOT NULL;
+CREATE INDEX outbox_by_verification ON outbox (verification_id);

@@ -7,10 +7,12 @@ mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use otpd_core::account::{Account, Application, NewAccount};
-use otpd_core::ports::{CreateError, DeliveryReport, Store, StoreError};
+use otpd_core::outbox::{AttemptOutcome, MessageId, MessageRecord, OutboxMessage, Receipt};
+use otpd_core::ports::{CreateError, Store, StoreError};
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
     SendRejected, Verification,
@@ -278,16 +280,49 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn record_delivery(
+    async fn claim_outbox(
         &self,
-        id: &VerifyId,
-        report: &DeliveryReport,
-    ) -> Result<(), StoreError> {
-        let (id, report) = (id.clone(), report.clone());
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
         Ok(self
             .write(move |connection, clock| {
-                queries::record_delivery(connection, &id, &report, clock.now())
+                queries::claim_outbox(connection, limit, lease, clock.now())
             })
+            .await?)
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: &MessageId,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        Ok(self
+            .write(move |connection, clock| {
+                queries::finish_attempt(connection, &id, &outcome, clock.now())
+            })
+            .await?)
+    }
+
+    async fn record_receipt(&self, receipt: Receipt) -> Result<bool, StoreError> {
+        Ok(self
+            .write(move |connection, clock| {
+                queries::record_receipt(connection, &receipt, clock.now())
+            })
+            .await?)
+    }
+
+    async fn release_claims(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .write(|connection, _| queries::release_claims(connection))
+            .await?)
+    }
+
+    async fn find_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        let id = id.clone();
+        Ok(self
+            .read(move |connection, _| queries::find_message(connection, &id))
             .await?)
     }
 

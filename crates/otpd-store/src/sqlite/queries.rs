@@ -2,7 +2,12 @@
 //! thread with the connection it is handed.
 
 use otpd_core::account::{Account, Application, NewAccount};
-use otpd_core::ports::DeliveryReport;
+use std::time::Duration;
+
+use otpd_core::outbox::{
+    AttemptOutcome, MessageId, MessageRecord, MessageState, OutboxMessage, Receipt,
+};
+use otpd_core::sms::Encoding;
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, CheckRecord, CheckReport, CheckState,
     Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
@@ -225,8 +230,8 @@ pub(super) fn insert_verification(
         .prepare_cached(
             "INSERT INTO verifications (id, account_id, dialect, app, reference, destination, sender,
                  code_digest, status, created_at, expires_at, attempts_used, max_attempts, sandbox,
-                 sandbox_code, parts)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, 0, ?11, ?12, ?13, ?14)",
+                 sandbox_code, parts, message_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15)",
         )?
         .execute(params![
             verification.id.as_str(),
@@ -243,7 +248,29 @@ pub(super) fn insert_verification(
             verification.sandbox,
             verification.sandbox_code,
             verification.parts,
+            verification.outbox.as_ref().map(|message| message.id.as_str()),
         ])?;
+    if let Some(message) = &verification.outbox {
+        connection
+            .prepare_cached(
+                "INSERT INTO outbox (id, verification_id, account_id, destination, sender, sealed_text,
+                     encoding, parts, entity_id, template_id, state, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11, ?11, ?11)",
+            )?
+            .execute(params![
+                message.id.as_str(),
+                verification.id.as_str(),
+                key.account_id.as_str(),
+                key.destination.as_str(),
+                verification.sender,
+                message.sealed_text,
+                message.encoding.as_str(),
+                message.parts,
+                message.entity_id,
+                message.template_id,
+                now.millis(),
+            ])?;
+    }
     Ok(())
 }
 
@@ -418,10 +445,12 @@ pub(super) fn find_verification(
 ) -> Result<Option<Verification>, Failure> {
     let verification = connection
         .prepare_cached(
-            "SELECT id, account_id, dialect, app, reference, destination, sender, status, created_at,
-                    expires_at, attempts_used, max_attempts, sandbox, sandbox_code, message_id,
-                    delivery_status, parts
-             FROM verifications WHERE id = ?1 AND account_id = ?2",
+            "SELECT v.id, v.account_id, v.dialect, v.app, v.reference, v.destination, v.sender, v.status,
+                    v.created_at, v.expires_at, v.attempts_used, v.max_attempts, v.sandbox, v.sandbox_code, v.message_id,
+                    COALESCE(o.receipt_state, o.delivery_status), COALESCE(o.receipt_at, o.sent_at, o.updated_at),
+                    v.parts
+             FROM verifications v LEFT JOIN outbox o ON o.id = v.message_id
+             WHERE v.id = ?1 AND v.account_id = ?2",
         )?
         .query_row(params![id.as_str(), account_id.as_str()], |row| {
             let state = CheckState {
@@ -449,7 +478,8 @@ pub(super) fn find_verification(
                 sandbox_code: row.get(13)?,
                 message_id: row.get(14)?,
                 delivery_status: row.get(15)?,
-                parts: row.get(16)?,
+                delivery_updated_at: row.get::<_, Option<i64>>(16)?.map(Timestamp),
+                parts: row.get(17)?,
                 checks: Vec::new(),
             })
         })
@@ -474,22 +504,161 @@ pub(super) fn find_verification(
     Ok(Some(verification))
 }
 
-pub(super) fn record_delivery(
+/// Claims due messages: drops those whose code is no longer live, leases the rest.
+pub(super) fn claim_outbox(
     connection: &Connection,
-    id: &VerifyId,
-    report: &DeliveryReport,
+    limit: usize,
+    lease: Duration,
+    now: Timestamp,
+) -> Result<Vec<OutboxMessage>, Failure> {
+    let mut statement = connection.prepare_cached(
+        "SELECT o.id, o.verification_id, o.destination, o.sender, o.sealed_text, o.encoding, o.parts,
+                o.entity_id, o.template_id, o.attempts, v.status, v.expires_at
+         FROM outbox o JOIN verifications v ON v.id = o.verification_id
+         WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 AND o.lease_until <= ?1
+         ORDER BY o.next_attempt_at LIMIT ?2",
+    )?;
+    let rows = statement
+        .query_map(
+            params![now.millis(), i64::try_from(limit).unwrap_or(i64::MAX)],
+            |row| {
+                let message = OutboxMessage {
+                    id: parse_column(row, 0, MessageId::parse)?,
+                    verify_id: parse_column(row, 1, VerifyId::parse)?,
+                    to: parse_column(row, 2, |text| E164::parse(text).ok())?,
+                    from: row.get(3)?,
+                    sealed_text: row.get(4)?,
+                    encoding: parse_column(row, 5, encoding_from_str)?,
+                    parts: row.get(6)?,
+                    entity_id: row.get(7)?,
+                    template_id: row.get(8)?,
+                    attempts: row.get(9)?,
+                };
+                let status: String = row.get(10)?;
+                let expires_at: i64 = row.get(11)?;
+                Ok((message, status == "pending" && now.millis() < expires_at))
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for (message, live) in rows {
+        if live {
+            connection
+                .prepare_cached(
+                    "UPDATE outbox SET lease_until = ?2, attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
+                )?
+                .execute(params![message.id.as_str(), now.plus(lease).millis(), now.millis()])?;
+            claimed.push(message);
+        } else {
+            connection
+                .prepare_cached(
+                    "UPDATE outbox SET state = 'dropped', updated_at = ?2,
+                         status_message = 'not sent: the code expired or was cancelled first'
+                     WHERE id = ?1",
+                )?
+                .execute(params![message.id.as_str(), now.millis()])?;
+        }
+    }
+    Ok(claimed)
+}
+
+pub(super) fn finish_attempt(
+    connection: &Connection,
+    id: &MessageId,
+    outcome: &AttemptOutcome,
     now: Timestamp,
 ) -> Result<(), Failure> {
+    let (state, report, next_attempt_at) = match outcome {
+        AttemptOutcome::Accepted(report) => ("sent", report, None),
+        AttemptOutcome::Retry { report, retry_at } => ("pending", report, Some(*retry_at)),
+        AttemptOutcome::Failed(report) => ("failed", report, None),
+    };
     connection
         .prepare_cached(
-            "UPDATE verifications SET message_id = ?2, delivery_status = ?3, delivery_updated_at = ?4
+            "UPDATE outbox SET state = ?2, lease_until = 0, updated_at = ?3,
+                 next_attempt_at = COALESCE(?4, next_attempt_at),
+                 sent_at = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_at END,
+                 delivery_status = ?5, status_code = ?6, status_message = ?7,
+                 carrier_message_id = COALESCE(?8, carrier_message_id)
              WHERE id = ?1",
         )?
         .execute(params![
             id.as_str(),
-            report.message_id,
+            state,
+            now.millis(),
+            next_attempt_at.map(Timestamp::millis),
             report.status.as_str(),
-            now.millis()
+            report.status_code,
+            report.status_message,
+            report.message_id,
         ])?;
     Ok(())
+}
+
+pub(super) fn record_receipt(
+    connection: &Connection,
+    receipt: &Receipt,
+    now: Timestamp,
+) -> Result<bool, Failure> {
+    let updated = connection
+        .prepare_cached(
+            "UPDATE outbox SET receipt_state = ?2, receipt_at = ?3, updated_at = ?4 WHERE carrier_message_id = ?1",
+        )?
+        .execute(params![
+            receipt.carrier_message_id,
+            receipt.state,
+            receipt.at.millis(),
+            now.millis()
+        ])?;
+    Ok(updated > 0)
+}
+
+pub(super) fn release_claims(connection: &Connection) -> Result<u64, Failure> {
+    let released = connection.execute(
+        "UPDATE outbox SET lease_until = 0 WHERE state = 'pending' AND lease_until > 0",
+        [],
+    )?;
+    Ok(released as u64)
+}
+
+pub(super) fn find_message(
+    connection: &Connection,
+    id: &MessageId,
+) -> Result<Option<MessageRecord>, Failure> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT id, verification_id, account_id, destination, sender, encoding, parts, state, attempts,
+                    created_at, sent_at, delivery_status, status_message, carrier_message_id, receipt_state,
+                    receipt_at
+             FROM outbox WHERE id = ?1",
+        )?
+        .query_row([id.as_str()], |row| {
+            Ok(MessageRecord {
+                id: parse_column(row, 0, MessageId::parse)?,
+                verify_id: parse_column(row, 1, VerifyId::parse)?,
+                account_id: parse_column(row, 2, AccountId::parse)?,
+                to: parse_column(row, 3, |text| E164::parse(text).ok())?,
+                from: row.get(4)?,
+                encoding: parse_column(row, 5, encoding_from_str)?,
+                parts: row.get(6)?,
+                state: parse_column(row, 7, MessageState::parse)?,
+                attempts: row.get(8)?,
+                created_at: Timestamp(row.get(9)?),
+                sent_at: row.get::<_, Option<i64>>(10)?.map(Timestamp),
+                delivery_status: row.get(11)?,
+                status_message: row.get(12)?,
+                carrier_message_id: row.get(13)?,
+                receipt_state: row.get(14)?,
+                receipt_at: row.get::<_, Option<i64>>(15)?.map(Timestamp),
+            })
+        })
+        .optional()?)
+}
+
+fn encoding_from_str(text: &str) -> Option<Encoding> {
+    match text {
+        "GSM7" => Some(Encoding::Gsm7),
+        "UCS2" => Some(Encoding::Ucs2),
+        _ => None,
+    }
 }

@@ -16,6 +16,7 @@ use otpd_core::clock::Timestamp;
 use otpd_core::ports::Store;
 use otpd_core::service::{AccountService, Limits};
 use otpd_core::{ApplicationId, ServerKey, SystemClock};
+use otpd_sms::DispatchSettings;
 use otpd_sms::transport::FileTransport;
 use otpd_store::SqliteStore;
 use tower::ServiceExt;
@@ -57,9 +58,12 @@ pub async fn spawn_app() -> TestApp {
         key,
         limits: Limits::default(),
         api: ApiSettings::default(),
+        dispatch: DispatchSettings::default(),
     };
+    let (state, dispatcher) = components.build();
+    tokio::spawn(dispatcher.run(std::future::pending()));
     TestApp {
-        router: otpd_api::router(components.state()),
+        router: otpd_api::router(state),
         access_key_id: credentials.account.access_key_id.to_string(),
         secret: credentials.secret_access_key.expose().to_owned(),
         app_id: app.id.to_string(),

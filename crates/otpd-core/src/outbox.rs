@@ -1,0 +1,255 @@
+//! The durable outbox: every accepted send is committed with its message, and a dispatcher
+//! delivers it afterwards, retrying transient failures, surviving crashes, and never sending a
+//! code that has expired or been cancelled.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::crypto::fill_random;
+use crate::ids::{AccountId, VerifyId};
+use crate::phone::E164;
+use crate::ports::{DeliveryReport, DeliveryStatus};
+use crate::sms::Encoding;
+
+/// otpd's own id for one message: 32 lowercase hex characters. It is Pinpoint's `MessageId` and
+/// the amm `id_sms`; the carrier's id is kept beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageId(String);
+
+impl MessageId {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        fill_random(&mut bytes);
+        Self(hex::encode(bytes))
+    }
+
+    pub fn parse(input: &str) -> Option<Self> {
+        let well_formed = input.len() == 32
+            && input
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        well_formed.then(|| Self(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message to commit with its verification. The text holds the code, so it is stored sealed
+/// with the server key.
+#[derive(Debug, Clone)]
+pub struct NewOutboxMessage {
+    pub id: MessageId,
+    pub sealed_text: Vec<u8>,
+    pub encoding: Encoding,
+    pub parts: u32,
+    pub entity_id: Option<String>,
+    pub template_id: Option<String>,
+}
+
+/// A message claimed for one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub id: MessageId,
+    pub verify_id: VerifyId,
+    pub to: E164,
+    pub from: String,
+    pub sealed_text: Vec<u8>,
+    pub encoding: Encoding,
+    pub parts: u32,
+    pub entity_id: Option<String>,
+    pub template_id: Option<String>,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// What became of one delivery attempt, to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The carrier took the message.
+    Accepted(DeliveryReport),
+    /// A transient failure: try again at `retry_at`.
+    Retry {
+        report: DeliveryReport,
+        retry_at: Timestamp,
+    },
+    /// A permanent failure, or the retries are used up.
+    Failed(DeliveryReport),
+}
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    /// Waiting for its (next) attempt.
+    Pending,
+    /// Handed to the carrier.
+    Sent,
+    /// Given up on.
+    Failed,
+    /// Not sent because its code expired or was cancelled first.
+    Dropped,
+}
+
+impl MessageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Dropped => "dropped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "sent" => Some(Self::Sent),
+            "failed" => Some(Self::Failed),
+            "dropped" => Some(Self::Dropped),
+            _ => None,
+        }
+    }
+}
+
+/// A delivery receipt from the carrier (an SMPP `deliver_sm` receipt, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub carrier_message_id: String,
+    /// The carrier's final state: DELIVRD, UNDELIV, EXPIRED, REJECTD...
+    pub state: String,
+    pub at: Timestamp,
+}
+
+/// One message as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub id: MessageId,
+    pub verify_id: VerifyId,
+    pub account_id: AccountId,
+    pub to: E164,
+    pub from: String,
+    pub encoding: Encoding,
+    pub parts: u32,
+    pub state: MessageState,
+    pub attempts: u32,
+    pub created_at: Timestamp,
+    pub sent_at: Option<Timestamp>,
+    pub delivery_status: Option<String>,
+    pub status_message: Option<String>,
+    pub carrier_message_id: Option<String>,
+    pub receipt_state: Option<String>,
+    pub receipt_at: Option<Timestamp>,
+}
+
+/// How failed attempts are retried: capped exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            max_attempts: 12,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempts + 1`, given `attempts` made: doubling from
+    /// `first_delay`, capped at `max_delay`, then scaled by `jitter` (0.0 to 1.0) into 50-100 %
+    /// of that, so that retries after an outage do not arrive all at once.
+    pub fn delay(&self, attempts: u32, jitter: f64) -> Duration {
+        let exponent = attempts.saturating_sub(1).min(20);
+        let full = self
+            .first_delay
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_delay);
+        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+
+    /// What to store after an attempt that got `report` (with `attempts` made, this one
+    /// included).
+    pub fn outcome(
+        &self,
+        report: DeliveryReport,
+        attempts: u32,
+        now: Timestamp,
+        jitter: f64,
+    ) -> AttemptOutcome {
+        match report.status {
+            DeliveryStatus::Successful => AttemptOutcome::Accepted(report),
+            DeliveryStatus::PermanentFailure => AttemptOutcome::Failed(report),
+            _ if attempts >= self.max_attempts => AttemptOutcome::Failed(report),
+            _ => AttemptOutcome::Retry {
+                retry_at: now.plus(self.delay(attempts, jitter)),
+                report,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(status: DeliveryStatus) -> DeliveryReport {
+        DeliveryReport {
+            status,
+            message_id: None,
+            status_code: 0,
+            status_message: String::new(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.delay(1, 1.0), Duration::from_secs(1));
+        assert_eq!(policy.delay(2, 1.0), Duration::from_secs(2));
+        assert_eq!(policy.delay(4, 1.0), Duration::from_secs(8));
+        assert_eq!(policy.delay(30, 1.0), Duration::from_secs(60));
+        assert_eq!(policy.delay(4, 0.0), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn outcomes_by_status() {
+        let policy = RetryPolicy::default();
+        let now = Timestamp(0);
+        assert!(matches!(
+            policy.outcome(report(DeliveryStatus::Successful), 1, now, 0.5),
+            AttemptOutcome::Accepted(_)
+        ));
+        assert!(matches!(
+            policy.outcome(report(DeliveryStatus::PermanentFailure), 1, now, 0.5),
+            AttemptOutcome::Failed(_)
+        ));
+        match policy.outcome(report(DeliveryStatus::Throttled), 1, now, 1.0) {
+            AttemptOutcome::Retry { retry_at, .. } => assert_eq!(retry_at, Timestamp(1_000)),
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        assert!(matches!(
+            policy.outcome(report(DeliveryStatus::TemporaryFailure), 12, now, 0.5),
+            AttemptOutcome::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn message_ids() {
+        let id = MessageId::generate();
+        assert_eq!(MessageId::parse(id.as_str()), Some(id));
+        assert!(MessageId::parse("410065822").is_none());
+    }
+}

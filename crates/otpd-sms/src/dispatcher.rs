@@ -1,0 +1,249 @@
+//! The outbox dispatcher: claims due messages from the store, opens their sealed text, hands
+//! them to the transport and stores each outcome, retrying transient failures with capped
+//! exponential backoff and jitter. Messages whose code expired or was cancelled are dropped by
+//! the store's claim, never sent. After a crash, unfinished messages come back when their claim
+//! is released (at start) or its lease runs out (on shared stores).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use otpd_core::crypto::fill_random;
+use otpd_core::outbox::{AttemptOutcome, MessageId, OutboxMessage, RetryPolicy};
+use otpd_core::ports::{
+    DeliveryReport, DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store,
+};
+use otpd_core::sms::{ComposedSms, Sender};
+use otpd_core::{Clock, ServerKey, SystemClock};
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::task::JoinSet;
+
+/// How the dispatcher paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchSettings {
+    /// Messages in flight at once.
+    pub concurrency: usize,
+    /// How long a claim holds before another worker may take the message.
+    pub lease: Duration,
+    /// How often the outbox is looked at when nobody says there is something new.
+    pub poll_interval: Duration,
+    /// How long shutdown waits for attempts in flight.
+    pub drain_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(500),
+            drain_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Reports of first attempts, handed to whoever waits for them.
+#[derive(Default)]
+struct FirstReports {
+    waiting: HashMap<MessageId, oneshot::Sender<DeliveryReport>>,
+    /// First reports that came before anyone asked (bounded).
+    early: HashMap<MessageId, DeliveryReport>,
+}
+
+const MAX_EARLY_REPORTS: usize = 10_000;
+
+struct Inner {
+    store: Arc<dyn Store>,
+    transport: Arc<dyn SmsTransport>,
+    key: Arc<ServerKey>,
+    settings: DispatchSettings,
+    wake: Notify,
+    reports: Mutex<FirstReports>,
+}
+
+#[derive(Clone)]
+pub struct OutboxDispatcher {
+    inner: Arc<Inner>,
+}
+
+impl OutboxDispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        transport: Arc<dyn SmsTransport>,
+        key: Arc<ServerKey>,
+        settings: DispatchSettings,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                transport,
+                key,
+                settings,
+                wake: Notify::new(),
+                reports: Mutex::new(FirstReports::default()),
+            }),
+        }
+    }
+
+    /// Delivers until `shutdown` resolves, then waits (bounded) for attempts in flight. What is
+    /// not delivered stays in the outbox for the next start.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let inner = self.inner;
+        let permits = Arc::new(Semaphore::new(inner.settings.concurrency.max(1)));
+        let mut attempts = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            while attempts.try_join_next().is_some() {}
+            let room = permits.available_permits();
+            let mut claimed_full_batch = false;
+            if room > 0 {
+                match inner.store.claim_outbox(room, inner.settings.lease).await {
+                    Ok(messages) => {
+                        claimed_full_batch = messages.len() == room;
+                        for message in messages {
+                            let Ok(permit) = permits.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let inner = inner.clone();
+                            attempts.spawn(async move {
+                                attempt(&inner, message).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot read the outbox; retrying"),
+                }
+            }
+            if claimed_full_batch {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = inner.wake.notified() => {}
+                () = tokio::time::sleep(inner.settings.poll_interval) => {}
+                Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
+            }
+        }
+        let drained = tokio::time::timeout(inner.settings.drain_timeout, async {
+            while attempts.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("stopped with deliveries in flight; they stay in the outbox");
+        }
+    }
+}
+
+#[async_trait]
+impl Dispatcher for OutboxDispatcher {
+    async fn enqueued(&self, id: &MessageId, wait: Duration) -> Option<DeliveryReport> {
+        let receiver = {
+            let mut reports = self
+                .inner
+                .reports
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(report) = reports.early.remove(id) {
+                return Some(report);
+            }
+            let (sender, receiver) = oneshot::channel();
+            reports.waiting.insert(id.clone(), sender);
+            receiver
+        };
+        self.inner.wake.notify_one();
+        let report = tokio::time::timeout(wait, receiver)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if report.is_none() {
+            let mut reports = self
+                .inner
+                .reports
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            reports.waiting.remove(id);
+        }
+        report
+    }
+}
+
+/// One delivery attempt, start to stored outcome.
+async fn attempt(inner: &Inner, message: OutboxMessage) {
+    let first = message.attempts == 0;
+    let id = message.id.clone();
+    let report = match inner.key.open(&message.sealed_text) {
+        Some(text) => {
+            let sms = OutgoingSms {
+                message_id: message.id.clone(),
+                verify_id: message.verify_id.clone(),
+                to: message.to.clone(),
+                from: Sender::parse(&message.from)
+                    .unwrap_or_else(|| Sender::Alphanumeric(message.from.clone())),
+                message: ComposedSms {
+                    text: String::from_utf8_lossy(&text).into_owned(),
+                    encoding: message.encoding,
+                    parts: message.parts,
+                },
+                entity_id: message.entity_id.clone(),
+                template_id: message.template_id.clone(),
+            };
+            inner.transport.send(&sms).await
+        }
+        None => DeliveryReport {
+            status: DeliveryStatus::PermanentFailure,
+            message_id: None,
+            status_code: 500,
+            status_message: "the message does not open with this server key".into(),
+        },
+    };
+    let outcome = inner.settings.retry.outcome(
+        report.clone(),
+        message.attempts + 1,
+        SystemClock.now(),
+        jitter(),
+    );
+    match &outcome {
+        AttemptOutcome::Accepted(_) => {
+            tracing::info!(message_id = %id, "SMS handed to the carrier")
+        }
+        AttemptOutcome::Retry { report, .. } => {
+            tracing::warn!(message_id = %id, status = report.status.as_str(), reason = %report.status_message, "SMS attempt failed; will retry")
+        }
+        AttemptOutcome::Failed(report) => {
+            tracing::error!(message_id = %id, status = report.status.as_str(), reason = %report.status_message, "SMS delivery failed for good")
+        }
+    }
+    if let Err(error) = inner.store.finish_attempt(&id, outcome).await {
+        // The claim's lease runs out and the message is tried again: at worst sent twice.
+        tracing::error!(%error, message_id = %id, "cannot record a delivery attempt");
+    }
+    if first {
+        let mut reports = inner
+            .reports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match reports.waiting.remove(&id) {
+            Some(waiter) => {
+                let _ = waiter.send(report);
+            }
+            None => {
+                if reports.early.len() >= MAX_EARLY_REPORTS {
+                    reports.early.clear();
+                }
+                reports.early.insert(id, report);
+            }
+        }
+    }
+}
+
+/// A number in 0.0..1.0 from the OS CSPRNG, for retry jitter.
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    fill_random(&mut bytes);
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
+}
