@@ -67,9 +67,12 @@ pub struct ServeOptions {
     /// Address to listen on; port 0 picks a free port (the log says which).
     #[arg(long, env = "OTPD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where SMS go: `console` or `file:PATH`.
+    /// Where SMS go: `console`, `file:PATH`, or an `http(s)://` provider URL.
     #[arg(long, env = "OTPD_SMS", default_value = "console")]
     pub sms: String,
+    /// An extra header for the HTTP provider, as `Name: value` (a token, say).
+    #[arg(long, env = "OTPD_SMS_HTTP_HEADER")]
+    pub sms_http_header: Option<String>,
     /// Log format.
     #[arg(long, env = "OTPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

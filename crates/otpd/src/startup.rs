@@ -131,7 +131,9 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     }
     let components = Components {
         store,
-        transport: spec.build(),
+        transport: spec
+            .build(options.sms_http_header.as_deref())
+            .map_err(|error| CommandError::Usage(error.to_string()))?,
         key,
         limits: Limits::default(),
         api: ApiSettings::default(),

@@ -2,6 +2,7 @@
 
 mod console;
 mod file;
+mod http;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,20 +11,29 @@ use otpd_core::ports::SmsTransport;
 
 pub use console::ConsoleTransport;
 pub use file::FileTransport;
+pub use http::{HttpSpec, HttpSpecError, HttpTransport};
 
 /// A transport as named on the command line (`--sms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportSpec {
     Console,
     File(PathBuf),
+    /// An HTTP(S) provider or webhook URL.
+    Http(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error("unknown SMS transport {0:?}: use `console` or `file:PATH`")]
+    #[error(
+        "unknown SMS transport {0:?}: use `console`, `file:PATH`, `http(s)://...` or `smpp://...`"
+    )]
     Unknown(String),
     #[error("`file:` needs a path, as in `file:/var/log/otpd-sms.jsonl`")]
     MissingPath,
+    #[error(transparent)]
+    Http(#[from] HttpSpecError),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
 }
 
 impl std::str::FromStr for TransportSpec {
@@ -39,16 +49,26 @@ impl std::str::FromStr for TransportSpec {
             }
             return Ok(Self::File(PathBuf::from(path)));
         }
-        Err(SpecError::Unknown(spec.to_owned()))
+        if spec.starts_with("http://") || spec.starts_with("https://") {
+            return Ok(Self::Http(spec.to_owned()));
+        }
+        Err(SpecError::Unknown(
+            spec.split(':').next().unwrap_or_default().to_owned(),
+        ))
     }
 }
 
 impl TransportSpec {
-    pub fn build(&self) -> Arc<dyn SmsTransport> {
-        match self {
+    /// Builds the transport; `http_header` is the optional `Name: value` for HTTP providers.
+    pub fn build(&self, http_header: Option<&str>) -> Result<Arc<dyn SmsTransport>, SpecError> {
+        Ok(match self {
             Self::Console => Arc::new(ConsoleTransport),
             Self::File(path) => Arc::new(FileTransport::new(path.clone())),
-        }
+            Self::Http(url) => Arc::new(
+                HttpTransport::new(HttpSpec::new(url, http_header)?)
+                    .map_err(|error| SpecError::HttpClient(error.to_string()))?,
+            ),
+        })
     }
 }
 

@@ -1,0 +1,192 @@
+//! Delivery through an HTTP provider or webhook: one JSON POST per message. 2xx is accepted;
+//! 429 is throttling and 5xx a temporary failure (both retried by the dispatcher); any other
+//! status is permanent. A body with `message_id` (or `id`) gives the carrier's id.
+
+use std::sync::Once;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue, StatusCode};
+use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSpec {
+    pub url: String,
+    /// One extra header, for a provider's token: `Authorization: Bearer ...`.
+    pub header: Option<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HttpSpecError {
+    #[error("the SMS header must look like `Name: value`")]
+    BadHeader,
+}
+
+impl HttpSpec {
+    /// Parses the optional `Name: value` header given with `--sms-http-header`.
+    pub fn new(url: &str, header: Option<&str>) -> Result<Self, HttpSpecError> {
+        let header = match header.filter(|h| !h.trim().is_empty()) {
+            None => None,
+            Some(line) => {
+                let (name, value) = line.split_once(':').ok_or(HttpSpecError::BadHeader)?;
+                let (name, value) = (name.trim(), value.trim());
+                HeaderName::try_from(name).map_err(|_| HttpSpecError::BadHeader)?;
+                HeaderValue::try_from(value).map_err(|_| HttpSpecError::BadHeader)?;
+                Some((name.to_owned(), value.to_owned()))
+            }
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            header,
+        })
+    }
+}
+
+pub struct HttpTransport {
+    client: reqwest::Client,
+    spec: HttpSpec,
+}
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    message_id: &'a str,
+    to: &'a str,
+    from: &'a str,
+    text: &'a str,
+    encoding: &'a str,
+    parts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entity_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template_id: Option<&'a str>,
+}
+
+static CRYPTO: Once = Once::new();
+
+impl HttpTransport {
+    pub fn new(spec: HttpSpec) -> Result<Self, reqwest::Error> {
+        // rustls needs one process-wide crypto provider; ring builds without extra tools.
+        CRYPTO.call_once(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("otpd/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { client, spec })
+    }
+}
+
+#[async_trait]
+impl SmsTransport for HttpTransport {
+    async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
+        let payload = Payload {
+            message_id: sms.message_id.as_str(),
+            to: sms.to.as_str(),
+            from: sms.from.as_str(),
+            text: &sms.message.text,
+            encoding: sms.message.encoding.as_str(),
+            parts: sms.message.parts,
+            entity_id: sms.entity_id.as_deref(),
+            template_id: sms.template_id.as_deref(),
+        };
+        let mut request = self.client.post(&self.spec.url).json(&payload);
+        if let Some((name, value)) = &self.spec.header {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return DeliveryReport {
+                    status: DeliveryStatus::TemporaryFailure,
+                    message_id: None,
+                    status_code: 0,
+                    // Without the URL: it may carry a token.
+                    status_message: format!(
+                        "the provider could not be reached: {}",
+                        error.without_url()
+                    ),
+                };
+            }
+        };
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+        let carrier_id = ["message_id", "id"]
+            .iter()
+            .find_map(|field| match &body[*field] {
+                serde_json::Value::String(id) => Some(id.clone()),
+                serde_json::Value::Number(id) => Some(id.to_string()),
+                _ => None,
+            });
+        DeliveryReport {
+            status: classify(status),
+            message_id: carrier_id
+                .or_else(|| status.is_success().then(|| sms.message_id.to_string())),
+            status_code: status.as_u16(),
+            status_message: format!("the provider answered {status}"),
+        }
+    }
+}
+
+fn classify(status: StatusCode) -> DeliveryStatus {
+    if status.is_success() {
+        DeliveryStatus::Successful
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
+        DeliveryStatus::Throttled
+    } else if status.is_server_error() {
+        DeliveryStatus::TemporaryFailure
+    } else {
+        DeliveryStatus::PermanentFailure
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers() {
+        let spec = HttpSpec::new("https://x", Some("Authorization: Bearer abc")).expect("valid");
+        assert_eq!(
+            spec.header,
+            Some(("Authorization".into(), "Bearer abc".into()))
+        );
+        assert_eq!(
+            HttpSpec::new("https://x", Some("no colon")),
+            Err(HttpSpecError::BadHeader)
+        );
+        assert_eq!(
+            HttpSpec::new("https://x", Some("Bad Name: v")),
+            Err(HttpSpecError::BadHeader)
+        );
+        assert_eq!(HttpSpec::new("https://x", None).map(|s| s.header), Ok(None));
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(classify(StatusCode::OK), DeliveryStatus::Successful);
+        assert_eq!(classify(StatusCode::ACCEPTED), DeliveryStatus::Successful);
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS),
+            DeliveryStatus::Throttled
+        );
+        assert_eq!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR),
+            DeliveryStatus::TemporaryFailure
+        );
+        assert_eq!(
+            classify(StatusCode::BAD_GATEWAY),
+            DeliveryStatus::TemporaryFailure
+        );
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST),
+            DeliveryStatus::PermanentFailure
+        );
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED),
+            DeliveryStatus::PermanentFailure
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! The HTTP transport against a local HTTP server that answers 200, 429, 500 and 400, and the
+//! dispatcher retrying through it until the provider recovers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use otpd_core::account::{Name, NewAccount};
+use otpd_core::outbox::{MessageId, MessageState, NewOutboxMessage, RetryPolicy};
+use otpd_core::ports::{DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store};
+use otpd_core::sms::{ComposedSms, Encoding, Sender};
+use otpd_core::verification::{Dialect, NewVerification, SendGuards, VerificationKey};
+use otpd_core::{
+    AccessKeyId, AccountId, CodeLength, E164, MaxAttempts, OtpCode, ServerKey, SystemClock, Ttl,
+    VerifyId,
+};
+use otpd_sms::transport::{HttpSpec, HttpTransport};
+use otpd_sms::{DispatchSettings, OutboxDispatcher};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Provider {
+    received: std::sync::Mutex<Vec<(HeaderMap, Value)>>,
+    flaky_calls: AtomicUsize,
+}
+
+async fn provider() -> (String, Arc<Provider>) {
+    let state = Arc::new(Provider::default());
+    let app =
+        Router::new()
+            .route(
+                "/ok",
+                post(
+                    |State(s): State<Arc<Provider>>,
+                     headers: HeaderMap,
+                     Json(body): Json<Value>| async move {
+                        s.received.lock().expect("lock").push((headers, body));
+                        (StatusCode::OK, Json(json!({"message_id": "prov-1"})))
+                    },
+                ),
+            )
+            .route(
+                "/throttle",
+                post(|| async { StatusCode::TOO_MANY_REQUESTS }),
+            )
+            .route(
+                "/error",
+                post(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+            )
+            .route("/bad", post(|| async { StatusCode::BAD_REQUEST }))
+            .route(
+                "/flaky",
+                post(|State(s): State<Arc<Provider>>| async move {
+                    if s.flaky_calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({})))
+                    } else {
+                        (StatusCode::ACCEPTED, Json(json!({"id": 77})))
+                    }
+                }),
+            )
+            .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}"), state)
+}
+
+fn sms() -> OutgoingSms {
+    OutgoingSms {
+        message_id: MessageId::generate(),
+        verify_id: VerifyId::generate(),
+        to: E164::parse("+393481234567").expect("number"),
+        from: Sender::parse("Acme").expect("sender"),
+        message: ComposedSms {
+            text: "Code 1234".into(),
+            encoding: Encoding::Gsm7,
+            parts: 1,
+        },
+        entity_id: None,
+        template_id: Some("T1".into()),
+    }
+}
+
+fn transport(base: &str, path: &str) -> HttpTransport {
+    HttpTransport::new(
+        HttpSpec::new(
+            &format!("{base}{path}"),
+            Some("Authorization: Bearer s3cret"),
+        )
+        .expect("spec"),
+    )
+    .expect("client")
+}
+
+#[tokio::test]
+async fn statuses_map_to_delivery_outcomes() {
+    let (base, provider) = provider().await;
+    let sms = sms();
+    let ok = transport(&base, "/ok").send(&sms).await;
+    assert_eq!(ok.status, DeliveryStatus::Successful);
+    assert_eq!(ok.message_id.as_deref(), Some("prov-1"));
+    assert_eq!(ok.status_code, 200);
+    let (headers, body) = provider
+        .received
+        .lock()
+        .expect("lock")
+        .pop()
+        .expect("one request");
+    assert_eq!(headers["authorization"], "Bearer s3cret");
+    assert_eq!(body["to"], "+393481234567");
+    assert_eq!(body["from"], "Acme");
+    assert_eq!(body["text"], "Code 1234");
+    assert_eq!(body["encoding"], "GSM7");
+    assert_eq!(body["parts"], 1);
+    assert_eq!(body["template_id"], "T1");
+    assert_eq!(body["message_id"], sms.message_id.as_str());
+
+    assert_eq!(
+        transport(&base, "/throttle").send(&sms).await.status,
+        DeliveryStatus::Throttled
+    );
+    assert_eq!(
+        transport(&base, "/error").send(&sms).await.status,
+        DeliveryStatus::TemporaryFailure
+    );
+    let bad = transport(&base, "/bad").send(&sms).await;
+    assert_eq!(
+        (bad.status, bad.status_code),
+        (DeliveryStatus::PermanentFailure, 400)
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_a_temporary_failure() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    let report = transport(&format!("http://{address}"), "/ok")
+        .send(&sms())
+        .await;
+    assert_eq!(report.status, DeliveryStatus::TemporaryFailure);
+    assert!(!report.status_message.contains("s3cret"));
+}
+
+#[tokio::test]
+async fn the_dispatcher_retries_until_the_provider_recovers() {
+    let (base, provider) = provider().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let store: Arc<dyn Store> = Arc::new(
+        otpd_store::SqliteStore::open(&dir.path().join("otpd.db"), Arc::new(SystemClock))
+            .expect("store"),
+    );
+    let key = Arc::new(ServerKey::from_hex(&"07".repeat(32)).expect("key"));
+    let account = AccountId::generate();
+    store
+        .create_account(NewAccount {
+            id: account.clone(),
+            name: Name::parse("a").expect("name"),
+            access_key_id: AccessKeyId::generate(),
+            sealed_secret: vec![],
+            credits: None,
+            default_sender: None,
+        })
+        .await
+        .expect("account");
+    let verify_id = VerifyId::generate();
+    let message_id = MessageId::generate();
+    store
+        .create_verification(
+            NewVerification {
+                id: verify_id.clone(),
+                key: VerificationKey {
+                    account_id: account,
+                    dialect: Dialect::Amm,
+                    app: String::new(),
+                    reference: String::new(),
+                    destination: E164::parse("+393481234567").expect("number"),
+                },
+                sender: "Acme".into(),
+                digest: key.digest_code(
+                    &verify_id,
+                    &OtpCode::generate(CodeLength::new(4).expect("len")),
+                ),
+                ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
+                max_attempts: MaxAttempts::new(3).expect("attempts"),
+                sandbox: false,
+                sandbox_code: None,
+                parts: 1,
+                outbox: Some(NewOutboxMessage {
+                    id: message_id.clone(),
+                    sealed_text: key.seal(b"Code 1234"),
+                    encoding: Encoding::Gsm7,
+                    parts: 1,
+                    entity_id: None,
+                    template_id: None,
+                }),
+            },
+            SendGuards {
+                max_sends_per_destination: 10,
+                window: Duration::from_secs(3600),
+                charge: 1,
+            },
+        )
+        .await
+        .expect("send");
+    let settings = DispatchSettings {
+        poll_interval: Duration::from_millis(20),
+        retry: RetryPolicy {
+            first_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(100),
+            max_attempts: 5,
+        },
+        ..DispatchSettings::default()
+    };
+    let dispatcher = OutboxDispatcher::new(
+        store.clone(),
+        Arc::new(transport(&base, "/flaky")),
+        key,
+        settings,
+    );
+    tokio::spawn(dispatcher.clone().run(std::future::pending()));
+    let first = dispatcher
+        .enqueued(&message_id, Duration::from_secs(2))
+        .await
+        .expect("first attempt");
+    assert_eq!(first.status, DeliveryStatus::TemporaryFailure);
+    let mut record = None;
+    for _ in 0..100 {
+        let found = store
+            .find_message(&message_id)
+            .await
+            .expect("find")
+            .expect("exists");
+        if found.state == MessageState::Sent {
+            record = Some(found);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let record = record.expect("delivered after the provider recovered");
+    assert_eq!(record.attempts, 3);
+    assert_eq!(record.carrier_message_id.as_deref(), Some("77"));
+    assert_eq!(provider.flaky_calls.load(Ordering::SeqCst), 3);
+}
