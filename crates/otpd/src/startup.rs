@@ -130,9 +130,9 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         }
     }
     let components = Components {
-        store,
+        store: store.clone(),
         transport: spec
-            .build(options.sms_http_header.as_deref())
+            .build(options.sms_http_header.as_deref(), store.clone())
             .map_err(|error| CommandError::Usage(error.to_string()))?,
         key,
         limits: Limits::default(),

@@ -3,15 +3,17 @@
 mod console;
 mod file;
 mod http;
+mod smpp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use otpd_core::ports::SmsTransport;
+use otpd_core::ports::{SmsTransport, Store};
 
 pub use console::ConsoleTransport;
 pub use file::FileTransport;
 pub use http::{HttpSpec, HttpSpecError, HttpTransport};
+pub use smpp::{SmppSpec, SmppSpecError, SmppTransport, parse_receipt};
 
 /// A transport as named on the command line (`--sms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub enum TransportSpec {
     File(PathBuf),
     /// An HTTP(S) provider or webhook URL.
     Http(String),
+    /// An SMSC over SMPP v3.4.
+    Smpp(SmppSpec),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,6 +36,8 @@ pub enum SpecError {
     MissingPath,
     #[error(transparent)]
     Http(#[from] HttpSpecError),
+    #[error(transparent)]
+    Smpp(#[from] SmppSpecError),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
 }
@@ -49,6 +55,9 @@ impl std::str::FromStr for TransportSpec {
             }
             return Ok(Self::File(PathBuf::from(path)));
         }
+        if spec.starts_with("smpp://") {
+            return Ok(Self::Smpp(spec.parse()?));
+        }
         if spec.starts_with("http://") || spec.starts_with("https://") {
             return Ok(Self::Http(spec.to_owned()));
         }
@@ -59,8 +68,13 @@ impl std::str::FromStr for TransportSpec {
 }
 
 impl TransportSpec {
-    /// Builds the transport; `http_header` is the optional `Name: value` for HTTP providers.
-    pub fn build(&self, http_header: Option<&str>) -> Result<Arc<dyn SmsTransport>, SpecError> {
+    /// Builds the transport; `http_header` is the optional `Name: value` for HTTP providers;
+    /// `store` receives SMPP delivery receipts. Must run inside the Tokio runtime.
+    pub fn build(
+        &self,
+        http_header: Option<&str>,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<dyn SmsTransport>, SpecError> {
         Ok(match self {
             Self::Console => Arc::new(ConsoleTransport),
             Self::File(path) => Arc::new(FileTransport::new(path.clone())),
@@ -68,6 +82,7 @@ impl TransportSpec {
                 HttpTransport::new(HttpSpec::new(url, http_header)?)
                     .map_err(|error| SpecError::HttpClient(error.to_string()))?,
             ),
+            Self::Smpp(spec) => Arc::new(SmppTransport::start(spec.clone(), store)),
         })
     }
 }
