@@ -261,13 +261,14 @@ fn submit_pdus(sms: &OutgoingSms, spec: &SmppSpec, reference: u8) -> Result<Vec<
     let parts = segments::split(&sms.message.text, sms.message.encoding)
         .ok_or_else(|| "the text does not fit its encoding".to_owned())?;
     let total = u8::try_from(parts.len()).map_err(|_| "too many parts".to_owned())?;
-    let (data_coding, encode): (DataCoding, fn(&str) -> Option<Vec<u8>>) =
-        match sms.message.encoding {
-            Encoding::Gsm7 => (DataCoding::McSpecific, gsm::encode_unpacked),
-            Encoding::Ucs2 => (DataCoding::Ucs2, |text| {
-                Some(text.encode_utf16().flat_map(u16::to_be_bytes).collect())
-            }),
-        };
+    let data_coding = match sms.message.encoding {
+        Encoding::Gsm7 => DataCoding::McSpecific,
+        Encoding::Ucs2 => DataCoding::Ucs2,
+    };
+    let encode = |text: &str| match sms.message.encoding {
+        Encoding::Gsm7 => gsm::encode_unpacked(text),
+        Encoding::Ucs2 => Some(text.encode_utf16().flat_map(u16::to_be_bytes).collect()),
+    };
     let (source_ton, source_npi, source) = source_address(&sms.from, spec);
     let mut pdus = Vec::with_capacity(parts.len());
     for (index, part) in parts.iter().enumerate() {
@@ -394,15 +395,14 @@ async fn serve_events(
             Event::Incoming(command) => {
                 if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
                     let is_receipt = u8::from(deliver.esm_class) & 0x3C == 0x04;
-                    if is_receipt {
-                        if let Some(receipt) =
-                            parse_receipt(deliver.short_message(), SystemClock.now())
-                        {
-                            match store.record_receipt(receipt).await {
-                                Ok(true) => {}
-                                Ok(false) => tracing::warn!("a receipt for an unknown message"),
-                                Err(error) => tracing::error!(%error, "cannot store a receipt"),
-                            }
+                    let receipt = is_receipt
+                        .then(|| parse_receipt(deliver.short_message(), SystemClock.now()))
+                        .flatten();
+                    if let Some(receipt) = receipt {
+                        match store.record_receipt(receipt).await {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!("a receipt for an unknown message"),
+                            Err(error) => tracing::error!(%error, "cannot store a receipt"),
                         }
                     }
                     let _ = client
