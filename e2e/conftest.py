@@ -23,8 +23,9 @@ BIN = os.environ.get("OTPD_BIN", str(ROOT / "target" / "debug" / "otpd"))
 class Otpd:
     """A running otpd and the tools to talk to it."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, sms=None):
         self.data_dir = data_dir
+        self.sms = sms
         self.sms_file = data_dir / "sms.jsonl"
         self.log_file = data_dir / "otpd.log"
         self.process = None
@@ -45,7 +46,7 @@ class Otpd:
         self.log = open(self.log_file, "w")
         self.process = subprocess.Popen(
             [BIN, "--data-dir", str(self.data_dir), "serve", "--listen", "127.0.0.1:0",
-             "--sms", f"file:{self.sms_file}"],
+             "--sms", self.sms or f"file:{self.sms_file}"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "NO_COLOR": "1", "OTPD_LOG": "info"},
@@ -147,3 +148,44 @@ def client(otpd, account):
 @pytest.fixture
 def http():
     return requests.Session()
+
+
+class Smsc:
+    """The loopback SMSC of e2e/smsc (node-smpp), with its record and control files."""
+
+    def __init__(self, directory: Path, system_id="otpd", password="secret"):
+        self.directory = directory
+        self.record_file = directory / "smsc.jsonl"
+        self.control_file = directory / "control.json"
+        self.control_file.write_text("{}")
+        self.system_id, self.password = system_id, password
+        self.process = subprocess.Popen(
+            ["node", str(ROOT / "e2e" / "smsc" / "smsc.js"), system_id, password,
+             str(self.record_file), str(self.control_file)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stdout.readline()
+        match = re.match(r"listening (\d+)", line)
+        if not match:
+            raise AssertionError(f"the SMSC did not start: {line!r}")
+        self.port = int(match.group(1))
+
+    @property
+    def url(self):
+        return f"smpp://{self.system_id}:{self.password}@127.0.0.1:{self.port}"
+
+    def steer(self, **change):
+        control = json.loads(self.control_file.read_text() or "{}")
+        control.update(change)
+        self.control_file.write_text(json.dumps(control))
+
+    def events(self, kind=None):
+        if not self.record_file.exists():
+            return []
+        events = [json.loads(line) for line in self.record_file.read_text().splitlines()]
+        return [e for e in events if kind is None or e["event"] == kind]
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)

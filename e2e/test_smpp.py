@@ -1,0 +1,170 @@
+"""Delivery over SMPP v3.4 to a third-party SMSC (node-smpp's server mode, e2e/smsc)."""
+
+import itertools
+import json
+import time
+
+import pytest
+
+from conftest import Otpd, Smsc
+
+_numbers = itertools.count(3000000)
+
+
+def new_number():
+    return f"39346{next(_numbers):07d}"
+
+
+@pytest.fixture(scope="module")
+def smsc(tmp_path_factory):
+    server = Smsc(tmp_path_factory.mktemp("smsc"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def otpd(tmp_path_factory, smsc):
+    server = Otpd(tmp_path_factory.mktemp("otpd-smpp"), sms=smsc.url)
+    server.start()
+    yield server
+    server.stop()
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def submits_to(smsc, to):
+    return [e for e in smsc.events("submit_sm") if e["destination_addr"] == to]
+
+
+def send(otpd, amm, to, text, **params):
+    response = amm.post(f"{otpd.url}/sms/v2/verify/send", data={"to": to, "text": text, **params})
+    assert response.status_code == 200, response.text
+    return response.json()["verify_id"]
+
+
+def search(otpd, amm, verify_id):
+    return amm.get(f"{otpd.url}/sms/v2/verify/search", params={"verify_id": verify_id}).json()
+
+
+def test_single_gsm_message_arrives_byte_correct(otpd, smsc, account):
+    amm = otpd.amm(account)
+    to = new_number()
+    send(otpd, amm, to, "Codice {€} ${verify_code}", **{"from": "MyShop"})
+    [submit] = wait_for(lambda: submits_to(smsc, to))
+    assert submit["data_coding"] == 0 and submit["esm_class"] == 0 and submit["udh"] == []
+    assert submit["text"].startswith("Codice {€} ") and submit["text"][-4:].isdigit()
+    assert (submit["source_addr"], submit["source_addr_ton"], submit["source_addr_npi"]) == ("MyShop", 5, 0)
+    assert (submit["dest_addr_ton"], submit["dest_addr_npi"]) == (1, 1)
+    assert submit["registered_delivery"] == 1
+
+
+def test_multipart_gsm_and_ucs2_messages(otpd, smsc, account):
+    amm = otpd.amm(account)
+    to = new_number()
+    text = "a" * 200 + " ${verify_code}"
+    send(otpd, amm, to, text, **{"from": "393331234567"})
+    parts = wait_for(lambda: len(submits_to(smsc, to)) == 2 and submits_to(smsc, to))
+    assert [p["esm_class"] for p in parts] == [0x40, 0x40]
+    reference = parts[0]["udh"][0][6:8]
+    assert [p["udh"][0] for p in parts] == [f"0003{reference}0201", f"0003{reference}0202"]
+    assert len(parts[0]["text"]) == 153
+    assert "".join(p["text"] for p in parts)[:201] == "a" * 200 + " "
+    assert [p["registered_delivery"] for p in parts] == [0, 1]
+    assert (parts[0]["source_addr"], parts[0]["source_addr_ton"], parts[0]["source_addr_npi"]) == ("393331234567", 1, 1)
+
+    to = new_number()
+    send(otpd, amm, to, "Il codice è ${verify_code} ✓ " + "ü" * 70, encoding="AUTO", **{"from": "12345"})
+    parts = wait_for(lambda: len(submits_to(smsc, to)) == 2 and submits_to(smsc, to))
+    assert [p["data_coding"] for p in parts] == [8, 8]
+    assert len(parts[0]["text"]) == 67
+    joined = "".join(p["text"] for p in parts)
+    assert joined.startswith("Il codice è ") and joined.endswith(" ✓ " + "ü" * 70)
+    assert (parts[0]["source_addr_ton"], parts[0]["source_addr_npi"]) == (3, 0)
+
+
+def test_receipts_update_the_delivery_status(otpd, smsc, account):
+    amm = otpd.amm(account)
+    verify_id = send(otpd, amm, new_number(), "Code ${verify_code}")
+    found = wait_for(lambda: (f := search(otpd, amm, verify_id))["delivery_status"] == "DELIVRD" and f)
+    record = json.loads(otpd.cli("messages", "show", found["id_sms"]).stdout)
+    assert record["receipt_state"] == "DELIVRD"
+    assert record["carrier_message_id"] in {e["id"] for e in smsc.events("submit_sm")}
+
+
+def test_pinpoint_reports_the_smsc_answer(otpd, smsc, account, app_id):
+    client = otpd.pinpoint(account)
+    to = "+" + new_number()
+    smsc.steer(throttle_next=1)
+    response = client.send_otp_message(
+        ApplicationId=app_id,
+        SendOTPMessageRequestParameters={
+            "Channel": "SMS", "BrandName": "Acme", "OriginationIdentity": "Acme",
+            "DestinationIdentity": to, "ReferenceId": "smpp",
+        },
+    )["MessageResponse"]["Result"][to]
+    assert response["DeliveryStatus"] == "THROTTLED"
+    assert response["StatusCode"] == 0x58
+    # Still a 200: the message is committed and goes out on the retry.
+    [submit] = wait_for(lambda: submits_to(smsc, to[1:]))
+    assert submit["text"].startswith("This is your One Time Password: ")
+
+
+def test_throttling_answers_are_retried(otpd, smsc, account):
+    amm = otpd.amm(account)
+    to = new_number()
+    smsc.steer(throttle_next=2)
+    verify_id = send(otpd, amm, to, "Code ${verify_code}")
+    wait_for(lambda: submits_to(smsc, to), timeout=20)
+    found = search(otpd, amm, verify_id)
+    record = json.loads(otpd.cli("messages", "show", found["id_sms"]).stdout)
+    assert record["attempts"] == 3 and record["state"] == "sent"
+    assert len(submits_to(smsc, to)) == 1
+
+
+def test_a_dropped_link_reconnects(otpd, smsc, account):
+    amm = otpd.amm(account)
+    binds = len(smsc.events("bind"))
+    smsc.steer(drop_link=True)
+    to = new_number()
+    send(otpd, amm, to, "Code ${verify_code}")
+    wait_for(lambda: submits_to(smsc, to), timeout=30)
+    assert len(smsc.events("bind")) > binds
+    assert len(submits_to(smsc, to)) == 1
+
+
+def test_refused_binds_then_recovery(tmp_path):
+    (tmp_path / "smsc").mkdir()
+    smsc = Smsc(tmp_path / "smsc")
+    smsc.steer(refuse_binds=True)
+    otpd = Otpd(tmp_path / "otpd", sms=smsc.url)
+    otpd.data_dir.mkdir()
+    otpd.start()
+    try:
+        account = otpd.create_account("refused")
+        amm = otpd.amm(account)
+        short_lived = new_number()
+        send(otpd, amm, short_lived, "Code ${verify_code}", ttl="10")
+        valid = [new_number() for _ in range(3)]
+        for to in valid:
+            send(otpd, amm, to, "Code ${verify_code}", ttl="300")
+        time.sleep(11)
+        assert smsc.events("bind_refused"), "otpd kept trying to bind"
+        assert not smsc.events("submit_sm")
+        smsc.steer(refuse_binds=False)
+        for to in valid:
+            wait_for(lambda to=to: submits_to(smsc, to), timeout=60)
+        time.sleep(1)
+        for to in valid:
+            assert len(submits_to(smsc, to)) == 1, "delivered exactly once"
+        assert not submits_to(smsc, short_lived), "an expired code is never sent"
+    finally:
+        otpd.stop()
+        smsc.stop()
