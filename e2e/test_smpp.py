@@ -168,3 +168,27 @@ def test_refused_binds_then_recovery(tmp_path):
     finally:
         otpd.stop()
         smsc.stop()
+
+
+def test_sigterm_leaves_undelivered_messages_for_the_next_start(tmp_path):
+    (tmp_path / "smsc").mkdir()
+    smsc = Smsc(tmp_path / "smsc")
+    smsc.steer(refuse_binds=True)
+    otpd = Otpd(tmp_path / "otpd", sms=smsc.url)
+    otpd.data_dir.mkdir()
+    otpd.start()
+    try:
+        amm = otpd.amm(otpd.create_account("graceful"))
+        to = new_number()
+        send(otpd, amm, to, "Code ${verify_code}")
+        otpd.process.terminate()
+        assert otpd.process.wait(timeout=15) == 0, "a clean exit on SIGTERM"
+        assert "otpd stopped" in otpd.logs()
+        assert not submits_to(smsc, to)
+        smsc.steer(refuse_binds=False)
+        otpd.start()
+        wait_for(lambda: submits_to(smsc, to), timeout=30)
+        assert len(submits_to(smsc, to)) == 1
+    finally:
+        otpd.stop()
+        smsc.stop()
