@@ -1,0 +1,152 @@
+//! A closed-loop load generator: each connection sends a request, waits for the answer, and
+//! sends the next, over its own HTTP/1.1 keep-alive connection (hyper's client, which costs the
+//! generator's core little).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// Builds the n-th request of a run.
+pub type MakeRequest = Arc<dyn Fn(u64) -> Request<Full<Bytes>> + Send + Sync>;
+
+/// What one run measured in its window.
+#[derive(Debug, Default)]
+pub struct Measured {
+    pub requests: u64,
+    pub errors: u64,
+    pub window: Duration,
+    /// Sorted, in microseconds.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Measured {
+    pub fn per_second(&self) -> f64 {
+        self.requests as f64 / self.window.as_secs_f64()
+    }
+
+    pub fn percentile_ms(&self, fraction: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies_us.len() as f64 * fraction).ceil() as usize)
+            .clamp(1, self.latencies_us.len())
+            - 1;
+        f64::from(self.latencies_us[index]) / 1000.0
+    }
+}
+
+/// The phases of a run, shared by its connections.
+#[derive(Clone, Copy)]
+pub struct Phases {
+    pub measure_from: Instant,
+    pub measure_until: Instant,
+}
+
+/// Runs `connections` closed loops against `address` until `phases.measure_until`, counting
+/// only what completes inside the measuring window.
+pub async fn run(
+    address: SocketAddr,
+    connections: usize,
+    phases: Phases,
+    make: MakeRequest,
+) -> anyhow::Result<Measured> {
+    let sequence = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (make, sequence) = (make.clone(), sequence.clone());
+        tasks.push(tokio::spawn(async move {
+            connection_loop(address, phases, make, sequence).await
+        }));
+    }
+    let mut total = Measured {
+        window: phases.measure_until - phases.measure_from,
+        ..Measured::default()
+    };
+    for task in tasks {
+        let part = task.await??;
+        total.requests += part.requests;
+        total.errors += part.errors;
+        total.latencies_us.extend(part.latencies_us);
+    }
+    total.latencies_us.sort_unstable();
+    Ok(total)
+}
+
+async fn connection_loop(
+    address: SocketAddr,
+    phases: Phases,
+    make: MakeRequest,
+    sequence: Arc<AtomicU64>,
+) -> anyhow::Result<Measured> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut measured = Measured::default();
+    loop {
+        let started = Instant::now();
+        if started >= phases.measure_until {
+            break;
+        }
+        let request = make(sequence.fetch_add(1, Ordering::Relaxed));
+        let response = sender.send_request(request).await?;
+        let ok = response.status().is_success();
+        response.into_body().collect().await?;
+        let finished = Instant::now();
+        if finished >= phases.measure_from && finished < phases.measure_until {
+            measured.requests += 1;
+            if !ok {
+                measured.errors += 1;
+            }
+            let micros = u32::try_from((finished - started).as_micros()).unwrap_or(u32::MAX);
+            measured.latencies_us.push(micros);
+        }
+    }
+    Ok(measured)
+}
+
+/// Sends `count` requests with `connections` loops and returns every answer body, for setup.
+pub async fn collect(
+    address: SocketAddr,
+    connections: usize,
+    count: u64,
+    make: MakeRequest,
+) -> anyhow::Result<Vec<(u64, Bytes)>> {
+    let sequence = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (make, sequence) = (make.clone(), sequence.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut bodies = Vec::new();
+            loop {
+                let n = sequence.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    break;
+                }
+                let response = sender.send_request(make(n)).await?;
+                if !response.status().is_success() {
+                    anyhow::bail!("setup request {n} failed with {}", response.status());
+                }
+                bodies.push((n, response.into_body().collect().await?.to_bytes()));
+            }
+            anyhow::Ok(bodies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}

@@ -1,0 +1,136 @@
+//! The requests the benchmark sends, signed and authenticated as real clients do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use base64::Engine;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+/// Credentials and ids the requests need.
+#[derive(Clone)]
+pub struct Client {
+    pub host: String,
+    pub app_id: String,
+    identity: Identity,
+    basic: String,
+}
+
+/// A distinct destination for every send, as real traffic has.
+static DESTINATIONS: AtomicU64 = AtomicU64::new(0);
+
+pub fn next_destination() -> String {
+    let i = DESTINATIONS.fetch_add(1, Ordering::Relaxed);
+    format!("3934{}{:07}", i / 10_000_000 % 10, i % 10_000_000)
+}
+
+impl Client {
+    pub fn new(host: String, access_key_id: String, secret: String, app_id: String) -> Arc<Self> {
+        let identity = Credentials::new(&access_key_id, &secret, None, None, "bench").into();
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{access_key_id}:{secret}"))
+        );
+        Arc::new(Self {
+            host,
+            app_id,
+            identity,
+            basic,
+        })
+    }
+
+    fn signed(&self, path: &str, body: String) -> Request<Full<Bytes>> {
+        let headers = [
+            ("host", self.host.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let signable = SignableRequest::new(
+            "POST",
+            path,
+            headers.into_iter(),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .expect("a valid request");
+        let params = v4::SigningParams::builder()
+            .identity(&self.identity)
+            .region("eu-west-1")
+            .name("mobiletargeting")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .expect("complete signing parameters")
+            .into();
+        let (instructions, _) = sign(signable, &params).expect("signable").into_parts();
+        let mut builder = Request::post(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json");
+        for header in instructions.into_parts().0 {
+            builder = builder.header(header.name(), header.value());
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request")
+    }
+
+    pub fn pinpoint_send(&self, to: &str) -> Request<Full<Bytes>> {
+        let body = serde_json::json!({
+            "Channel": "SMS",
+            "BrandName": "Bench",
+            "OriginationIdentity": "Bench",
+            "DestinationIdentity": format!("+{to}"),
+            "ReferenceId": "bench",
+        });
+        self.signed(&format!("/v1/apps/{}/otp", self.app_id), body.to_string())
+    }
+
+    pub fn pinpoint_verify(&self, to: &str, code: &str) -> Request<Full<Bytes>> {
+        let body = serde_json::json!({
+            "DestinationIdentity": format!("+{to}"),
+            "Otp": code,
+            "ReferenceId": "bench",
+        });
+        self.signed(
+            &format!("/v1/apps/{}/verify-otp", self.app_id),
+            body.to_string(),
+        )
+    }
+
+    pub fn amm_send(&self, to: &str) -> Request<Full<Bytes>> {
+        let body = format!("to={to}&text=Codice+%24%7Bverify_code%7D");
+        Request::post("/sms/v2/verify/send")
+            .header("host", &self.host)
+            .header("authorization", &self.basic)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request")
+    }
+
+    pub fn amm_check(&self, verify_id: &str, code: &str) -> Request<Full<Bytes>> {
+        Request::get(format!(
+            "/sms/v2/verify/check?verify_id={verify_id}&verify_code={code}"
+        ))
+        .header("host", &self.host)
+        .header("authorization", &self.basic)
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request")
+    }
+
+    pub fn ceiling(&self) -> Request<Full<Bytes>> {
+        Request::post("/")
+            .header("host", &self.host)
+            .body(Full::new(Bytes::from_static(b"{\"value\":1}")))
+            .expect("a valid request")
+    }
+}
+
+/// A wrong code for `code`: same length, first digit changed.
+pub fn wrong(code: &str) -> String {
+    let first = if code.starts_with('1') { '2' } else { '1' };
+    format!("{first}{}", &code[1..])
+}

@@ -1,0 +1,142 @@
+//! Child servers pinned to the server core, and what the kernel says they used.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+pub const SERVER_CORE: &str = "0";
+pub const CLIENT_CORE: &str = "1";
+
+pub struct Server {
+    child: Child,
+    pub address: SocketAddr,
+}
+
+impl Server {
+    /// Starts `program args` on the server core; `port_from` finds the port in a line of its
+    /// output (stdout for the ceilings, stderr for otpd's log).
+    pub fn start(
+        program: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        port_from_stderr: bool,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new("taskset");
+        command.args(["-c", SERVER_CORE, program]).args(args);
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        command.env("NO_COLOR", "1").stdin(Stdio::null());
+        if port_from_stderr {
+            command.stderr(Stdio::piped()).stdout(Stdio::null());
+        } else {
+            command.stdout(Stdio::piped()).stderr(Stdio::null());
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {program}"))?;
+        let output: Box<dyn std::io::Read + Send> = if port_from_stderr {
+            Box::new(child.stderr.take().context("no stderr")?)
+        } else {
+            Box::new(child.stdout.take().context("no stdout")?)
+        };
+        let mut lines = BufReader::new(output).lines();
+        let port = loop {
+            let line = lines
+                .next()
+                .context("the server exited before listening")??;
+            if let Some(port) = find_port(&line) {
+                break port;
+            }
+        };
+        // Keep draining the output so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self {
+            child,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User plus system CPU time so far.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.pid()).unwrap_or_default()
+    }
+
+    /// Peak resident set size in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmHWM:"))
+                    .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_port(line: &str) -> Option<u16> {
+    if let Some(rest) = line.strip_prefix("listening ") {
+        return rest.trim().parse().ok();
+    }
+    let at = line.find("http://127.0.0.1:")?;
+    let digits: String = line[at + 17..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(
+        ticks * 1000 / clock_ticks_per_second(),
+    ))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Waits until `GET /readyz` answers 200; returns how long that took from `since`.
+pub fn wait_ready(address: SocketAddr, since: Instant) -> anyhow::Result<Duration> {
+    use std::io::{Read, Write};
+    let deadline = since + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = std::net::TcpStream::connect(address) {
+            let _ =
+                stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return Ok(since.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    anyhow::bail!("otpd did not become ready")
+}
