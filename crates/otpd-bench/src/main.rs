@@ -38,6 +38,9 @@ struct Args {
     /// Codes prepared per dialect for the verify and check runs.
     #[arg(long, default_value_t = 30_000)]
     pool: u64,
+    /// Run only the operations whose name contains this (ceilings are skipped then).
+    #[arg(long)]
+    only: Option<String>,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/otpd-bench.json")]
     output: PathBuf,
@@ -210,7 +213,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             })
         }),
     ];
-    for (name, make) in &operations {
+    let selected = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
+    for (name, make) in operations.iter().filter(|(name, _)| selected(name)) {
         for &connections in &args.connections {
             rows.push(measure(&args, &otpd_server, name, connections, make.clone()).await?);
         }
@@ -223,7 +227,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ceiling::Ceiling::SqliteBatched,
     ];
     let mut ceiling_rows = HashMap::new();
-    for kind in ceilings {
+    for kind in ceilings.into_iter().filter(|_| args.only.is_none()) {
         let dir = work.join(format!("{kind:?}"));
         std::fs::create_dir_all(&dir)?;
         let exe = std::env::current_exe()?;

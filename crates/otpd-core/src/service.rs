@@ -1,12 +1,13 @@
 //! The verification service: the one place both dialects send and check codes through.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::account::{Account, Name, NewAccount};
+use crate::account::{Account, Application, Name, NewAccount};
 use crate::code::{CodeLength, OtpCode};
 use crate::crypto::ServerKey;
-use crate::ids::{AccessKeyId, AccountId, SecretAccessKey, VerifyId};
+use crate::ids::{AccessKeyId, AccountId, ApplicationId, SecretAccessKey, VerifyId};
 use crate::outbox::{MessageId, NewOutboxMessage};
 use crate::policy::{MaxAttempts, Ttl};
 use crate::ports::{
@@ -226,16 +227,89 @@ impl VerificationService {
     }
 }
 
+/// How long a looked-up account or application is reused before the store is asked again.
+/// Every request needs both, and asking the store each time would cost two extra round trips; the
+/// price is that a deletion made elsewhere (another node, the CLI) takes this long to bite.
+pub const LOOKUP_CACHE_TTL: Duration = Duration::from_secs(2);
+const LOOKUP_CACHE_MAX: usize = 10_000;
+
+/// A small time-bounded cache of found records (never of "not found": a new account must work
+/// at once).
+struct LookupCache<K, V> {
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> LookupCache<K, V> {
+    fn new() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < LOOKUP_CACHE_TTL)
+            .map(|(_, value)| value.clone())
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if entries.len() >= LOOKUP_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(key, (Instant::now(), value));
+    }
+
+    fn forget(&self, key: &K) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(key);
+    }
+}
+
 /// Accounts and their credentials: creation with fresh keys, and lookup with the secret opened.
 #[derive(Clone)]
 pub struct AccountService {
     store: Arc<dyn Store>,
     key: Arc<ServerKey>,
+    credentials: Arc<LookupCache<AccessKeyId, (Account, SecretAccessKey)>>,
+    applications: Arc<LookupCache<ApplicationId, Application>>,
 }
 
 impl AccountService {
     pub fn new(store: Arc<dyn Store>, key: Arc<ServerKey>) -> Self {
-        Self { store, key }
+        Self {
+            store,
+            key,
+            credentials: Arc::new(LookupCache::new()),
+            applications: Arc::new(LookupCache::new()),
+        }
+    }
+
+    /// A Pinpoint application by id (cached for `LOOKUP_CACHE_TTL`).
+    pub async fn application(&self, id: &ApplicationId) -> Result<Option<Application>, StoreError> {
+        if let Some(application) = self.applications.get(id) {
+            return Ok(Some(application));
+        }
+        let found = self.store.find_application(id).await?;
+        if let Some(application) = &found {
+            self.applications.put(id.clone(), application.clone());
+        }
+        Ok(found)
+    }
+
+    pub async fn delete_application(&self, id: &ApplicationId) -> Result<bool, StoreError> {
+        self.applications.forget(id);
+        self.store.delete_application(id).await
     }
 
     /// Creates an account with fresh credentials; the secret is stored sealed.
@@ -263,11 +337,15 @@ impl AccountService {
         })
     }
 
-    /// Finds an account by access key id and opens its secret, for SigV4 and basic auth.
+    /// Finds an account by access key id and opens its secret, for SigV4 and basic auth
+    /// (cached for `LOOKUP_CACHE_TTL`).
     pub async fn credentials(
         &self,
         key: &AccessKeyId,
     ) -> Result<Option<(Account, SecretAccessKey)>, StoreError> {
+        if let Some(found) = self.credentials.get(key) {
+            return Ok(Some(found));
+        }
         let Some(account) = self.store.find_account_by_key(key).await? else {
             return Ok(None);
         };
@@ -280,6 +358,8 @@ impl AccountService {
                     "an account secret does not open with this server key (was the key file replaced?)".into(),
                 )
             })?;
+        self.credentials
+            .put(key.clone(), (account.clone(), secret.clone()));
         Ok(Some((account, secret)))
     }
 }

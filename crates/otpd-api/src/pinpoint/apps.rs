@@ -68,7 +68,7 @@ pub async fn delete(
 ) -> Result<Json<ApplicationResponse>, PinpointError> {
     let application = owned_application(&state, &signed.account, path).await?;
     state
-        .store()
+        .accounts
         .delete_application(&application.id)
         .await
         .map_err(internal)?;

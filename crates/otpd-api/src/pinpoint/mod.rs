@@ -86,8 +86,8 @@ async fn owned_application(
     let Path(raw) = path.map_err(|_| not_found())?;
     let id = ApplicationId::parse(&raw).ok_or_else(not_found)?;
     let application = state
-        .store()
-        .find_application(&id)
+        .accounts
+        .application(&id)
         .await
         .map_err(internal)?
         .ok_or_else(not_found)?;

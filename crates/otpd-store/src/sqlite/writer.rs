@@ -87,15 +87,13 @@ fn run(connection: Connection, queue: flume::Receiver<Job>) {
 
 fn run_batch(connection: &Connection, batch: Vec<Job>) {
     let mut pending: Vec<Answer> = Vec::with_capacity(batch.len());
-    let mut in_transaction = connection
-        .execute_batch("BEGIN IMMEDIATE")
-        .map_err(Failure::from);
+    let mut in_transaction = execute(connection, "BEGIN IMMEDIATE").map_err(Failure::from);
     for job in batch {
         if let Err(failure) = &in_transaction {
             job(Err(failure.clone()));
             continue;
         }
-        if let Err(error) = connection.execute_batch("SAVEPOINT job") {
+        if let Err(error) = execute(connection, "SAVEPOINT job") {
             job(Err(Failure::from(error)));
             continue;
         }
@@ -107,17 +105,15 @@ fn run_batch(connection: &Connection, batch: Vec<Job>) {
             // batch so far survives.
             (ran.answer)(Err(Failure::Aborted));
             answer_all(&mut pending, Failure::Aborted);
-            in_transaction = connection
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(Failure::from);
+            in_transaction = execute(connection, "BEGIN IMMEDIATE").map_err(Failure::from);
             continue;
         }
         let closing = if ran.keep {
-            "RELEASE job"
+            execute(connection, "RELEASE job")
         } else {
-            "ROLLBACK TO job; RELEASE job"
+            execute(connection, "ROLLBACK TO job").and_then(|()| execute(connection, "RELEASE job"))
         };
-        if let Err(error) = connection.execute_batch(closing) {
+        if let Err(error) = closing {
             (ran.answer)(Err(Failure::from(error)));
             continue;
         }
@@ -126,13 +122,19 @@ fn run_batch(connection: &Connection, batch: Vec<Job>) {
     if in_transaction.is_err() {
         return;
     }
-    match connection.execute_batch("COMMIT") {
+    match execute(connection, "COMMIT") {
         Ok(()) => pending.into_iter().for_each(|answer| answer(Ok(()))),
         Err(error) => {
-            let _ = connection.execute_batch("ROLLBACK");
+            let _ = execute(connection, "ROLLBACK");
             answer_all(&mut pending, Failure::from(error));
         }
     }
+}
+
+/// Runs one of the writer's fixed statements, prepared once per connection.
+fn execute(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 fn answer_all(pending: &mut Vec<Answer>, failure: Failure) {
