@@ -32,13 +32,29 @@ impl E164 {
         Self::parse_digits(input.strip_prefix('+').unwrap_or(input))
     }
 
-    fn parse_digits(digits: &str) -> Result<Self, PhoneError> {
+    /// E.164 by shape alone (`+`, 8 to 15 digits, no leading zero), without libphonenumber's
+    /// checks. For looking up what was sent: a number that passed `parse` at send time has this
+    /// shape, and one that did not simply finds nothing. The metadata checks cost more than the
+    /// whole rest of a verify.
+    pub fn parse_for_lookup(input: &str) -> Result<Self, PhoneError> {
+        let digits = input.strip_prefix('+').ok_or(PhoneError::NotE164)?;
+        Self::check_shape(digits)?;
+        Ok(Self(input.to_owned()))
+    }
+
+    fn check_shape(digits: &str) -> Result<(), PhoneError> {
         let shaped = (8..=15).contains(&digits.len())
             && digits.bytes().all(|b| b.is_ascii_digit())
             && !digits.starts_with('0');
-        if !shaped {
-            return Err(PhoneError::NotE164);
+        if shaped {
+            Ok(())
+        } else {
+            Err(PhoneError::NotE164)
         }
+    }
+
+    fn parse_digits(digits: &str) -> Result<Self, PhoneError> {
+        Self::check_shape(digits)?;
         let candidate = format!("+{digits}");
         let number = phonenumber::parse(None, &candidate).map_err(|_| PhoneError::Invalid)?;
         if !number.is_valid() {
@@ -139,6 +155,19 @@ mod tests {
         // An Italian landline (Rome) and a UK freephone number.
         assert_eq!(E164::parse("+390612345678"), Err(PhoneError::NotMobile));
         assert_eq!(E164::parse("+448001234567"), Err(PhoneError::NotMobile));
+    }
+
+    #[test]
+    fn lookups_check_the_shape_only() {
+        assert!(E164::parse_for_lookup("+393481234567").is_ok());
+        assert!(E164::parse_for_lookup("+390612345678").is_ok());
+        for bad in ["393481234567", "+12", "+0393481234567", "+39 348"] {
+            assert_eq!(
+                E164::parse_for_lookup(bad),
+                Err(PhoneError::NotE164),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

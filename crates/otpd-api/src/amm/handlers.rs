@@ -10,6 +10,7 @@ use super::error::AmmError;
 use super::request::AmmRequest;
 use super::wire::{self, CheckResponse, CommandResponse, SearchResponse, SendResponse};
 use crate::AppState;
+use crate::observe::record;
 
 fn internal(error: impl std::fmt::Display) -> AmmError {
     tracing::error!(%error, "request failed");
@@ -33,7 +34,8 @@ pub async fn send(
             SendError::Compose(_) => AmmError::BadText,
             other => internal(other),
         })?;
-    tracing::info!(verify_id = %receipt.verify_id, %destination, "OTP sent");
+    record("verify_id", receipt.verify_id.as_str());
+    record("destination", &destination);
     Ok(Json(SendResponse {
         verify_id: receipt.verify_id.to_string(),
     }))
@@ -57,7 +59,7 @@ pub async fn check(
     if report.outcome == CheckOutcome::RateLimited {
         return Err(AmmError::Antispam);
     }
-    tracing::info!(outcome = report.outcome.as_str(), "OTP checked");
+    record("outcome", report.outcome.as_str());
     Ok(Json(CheckResponse {
         id_sms: report.message_id.unwrap_or_default(),
         verify_status: wire::check_status(report.outcome),

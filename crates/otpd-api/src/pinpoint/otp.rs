@@ -16,7 +16,7 @@ use super::wire::{
 };
 use super::{internal, owned_application};
 use crate::AppState;
-use crate::observe::current_request_id;
+use crate::observe::{current_request_id, record};
 
 pub async fn send(
     State(state): State<AppState>,
@@ -42,11 +42,8 @@ pub async fn send(
             SendError::Compose(error) => PinpointError::BadRequest(error.to_string()),
             other => internal(other),
         })?;
-    tracing::info!(
-        verify_id = %receipt.verify_id,
-        destination = %destination.redacted(),
-        "OTP sent"
-    );
+    record("verify_id", receipt.verify_id.as_str());
+    record("destination", &destination.redacted());
     let result = receipt
         .delivery
         .map(|report| MessageResult::new(report, receipt.message_id.as_ref()))
@@ -67,7 +64,7 @@ pub async fn verify(
 ) -> Result<Json<VerificationResponse>, PinpointError> {
     let application = owned_application(&state, &signed.account, path).await?;
     let parameters: VerifyOtpParameters = wire::parse_json(&signed.body)?;
-    let destination = wire::destination(parameters.destination_identity)?;
+    let destination = wire::lookup_destination(parameters.destination_identity)?;
     let reference = wire::reference_id(parameters.reference_id)?;
     let otp = parameters
         .otp
@@ -80,7 +77,7 @@ pub async fn verify(
         .await
         .map_err(internal)?
         .outcome;
-    tracing::info!(outcome = outcome.as_str(), "OTP checked");
+    record("outcome", outcome.as_str());
     Ok(Json(VerificationResponse {
         valid: outcome == CheckOutcome::Verified,
     }))

@@ -76,6 +76,13 @@ pub fn destination(value: Option<String>) -> Result<E164, PinpointError> {
     E164::parse(&value).map_err(|error| bad(format!("DestinationIdentity is not valid: {error}")))
 }
 
+/// The destination of a verify: E.164 by shape (it was fully checked when the code was sent).
+pub fn lookup_destination(value: Option<String>) -> Result<E164, PinpointError> {
+    let value = required(value, "DestinationIdentity")?;
+    E164::parse_for_lookup(&value)
+        .map_err(|error| bad(format!("DestinationIdentity is not valid: {error}")))
+}
+
 pub fn reference_id(value: Option<String>) -> Result<ReferenceId, PinpointError> {
     let value = required(value, "ReferenceId")?;
     ReferenceId::parse(&value).ok_or_else(|| bad("ReferenceId must be between 1 and 48 characters"))
