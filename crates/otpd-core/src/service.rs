@@ -15,8 +15,8 @@ use crate::ports::{
 };
 use crate::sms::{ComposeError, MessageBody, Sender};
 use crate::verification::{
-    CancelOutcome, Candidate, CheckAttempt, CheckLookup, CheckReport, IpLimit, NewVerification,
-    SendGuards, SendRejected, Verification, VerificationKey,
+    CancelOutcome, Candidate, CheckAttempt, CheckHistory, CheckLookup, CheckReport, IpLimit,
+    NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
 };
 
 /// Limits that protect recipients and accounts.
@@ -192,7 +192,7 @@ impl VerificationService {
         lookup: CheckLookup,
         submitted: &str,
         client_ip: Option<String>,
-        keep_submitted_code: bool,
+        history: CheckHistory,
     ) -> Result<CheckReport, StoreError> {
         let code = OtpCode::submitted(submitted).unwrap_or_else(|| {
             OtpCode::submitted("-").unwrap_or_else(|| unreachable!("'-' is a valid submission"))
@@ -204,7 +204,7 @@ impl VerificationService {
         let attempt = CheckAttempt {
             candidate: Candidate::new(self.key.clone(), code),
             client_ip,
-            keep_submitted_code,
+            history,
             ip_limit,
         };
         self.store.check(lookup, attempt).await

@@ -270,11 +270,19 @@ impl std::fmt::Debug for Candidate {
 pub struct CheckAttempt {
     pub candidate: Candidate,
     pub client_ip: Option<String>,
-    /// Keep the submitted code in the check history (the amm `search` shows it).
-    pub keep_submitted_code: bool,
+    pub history: CheckHistory,
     /// Refuse the check when `client_ip` already made this many wrong checks on the account's
     /// codes within the window (the amm `ip_address` anti-spam filter).
     pub ip_limit: Option<IpLimit>,
+}
+
+/// Whether a check is written to the verification's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckHistory {
+    /// Not recorded: Pinpoint has no way to read a history, and the write costs every verify.
+    Skip,
+    /// Recorded with the submitted code (the amm `search` shows both).
+    WithCode,
 }
 
 /// At most `max_failures` wrong codes from one IP address per account within `window`.

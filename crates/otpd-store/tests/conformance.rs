@@ -11,8 +11,9 @@ use otpd_core::outbox::{AttemptOutcome, MessageId, MessageState, NewOutboxMessag
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
-    CancelOutcome, Candidate, CheckAttempt, CheckLookup, CheckOutcome, CheckReport, Dialect,
-    IpLimit, NewVerification, SendGuards, SendRejected, VerificationKey, VerificationStatus,
+    CancelOutcome, Candidate, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckReport,
+    Dialect, IpLimit, NewVerification, SendGuards, SendRejected, VerificationKey,
+    VerificationStatus,
 };
 use otpd_core::{
     AccessKeyId, AccountId, ApplicationId, CodeLength, E164, MaxAttempts, OtpCode, ServerKey,
@@ -113,7 +114,7 @@ impl Harness {
         CheckAttempt {
             candidate: Candidate::new(self.key.clone(), OtpCode::submitted(code).expect("code")),
             client_ip: Some("192.0.2.1".into()),
-            keep_submitted_code: true,
+            history: CheckHistory::WithCode,
             ip_limit: None,
         }
     }

@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use otpd_core::service::SendError;
 use otpd_core::sms::ComposeError;
-use otpd_core::verification::{CancelOutcome, CheckLookup, CheckOutcome, SendRejected};
+use otpd_core::verification::{
+    CancelOutcome, CheckHistory, CheckLookup, CheckOutcome, SendRejected,
+};
 
 use super::error::AmmError;
 use super::request::AmmRequest;
@@ -53,7 +55,12 @@ pub async fn check(
     };
     let report = state
         .service
-        .check(lookup, code, wire::ip_address(&request.params), true)
+        .check(
+            lookup,
+            code,
+            wire::ip_address(&request.params),
+            CheckHistory::WithCode,
+        )
         .await
         .map_err(internal)?;
     if report.outcome == CheckOutcome::RateLimited {

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use otpd_core::service::SendError;
-use otpd_core::verification::{CheckLookup, CheckOutcome, SendRejected};
+use otpd_core::verification::{CheckHistory, CheckLookup, CheckOutcome, SendRejected};
 
 use super::auth::Signed;
 use super::error::PinpointError;
@@ -73,7 +73,7 @@ pub async fn verify(
     let key = wire::verification_key(&signed.account.id, &application.id, &reference, destination);
     let outcome = state
         .service
-        .check(CheckLookup::ByKey(key), &otp, None, false)
+        .check(CheckLookup::ByKey(key), &otp, None, CheckHistory::Skip)
         .await
         .map_err(internal)?
         .outcome;

@@ -76,6 +76,28 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Readers,
     clock: Arc<dyn Clock>,
+    /// The checkpointer runs while any clone of the store is alive.
+    _alive: Arc<()>,
+}
+
+/// How often the WAL is folded back into the database, off the writer's path.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Checkpoints from a thread of its own, so the writer never pays for one inside a commit.
+fn spawn_checkpointer(connection: Connection, alive: std::sync::Weak<()>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("otpd-sqlite-checkpoint".into())
+        .spawn(move || {
+            while alive.upgrade().is_some() {
+                std::thread::sleep(CHECKPOINT_INTERVAL);
+                if let Err(error) =
+                    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "WAL checkpoint failed");
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 impl SqliteStore {
@@ -104,7 +126,15 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let spawn_failed =
             |e: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {e}"));
+        // The writer never checkpoints; the checkpointer thread does.
+        write_connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(unavailable)?;
+        let alive = Arc::new(());
+        spawn_checkpointer(connect(path, OpenFlags::default())?, Arc::downgrade(&alive))
+            .map_err(spawn_failed)?;
         Ok(Self {
+            _alive: alive,
             writer: Writer::spawn(write_connection).map_err(spawn_failed)?,
             readers: Readers::spawn(read_connections).map_err(spawn_failed)?,
             clock,

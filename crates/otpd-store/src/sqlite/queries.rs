@@ -9,8 +9,8 @@ use otpd_core::outbox::{
 };
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
-    CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, CheckRecord, CheckReport, CheckState,
-    Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
+    CancelOutcome, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckRecord, CheckReport,
+    CheckState, Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
     VerificationStatus,
 };
 use otpd_core::{AccessKeyId, AccountId, ApplicationId, E164, Timestamp, VerifyId};
@@ -390,21 +390,21 @@ pub(super) fn check(
                 transition.next.attempts_used
             ])?;
     }
-    connection
-        .prepare_cached(
-            "INSERT INTO checks (verification_id, account_id, at, submitted_code, outcome, client_ip)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            id,
-            account_id,
-            now.millis(),
-            attempt
-                .keep_submitted_code
-                .then(|| attempt.candidate.code().expose()),
-            transition.outcome.as_str(),
-            attempt.client_ip,
-        ])?;
+    if attempt.history == CheckHistory::WithCode {
+        connection
+            .prepare_cached(
+                "INSERT INTO checks (verification_id, account_id, at, submitted_code, outcome, client_ip)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                id,
+                account_id,
+                now.millis(),
+                attempt.candidate.code().expose(),
+                transition.outcome.as_str(),
+                attempt.client_ip,
+            ])?;
+    }
     Ok(CheckReport {
         outcome: transition.outcome,
         message_id,
