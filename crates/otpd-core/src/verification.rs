@@ -302,7 +302,8 @@ pub struct CheckReport {
 /// Which verification a check is for.
 #[derive(Debug, Clone)]
 pub enum CheckLookup {
-    /// The newest verification with this key (Pinpoint).
+    /// The live (pending) verification with this key (Pinpoint). Once it is verified, failed or
+    /// cancelled the key has none, which Pinpoint answers like any other dead code.
     ByKey(VerificationKey),
     /// One verification by id, within an account (amm).
     ById { account_id: AccountId, id: VerifyId },

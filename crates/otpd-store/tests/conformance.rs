@@ -155,8 +155,13 @@ async fn right_code_verifies_once() {
             .await,
         CheckOutcome::Verified
     );
+    // By key only the live code is found; by id the history shows the reuse.
     assert_eq!(
         h.check(CheckLookup::ByKey(key), code.expose()).await,
+        CheckOutcome::NotFound
+    );
+    assert_eq!(
+        h.check(h.by_id(&id), code.expose()).await,
         CheckOutcome::AlreadyVerified
     );
     let stored = h
@@ -167,6 +172,7 @@ async fn right_code_verifies_once() {
         .expect("exists");
     assert_eq!(stored.status, VerificationStatus::Verified);
     assert_eq!(stored.checks.len(), 2);
+    assert_eq!(stored.checks[1].outcome, CheckOutcome::AlreadyVerified);
     assert_eq!(stored.checks[0].outcome, CheckOutcome::Verified);
     assert_eq!(stored.checks[0].client_ip.as_deref(), Some("192.0.2.1"));
 }

@@ -11,8 +11,9 @@ use tokio::sync::Mutex;
 #[derive(Debug)]
 pub struct FileTransport {
     path: PathBuf,
-    /// One writer at a time, so lines never interleave.
-    lock: Mutex<()>,
+    /// The open file, one writer at a time so lines never interleave; opened on first use and
+    /// again after a failure.
+    file: Mutex<Option<tokio::fs::File>>,
 }
 
 #[derive(Serialize)]
@@ -29,19 +30,31 @@ impl FileTransport {
     pub fn new(path: PathBuf) -> Self {
         Self {
             path,
-            lock: Mutex::new(()),
+            file: Mutex::new(None),
         }
     }
 
     async fn append(&self, line: &[u8]) -> std::io::Result<()> {
-        let _guard = self.lock.lock().await;
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .await?;
-        file.write_all(line).await?;
-        file.flush().await
+        let mut slot = self.file.lock().await;
+        let file = match slot.as_mut() {
+            Some(file) => file,
+            None => slot.insert(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .await?,
+            ),
+        };
+        let written = async {
+            file.write_all(line).await?;
+            file.flush().await
+        }
+        .await;
+        if written.is_err() {
+            *slot = None;
+        }
+        written
     }
 }
 

@@ -40,9 +40,7 @@ CREATE TABLE verifications (
     parts               INTEGER NOT NULL,
     message_id          TEXT
 ) STRICT;
--- The newest verification for a key (Pinpoint's lookup) and the one-live-code rule.
-CREATE INDEX verifications_by_key
-    ON verifications (account_id, dialect, app, reference, destination, created_at);
+-- The one-live-code rule, and Pinpoint's lookup of the live code for a key.
 CREATE UNIQUE INDEX verifications_one_live_per_key
     ON verifications (account_id, dialect, app, reference, destination) WHERE status = 'pending';
 -- The anti-spam window: sends to one destination recently.

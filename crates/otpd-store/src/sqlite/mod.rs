@@ -166,6 +166,8 @@ impl SqliteStore {
 
 fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+    // Room for every statement the store uses, so none is ever prepared twice.
+    connection.set_prepared_statement_cache_capacity(64);
     // FULL: a commit is on disk before anyone is told it happened.
     connection
         .execute_batch(

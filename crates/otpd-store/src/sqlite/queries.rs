@@ -322,7 +322,7 @@ pub(super) fn check(
                 "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id, account_id
                  FROM verifications
                  WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4 AND destination = ?5
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                   AND status = 'pending'",
             )?
             .query_row(
                 params![
