@@ -53,6 +53,10 @@ pub struct NewOutboxMessage {
     pub parts: u32,
     pub entity_id: Option<String>,
     pub template_id: Option<String>,
+    /// Insert it already claimed for this long, with its first attempt counted, because the
+    /// process committing it delivers it at once (saving a claim round trip). If that process
+    /// dies first, the claim runs out and any dispatcher takes the message.
+    pub claimed_for: Option<Duration>,
 }
 
 /// A message claimed for one delivery attempt.

@@ -163,13 +163,16 @@ pub struct DeliveryReport {
     pub status_message: String,
 }
 
-/// Delivers what the outbox holds. The core tells it when a message was committed and may wait
-/// a short, bounded time for the first attempt so that an API can report it.
+/// Delivers what the outbox holds. The core hands it each message it just committed (already
+/// claimed for it) and may wait a short, bounded time for the first attempt so that an API can
+/// report it.
 #[async_trait]
 pub trait Dispatcher: Send + Sync + 'static {
-    /// `id` was just committed to the outbox: deliver it soon. Returns the first attempt's
-    /// report if it comes within `wait`.
-    async fn enqueued(&self, id: &MessageId, wait: Duration) -> Option<DeliveryReport>;
+    /// The claim a message committed for immediate delivery is inserted with.
+    fn claim(&self) -> Duration;
+    /// `message` was just committed, claimed for this dispatcher: deliver it now. Returns the
+    /// first attempt's report if it comes within `wait`.
+    async fn deliver(&self, message: OutboxMessage, wait: Duration) -> Option<DeliveryReport>;
 }
 
 /// Something that hands SMS to the network (or, in development, to a console or a file).

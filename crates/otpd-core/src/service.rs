@@ -8,7 +8,7 @@ use crate::account::{Account, Application, Name, NewAccount};
 use crate::code::{CodeLength, OtpCode};
 use crate::crypto::ServerKey;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, SecretAccessKey, VerifyId};
-use crate::outbox::{MessageId, NewOutboxMessage};
+use crate::outbox::{MessageId, NewOutboxMessage, OutboxMessage};
 use crate::policy::{MaxAttempts, Ttl};
 use crate::ports::{
     CreateError, DeliveryReport, DeliveryStatus, Dispatcher, MessageComposer, Store, StoreError,
@@ -140,6 +140,19 @@ impl VerificationService {
             parts: message.parts,
             entity_id: request.entity_id.clone(),
             template_id: request.template_id.clone(),
+            claimed_for: Some(self.dispatcher.claim()),
+        });
+        let to_deliver = outbox.as_ref().map(|message| OutboxMessage {
+            id: message.id.clone(),
+            verify_id: verify_id.clone(),
+            to: request.key.destination.clone(),
+            from: request.sender.to_string(),
+            sealed_text: message.sealed_text.clone(),
+            encoding: message.encoding,
+            parts: message.parts,
+            entity_id: message.entity_id.clone(),
+            template_id: message.template_id.clone(),
+            attempts: 0,
         });
         let verification = NewVerification {
             id: verify_id.clone(),
@@ -159,7 +172,7 @@ impl VerificationService {
             charge: if request.sandbox { 0 } else { message.parts },
         };
         self.store.create_verification(verification, guards).await?;
-        let Some(message_id) = message_id else {
+        let (Some(message_id), Some(to_deliver)) = (message_id, to_deliver) else {
             return Ok(SendReceipt {
                 verify_id,
                 message_id: None,
@@ -168,7 +181,7 @@ impl VerificationService {
         };
         let report = self
             .dispatcher
-            .enqueued(&message_id, self.limits.first_attempt_wait)
+            .deliver(to_deliver, self.limits.first_attempt_wait)
             .await
             .unwrap_or_else(|| DeliveryReport {
                 // Committed and queued: the dispatcher delivers it even though the first

@@ -17,7 +17,7 @@ use otpd_core::ports::{
 };
 use otpd_core::sms::{ComposedSms, Sender};
 use otpd_core::{Clock, ServerKey, SystemClock};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 
 /// How the dispatcher paces itself.
@@ -46,22 +46,15 @@ impl Default for DispatchSettings {
     }
 }
 
-/// Reports of first attempts, handed to whoever waits for them.
-#[derive(Default)]
-struct FirstReports {
-    waiting: HashMap<MessageId, oneshot::Sender<DeliveryReport>>,
-    /// First reports that came before anyone asked (bounded).
-    early: HashMap<MessageId, DeliveryReport>,
-}
-
-const MAX_EARLY_REPORTS: usize = 10_000;
+/// Whoever waits for the first attempt of a message delivered at once.
+type FirstReports = HashMap<MessageId, oneshot::Sender<DeliveryReport>>;
 
 struct Inner {
     store: Arc<dyn Store>,
     transport: Arc<dyn SmsTransport>,
     key: Arc<ServerKey>,
     settings: DispatchSettings,
-    wake: Notify,
+    permits: Arc<Semaphore>,
     reports: Mutex<FirstReports>,
 }
 
@@ -82,9 +75,9 @@ impl OutboxDispatcher {
                 store,
                 transport,
                 key,
+                permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
                 settings,
-                wake: Notify::new(),
-                reports: Mutex::new(FirstReports::default()),
+                reports: Mutex::new(FirstReports::new()),
             }),
         }
     }
@@ -93,7 +86,7 @@ impl OutboxDispatcher {
     /// not delivered stays in the outbox for the next start.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let inner = self.inner;
-        let permits = Arc::new(Semaphore::new(inner.settings.concurrency.max(1)));
+        let permits = inner.permits.clone();
         let mut attempts = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -124,7 +117,6 @@ impl OutboxDispatcher {
             }
             tokio::select! {
                 () = &mut shutdown => break,
-                () = inner.wake.notified() => {}
                 () = tokio::time::sleep(inner.settings.poll_interval) => {}
                 Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
             }
@@ -141,21 +133,30 @@ impl OutboxDispatcher {
 
 #[async_trait]
 impl Dispatcher for OutboxDispatcher {
-    async fn enqueued(&self, id: &MessageId, wait: Duration) -> Option<DeliveryReport> {
+    fn claim(&self) -> Duration {
+        self.inner.settings.lease
+    }
+
+    async fn deliver(&self, message: OutboxMessage, wait: Duration) -> Option<DeliveryReport> {
+        let id = message.id.clone();
         let receiver = {
+            let (sender, receiver) = oneshot::channel();
             let mut reports = self
                 .inner
                 .reports
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(report) = reports.early.remove(id) {
-                return Some(report);
-            }
-            let (sender, receiver) = oneshot::channel();
-            reports.waiting.insert(id.clone(), sender);
+            reports.insert(id.clone(), sender);
             receiver
         };
-        self.inner.wake.notify_one();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            // The same limit on deliveries in flight as the outbox loop's.
+            let Ok(_permit) = inner.permits.acquire().await else {
+                return;
+            };
+            attempt(&inner, message).await;
+        });
         let report = tokio::time::timeout(wait, receiver)
             .await
             .ok()
@@ -166,7 +167,7 @@ impl Dispatcher for OutboxDispatcher {
                 .reports
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            reports.waiting.remove(id);
+            reports.remove(&id);
         }
         report
     }
@@ -174,7 +175,6 @@ impl Dispatcher for OutboxDispatcher {
 
 /// One delivery attempt, start to stored outcome.
 async fn attempt(inner: &Inner, message: OutboxMessage) {
-    let first = message.attempts == 0;
     let id = message.id.clone();
     let report = match inner.key.open(&message.sealed_text) {
         Some(text) => {
@@ -222,22 +222,13 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
         // The claim's lease runs out and the message is tried again: at worst sent twice.
         tracing::error!(%error, message_id = %id, "cannot record a delivery attempt");
     }
-    if first {
-        let mut reports = inner
-            .reports
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match reports.waiting.remove(&id) {
-            Some(waiter) => {
-                let _ = waiter.send(report);
-            }
-            None => {
-                if reports.early.len() >= MAX_EARLY_REPORTS {
-                    reports.early.clear();
-                }
-                reports.early.insert(id, report);
-            }
-        }
+    let waiter = inner
+        .reports
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(&id);
+    if let Some(waiter) = waiter {
+        let _ = waiter.send(report);
     }
 }
 

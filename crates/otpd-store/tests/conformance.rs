@@ -714,6 +714,7 @@ fn outbox_message() -> NewOutboxMessage {
         parts: 1,
         entity_id: None,
         template_id: Some("tpl".into()),
+        claimed_for: None,
     }
 }
 
@@ -969,4 +970,54 @@ async fn receipts_update_the_delivery_status() {
         .expect("exists");
     assert_eq!(record.receipt_state.as_deref(), Some("DELIVRD"));
     assert_eq!(record.receipt_at, Some(at));
+}
+
+#[tokio::test]
+async fn a_message_committed_for_immediate_delivery_is_claimed_from_the_start() {
+    let h = harness().await;
+    let id = VerifyId::generate();
+    let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+    let message = NewOutboxMessage {
+        claimed_for: Some(LEASE),
+        ..outbox_message()
+    };
+    let message_id = message.id.clone();
+    h.store
+        .create_verification(
+            NewVerification {
+                id: id.clone(),
+                key: h.key_for("+393481234567"),
+                sender: "otpd".into(),
+                digest: h.key.digest_code(&id, &code),
+                ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
+                max_attempts: MaxAttempts::new(3).expect("attempts"),
+                sandbox: false,
+                sandbox_code: None,
+                parts: 1,
+                outbox: Some(message),
+            },
+            UNLIMITED,
+        )
+        .await
+        .expect("send");
+    assert!(
+        h.store
+            .claim_outbox(10, LEASE)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "its sender holds it"
+    );
+    let record = h
+        .store
+        .find_message(&message_id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(record.attempts, 1);
+    // The sender died: the claim runs out and the message is anyone's.
+    h.clock.advance(LEASE);
+    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempts, 1);
 }

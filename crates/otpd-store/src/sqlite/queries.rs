@@ -254,8 +254,9 @@ pub(super) fn insert_verification(
         connection
             .prepare_cached(
                 "INSERT INTO outbox (id, verification_id, account_id, destination, sender, sealed_text,
-                     encoding, parts, entity_id, template_id, state, next_attempt_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11, ?11, ?11)",
+                     encoding, parts, entity_id, template_id, state, next_attempt_at, created_at, updated_at,
+                     lease_until, attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11, ?11, ?11, ?12, ?13)",
             )?
             .execute(params![
                 message.id.as_str(),
@@ -269,6 +270,8 @@ pub(super) fn insert_verification(
                 message.entity_id,
                 message.template_id,
                 now.millis(),
+                message.claimed_for.map_or(0, |lease| now.plus(lease).millis()),
+                u32::from(message.claimed_for.is_some()),
             ])?;
     }
     Ok(())
