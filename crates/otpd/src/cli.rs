@@ -90,7 +90,7 @@ pub enum AccountsCommand {
     Create {
         name: String,
         /// SMS parts the account may send; without it the account has no credit limit.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         credits: Option<i64>,
         /// The sender used when a request names none (amm `from`).
         #[arg(long)]

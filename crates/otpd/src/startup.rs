@@ -65,7 +65,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(listen: SocketAddr, components: Components) -> anyhow::Result<Self> {
-        otpd_core::E164::load_metadata();
+        // libphonenumber's metadata takes a while to load: in the background, so that start-up
+        // stays fast and the first send does not pay for it either.
+        std::thread::spawn(otpd_core::E164::load_metadata);
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
