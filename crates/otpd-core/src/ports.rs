@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::account::{Account, Application, NewAccount};
+use crate::clock::Timestamp;
 use crate::code::OtpCode;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
 use crate::outbox::{AttemptOutcome, MessageId, MessageRecord, OutboxMessage, Receipt};
@@ -108,6 +109,11 @@ pub trait Store: Send + Sync + 'static {
     /// process that died mid-send leaves its claims behind.
     async fn release_claims(&self) -> Result<u64, StoreError>;
     async fn find_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
+
+    /// Deletes up to `limit` verifications created before `cutoff`, with their checks and
+    /// messages; returns how many went. Called in small batches so it never holds the writer long.
+    async fn purge_verifications(&self, cutoff: Timestamp, limit: usize)
+    -> Result<u64, StoreError>;
 
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

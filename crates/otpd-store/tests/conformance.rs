@@ -1021,3 +1021,56 @@ async fn a_message_committed_for_immediate_delivery_is_claimed_from_the_start() 
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].attempts, 1);
 }
+
+#[tokio::test]
+async fn retention_purges_old_verifications_in_batches() {
+    let h = harness().await;
+    let mut old = Vec::new();
+    for i in 0..5 {
+        old.push(
+            h.send(h.key_for(&format!("+39348123450{i}")), 3, UNLIMITED)
+                .await
+                .expect("send")
+                .0,
+        );
+    }
+    h.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let (recent, _) = h
+        .send(h.key_for("+393481234599"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let cutoff = h.clock.now().minus(Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(
+        h.store.purge_verifications(cutoff, 3).await.expect("purge"),
+        3
+    );
+    assert_eq!(
+        h.store.purge_verifications(cutoff, 3).await.expect("purge"),
+        2
+    );
+    assert_eq!(
+        h.store.purge_verifications(cutoff, 3).await.expect("purge"),
+        0
+    );
+    for id in old {
+        assert!(
+            h.store
+                .find_verification(&h.account, &id)
+                .await
+                .expect("find")
+                .is_none()
+        );
+    }
+    assert!(
+        h.store
+            .find_verification(&h.account, &recent)
+            .await
+            .expect("find")
+            .is_some()
+    );
+    // Their messages went with them; the recent one's stays.
+    assert_eq!(
+        h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
+        1
+    );
+}

@@ -73,6 +73,10 @@ pub struct ServeOptions {
     /// An extra header for the HTTP provider, as `Name: value` (a token, say).
     #[arg(long, env = "OTPD_SMS_HTTP_HEADER")]
     pub sms_http_header: Option<String>,
+    /// Days verifications (with their checks and messages) are kept before the retention job
+    /// deletes them.
+    #[arg(long, env = "OTPD_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub retention_days: u32,
     /// Log format.
     #[arg(long, env = "OTPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

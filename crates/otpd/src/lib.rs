@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod retention;
 pub mod startup;
 pub mod telemetry;
 

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -28,6 +29,8 @@ pub struct Components {
     pub limits: Limits,
     pub api: ApiSettings,
     pub dispatch: DispatchSettings,
+    /// How long verifications are kept.
+    pub retention: Duration,
 }
 
 impl Components {
@@ -61,6 +64,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     dispatcher: OutboxDispatcher,
+    store: Arc<dyn Store>,
+    retention: Duration,
 }
 
 impl Application {
@@ -71,11 +76,14 @@ impl Application {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let (store, retention) = (components.store.clone(), components.retention);
         let (state, dispatcher) = components.build();
         Ok(Self {
             listener,
             router: otpd_api::router(state),
             dispatcher,
+            store,
+            retention,
         })
     }
 
@@ -90,10 +98,18 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let dispatcher = tokio::spawn(self.dispatcher.run(async move {
-            let mut stopped = stopped;
-            let _ = stopped.wait_for(|&stop| stop).await;
-        }));
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|&stop| stop).await;
+            }
+        };
+        let dispatcher = tokio::spawn(self.dispatcher.run(until_stopped()));
+        let retention = tokio::spawn(crate::retention::run(
+            self.store,
+            self.retention,
+            until_stopped(),
+        ));
         let served = axum::serve(
             self.listener,
             self.router
@@ -105,6 +121,7 @@ impl Application {
         if let Err(error) = dispatcher.await {
             tracing::error!(%error, "the dispatcher stopped abnormally");
         }
+        let _ = retention.await;
         served
     }
 }
@@ -140,6 +157,7 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         limits: Limits::default(),
         api: ApiSettings::default(),
         dispatch: DispatchSettings::default(),
+        retention: Duration::from_secs(u64::from(options.retention_days) * 24 * 3600),
     };
     let application = Application::build(options.listen, components).await?;
     let address = application

@@ -43,6 +43,8 @@ CREATE TABLE verifications (
 -- The one-live-code rule, and Pinpoint's lookup of the live code for a key.
 CREATE UNIQUE INDEX verifications_one_live_per_key
     ON verifications (account_id, dialect, app, reference, destination) WHERE status = 'pending';
+-- Retention: the oldest verifications first.
+CREATE INDEX verifications_by_age ON verifications (created_at);
 -- The anti-spam window: sends to one destination recently.
 CREATE INDEX verifications_by_destination ON verifications (account_id, destination, created_at);
 

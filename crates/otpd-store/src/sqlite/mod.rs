@@ -17,7 +17,7 @@ use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
     SendRejected, Verification,
 };
-use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, VerifyId};
+use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, Timestamp, VerifyId};
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
@@ -355,6 +355,16 @@ impl Store for SqliteStore {
         let id = id.clone();
         Ok(self
             .read(move |connection, _| queries::find_message(connection, &id))
+            .await?)
+    }
+
+    async fn purge_verifications(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .write(move |connection, _| queries::purge_verifications(connection, cutoff, limit))
             .await?)
     }
 

@@ -665,3 +665,20 @@ fn encoding_from_str(text: &str) -> Option<Encoding> {
         _ => None,
     }
 }
+
+pub(super) fn purge_verifications(
+    connection: &Connection,
+    cutoff: Timestamp,
+    limit: usize,
+) -> Result<u64, Failure> {
+    let deleted = connection
+        .prepare_cached(
+            "DELETE FROM verifications WHERE id IN
+                 (SELECT id FROM verifications WHERE created_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![
+            cutoff.millis(),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ])?;
+    Ok(deleted as u64)
+}

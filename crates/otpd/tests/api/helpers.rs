@@ -59,6 +59,7 @@ pub async fn spawn_app() -> TestApp {
         limits: Limits::default(),
         api: ApiSettings::default(),
         dispatch: DispatchSettings::default(),
+        retention: std::time::Duration::from_secs(30 * 24 * 3600),
     };
     let (state, dispatcher) = components.build();
     tokio::spawn(dispatcher.run(std::future::pending()));
