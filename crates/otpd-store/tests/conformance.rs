@@ -81,6 +81,30 @@ impl Harness {
         }
     }
 
+    /// A verification for `key` with a fresh id and code (6 digits, 300 s, one part).
+    fn new_verification(
+        &self,
+        key: VerificationKey,
+        max_attempts: u8,
+        outbox: Option<NewOutboxMessage>,
+    ) -> (NewVerification, OtpCode) {
+        let id = VerifyId::generate();
+        let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+        let verification = NewVerification {
+            digest: self.key.digest_code(&id, &code),
+            id,
+            key,
+            sender: "otpd".into(),
+            ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
+            max_attempts: MaxAttempts::new(max_attempts).expect("attempts"),
+            sandbox: false,
+            sandbox_code: None,
+            parts: 1,
+            outbox,
+        };
+        (verification, code)
+    }
+
     /// Creates a verification and returns its id and code.
     async fn send(
         &self,
@@ -88,25 +112,9 @@ impl Harness {
         max_attempts: u8,
         guards: SendGuards,
     ) -> Result<(VerifyId, OtpCode), CreateError> {
-        let id = VerifyId::generate();
-        let code = OtpCode::generate(CodeLength::new(6).expect("length"));
-        self.store
-            .create_verification(
-                NewVerification {
-                    id: id.clone(),
-                    key,
-                    sender: "otpd".into(),
-                    digest: self.key.digest_code(&id, &code),
-                    ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
-                    max_attempts: MaxAttempts::new(max_attempts).expect("attempts"),
-                    sandbox: false,
-                    sandbox_code: None,
-                    parts: 1,
-                    outbox: Some(outbox_message()),
-                },
-                guards,
-            )
-            .await?;
+        let (verification, code) = self.new_verification(key, max_attempts, Some(outbox_message()));
+        let id = verification.id.clone();
+        self.store.create_verification(verification, guards).await?;
         Ok((id, code))
     }
 
@@ -392,30 +400,9 @@ async fn parallel_sends_never_overdraw() {
     let h = harness_with_credits(Some(25)).await;
     let sends = (0..60).map(|i| {
         let store = h.store.clone();
-        let key = h.key_for(&format!("+3934812345{:02}", i));
-        let id = VerifyId::generate();
-        let digest = h
-            .key
-            .digest_code(&id, &OtpCode::generate(CodeLength::new(6).expect("len")));
-        tokio::spawn(async move {
-            store
-                .create_verification(
-                    NewVerification {
-                        id,
-                        key,
-                        sender: "otpd".into(),
-                        digest,
-                        ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
-                        max_attempts: MaxAttempts::new(3).expect("attempts"),
-                        sandbox: false,
-                        sandbox_code: None,
-                        parts: 1,
-                        outbox: None,
-                    },
-                    UNLIMITED,
-                )
-                .await
-        })
+        let (verification, _) =
+            h.new_verification(h.key_for(&format!("+3934812345{:02}", i)), 3, None);
+        tokio::spawn(async move { store.create_verification(verification, UNLIMITED).await })
     });
     let mut accepted = 0;
     for send in sends.collect::<Vec<_>>() {
@@ -446,30 +433,12 @@ async fn a_failed_request_does_not_fail_its_batch_mates() {
     let mut tasks = Vec::new();
     for i in 0..40 {
         let guards = if i % 2 == 0 { free } else { paid };
-        let key = h.key_for(&format!("+3934812345{:02}", i));
         let store = h.store.clone();
-        let id = VerifyId::generate();
-        let digest = h
-            .key
-            .digest_code(&id, &OtpCode::generate(CodeLength::new(6).expect("len")));
+        let (verification, _) =
+            h.new_verification(h.key_for(&format!("+3934812345{:02}", i)), 3, None);
+        let id = verification.id.clone();
         tasks.push(tokio::spawn(async move {
-            let result = store
-                .create_verification(
-                    NewVerification {
-                        id: id.clone(),
-                        key,
-                        sender: "otpd".into(),
-                        digest,
-                        ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
-                        max_attempts: MaxAttempts::new(3).expect("attempts"),
-                        sandbox: false,
-                        sandbox_code: None,
-                        parts: 1,
-                        outbox: None,
-                    },
-                    guards,
-                )
-                .await;
+            let result = store.create_verification(verification, guards).await;
             (i, id, result)
         }));
     }
@@ -975,29 +944,14 @@ async fn receipts_update_the_delivery_status() {
 #[tokio::test]
 async fn a_message_committed_for_immediate_delivery_is_claimed_from_the_start() {
     let h = harness().await;
-    let id = VerifyId::generate();
-    let code = OtpCode::generate(CodeLength::new(6).expect("length"));
     let message = NewOutboxMessage {
         claimed_for: Some(LEASE),
         ..outbox_message()
     };
     let message_id = message.id.clone();
+    let (verification, _) = h.new_verification(h.key_for("+393481234567"), 3, Some(message));
     h.store
-        .create_verification(
-            NewVerification {
-                id: id.clone(),
-                key: h.key_for("+393481234567"),
-                sender: "otpd".into(),
-                digest: h.key.digest_code(&id, &code),
-                ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
-                max_attempts: MaxAttempts::new(3).expect("attempts"),
-                sandbox: false,
-                sandbox_code: None,
-                parts: 1,
-                outbox: Some(message),
-            },
-            UNLIMITED,
-        )
+        .create_verification(verification, UNLIMITED)
         .await
         .expect("send");
     assert!(
