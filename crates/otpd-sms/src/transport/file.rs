@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
-use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
+
+use super::JsonMessage;
 
 #[derive(Debug)]
 pub struct FileTransport {
@@ -14,16 +15,6 @@ pub struct FileTransport {
     /// The open file, one writer at a time so lines never interleave; opened on first use and
     /// again after a failure.
     file: Mutex<Option<tokio::fs::File>>,
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    message_id: &'a str,
-    to: &'a str,
-    from: &'a str,
-    text: &'a str,
-    encoding: &'a str,
-    parts: u32,
 }
 
 impl FileTransport {
@@ -62,14 +53,7 @@ impl FileTransport {
 impl SmsTransport for FileTransport {
     async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
         let message_id = sms.message_id.to_string();
-        let line = Line {
-            message_id: &message_id,
-            to: sms.to.as_str(),
-            from: sms.from.as_str(),
-            text: &sms.message.text,
-            encoding: sms.message.encoding.as_str(),
-            parts: sms.message.parts,
-        };
+        let line = JsonMessage::from(sms);
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
         match self.append(&bytes).await {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, StatusCode};
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
-use serde::Serialize;
+
+use super::JsonMessage;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSpec {
@@ -48,20 +49,6 @@ pub struct HttpTransport {
     spec: HttpSpec,
 }
 
-#[derive(Serialize)]
-struct Payload<'a> {
-    message_id: &'a str,
-    to: &'a str,
-    from: &'a str,
-    text: &'a str,
-    encoding: &'a str,
-    parts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    entity_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    template_id: Option<&'a str>,
-}
-
 static CRYPTO: Once = Once::new();
 
 impl HttpTransport {
@@ -82,16 +69,7 @@ impl HttpTransport {
 #[async_trait]
 impl SmsTransport for HttpTransport {
     async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
-        let payload = Payload {
-            message_id: sms.message_id.as_str(),
-            to: sms.to.as_str(),
-            from: sms.from.as_str(),
-            text: &sms.message.text,
-            encoding: sms.message.encoding.as_str(),
-            parts: sms.message.parts,
-            entity_id: sms.entity_id.as_deref(),
-            template_id: sms.template_id.as_deref(),
-        };
+        let payload = JsonMessage::from(sms);
         let mut request = self.client.post(&self.spec.url).json(&payload);
         if let Some((name, value)) = &self.spec.header {
             request = request.header(name.as_str(), value.as_str());

@@ -87,6 +87,37 @@ impl TransportSpec {
     }
 }
 
+/// One message as JSON, the same for the file sink and HTTP providers. The DLT registration ids
+/// appear only when given.
+#[derive(serde::Serialize)]
+pub(crate) struct JsonMessage<'a> {
+    message_id: &'a str,
+    to: &'a str,
+    from: &'a str,
+    text: &'a str,
+    encoding: &'a str,
+    parts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entity_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a otpd_core::ports::OutgoingSms> for JsonMessage<'a> {
+    fn from(sms: &'a otpd_core::ports::OutgoingSms) -> Self {
+        Self {
+            message_id: sms.message_id.as_str(),
+            to: sms.to.as_str(),
+            from: sms.from.as_str(),
+            text: &sms.message.text,
+            encoding: sms.message.encoding.as_str(),
+            parts: sms.message.parts,
+            entity_id: sms.entity_id.as_deref(),
+            template_id: sms.template_id.as_deref(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
