@@ -140,55 +140,51 @@ def test_a_dropped_link_reconnects(otpd, smsc, account):
     assert len(submits_to(smsc, to)) == 1
 
 
-def test_refused_binds_then_recovery(tmp_path):
+@pytest.fixture
+def refusing(tmp_path):
+    """A fresh otpd pointed at a fresh SMSC that refuses its binds until told otherwise."""
     (tmp_path / "smsc").mkdir()
+    (tmp_path / "otpd").mkdir()
     smsc = Smsc(tmp_path / "smsc")
     smsc.steer(refuse_binds=True)
     otpd = Otpd(tmp_path / "otpd", sms=smsc.url)
-    otpd.data_dir.mkdir()
     otpd.start()
-    try:
-        account = otpd.create_account("refused")
-        amm = otpd.amm(account)
-        short_lived = new_number()
-        send(otpd, amm, short_lived, "Code ${verify_code}", ttl="10")
-        valid = [new_number() for _ in range(3)]
-        for to in valid:
-            send(otpd, amm, to, "Code ${verify_code}", ttl="300")
-        time.sleep(11)
-        assert smsc.events("bind_refused"), "otpd kept trying to bind"
-        assert not smsc.events("submit_sm")
-        smsc.steer(refuse_binds=False)
-        for to in valid:
-            wait_for(lambda to=to: submits_to(smsc, to), timeout=60)
-        time.sleep(1)
-        for to in valid:
-            assert len(submits_to(smsc, to)) == 1, "delivered exactly once"
-        assert not submits_to(smsc, short_lived), "an expired code is never sent"
-    finally:
-        otpd.stop()
-        smsc.stop()
+    yield smsc, otpd
+    otpd.stop()
+    smsc.stop()
 
 
-def test_sigterm_leaves_undelivered_messages_for_the_next_start(tmp_path):
-    (tmp_path / "smsc").mkdir()
-    smsc = Smsc(tmp_path / "smsc")
-    smsc.steer(refuse_binds=True)
-    otpd = Otpd(tmp_path / "otpd", sms=smsc.url)
-    otpd.data_dir.mkdir()
+def test_refused_binds_then_recovery(refusing):
+    smsc, otpd = refusing
+    account = otpd.create_account("refused")
+    amm = otpd.amm(account)
+    short_lived = new_number()
+    send(otpd, amm, short_lived, "Code ${verify_code}", ttl="10")
+    valid = [new_number() for _ in range(3)]
+    for to in valid:
+        send(otpd, amm, to, "Code ${verify_code}", ttl="300")
+    time.sleep(11)
+    assert smsc.events("bind_refused"), "otpd kept trying to bind"
+    assert not smsc.events("submit_sm")
+    smsc.steer(refuse_binds=False)
+    for to in valid:
+        wait_for(lambda to=to: submits_to(smsc, to), timeout=60)
+    time.sleep(1)
+    for to in valid:
+        assert len(submits_to(smsc, to)) == 1, "delivered exactly once"
+    assert not submits_to(smsc, short_lived), "an expired code is never sent"
+
+
+def test_sigterm_leaves_undelivered_messages_for_the_next_start(refusing):
+    smsc, otpd = refusing
+    amm = otpd.amm(otpd.create_account("graceful"))
+    to = new_number()
+    send(otpd, amm, to, "Code ${verify_code}")
+    otpd.process.terminate()
+    assert otpd.process.wait(timeout=15) == 0, "a clean exit on SIGTERM"
+    assert "otpd stopped" in otpd.logs()
+    assert not submits_to(smsc, to)
+    smsc.steer(refuse_binds=False)
     otpd.start()
-    try:
-        amm = otpd.amm(otpd.create_account("graceful"))
-        to = new_number()
-        send(otpd, amm, to, "Code ${verify_code}")
-        otpd.process.terminate()
-        assert otpd.process.wait(timeout=15) == 0, "a clean exit on SIGTERM"
-        assert "otpd stopped" in otpd.logs()
-        assert not submits_to(smsc, to)
-        smsc.steer(refuse_binds=False)
-        otpd.start()
-        wait_for(lambda: submits_to(smsc, to), timeout=30)
-        assert len(submits_to(smsc, to)) == 1
-    finally:
-        otpd.stop()
-        smsc.stop()
+    wait_for(lambda: submits_to(smsc, to), timeout=30)
+    assert len(submits_to(smsc, to)) == 1

@@ -57,6 +57,19 @@ pub struct Application {
     pub created_at: Timestamp,
 }
 
+impl Application {
+    /// A new application with a fresh id; the store sets `created_at` when it inserts it.
+    pub fn new(account_id: AccountId, name: Name, tags: BTreeMap<String, String>) -> Self {
+        Self {
+            id: ApplicationId::generate(),
+            account_id,
+            name: name.as_str().to_owned(),
+            tags,
+            created_at: Timestamp(0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

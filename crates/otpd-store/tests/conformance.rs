@@ -81,6 +81,15 @@ impl Harness {
         }
     }
 
+    async fn credits(&self) -> Option<i64> {
+        self.store
+            .find_account_by_key(&self.access_key)
+            .await
+            .expect("find")
+            .expect("exists")
+            .credits
+    }
+
     /// A verification for `key` with a fresh id and code (6 digits, 300 s, one part).
     fn new_verification(
         &self,
@@ -386,13 +395,7 @@ async fn credit_is_debited_per_part_and_never_overdrawn() {
         refused,
         Err(CreateError::Rejected(SendRejected::NoCredit))
     ));
-    let account = h
-        .store
-        .find_account_by_key(&h.access_key)
-        .await
-        .expect("find")
-        .expect("exists");
-    assert_eq!(account.credits, Some(1));
+    assert_eq!(h.credits().await, Some(1));
 }
 
 #[tokio::test]
@@ -413,13 +416,7 @@ async fn parallel_sends_never_overdraw() {
         }
     }
     assert_eq!(accepted, 25);
-    let account = h
-        .store
-        .find_account_by_key(&h.access_key)
-        .await
-        .expect("find")
-        .expect("exists");
-    assert_eq!(account.credits, Some(0));
+    assert_eq!(h.credits().await, Some(0));
 }
 
 #[tokio::test]

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use otpd_core::account::{Account, Application, Name};
-use otpd_core::clock::Timestamp;
 use otpd_core::outbox::MessageId;
 use otpd_core::ports::{Store, StoreError};
 use otpd_core::service::AccountService;
@@ -125,13 +124,7 @@ pub async fn apps(global: &GlobalOptions, command: AppsCommand) -> Result<(), Co
                 CommandError::Usage("an application name is 1 to 64 characters".into())
             })?;
             let application = store
-                .create_application(Application {
-                    id: ApplicationId::generate(),
-                    account_id: account.id,
-                    name: name.as_str().to_owned(),
-                    tags: Default::default(),
-                    created_at: Timestamp(0),
-                })
+                .create_application(Application::new(account.id, name, Default::default()))
                 .await
                 .map_err(failed)?;
             print(&application_json(&application));

@@ -6,9 +6,7 @@ use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use http::StatusCode;
 use http::request::Parts;
-use otpd_core::ApplicationId;
 use otpd_core::account::{Application, Name};
-use otpd_core::clock::Timestamp;
 
 use super::auth::Signed;
 use super::error::PinpointError;
@@ -36,13 +34,11 @@ pub async fn create(
     }
     let application = state
         .store()
-        .create_application(Application {
-            id: ApplicationId::generate(),
-            account_id: signed.account.id.clone(),
-            name: name.as_str().to_owned(),
-            tags: request.tags,
-            created_at: Timestamp(0),
-        })
+        .create_application(Application::new(
+            signed.account.id.clone(),
+            name,
+            request.tags,
+        ))
         .await
         .map_err(internal)?;
     tracing::info!(application_id = %application.id, "application created");

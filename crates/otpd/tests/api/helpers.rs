@@ -12,10 +12,9 @@ use http_body_util::BodyExt;
 use otpd::startup::Components;
 use otpd_api::ApiSettings;
 use otpd_core::account::{Application, Name};
-use otpd_core::clock::Timestamp;
 use otpd_core::ports::Store;
 use otpd_core::service::{AccountService, Limits};
-use otpd_core::{ApplicationId, ServerKey, SystemClock};
+use otpd_core::{ServerKey, SystemClock};
 use otpd_sms::DispatchSettings;
 use otpd_sms::transport::FileTransport;
 use otpd_store::SqliteStore;
@@ -42,13 +41,11 @@ pub async fn spawn_app() -> TestApp {
         .await
         .expect("account");
     let app = store
-        .create_application(Application {
-            id: ApplicationId::generate(),
-            account_id: credentials.account.id.clone(),
-            name: "app".into(),
-            tags: Default::default(),
-            created_at: Timestamp(0),
-        })
+        .create_application(Application::new(
+            credentials.account.id.clone(),
+            Name::parse("app").expect("name"),
+            Default::default(),
+        ))
         .await
         .expect("app");
     let sms_file = dir.path().join("sms.jsonl");
