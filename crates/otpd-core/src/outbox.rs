@@ -80,10 +80,11 @@ pub struct OutboxMessage {
 pub enum AttemptOutcome {
     /// The carrier took the message.
     Accepted(DeliveryReport),
-    /// A transient failure: try again at `retry_at`.
+    /// A transient failure: try again `retry_after` from now. A delay rather than a time, so
+    /// that the store measures it with its own clock (the database's, shared by every node).
     Retry {
         report: DeliveryReport,
-        retry_at: Timestamp,
+        retry_after: Duration,
     },
     /// A permanent failure, or the retries are used up.
     Failed(DeliveryReport),
@@ -190,7 +191,6 @@ impl RetryPolicy {
         &self,
         report: DeliveryReport,
         attempts: u32,
-        now: Timestamp,
         jitter: f64,
     ) -> AttemptOutcome {
         match report.status {
@@ -198,7 +198,7 @@ impl RetryPolicy {
             DeliveryStatus::PermanentFailure => AttemptOutcome::Failed(report),
             _ if attempts >= self.max_attempts => AttemptOutcome::Failed(report),
             _ => AttemptOutcome::Retry {
-                retry_at: now.plus(self.delay(attempts, jitter)),
+                retry_after: self.delay(attempts, jitter),
                 report,
             },
         }
@@ -231,21 +231,22 @@ mod tests {
     #[test]
     fn outcomes_by_status() {
         let policy = RetryPolicy::default();
-        let now = Timestamp(0);
         assert!(matches!(
-            policy.outcome(report(DeliveryStatus::Successful), 1, now, 0.5),
+            policy.outcome(report(DeliveryStatus::Successful), 1, 0.5),
             AttemptOutcome::Accepted(_)
         ));
         assert!(matches!(
-            policy.outcome(report(DeliveryStatus::PermanentFailure), 1, now, 0.5),
+            policy.outcome(report(DeliveryStatus::PermanentFailure), 1, 0.5),
             AttemptOutcome::Failed(_)
         ));
-        match policy.outcome(report(DeliveryStatus::Throttled), 1, now, 1.0) {
-            AttemptOutcome::Retry { retry_at, .. } => assert_eq!(retry_at, Timestamp(1_000)),
+        match policy.outcome(report(DeliveryStatus::Throttled), 1, 1.0) {
+            AttemptOutcome::Retry { retry_after, .. } => {
+                assert_eq!(retry_after, Duration::from_secs(1))
+            }
             other => panic!("expected a retry, got {other:?}"),
         }
         assert!(matches!(
-            policy.outcome(report(DeliveryStatus::TemporaryFailure), 12, now, 0.5),
+            policy.outcome(report(DeliveryStatus::TemporaryFailure), 12, 0.5),
             AttemptOutcome::Failed(_)
         ));
     }

@@ -16,7 +16,7 @@ use otpd_core::ports::{
     DeliveryReport, DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store,
 };
 use otpd_core::sms::{ComposedSms, Sender};
-use otpd_core::{Clock, ServerKey, SystemClock};
+use otpd_core::ServerKey;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 
@@ -201,12 +201,10 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
             status_message: "the message does not open with this server key".into(),
         },
     };
-    let outcome = inner.settings.retry.outcome(
-        report.clone(),
-        message.attempts + 1,
-        SystemClock.now(),
-        jitter(),
-    );
+    let outcome = inner
+        .settings
+        .retry
+        .outcome(report.clone(), message.attempts + 1, jitter());
     match &outcome {
         AttemptOutcome::Accepted(_) => {
             tracing::info!(message_id = %id, "SMS handed to the carrier")

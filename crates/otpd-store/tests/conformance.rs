@@ -795,7 +795,6 @@ async fn retries_wait_for_their_time() {
         .await
         .expect("send");
     let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
-    let retry_at = h.clock.now().plus(Duration::from_secs(5));
     let report = DeliveryReport {
         status: DeliveryStatus::Throttled,
         message_id: None,
@@ -803,9 +802,16 @@ async fn retries_wait_for_their_time() {
         status_message: "throttled".into(),
     };
     h.store
-        .finish_attempt(&claimed[0].id, AttemptOutcome::Retry { report, retry_at })
+        .finish_attempt(
+            &claimed[0].id,
+            AttemptOutcome::Retry {
+                report,
+                retry_after: Duration::from_secs(5),
+            },
+        )
         .await
         .expect("finish");
+    h.clock.advance(Duration::from_secs(4));
     assert!(
         h.store
             .claim_outbox(10, LEASE)
@@ -813,7 +819,7 @@ async fn retries_wait_for_their_time() {
             .expect("claim")
             .is_empty()
     );
-    h.clock.advance(Duration::from_secs(5));
+    h.clock.advance(Duration::from_secs(1));
     assert_eq!(
         h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
         1

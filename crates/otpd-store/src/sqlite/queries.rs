@@ -573,7 +573,10 @@ pub(super) fn finish_attempt(
 ) -> Result<(), Failure> {
     let (state, report, next_attempt_at) = match outcome {
         AttemptOutcome::Accepted(report) => ("sent", report, None),
-        AttemptOutcome::Retry { report, retry_at } => ("pending", report, Some(*retry_at)),
+        AttemptOutcome::Retry {
+            report,
+            retry_after,
+        } => ("pending", report, Some(now.plus(*retry_after))),
         AttemptOutcome::Failed(report) => ("failed", report, None),
     };
     connection
