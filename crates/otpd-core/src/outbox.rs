@@ -187,12 +187,7 @@ impl RetryPolicy {
 
     /// What to store after an attempt that got `report` (with `attempts` made, this one
     /// included).
-    pub fn outcome(
-        &self,
-        report: DeliveryReport,
-        attempts: u32,
-        jitter: f64,
-    ) -> AttemptOutcome {
+    pub fn outcome(&self, report: DeliveryReport, attempts: u32, jitter: f64) -> AttemptOutcome {
         match report.status {
             DeliveryStatus::Successful => AttemptOutcome::Accepted(report),
             DeliveryStatus::PermanentFailure => AttemptOutcome::Failed(report),

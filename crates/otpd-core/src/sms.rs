@@ -133,6 +133,14 @@ impl Encoding {
             Self::Ucs2 => "UCS2",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "GSM7" => Some(Self::Gsm7),
+            "UCS2" => Some(Self::Ucs2),
+            _ => None,
+        }
+    }
 }
 
 /// What a message should say, before the code is put in.

@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use otpd_core::ServerKey;
 use otpd_core::crypto::fill_random;
 use otpd_core::outbox::{AttemptOutcome, MessageId, OutboxMessage, RetryPolicy};
 use otpd_core::ports::{
     DeliveryReport, DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store,
 };
 use otpd_core::sms::{ComposedSms, Sender};
-use otpd_core::ServerKey;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 

@@ -1,8 +1,12 @@
 //! otpd-store: durable state behind the core's `Store` port.
 //!
 //! SQLite is the embedded default (one file, no setup); every write goes through one
-//! group-committing writer so durable writes are cheap.
+//! group-committing writer so durable writes are cheap. PostgreSQL serves several otpd nodes
+//! sharing one database; every rule that must hold across nodes is decided inside it.
 
+mod failure;
+mod postgres;
 mod sqlite;
 
+pub use postgres::{PgStore, PgStoreOptions, ScratchDatabase};
 pub use sqlite::SqliteStore;

@@ -19,9 +19,57 @@ use otpd_core::{
     AccessKeyId, AccountId, ApplicationId, CodeLength, E164, MaxAttempts, OtpCode, ServerKey,
     Timestamp, Ttl, VerifyId,
 };
-use otpd_store::SqliteStore;
+use otpd_store::{PgStore, PgStoreOptions, ScratchDatabase, SqliteStore};
 
 const START: Timestamp = Timestamp(1_700_000_000_000);
+
+/// The databases every test runs on. PostgreSQL must be reachable (`scripts/ensure-postgres`
+/// starts it; `OTPD_TEST_POSTGRES_URL` names another server).
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where a test's fresh database lives; dropping it removes the database.
+struct Location {
+    dir: tempfile::TempDir,
+    scratch: Option<ScratchDatabase>,
+}
+
+impl Location {
+    async fn new(backend: Backend) -> Self {
+        let scratch = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(
+                ScratchDatabase::create(&ScratchDatabase::server_url(), "conformance")
+                    .await
+                    .expect("PostgreSQL must be running for the conformance suite: run scripts/ensure-postgres"),
+            ),
+        };
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            scratch,
+        }
+    }
+
+    async fn open(&self, clock: Arc<ManualClock>) -> Arc<dyn Store> {
+        match &self.scratch {
+            None => Arc::new(
+                SqliteStore::open(&self.dir.path().join("otpd.db"), clock).expect("open store"),
+            ),
+            Some(scratch) => Arc::new(
+                PgStore::connect(PgStoreOptions {
+                    url: scratch.url().to_owned(),
+                    pool_size: 8,
+                    clock: Some(clock),
+                })
+                .await
+                .expect("connect"),
+            ),
+        }
+    }
+}
 
 struct Harness {
     store: Arc<dyn Store>,
@@ -29,14 +77,13 @@ struct Harness {
     key: Arc<ServerKey>,
     account: AccountId,
     access_key: AccessKeyId,
-    _dir: tempfile::TempDir,
+    location: Location,
 }
 
-async fn harness_with_credits(credits: Option<i64>) -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
+async fn harness_with_credits(backend: Backend, credits: Option<i64>) -> Harness {
+    let location = Location::new(backend).await;
     let clock = Arc::new(ManualClock::starting_at(START));
-    let store = SqliteStore::open(&dir.path().join("otpd.db"), clock.clone()).expect("open store");
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = location.open(clock.clone()).await;
     let account = AccountId::generate();
     let access_key = AccessKeyId::generate();
     store
@@ -56,12 +103,12 @@ async fn harness_with_credits(credits: Option<i64>) -> Harness {
         key: Arc::new(ServerKey::from_hex(&"11".repeat(32)).expect("key")),
         account,
         access_key,
-        _dir: dir,
+        location,
     }
 }
 
-async fn harness() -> Harness {
-    harness_with_credits(None).await
+async fn harness(backend: Backend) -> Harness {
+    harness_with_credits(backend, None).await
 }
 
 const UNLIMITED: SendGuards = SendGuards {
@@ -162,9 +209,8 @@ fn wrong(code: &OtpCode) -> String {
     format!("{changed}{}", &code.expose()[1..])
 }
 
-#[tokio::test]
-async fn right_code_verifies_once() {
-    let h = harness().await;
+async fn right_code_verifies_once(backend: Backend) {
+    let h = harness(backend).await;
     let key = h.key_for("+393481234567");
     let (id, code) = h.send(key.clone(), 3, UNLIMITED).await.expect("send");
     assert_eq!(
@@ -194,9 +240,8 @@ async fn right_code_verifies_once() {
     assert_eq!(stored.checks[0].client_ip.as_deref(), Some("192.0.2.1"));
 }
 
-#[tokio::test]
-async fn wrong_codes_exhaust_the_attempts() {
-    let h = harness().await;
+async fn wrong_codes_exhaust_the_attempts(backend: Backend) {
+    let h = harness(backend).await;
     let key = h.key_for("+393481234567");
     let (id, code) = h.send(key, 2, UNLIMITED).await.expect("send");
     let bad = wrong(&code);
@@ -226,9 +271,8 @@ async fn wrong_codes_exhaust_the_attempts() {
     );
 }
 
-#[tokio::test]
-async fn parallel_wrong_guesses_never_exceed_the_limit() {
-    let h = harness().await;
+async fn parallel_wrong_guesses_never_exceed_the_limit(backend: Backend) {
+    let h = harness(backend).await;
     let (id, code) = h
         .send(h.key_for("+393481234567"), 5, UNLIMITED)
         .await
@@ -259,9 +303,8 @@ async fn parallel_wrong_guesses_never_exceed_the_limit() {
     );
 }
 
-#[tokio::test]
-async fn parallel_right_codes_verify_exactly_once() {
-    let h = harness().await;
+async fn parallel_right_codes_verify_exactly_once(backend: Backend) {
+    let h = harness(backend).await;
     let (id, code) = h
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
@@ -283,9 +326,8 @@ async fn parallel_right_codes_verify_exactly_once() {
     assert_eq!((verified, reused), (1, 99));
 }
 
-#[tokio::test]
-async fn codes_expire_by_the_store_clock() {
-    let h = harness().await;
+async fn codes_expire_by_the_store_clock(backend: Backend) {
+    let h = harness(backend).await;
     let (id, code) = h
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
@@ -313,9 +355,8 @@ async fn codes_expire_by_the_store_clock() {
     );
 }
 
-#[tokio::test]
-async fn a_new_send_cancels_the_live_code_for_the_same_key() {
-    let h = harness().await;
+async fn a_new_send_cancels_the_live_code_for_the_same_key(backend: Backend) {
+    let h = harness(backend).await;
     let key = h.key_for("+393481234567");
     let (first, first_code) = h.send(key.clone(), 3, UNLIMITED).await.expect("send");
     let (_, second_code) = h.send(key.clone(), 3, UNLIMITED).await.expect("resend");
@@ -337,9 +378,8 @@ async fn a_new_send_cancels_the_live_code_for_the_same_key() {
     );
 }
 
-#[tokio::test]
-async fn other_keys_are_untouched_by_a_resend() {
-    let h = harness().await;
+async fn other_keys_are_untouched_by_a_resend(backend: Backend) {
+    let h = harness(backend).await;
     let (first, code) = h
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
@@ -353,9 +393,8 @@ async fn other_keys_are_untouched_by_a_resend() {
     );
 }
 
-#[tokio::test]
-async fn the_antispam_window_allows_ten_sends_per_hour() {
-    let h = harness().await;
+async fn the_antispam_window_allows_ten_sends_per_hour(backend: Backend) {
+    let h = harness(backend).await;
     let guards = SendGuards {
         max_sends_per_destination: 10,
         ..UNLIMITED
@@ -380,9 +419,8 @@ async fn the_antispam_window_allows_ten_sends_per_hour() {
         .expect("after the window");
 }
 
-#[tokio::test]
-async fn credit_is_debited_per_part_and_never_overdrawn() {
-    let h = harness_with_credits(Some(3)).await;
+async fn credit_is_debited_per_part_and_never_overdrawn(backend: Backend) {
+    let h = harness_with_credits(backend, Some(3)).await;
     let two_parts = SendGuards {
         charge: 2,
         ..UNLIMITED
@@ -398,9 +436,8 @@ async fn credit_is_debited_per_part_and_never_overdrawn() {
     assert_eq!(h.credits().await, Some(1));
 }
 
-#[tokio::test]
-async fn parallel_sends_never_overdraw() {
-    let h = harness_with_credits(Some(25)).await;
+async fn parallel_sends_never_overdraw(backend: Backend) {
+    let h = harness_with_credits(backend, Some(25)).await;
     let sends = (0..60).map(|i| {
         let store = h.store.clone();
         let (verification, _) =
@@ -419,9 +456,8 @@ async fn parallel_sends_never_overdraw() {
     assert_eq!(h.credits().await, Some(0));
 }
 
-#[tokio::test]
-async fn a_failed_request_does_not_fail_its_batch_mates() {
-    let h = harness_with_credits(Some(0)).await;
+async fn a_failed_request_does_not_fail_its_batch_mates(backend: Backend) {
+    let h = harness_with_credits(backend, Some(0)).await;
     let free = SendGuards {
         charge: 0,
         ..UNLIMITED
@@ -462,9 +498,8 @@ async fn a_failed_request_does_not_fail_its_batch_mates() {
     }
 }
 
-#[tokio::test]
-async fn cancel_only_live_codes() {
-    let h = harness().await;
+async fn cancel_only_live_codes(backend: Backend) {
+    let h = harness(backend).await;
     let (id, code) = h
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
@@ -501,9 +536,8 @@ async fn cancel_only_live_codes() {
     );
 }
 
-#[tokio::test]
-async fn accounts_and_applications() {
-    let h = harness().await;
+async fn accounts_and_applications(backend: Backend) {
+    let h = harness(backend).await;
     let duplicate = h
         .store
         .create_account(NewAccount {
@@ -577,39 +611,19 @@ async fn accounts_and_applications() {
     h.store.ping().await.expect("ping");
 }
 
-#[tokio::test]
-async fn data_survives_reopening() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("otpd.db");
-    let key = AccessKeyId::generate();
-    {
-        let store =
-            SqliteStore::open(&path, Arc::new(ManualClock::starting_at(START))).expect("open");
-        store
-            .create_account(NewAccount {
-                id: AccountId::generate(),
-                name: Name::parse("durable").expect("name"),
-                access_key_id: key.clone(),
-                sealed_secret: vec![9],
-                credits: Some(7),
-                default_sender: None,
-            })
-            .await
-            .expect("create");
-    }
-    let store =
-        SqliteStore::open(&path, Arc::new(ManualClock::starting_at(START))).expect("reopen");
-    let account = store
-        .find_account_by_key(&key)
+async fn data_survives_reopening(backend: Backend) {
+    let h = harness_with_credits(backend, Some(7)).await;
+    let reopened = h.location.open(h.clock.clone()).await;
+    let account = reopened
+        .find_account_by_key(&h.access_key)
         .await
         .expect("find")
         .expect("exists");
     assert_eq!(account.credits, Some(7));
 }
 
-#[tokio::test]
-async fn one_ip_address_gets_a_bounded_number_of_wrong_checks() {
-    let h = harness().await;
+async fn one_ip_address_gets_a_bounded_number_of_wrong_checks(backend: Backend) {
+    let h = harness(backend).await;
     let limit = IpLimit {
         max_failures: 3,
         window: Duration::from_secs(200),
@@ -707,9 +721,8 @@ impl Harness {
     }
 }
 
-#[tokio::test]
-async fn checks_report_the_message_id() {
-    let h = harness().await;
+async fn checks_report_the_message_id(backend: Backend) {
+    let h = harness(backend).await;
     let (id, code) = h
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
@@ -735,9 +748,8 @@ async fn checks_report_the_message_id() {
     );
 }
 
-#[tokio::test]
-async fn the_outbox_hands_out_each_message_once_per_lease() {
-    let h = harness().await;
+async fn the_outbox_hands_out_each_message_once_per_lease(backend: Backend) {
+    let h = harness(backend).await;
     let (id, _) = h
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
@@ -788,9 +800,8 @@ async fn the_outbox_hands_out_each_message_once_per_lease() {
     assert_eq!(record.sent_at, Some(h.clock.now().minus(LEASE * 2)));
 }
 
-#[tokio::test]
-async fn retries_wait_for_their_time() {
-    let h = harness().await;
+async fn retries_wait_for_their_time(backend: Backend) {
+    let h = harness(backend).await;
     h.send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
         .expect("send");
@@ -834,9 +845,8 @@ async fn retries_wait_for_their_time() {
     assert_eq!(record.state, MessageState::Pending);
 }
 
-#[tokio::test]
-async fn expired_or_cancelled_codes_are_never_handed_out() {
-    let h = harness().await;
+async fn expired_or_cancelled_codes_are_never_handed_out(backend: Backend) {
+    let h = harness(backend).await;
     let (expiring, _) = h
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
@@ -869,9 +879,8 @@ async fn expired_or_cancelled_codes_are_never_handed_out() {
     }
 }
 
-#[tokio::test]
-async fn releasing_claims_after_a_crash() {
-    let h = harness().await;
+async fn releasing_claims_after_a_crash(backend: Backend) {
+    let h = harness(backend).await;
     h.send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
         .expect("send");
@@ -879,16 +888,32 @@ async fn releasing_claims_after_a_crash() {
         h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
         1
     );
-    assert_eq!(h.store.release_claims().await.expect("release"), 1);
+    match backend {
+        // One process owns the file: at start it releases what its previous life held.
+        Backend::Sqlite => {
+            assert_eq!(h.store.release_claims().await.expect("release"), 1)
+        }
+        // Other nodes may be alive: a dead node's claims run out with their lease instead.
+        Backend::Postgres => {
+            assert_eq!(h.store.release_claims().await.expect("release"), 0);
+            assert!(
+                h.store
+                    .claim_outbox(10, LEASE)
+                    .await
+                    .expect("claim")
+                    .is_empty()
+            );
+            h.clock.advance(LEASE);
+        }
+    }
     assert_eq!(
         h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
         1
     );
 }
 
-#[tokio::test]
-async fn receipts_update_the_delivery_status() {
-    let h = harness().await;
+async fn receipts_update_the_delivery_status(backend: Backend) {
+    let h = harness(backend).await;
     let (id, _) = h
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
@@ -944,9 +969,8 @@ async fn receipts_update_the_delivery_status() {
     assert_eq!(record.receipt_at, Some(at));
 }
 
-#[tokio::test]
-async fn a_message_committed_for_immediate_delivery_is_claimed_from_the_start() {
-    let h = harness().await;
+async fn a_message_committed_for_immediate_delivery_is_claimed_from_the_start(backend: Backend) {
+    let h = harness(backend).await;
     let message = NewOutboxMessage {
         claimed_for: Some(LEASE),
         ..outbox_message()
@@ -979,9 +1003,8 @@ async fn a_message_committed_for_immediate_delivery_is_claimed_from_the_start() 
     assert_eq!(claimed[0].attempts, 1);
 }
 
-#[tokio::test]
-async fn retention_purges_old_verifications_in_batches() {
-    let h = harness().await;
+async fn retention_purges_old_verifications_in_batches(backend: Backend) {
+    let h = harness(backend).await;
     let mut old = Vec::new();
     for i in 0..5 {
         old.push(
@@ -1031,3 +1054,51 @@ async fn retention_purges_old_verifications_in_batches() {
         1
     );
 }
+
+/// Runs every test above once per backend: `sqlite::name` and `postgres::name`.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    right_code_verifies_once,
+    wrong_codes_exhaust_the_attempts,
+    parallel_wrong_guesses_never_exceed_the_limit,
+    parallel_right_codes_verify_exactly_once,
+    codes_expire_by_the_store_clock,
+    a_new_send_cancels_the_live_code_for_the_same_key,
+    other_keys_are_untouched_by_a_resend,
+    the_antispam_window_allows_ten_sends_per_hour,
+    credit_is_debited_per_part_and_never_overdrawn,
+    parallel_sends_never_overdraw,
+    a_failed_request_does_not_fail_its_batch_mates,
+    cancel_only_live_codes,
+    accounts_and_applications,
+    data_survives_reopening,
+    one_ip_address_gets_a_bounded_number_of_wrong_checks,
+    checks_report_the_message_id,
+    the_outbox_hands_out_each_message_once_per_lease,
+    retries_wait_for_their_time,
+    expired_or_cancelled_codes_are_never_handed_out,
+    releasing_claims_after_a_crash,
+    receipts_update_the_delivery_status,
+    a_message_committed_for_immediate_delivery_is_claimed_from_the_start,
+    retention_purges_old_verifications_in_batches,
+);

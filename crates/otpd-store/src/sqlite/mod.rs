@@ -15,7 +15,7 @@ use otpd_core::outbox::{AttemptOutcome, MessageId, MessageRecord, OutboxMessage,
 use otpd_core::ports::{CreateError, Store, StoreError};
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
-    SendRejected, Verification,
+    Verification,
 };
 use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, Timestamp, VerifyId};
 use rusqlite::{Connection, OpenFlags};
@@ -24,49 +24,16 @@ use rusqlite_migration::{M, Migrations};
 use readers::Readers;
 use writer::Writer;
 
+pub(crate) use crate::failure::Failure;
+
 const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/sqlite/0001_init.sql"))];
 const READERS: usize = 2;
-
-/// Why a store operation did not complete, before it is mapped to the core's error types.
-#[derive(Debug, Clone)]
-pub(crate) enum Failure {
-    Database(String),
-    Duplicate,
-    Rejected(SendRejected),
-    /// SQLite rolled back the whole group transaction.
-    Aborted,
-    /// The writer or reader threads are gone (the store is shutting down).
-    WriterGone,
-}
 
 impl From<rusqlite::Error> for Failure {
     fn from(error: rusqlite::Error) -> Self {
         match error.sqlite_error_code() {
             Some(rusqlite::ErrorCode::ConstraintViolation) => Self::Duplicate,
             _ => Self::Database(error.to_string()),
-        }
-    }
-}
-
-impl From<Failure> for StoreError {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Database(message) => StoreError::Unavailable(message),
-            Failure::Duplicate => StoreError::Duplicate,
-            Failure::Rejected(rejected) => {
-                StoreError::Corrupt(format!("unexpected rejection: {rejected}"))
-            }
-            Failure::Aborted => StoreError::Unavailable("the transaction was rolled back".into()),
-            Failure::WriterGone => StoreError::Unavailable("the store is shutting down".into()),
-        }
-    }
-}
-
-impl From<Failure> for CreateError {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Rejected(rejected) => CreateError::Rejected(rejected),
-            other => CreateError::Store(other.into()),
         }
     }
 }

@@ -531,7 +531,7 @@ pub(super) fn claim_outbox(
                     to: parse_column(row, 2, |text| E164::parse(text).ok())?,
                     from: row.get(3)?,
                     sealed_text: row.get(4)?,
-                    encoding: parse_column(row, 5, encoding_from_str)?,
+                    encoding: parse_column(row, 5, Encoding::parse)?,
                     parts: row.get(6)?,
                     entity_id: row.get(7)?,
                     template_id: row.get(8)?,
@@ -645,7 +645,7 @@ pub(super) fn find_message(
                 account_id: parse_column(row, 2, AccountId::parse)?,
                 to: parse_column(row, 3, |text| E164::parse(text).ok())?,
                 from: row.get(4)?,
-                encoding: parse_column(row, 5, encoding_from_str)?,
+                encoding: parse_column(row, 5, Encoding::parse)?,
                 parts: row.get(6)?,
                 state: parse_column(row, 7, MessageState::parse)?,
                 attempts: row.get(8)?,
@@ -659,14 +659,6 @@ pub(super) fn find_message(
             })
         })
         .optional()?)
-}
-
-fn encoding_from_str(text: &str) -> Option<Encoding> {
-    match text {
-        "GSM7" => Some(Encoding::Gsm7),
-        "UCS2" => Some(Encoding::Ucs2),
-        _ => None,
-    }
 }
 
 pub(super) fn purge_verifications(

@@ -1,0 +1,335 @@
+//! The PostgreSQL store, for several otpd nodes sharing one database. Every rule that must
+//! hold across nodes (attempt reservation, one live code per key, the anti-spam window, credit,
+//! rate limits, outbox claims, expiry) is decided inside the database, under its locks and by
+//! its clock.
+
+mod migrate;
+mod queries;
+mod scratch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use otpd_core::account::{Account, Application, NewAccount};
+use otpd_core::outbox::{AttemptOutcome, MessageId, MessageRecord, OutboxMessage, Receipt};
+use otpd_core::ports::{CreateError, Store, StoreError};
+use otpd_core::verification::{
+    CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
+    Verification,
+};
+use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, Timestamp, VerifyId};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use crate::failure::Failure;
+
+pub use scratch::ScratchDatabase;
+
+/// How long a request waits for a connection (or for a new one to open) before it is answered
+/// with an error: a database that is down must not make clients hang.
+const CONNECTION_WAIT: Duration = Duration::from_secs(3);
+/// Server-side limits every session gets: no statement or lock wait runs away, and a session
+/// that somehow stays inside a transaction is ended rather than holding its locks.
+const SESSION_OPTIONS: &str = "-c statement_timeout=10000 -c lock_timeout=5000 \
+                               -c idle_in_transaction_session_timeout=30000";
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            Self::Duplicate
+        } else {
+            Self::Database(error.to_string())
+        }
+    }
+}
+
+/// What `PgStore::connect` needs.
+#[derive(Clone)]
+pub struct PgStoreOptions {
+    /// A `postgres://` URL (libpq's key=value form works too).
+    pub url: String,
+    /// Connections this node keeps open at most.
+    pub pool_size: usize,
+    /// Where "now" comes from. `None`, the only sensible choice in production, uses the
+    /// database's clock so that every node agrees; tests pass a clock they can move.
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl PgStore {
+    /// Opens a pool and brings the schema up to date (several nodes starting at once take
+    /// turns: the migration holds an advisory lock).
+    pub async fn connect(options: PgStoreOptions) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+        let session_options = match config.get_options() {
+            Some(own) => format!("{own} {SESSION_OPTIONS}"),
+            None => SESSION_OPTIONS.to_owned(),
+        };
+        config
+            .options(&session_options)
+            .application_name("otpd")
+            .connect_timeout(CONNECTION_WAIT)
+            .keepalives_idle(Duration::from_secs(30));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECTION_WAIT))
+            .create_timeout(Some(CONNECTION_WAIT))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot build the pool: {e}")))?;
+        let mut client = pool.get().await.map_err(pool_error)?;
+        migrate::run(&mut client).await?;
+        Ok(Self {
+            pool,
+            clock: options.clock,
+        })
+    }
+
+    /// Runs `work` with a pooled connection, on a task of its own: a client that hangs up
+    /// mid-request must not cut a transaction short (and a check that reserved an attempt
+    /// must record it).
+    async fn with_client<T, F, Fut>(&self, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(Object, Option<i64>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Failure>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let now = self.clock.as_ref().map(|clock| clock.now().millis());
+        tokio::spawn(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            work(client, now).await
+        })
+        .await
+        .map_err(|e| Failure::Database(format!("a store task failed: {e}")))?
+    }
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> Failure {
+    Failure::Database(format!("no database connection: {error}"))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_account(&self, account: NewAccount) -> Result<Account, StoreError> {
+        Ok(self
+            .with_client(move |client, now| async move {
+                queries::insert_account(&client, now, &account).await
+            })
+            .await?)
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        Ok(self
+            .with_client(|client, _| async move { queries::list_accounts(&client).await })
+            .await?)
+    }
+
+    async fn find_account_by_key(&self, key: &AccessKeyId) -> Result<Option<Account>, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .with_client(move |client, _| async move {
+                queries::find_account_by_key(&client, &key).await
+            })
+            .await?)
+    }
+
+    async fn delete_account(&self, key: &AccessKeyId) -> Result<bool, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .with_client(
+                move |client, _| async move { queries::delete_account(&client, &key).await },
+            )
+            .await?)
+    }
+
+    async fn add_credits(
+        &self,
+        key: &AccessKeyId,
+        credits: i64,
+    ) -> Result<Option<Account>, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .with_client(move |client, _| async move {
+                queries::add_credits(&client, &key, credits).await
+            })
+            .await?)
+    }
+
+    async fn create_application(
+        &self,
+        application: Application,
+    ) -> Result<Application, StoreError> {
+        Ok(self
+            .with_client(move |client, now| async move {
+                queries::insert_application(&client, now, application).await
+            })
+            .await?)
+    }
+
+    async fn list_applications(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<Application>, StoreError> {
+        let account = account.cloned();
+        Ok(self
+            .with_client(move |client, _| async move {
+                queries::list_applications(&client, account.as_ref()).await
+            })
+            .await?)
+    }
+
+    async fn find_application(
+        &self,
+        id: &ApplicationId,
+    ) -> Result<Option<Application>, StoreError> {
+        let id = id.clone();
+        Ok(self
+            .with_client(
+                move |client, _| async move { queries::find_application(&client, &id).await },
+            )
+            .await?)
+    }
+
+    async fn delete_application(&self, id: &ApplicationId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        Ok(self
+            .with_client(
+                move |client, _| async move { queries::delete_application(&client, &id).await },
+            )
+            .await?)
+    }
+
+    async fn create_verification(
+        &self,
+        verification: NewVerification,
+        guards: SendGuards,
+    ) -> Result<(), CreateError> {
+        Ok(self
+            .with_client(move |client, now| async move {
+                queries::create_verification(&client, now, &verification, guards).await
+            })
+            .await?)
+    }
+
+    async fn check(
+        &self,
+        lookup: CheckLookup,
+        attempt: CheckAttempt,
+    ) -> Result<CheckReport, StoreError> {
+        Ok(self
+            .with_client(move |client, now| queries::check(client, now, lookup, attempt))
+            .await?)
+    }
+
+    async fn cancel(
+        &self,
+        account_id: &AccountId,
+        id: &VerifyId,
+    ) -> Result<CancelOutcome, StoreError> {
+        let (account_id, id) = (account_id.clone(), id.clone());
+        Ok(self
+            .with_client(move |client, now| async move {
+                queries::cancel(&client, now, &account_id, &id).await
+            })
+            .await?)
+    }
+
+    async fn find_verification(
+        &self,
+        account_id: &AccountId,
+        id: &VerifyId,
+    ) -> Result<Option<Verification>, StoreError> {
+        let (account_id, id) = (account_id.clone(), id.clone());
+        Ok(self
+            .with_client(move |client, now| async move {
+                queries::find_verification(&client, now, &account_id, &id).await
+            })
+            .await?)
+    }
+
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        Ok(self
+            .with_client(move |client, now| async move {
+                queries::claim_outbox(&client, now, limit, lease).await
+            })
+            .await?)
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: &MessageId,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        Ok(self
+            .with_client(move |client, now| async move {
+                queries::finish_attempt(&client, now, &id, &outcome).await
+            })
+            .await?)
+    }
+
+    async fn record_receipt(&self, receipt: Receipt) -> Result<bool, StoreError> {
+        Ok(self
+            .with_client(move |client, now| async move {
+                queries::record_receipt(&client, now, &receipt).await
+            })
+            .await?)
+    }
+
+    /// Nothing to do: other nodes may hold live claims, and a dead node's claims run out with
+    /// their lease.
+    async fn release_claims(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    async fn find_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        let id = id.clone();
+        Ok(self
+            .with_client(move |client, _| async move { queries::find_message(&client, &id).await })
+            .await?)
+    }
+
+    async fn purge_verifications(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .with_client(move |client, _| async move {
+                queries::purge_verifications(&client, cutoff, limit).await
+            })
+            .await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self
+            .with_client(|client, _| async move {
+                client.simple_query("SELECT 1").await?;
+                Ok(())
+            })
+            .await?)
+    }
+}

@@ -1,0 +1,761 @@
+//! The SQL of the PostgreSQL store, one function per operation. Statements are prepared once per
+//! connection. `now` is `None` in production, and every statement then reads the database's
+//! clock (`otpd_now_ms()`); tests pass their own time.
+
+use std::time::Duration;
+
+use deadpool_postgres::{ClientWrapper, Object};
+use otpd_core::account::{Account, Application, NewAccount};
+use otpd_core::outbox::{
+    AttemptOutcome, MessageId, MessageRecord, MessageState, OutboxMessage, Receipt,
+};
+use otpd_core::sms::Encoding;
+use otpd_core::verification::{
+    CancelOutcome, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckRecord, CheckReport,
+    CheckState, Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
+    VerificationStatus,
+};
+use otpd_core::{AccessKeyId, AccountId, ApplicationId, E164, Timestamp, VerifyId};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::failure::Failure;
+
+/// The database's "now", unless the caller brought its own.
+const NOW: &str = "COALESCE($1::bigint, otpd_now_ms())";
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn limit(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+fn malformed(index: usize) -> Failure {
+    Failure::Database(format!("malformed value in column {index}"))
+}
+
+/// Reads a text column through a parser.
+fn parsed<T>(row: &Row, index: usize, parse: impl Fn(&str) -> Option<T>) -> Result<T, Failure> {
+    let text: &str = row.try_get(index)?;
+    parse(text).ok_or_else(|| malformed(index))
+}
+
+/// Reads an `integer` column into one of the core's unsigned counters.
+fn counter<T: TryFrom<i32>>(row: &Row, index: usize) -> Result<T, Failure> {
+    let value: i32 = row.try_get(index)?;
+    T::try_from(value).map_err(|_| malformed(index))
+}
+
+fn optional_time(row: &Row, index: usize) -> Result<Option<Timestamp>, Failure> {
+    Ok(row.try_get::<_, Option<i64>>(index)?.map(Timestamp))
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "id, name, access_key_id, sealed_secret, credits, default_sender, created_at";
+
+fn account_from_row(row: &Row) -> Result<Account, Failure> {
+    Ok(Account {
+        id: parsed(row, 0, AccountId::parse)?,
+        name: row.try_get(1)?,
+        access_key_id: parsed(row, 2, AccessKeyId::parse)?,
+        sealed_secret: row.try_get(3)?,
+        credits: row.try_get(4)?,
+        default_sender: row.try_get(5)?,
+        created_at: Timestamp(row.try_get(6)?),
+    })
+}
+
+pub(super) async fn insert_account(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    account: &NewAccount,
+) -> Result<Account, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES ($2, $3, $4, $5, $6, $7, {NOW})
+             RETURNING {ACCOUNT_COLUMNS}"
+        ))
+        .await?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &now,
+                &account.id.as_str(),
+                &account.name.as_str(),
+                &account.access_key_id.as_str(),
+                &account.sealed_secret,
+                &account.credits,
+                &account.default_sender,
+            ],
+        )
+        .await?;
+    account_from_row(&row)
+}
+
+pub(super) async fn list_accounts(client: &ClientWrapper) -> Result<Vec<Account>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id"
+        ))
+        .await?;
+    let rows = client.query(&statement, &[]).await?;
+    rows.iter().map(account_from_row).collect()
+}
+
+pub(super) async fn find_account_by_key(
+    client: &ClientWrapper,
+    key: &AccessKeyId,
+) -> Result<Option<Account>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE access_key_id = $1"
+        ))
+        .await?;
+    let row = client.query_opt(&statement, &[&key.as_str()]).await?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+pub(super) async fn delete_account(
+    client: &ClientWrapper,
+    key: &AccessKeyId,
+) -> Result<bool, Failure> {
+    let statement = client
+        .prepare_cached("DELETE FROM accounts WHERE access_key_id = $1")
+        .await?;
+    Ok(client.execute(&statement, &[&key.as_str()]).await? > 0)
+}
+
+pub(super) async fn add_credits(
+    client: &ClientWrapper,
+    key: &AccessKeyId,
+    credits: i64,
+) -> Result<Option<Account>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "UPDATE accounts SET credits = COALESCE(credits, 0) + $2 WHERE access_key_id = $1
+             RETURNING {ACCOUNT_COLUMNS}"
+        ))
+        .await?;
+    let row = client
+        .query_opt(&statement, &[&key.as_str(), &credits])
+        .await?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
+
+fn application_from_row(row: &Row) -> Result<Application, Failure> {
+    Ok(Application {
+        id: parsed(row, 0, ApplicationId::parse)?,
+        account_id: parsed(row, 1, AccountId::parse)?,
+        name: row.try_get(2)?,
+        tags: parsed(row, 3, |text| serde_json::from_str(text).ok())?,
+        created_at: Timestamp(row.try_get(4)?),
+    })
+}
+
+pub(super) async fn insert_application(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    application: Application,
+) -> Result<Application, Failure> {
+    let tags =
+        serde_json::to_string(&application.tags).map_err(|e| Failure::Database(e.to_string()))?;
+    let statement = client
+        .prepare_cached(&format!(
+            "INSERT INTO applications ({APPLICATION_COLUMNS}) VALUES ($2, $3, $4, $5, {NOW})
+             RETURNING created_at"
+        ))
+        .await?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &now,
+                &application.id.as_str(),
+                &application.account_id.as_str(),
+                &application.name,
+                &tags,
+            ],
+        )
+        .await?;
+    Ok(Application {
+        created_at: Timestamp(row.try_get(0)?),
+        ..application
+    })
+}
+
+pub(super) async fn list_applications(
+    client: &ClientWrapper,
+    account: Option<&AccountId>,
+) -> Result<Vec<Application>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {APPLICATION_COLUMNS} FROM applications
+             WHERE $1::text IS NULL OR account_id = $1 ORDER BY created_at, id"
+        ))
+        .await?;
+    let rows = client
+        .query(&statement, &[&account.map(AccountId::as_str)])
+        .await?;
+    rows.iter().map(application_from_row).collect()
+}
+
+pub(super) async fn find_application(
+    client: &ClientWrapper,
+    id: &ApplicationId,
+) -> Result<Option<Application>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = $1"
+        ))
+        .await?;
+    let row = client.query_opt(&statement, &[&id.as_str()]).await?;
+    row.as_ref().map(application_from_row).transpose()
+}
+
+pub(super) async fn delete_application(
+    client: &ClientWrapper,
+    id: &ApplicationId,
+) -> Result<bool, Failure> {
+    let statement = client
+        .prepare_cached("DELETE FROM applications WHERE id = $1")
+        .await?;
+    Ok(client.execute(&statement, &[&id.as_str()]).await? > 0)
+}
+
+/// One round trip: `otpd_create_verification` (in the migration) applies the guards, retires
+/// the live code of the key and inserts the verification and its message.
+pub(super) async fn create_verification(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    verification: &NewVerification,
+    guards: SendGuards,
+) -> Result<(), Failure> {
+    let statement = client
+        .prepare_cached(
+            "SELECT otpd_create_verification($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+        )
+        .await?;
+    let key = &verification.key;
+    let message = verification.outbox.as_ref();
+    let max_sends = i32::try_from(guards.max_sends_per_destination).unwrap_or(i32::MAX);
+    let charge = i32::try_from(guards.charge).unwrap_or(i32::MAX);
+    let parts = i32::try_from(verification.parts).unwrap_or(i32::MAX);
+    let message_parts = message.map(|m| i32::try_from(m.parts).unwrap_or(i32::MAX));
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &now,
+                &millis(guards.window),
+                &max_sends,
+                &charge,
+                &verification.id.as_str(),
+                &key.account_id.as_str(),
+                &key.dialect.as_str(),
+                &key.app,
+                &key.reference,
+                &key.destination.as_str(),
+                &verification.sender,
+                &verification.digest.0.as_slice(),
+                &millis(verification.ttl.duration()),
+                &i32::from(verification.max_attempts.get()),
+                &verification.sandbox,
+                &verification.sandbox_code,
+                &parts,
+                &message.map(|m| m.id.as_str()),
+                &message.map(|m| m.sealed_text.as_slice()),
+                &message.map(|m| m.encoding.as_str()),
+                &message_parts,
+                &message.and_then(|m| m.entity_id.as_deref()),
+                &message.and_then(|m| m.template_id.as_deref()),
+                &message.and_then(|m| m.claimed_for).map(millis),
+            ],
+        )
+        .await?;
+    match row.try_get::<_, &str>(0)? {
+        "ok" => Ok(()),
+        "too_many_sends" => Err(Failure::Rejected(SendRejected::TooManySends)),
+        "no_credit" => Err(Failure::Rejected(SendRejected::NoCredit)),
+        "unknown_account" => Err(Failure::Rejected(SendRejected::UnknownAccount)),
+        other => Err(Failure::Database(format!("unexpected verdict {other}"))),
+    }
+}
+
+/// The check step, in one transaction of two round trips: lock the verification row (and the
+/// client address, when it is rate limited), then store what the state machine decided.
+/// Parallel checks of one code, from any node, queue on the row lock.
+pub(super) async fn check(
+    client: Object,
+    now: Option<i64>,
+    lookup: CheckLookup,
+    attempt: CheckAttempt,
+) -> Result<CheckReport, Failure> {
+    let result = check_in_transaction(&client, now, &lookup, &attempt).await;
+    if result.is_err() {
+        // The connection may be inside a failed transaction: close it rather than reuse it.
+        drop(Object::take(client));
+    }
+    result
+}
+
+const VERIFICATION_FOR_CHECK: &str =
+    "id, status, expires_at, attempts_used, max_attempts, code_digest, message_id";
+
+async fn check_in_transaction(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    lookup: &CheckLookup,
+    attempt: &CheckAttempt,
+) -> Result<CheckReport, Failure> {
+    let by_key = client
+        .prepare_cached(&format!(
+            "SELECT {VERIFICATION_FOR_CHECK}, {NOW} FROM verifications
+             WHERE account_id = $2 AND dialect = $3 AND app = $4 AND reference = $5
+               AND destination = $6 AND status = 'pending'
+             FOR UPDATE"
+        ))
+        .await?;
+    let by_id = client
+        .prepare_cached(&format!(
+            "SELECT {VERIFICATION_FOR_CHECK}, {NOW} FROM verifications
+             WHERE id = $2 AND account_id = $3 FOR UPDATE"
+        ))
+        .await?;
+    let lock_address = client
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/ip/' || $2, 0))")
+        .await?;
+    let count_failures = client
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM checks
+             WHERE account_id = $2 AND client_ip = $3 AND at > {NOW} - $4
+               AND outcome IN ('mismatch', 'mismatch_exhausted')"
+        ))
+        .await?;
+    let account_id = match lookup {
+        CheckLookup::ByKey(key) => &key.account_id,
+        CheckLookup::ById { account_id, .. } => account_id,
+    };
+    let limited = attempt
+        .client_ip
+        .as_deref()
+        .zip(attempt.ip_limit)
+        .map(|(ip, limit)| (ip, millis(limit.window), limit.max_failures));
+
+    // First round trip, pipelined: BEGIN, the address lock and its failure count (a fresh
+    // statement, so it sees every failure committed before the lock was ours), the row lock.
+    let begin = client.batch_execute("BEGIN");
+    let lock = async {
+        match limited {
+            Some((ip, _, _)) => Some(
+                client
+                    .execute(&lock_address, &[&account_id.as_str(), &ip])
+                    .await,
+            ),
+            None => None,
+        }
+    };
+    let failures = async {
+        match limited {
+            Some((ip, window, _)) => Some(
+                client
+                    .query_one(&count_failures, &[&now, &account_id.as_str(), &ip, &window])
+                    .await,
+            ),
+            None => None,
+        }
+    };
+    let found = async {
+        match lookup {
+            CheckLookup::ByKey(key) => {
+                client
+                    .query_opt(
+                        &by_key,
+                        &[
+                            &now,
+                            &key.account_id.as_str(),
+                            &key.dialect.as_str(),
+                            &key.app,
+                            &key.reference,
+                            &key.destination.as_str(),
+                        ],
+                    )
+                    .await
+            }
+            CheckLookup::ById { account_id, id } => {
+                client
+                    .query_opt(&by_id, &[&now, &id.as_str(), &account_id.as_str()])
+                    .await
+            }
+        }
+    };
+    let (_, lock, failures, found) = tokio::join!(begin, lock, failures, found);
+    lock.transpose()?;
+    let failures = failures.transpose()?;
+    let Some(row) = found? else {
+        client.batch_execute("COMMIT").await?;
+        return Ok(CheckReport {
+            outcome: CheckOutcome::NotFound,
+            message_id: None,
+        });
+    };
+    let message_id: Option<String> = row.try_get(6)?;
+    if let (Some(failures), Some((_, _, max_failures))) = (failures, limited) {
+        let failures: i64 = failures.try_get(0)?;
+        if failures >= i64::from(max_failures) {
+            client.batch_execute("COMMIT").await?;
+            return Ok(CheckReport {
+                outcome: CheckOutcome::RateLimited,
+                message_id,
+            });
+        }
+    }
+    let verify_id: VerifyId = parsed(&row, 0, VerifyId::parse)?;
+    let digest: Vec<u8> = row.try_get(5)?;
+    let state = CheckState {
+        status: parsed(&row, 1, VerificationStatus::parse)?,
+        expires_at: Timestamp(row.try_get(2)?),
+        attempts_used: counter(&row, 3)?,
+        max_attempts: counter(&row, 4)?,
+    };
+    let now = Timestamp(row.try_get(7)?);
+    let transition = state.check(now, || attempt.candidate.matches(&verify_id, &digest));
+
+    // Second round trip, pipelined: the new state, the history record, COMMIT.
+    let update = client
+        .prepare_cached("UPDATE verifications SET status = $2, attempts_used = $3 WHERE id = $1")
+        .await?;
+    let record = client
+        .prepare_cached(
+            "INSERT INTO checks (verification_id, account_id, at, submitted_code, outcome, client_ip)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .await?;
+    let attempts_used = i32::from(transition.next.attempts_used);
+    let update = async {
+        if transition.next == state {
+            return Ok(0);
+        }
+        client
+            .execute(
+                &update,
+                &[
+                    &verify_id.as_str(),
+                    &transition.next.status.as_str(),
+                    &attempts_used,
+                ],
+            )
+            .await
+    };
+    let record = async {
+        if attempt.history != CheckHistory::WithCode {
+            return Ok(0);
+        }
+        client
+            .execute(
+                &record,
+                &[
+                    &verify_id.as_str(),
+                    &account_id.as_str(),
+                    &now.millis(),
+                    &attempt.candidate.code().expose(),
+                    &transition.outcome.as_str(),
+                    &attempt.client_ip,
+                ],
+            )
+            .await
+    };
+    let (updated, recorded, committed) =
+        tokio::join!(update, record, client.batch_execute("COMMIT"));
+    updated?;
+    recorded?;
+    committed?;
+    Ok(CheckReport {
+        outcome: transition.outcome,
+        message_id,
+    })
+}
+
+/// One statement: cancel the code if it is still live.
+pub(super) async fn cancel(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    account_id: &AccountId,
+    id: &VerifyId,
+) -> Result<CancelOutcome, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "WITH target AS (
+                 SELECT id, status = 'pending' AND expires_at > {NOW} AS live
+                 FROM verifications WHERE id = $2 AND account_id = $3 FOR UPDATE
+             ),
+             cancelled AS (
+                 UPDATE verifications SET status = 'cancelled'
+                 FROM target WHERE verifications.id = target.id AND target.live
+                 RETURNING verifications.id
+             )
+             SELECT EXISTS (SELECT 1 FROM cancelled) FROM target"
+        ))
+        .await?;
+    let row = client
+        .query_opt(&statement, &[&now, &id.as_str(), &account_id.as_str()])
+        .await?;
+    Ok(match row {
+        None => CancelOutcome::NotFound,
+        Some(row) if row.try_get::<_, bool>(0)? => CancelOutcome::Cancelled,
+        Some(_) => CancelOutcome::NotCancellable,
+    })
+}
+
+pub(super) async fn find_verification(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    account_id: &AccountId,
+    id: &VerifyId,
+) -> Result<Option<Verification>, Failure> {
+    let verification = client
+        .prepare_cached(&format!(
+            "SELECT v.id, v.account_id, v.dialect, v.app, v.reference, v.destination, v.sender,
+                    v.status, v.created_at, v.expires_at, v.attempts_used, v.max_attempts,
+                    v.sandbox, v.sandbox_code, v.message_id,
+                    COALESCE(o.receipt_state, o.delivery_status),
+                    COALESCE(o.receipt_at, o.sent_at, o.updated_at), v.parts, {NOW}
+             FROM verifications v LEFT JOIN outbox o ON o.id = v.message_id
+             WHERE v.id = $2 AND v.account_id = $3"
+        ))
+        .await?;
+    let checks = client
+        .prepare_cached(
+            "SELECT at, submitted_code, outcome, client_ip FROM checks
+             WHERE verification_id = $1 ORDER BY at, id",
+        )
+        .await?;
+    let (id, account_id) = (id.as_str(), account_id.as_str());
+    let verification_params: [&(dyn ToSql + Sync); 3] = [&now, &id, &account_id];
+    let checks_params: [&(dyn ToSql + Sync); 1] = [&id];
+    let (row, check_rows) = tokio::join!(
+        client.query_opt(&verification, &verification_params),
+        client.query(&checks, &checks_params),
+    );
+    let (Some(row), check_rows) = (row?, check_rows?) else {
+        return Ok(None);
+    };
+    let state = CheckState {
+        status: parsed(&row, 7, VerificationStatus::parse)?,
+        expires_at: Timestamp(row.try_get(9)?),
+        attempts_used: counter(&row, 10)?,
+        max_attempts: counter(&row, 11)?,
+    };
+    let checks = check_rows
+        .iter()
+        .map(|row| {
+            Ok(CheckRecord {
+                at: Timestamp(row.try_get(0)?),
+                submitted_code: row.try_get(1)?,
+                outcome: parsed(row, 2, CheckOutcome::parse)?,
+                client_ip: row.try_get(3)?,
+            })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    Ok(Some(Verification {
+        id: parsed(&row, 0, VerifyId::parse)?,
+        key: VerificationKey {
+            account_id: parsed(&row, 1, AccountId::parse)?,
+            dialect: parsed(&row, 2, Dialect::parse)?,
+            app: row.try_get(3)?,
+            reference: row.try_get(4)?,
+            destination: parsed(&row, 5, |text| E164::parse(text).ok())?,
+        },
+        sender: row.try_get(6)?,
+        status: state.status_at(Timestamp(row.try_get(18)?)),
+        created_at: Timestamp(row.try_get(8)?),
+        expires_at: state.expires_at,
+        attempts_used: state.attempts_used,
+        max_attempts: state.max_attempts,
+        sandbox: row.try_get(12)?,
+        sandbox_code: row.try_get(13)?,
+        message_id: row.try_get(14)?,
+        delivery_status: row.try_get(15)?,
+        delivery_updated_at: optional_time(&row, 16)?,
+        parts: counter(&row, 17)?,
+        checks,
+    }))
+}
+
+/// One statement: lock up to `limit` due messages no other node holds (`SKIP LOCKED`), drop
+/// those whose code is no longer live, and lease the rest to this node.
+pub(super) async fn claim_outbox(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    count: usize,
+    lease: Duration,
+) -> Result<Vec<OutboxMessage>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "WITH clock AS (SELECT {NOW} AS now),
+             due AS (
+                 SELECT o.id, v.status = 'pending' AND v.expires_at > clock.now AS live
+                 FROM outbox o JOIN verifications v ON v.id = o.verification_id, clock
+                 WHERE o.state = 'pending' AND o.next_attempt_at <= clock.now
+                   AND o.lease_until <= clock.now
+                 ORDER BY o.next_attempt_at LIMIT $2
+                 FOR UPDATE OF o SKIP LOCKED
+             ),
+             dropped AS (
+                 UPDATE outbox SET state = 'dropped', updated_at = clock.now,
+                     status_message = 'not sent: the code expired or was cancelled first'
+                 FROM due, clock WHERE outbox.id = due.id AND NOT due.live
+             )
+             UPDATE outbox SET lease_until = clock.now + $3, attempts = attempts + 1,
+                 updated_at = clock.now
+             FROM due, clock WHERE outbox.id = due.id AND due.live
+             RETURNING outbox.id, outbox.verification_id, outbox.destination, outbox.sender,
+                 outbox.sealed_text, outbox.encoding, outbox.parts, outbox.entity_id,
+                 outbox.template_id, outbox.attempts - 1, outbox.next_attempt_at"
+        ))
+        .await?;
+    let mut rows = client
+        .query(&statement, &[&now, &limit(count), &millis(lease)])
+        .await?;
+    rows.sort_by_key(|row| row.try_get::<_, i64>(10).unwrap_or(i64::MAX));
+    rows.iter()
+        .map(|row| {
+            Ok(OutboxMessage {
+                id: parsed(row, 0, MessageId::parse)?,
+                verify_id: parsed(row, 1, VerifyId::parse)?,
+                to: parsed(row, 2, |text| E164::parse(text).ok())?,
+                from: row.try_get(3)?,
+                sealed_text: row.try_get(4)?,
+                encoding: parsed(row, 5, Encoding::parse)?,
+                parts: counter(row, 6)?,
+                entity_id: row.try_get(7)?,
+                template_id: row.try_get(8)?,
+                attempts: counter(row, 9)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn finish_attempt(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    id: &MessageId,
+    outcome: &AttemptOutcome,
+) -> Result<(), Failure> {
+    let (state, report, retry_after) = match outcome {
+        AttemptOutcome::Accepted(report) => ("sent", report, None),
+        AttemptOutcome::Retry {
+            report,
+            retry_after,
+        } => ("pending", report, Some(millis(*retry_after))),
+        AttemptOutcome::Failed(report) => ("failed", report, None),
+    };
+    let statement = client
+        .prepare_cached(&format!(
+            "WITH clock AS (SELECT {NOW} AS now)
+             UPDATE outbox SET state = $3, lease_until = 0, updated_at = clock.now,
+                 next_attempt_at = COALESCE(clock.now + $4, next_attempt_at),
+                 sent_at = CASE WHEN $3 = 'sent' THEN clock.now ELSE sent_at END,
+                 delivery_status = $5, status_code = $6, status_message = $7,
+                 carrier_message_id = COALESCE($8, carrier_message_id)
+             FROM clock WHERE id = $2"
+        ))
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &now,
+                &id.as_str(),
+                &state,
+                &retry_after,
+                &report.status.as_str(),
+                &i32::from(report.status_code),
+                &report.status_message,
+                &report.message_id,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn record_receipt(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    receipt: &Receipt,
+) -> Result<bool, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "UPDATE outbox SET receipt_state = $3, receipt_at = $4, updated_at = {NOW}
+             WHERE carrier_message_id = $2"
+        ))
+        .await?;
+    let updated = client
+        .execute(
+            &statement,
+            &[
+                &now,
+                &receipt.carrier_message_id,
+                &receipt.state,
+                &receipt.at.millis(),
+            ],
+        )
+        .await?;
+    Ok(updated > 0)
+}
+
+pub(super) async fn find_message(
+    client: &ClientWrapper,
+    id: &MessageId,
+) -> Result<Option<MessageRecord>, Failure> {
+    let statement = client
+        .prepare_cached(
+            "SELECT id, verification_id, account_id, destination, sender, encoding, parts, state,
+                    attempts, created_at, sent_at, delivery_status, status_message,
+                    carrier_message_id, receipt_state, receipt_at
+             FROM outbox WHERE id = $1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&statement, &[&id.as_str()]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(MessageRecord {
+        id: parsed(&row, 0, MessageId::parse)?,
+        verify_id: parsed(&row, 1, VerifyId::parse)?,
+        account_id: parsed(&row, 2, AccountId::parse)?,
+        to: parsed(&row, 3, |text| E164::parse(text).ok())?,
+        from: row.try_get(4)?,
+        encoding: parsed(&row, 5, Encoding::parse)?,
+        parts: counter(&row, 6)?,
+        state: parsed(&row, 7, MessageState::parse)?,
+        attempts: counter(&row, 8)?,
+        created_at: Timestamp(row.try_get(9)?),
+        sent_at: optional_time(&row, 10)?,
+        delivery_status: row.try_get(11)?,
+        status_message: row.try_get(12)?,
+        carrier_message_id: row.try_get(13)?,
+        receipt_state: row.try_get(14)?,
+        receipt_at: optional_time(&row, 15)?,
+    }))
+}
+
+pub(super) async fn purge_verifications(
+    client: &ClientWrapper,
+    cutoff: Timestamp,
+    count: usize,
+) -> Result<u64, Failure> {
+    let statement = client
+        .prepare_cached(
+            "DELETE FROM verifications WHERE id IN
+                 (SELECT id FROM verifications WHERE created_at < $1 LIMIT $2)",
+        )
+        .await?;
+    Ok(client
+        .execute(&statement, &[&cutoff.millis(), &limit(count)])
+        .await?)
+}
