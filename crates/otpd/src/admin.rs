@@ -14,8 +14,10 @@ use crate::CommandError;
 use crate::cli::{AccountsCommand, AppsCommand, CreditsCommand, GlobalOptions, MessagesCommand};
 use crate::config::{self, DatabaseLocation};
 
-fn open_store(global: &GlobalOptions) -> Result<Arc<dyn Store>, CommandError> {
-    DatabaseLocation::from_options(global)?.open(Arc::new(SystemClock))
+async fn open_store(global: &GlobalOptions) -> Result<Arc<dyn Store>, CommandError> {
+    DatabaseLocation::from_options(global)?
+        .open(Arc::new(SystemClock))
+        .await
 }
 
 fn print(value: &Value) {
@@ -67,7 +69,7 @@ pub async fn accounts(
     global: &GlobalOptions,
     command: AccountsCommand,
 ) -> Result<(), CommandError> {
-    let store = open_store(global)?;
+    let store = open_store(global).await?;
     match command {
         AccountsCommand::Create {
             name,
@@ -116,7 +118,7 @@ pub async fn accounts(
 }
 
 pub async fn apps(global: &GlobalOptions, command: AppsCommand) -> Result<(), CommandError> {
-    let store = open_store(global)?;
+    let store = open_store(global).await?;
     match command {
         AppsCommand::Create { account, name } => {
             let account = account_by_key(&store, &account).await?;
@@ -158,7 +160,7 @@ pub async fn apps(global: &GlobalOptions, command: AppsCommand) -> Result<(), Co
 }
 
 pub async fn credits(global: &GlobalOptions, command: CreditsCommand) -> Result<(), CommandError> {
-    let store = open_store(global)?;
+    let store = open_store(global).await?;
     match command {
         CreditsCommand::Add {
             access_key_id,
@@ -182,7 +184,7 @@ pub async fn messages(
     global: &GlobalOptions,
     command: MessagesCommand,
 ) -> Result<(), CommandError> {
-    let store = open_store(global)?;
+    let store = open_store(global).await?;
     match command {
         MessagesCommand::Show { message_id } => {
             let id = MessageId::parse(&message_id).ok_or_else(|| {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -29,9 +30,14 @@ pub struct GlobalOptions {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// `sqlite://PATH` (default: DATA_DIR/otpd.db).
-    #[arg(long, env = "OTPD_DATABASE_URL", global = true)]
+    /// `sqlite://PATH` (default: DATA_DIR/otpd.db), or `postgres://USER:PASSWORD@HOST/DB` for
+    /// several nodes sharing one database.
+    #[arg(long, env = "OTPD_DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+    /// PostgreSQL connections this process keeps open at most.
+    #[arg(long, env = "OTPD_DATABASE_POOL_SIZE", default_value_t = 16, global = true,
+          value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
+    pub database_pool_size: usize,
     /// A file holding the 64-hex-character server key (default: DATA_DIR/server.key, generated on
     /// first use).
     #[arg(long, env = "OTPD_SERVER_KEY_FILE", global = true)]

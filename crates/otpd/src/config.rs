@@ -7,15 +7,29 @@ use std::sync::Arc;
 use anyhow::Context;
 use otpd_core::ports::Store;
 use otpd_core::{Clock, ServerKey};
-use otpd_store::SqliteStore;
+use otpd_store::{PgStore, PgStoreOptions, SqliteStore};
 
 use crate::CommandError;
 use crate::cli::GlobalOptions;
 
 /// Where the database is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseLocation {
     Sqlite(PathBuf),
+    Postgres { url: String, pool_size: usize },
+}
+
+/// Never prints a PostgreSQL URL: it may hold a password.
+impl std::fmt::Debug for DatabaseLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres { pool_size, .. } => f
+                .debug_struct("Postgres")
+                .field("pool_size", pool_size)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl DatabaseLocation {
@@ -39,12 +53,13 @@ impl DatabaseLocation {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(CommandError::Usage(
-                "PostgreSQL is not supported by this build yet; use sqlite://PATH".into(),
-            ));
+            return Ok(Self::Postgres {
+                url: url.to_owned(),
+                pool_size: options.database_pool_size,
+            });
         }
         Err(CommandError::Usage(format!(
-            "unsupported database URL {:?}: use sqlite://PATH",
+            "unsupported database URL {:?}: use sqlite://PATH or postgres://...",
             url.split(':').next().unwrap_or_default()
         )))
     }
@@ -54,11 +69,22 @@ impl DatabaseLocation {
         matches!(self, Self::Sqlite(_))
     }
 
-    pub fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, CommandError> {
+    pub async fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, CommandError> {
         match self {
             Self::Sqlite(path) => {
                 let store = SqliteStore::open(path, clock)
                     .with_context(|| format!("cannot open the database at {}", path.display()))?;
+                Ok(Arc::new(store))
+            }
+            // The database's own clock judges time: `clock` is for the single-machine store.
+            Self::Postgres { url, pool_size } => {
+                let store = PgStore::connect(PgStoreOptions {
+                    url: url.clone(),
+                    pool_size: *pool_size,
+                    clock: None,
+                })
+                .await
+                .context("cannot open the PostgreSQL database")?;
                 Ok(Arc::new(store))
             }
         }
@@ -122,6 +148,7 @@ mod tests {
         GlobalOptions {
             data_dir: data_dir.to_owned(),
             database_url: url.map(str::to_owned),
+            database_pool_size: 16,
             server_key_file: None,
         }
     }
@@ -136,6 +163,14 @@ mod tests {
         assert_eq!(
             DatabaseLocation::from_options(&options(dir, Some("sqlite:///tmp/x.db"))).ok(),
             Some(DatabaseLocation::Sqlite("/tmp/x.db".into()))
+        );
+        let postgres =
+            DatabaseLocation::from_options(&options(dir, Some("postgres://otpd:s3cret@db/otpd")))
+                .expect("postgres");
+        assert!(!postgres.is_single_process());
+        assert!(
+            !format!("{postgres:?}").contains("s3cret"),
+            "a URL's password never reaches a log"
         );
         assert!(matches!(
             DatabaseLocation::from_options(&options(dir, Some("mysql://x"))),

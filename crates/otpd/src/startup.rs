@@ -134,7 +134,7 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         .map_err(|error: otpd_sms::transport::SpecError| CommandError::Usage(error.to_string()))?;
     let location = DatabaseLocation::from_options(global)?;
     let key = config::server_key(global)?;
-    let store = location.open(Arc::new(SystemClock))?;
+    let store = location.open(Arc::new(SystemClock)).await?;
     if location.is_single_process() {
         // Claims left by a process that died mid-send: nobody else can hold them.
         let released = store

@@ -751,8 +751,10 @@ pub(super) async fn purge_verifications(
 ) -> Result<u64, Failure> {
     let statement = client
         .prepare_cached(
+            // SKIP LOCKED: every node runs the job; they share the work instead of queueing.
             "DELETE FROM verifications WHERE id IN
-                 (SELECT id FROM verifications WHERE created_at < $1 LIMIT $2)",
+                 (SELECT id FROM verifications WHERE created_at < $1
+                  ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )
         .await?;
     Ok(client
