@@ -7,9 +7,12 @@ own server, and helpers create accounts and applications through otpd's own comm
 import json
 import os
 import re
+import secrets
+import shutil
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import pytest
@@ -18,22 +21,68 @@ from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = os.environ.get("OTPD_BIN", str(ROOT / "target" / "debug" / "otpd"))
+# The PostgreSQL server the PostgreSQL tests make their databases on (scripts/ensure-postgres).
+POSTGRES = os.environ.get("OTPD_TEST_POSTGRES_URL", "postgres://otpd:otpd@127.0.0.1:5432/postgres")
+# `postgres` runs every test on PostgreSQL instead of each server's own SQLite file.
+BACKEND = os.environ.get("OTPD_E2E_BACKEND", "sqlite")
+
+
+def psql(url, *sql):
+    command = ["psql", "-q", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", url]
+    for statement in sql:
+        command += ["-c", statement]
+    return subprocess.run(command, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+class ScratchDatabase:
+    """A fresh PostgreSQL database on the test server, dropped by `drop()`."""
+
+    def __init__(self, prefix="e2e"):
+        self.name = f"otpd_{prefix}_{secrets.token_hex(6)}"
+        psql(POSTGRES, f"CREATE DATABASE {self.name}")
+        parts = urlsplit(POSTGRES)
+        self.url = urlunsplit(parts._replace(path=f"/{self.name}"))
+
+    def query(self, sql):
+        return psql(self.url, sql).strip()
+
+    def drop(self):
+        psql(POSTGRES, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
 
 
 class Otpd:
-    """A running otpd and the tools to talk to it."""
+    """A running otpd and the tools to talk to it.
 
-    def __init__(self, data_dir: Path, sms=None):
+    `database_url` and `key_file` let several nodes share one PostgreSQL database and key; with
+    neither, the server gets its own SQLite file, or its own PostgreSQL database when
+    OTPD_E2E_BACKEND=postgres.
+    """
+
+    def __init__(self, data_dir: Path, sms=None, database_url=None, key_file=None):
         self.data_dir = data_dir
         self.sms = sms
         self.sms_file = data_dir / "sms.jsonl"
         self.log_file = data_dir / "otpd.log"
         self.process = None
         self.url = None
+        self.scratch = None
+        self.env = {}
+        if database_url is None and BACKEND == "postgres":
+            self.scratch = ScratchDatabase()
+            database_url = self.scratch.url
+        self.database_url = database_url
+        self.global_args = ["--data-dir", str(data_dir)]
+        if database_url:
+            self.global_args += ["--database-url", database_url]
+        if key_file:
+            self.global_args += ["--server-key-file", str(key_file)]
 
-    def cli(self, *args, check=True):
+    def cli(self, *args, check=True, own_database=True):
+        """Runs an otpd command on this server's database (or, with own_database=False, on
+        whatever database `args` name)."""
+        global_args = self.global_args if own_database else ["--data-dir", str(self.data_dir)]
         result = subprocess.run(
-            [BIN, "--data-dir", str(self.data_dir), *args],
+            [BIN, *global_args, *args],
             capture_output=True,
             text=True,
             timeout=30,
@@ -45,11 +94,11 @@ class Otpd:
     def start(self):
         self.log = open(self.log_file, "w")
         self.process = subprocess.Popen(
-            [BIN, "--data-dir", str(self.data_dir), "serve", "--listen", "127.0.0.1:0",
+            [BIN, *self.global_args, "serve", "--listen", "127.0.0.1:0",
              "--sms", self.sms or f"file:{self.sms_file}"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "NO_COLOR": "1", "OTPD_LOG": "info"},
+            env={**os.environ, "NO_COLOR": "1", "OTPD_LOG": "info", **self.env},
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -71,6 +120,15 @@ class Otpd:
                 self.process.kill()
         if self.process:
             self.log.close()
+        if self.scratch:
+            self.scratch.drop()
+            self.scratch = None
+
+    def kill(self):
+        """kill -9: no chance to finish anything."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.log.close()
 
     def create_account(self, name="acme", credits=None):
         args = ["accounts", "create", name]

@@ -83,6 +83,11 @@ pub struct ServeOptions {
     /// deletes them.
     #[arg(long, env = "OTPD_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub retention_days: u32,
+    /// Seconds a node holds a message it is sending before another node may take it over: how
+    /// long a node that dies mid-send delays its messages on a shared PostgreSQL database.
+    /// Keep it above the slowest hand-over to the SMS network.
+    #[arg(long, env = "OTPD_OUTBOX_LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(5..=3600))]
+    pub outbox_lease_seconds: u32,
     /// Log format.
     #[arg(long, env = "OTPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

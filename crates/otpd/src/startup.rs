@@ -156,7 +156,10 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         key,
         limits: Limits::default(),
         api: ApiSettings::default(),
-        dispatch: DispatchSettings::default(),
+        dispatch: DispatchSettings {
+            lease: Duration::from_secs(u64::from(options.outbox_lease_seconds)),
+            ..DispatchSettings::default()
+        },
         retention: Duration::from_secs(u64::from(options.retention_days) * 24 * 3600),
     };
     let application = Application::build(options.listen, components).await?;
