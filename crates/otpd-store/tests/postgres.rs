@@ -1,0 +1,171 @@
+//! What only the PostgreSQL store has: the database's clock, migrations shared by nodes that
+//! start together, and failing fast when the database is away. The rest of its behaviour is in
+//! the conformance suite, which runs on both backends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use otpd_core::account::{Name, NewAccount};
+use otpd_core::ports::{Store, StoreError};
+use otpd_core::verification::{Dialect, NewVerification, SendGuards, VerificationKey};
+use otpd_core::{
+    AccessKeyId, AccountId, CodeLength, E164, MaxAttempts, OtpCode, ServerKey, Ttl, VerifyId,
+};
+use otpd_store::{PgStore, PgStoreOptions, ScratchDatabase};
+
+async fn scratch() -> ScratchDatabase {
+    ScratchDatabase::create(&ScratchDatabase::server_url(), "pgonly")
+        .await
+        .expect("PostgreSQL must be running: run scripts/ensure-postgres")
+}
+
+fn options(url: &str) -> PgStoreOptions {
+    PgStoreOptions {
+        url: url.to_owned(),
+        pool_size: 4,
+        clock: None,
+    }
+}
+
+async fn database_millis(url: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .query_one("SELECT otpd_now_ms()", &[])
+        .await
+        .expect("now")
+        .get(0)
+}
+
+#[tokio::test]
+async fn times_come_from_the_database_clock() {
+    let database = scratch().await;
+    let store = PgStore::connect(options(database.url()))
+        .await
+        .expect("connect");
+    let account = AccountId::generate();
+    store
+        .create_account(NewAccount {
+            id: account.clone(),
+            name: Name::parse("clock").expect("name"),
+            access_key_id: AccessKeyId::generate(),
+            sealed_secret: vec![1],
+            credits: None,
+            default_sender: None,
+        })
+        .await
+        .expect("account");
+    let key = ServerKey::from_hex(&"22".repeat(32)).expect("key");
+    let id = VerifyId::generate();
+    let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+    let before = database_millis(database.url()).await;
+    store
+        .create_verification(
+            NewVerification {
+                digest: key.digest_code(&id, &code),
+                id: id.clone(),
+                key: VerificationKey {
+                    account_id: account.clone(),
+                    dialect: Dialect::Amm,
+                    app: String::new(),
+                    reference: String::new(),
+                    destination: E164::parse("+393481234567").expect("number"),
+                },
+                sender: "otpd".into(),
+                ttl: Ttl::new(Duration::from_secs(60)).expect("ttl"),
+                max_attempts: MaxAttempts::new(3).expect("attempts"),
+                sandbox: true,
+                sandbox_code: None,
+                parts: 1,
+                outbox: None,
+            },
+            SendGuards {
+                max_sends_per_destination: 10,
+                window: Duration::from_secs(3600),
+                charge: 1,
+            },
+        )
+        .await
+        .expect("create");
+    let after = database_millis(database.url()).await;
+    let found = store
+        .find_verification(&account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert!((before..=after).contains(&found.created_at.millis()));
+    assert_eq!(
+        found.expires_at.millis() - found.created_at.millis(),
+        60_000
+    );
+}
+
+#[tokio::test]
+async fn nodes_starting_together_migrate_once() {
+    let database = scratch().await;
+    let url = database.url().to_owned();
+    let starts = (0..6).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { PgStore::connect(options(&url)).await.map(|_| ()) })
+    });
+    for start in starts {
+        start.await.expect("join").expect("every node starts");
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let versions: i64 = client
+        .query_one("SELECT count(*) FROM otpd_schema_migrations", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(versions, 1);
+
+    // A schema from a newer otpd: this one must refuse rather than write to tables it does
+    // not know.
+    client
+        .execute(
+            "INSERT INTO otpd_schema_migrations (version) VALUES (999)",
+            &[],
+        )
+        .await
+        .expect("insert");
+    match PgStore::connect(options(&url)).await {
+        Err(StoreError::Unavailable(message)) => assert!(message.contains("newer"), "{message}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a newer schema must be refused"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_fast_and_says_why() {
+    let started = Instant::now();
+    let refused = PgStore::connect(options("postgres://otpd:s3cret@127.0.0.1:9/otpd")).await;
+    let Err(StoreError::Unavailable(message)) = refused else {
+        panic!("connecting to a closed port must fail");
+    };
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        !message.contains("s3cret"),
+        "no password in errors: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_store_answers_errors_not_hangs_once_its_database_is_gone() {
+    let database = scratch().await;
+    let store: Arc<dyn Store> = Arc::new(
+        PgStore::connect(options(database.url()))
+            .await
+            .expect("connect"),
+    );
+    store.ping().await.expect("ping");
+    drop(database); // DROP DATABASE ... WITH (FORCE) ends every session
+    let started = Instant::now();
+    assert!(store.ping().await.is_err());
+    assert!(store.list_accounts().await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
