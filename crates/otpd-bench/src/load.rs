@@ -48,17 +48,17 @@ pub struct Phases {
     pub measure_until: Instant,
 }
 
-/// Runs `connections` closed loops against `address` until `phases.measure_until`, counting
-/// only what completes inside the measuring window.
+/// Runs `connections` closed loops, spread over `addresses` in turn, until
+/// `phases.measure_until`, counting only what completes inside the measuring window.
 pub async fn run(
-    address: SocketAddr,
+    addresses: &[SocketAddr],
     connections: usize,
     phases: Phases,
     make: MakeRequest,
 ) -> anyhow::Result<Measured> {
     let sequence = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
+    for (_, &address) in (0..connections).zip(addresses.iter().cycle()) {
         let (make, sequence) = (make.clone(), sequence.clone());
         tasks.push(tokio::spawn(async move {
             connection_loop(address, phases, make, sequence).await

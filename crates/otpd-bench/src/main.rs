@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use load::{MakeRequest, Measured, Phases};
+use otpd_store::ScratchDatabase;
 use requests::{Client, next_destination, wrong};
 use serde::Serialize;
 use server::Server;
@@ -41,6 +42,12 @@ struct Args {
     /// Run only the operations whose name contains this (ceilings are skipped then).
     #[arg(long)]
     only: Option<String>,
+    /// The PostgreSQL server to benchmark on (a scratch database is created and dropped).
+    #[arg(long, env = "OTPD_TEST_POSTGRES_URL", default_value = otpd_store::DEFAULT_TEST_SERVER)]
+    postgres: String,
+    /// Benchmark SQLite only.
+    #[arg(long)]
+    no_postgres: bool,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/otpd-bench.json")]
     output: PathBuf,
@@ -60,17 +67,25 @@ enum Internal {
 
 #[derive(Debug, Serialize)]
 struct Row {
+    /// The store otpd ran on (`-` for the ceilings).
+    store: String,
     operation: String,
     connections: usize,
     requests_per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
     cpu_us_per_request: f64,
+    /// What PostgreSQL's own processes spent per request (PostgreSQL rows only).
+    database_cpu_us_per_request: Option<f64>,
+    /// What the load generator spent per request: the rest of the machine's budget.
+    client_cpu_us_per_request: f64,
     peak_rss_mib: f64,
     errors: u64,
     ratio_to_json: Option<f64>,
     ratio_to_commit_each: Option<f64>,
     ratio_to_batched: Option<f64>,
+    /// Two PostgreSQL nodes' throughput over one node's, same operation and connections.
+    ratio_to_one_node: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,12 +123,181 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let otpd = build_otpd()?;
     let work = std::env::temp_dir().join(format!("otpd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let data_dir = work.join("data");
-    let data_arg = data_dir.to_string_lossy().into_owned();
+
+    let mut deployments = vec![Deployment::Sqlite];
+    let mut scratch = None;
+    if !args.no_postgres {
+        match ScratchDatabase::create(&args.postgres, "bench").await {
+            Ok(database) => {
+                let url = database.url().to_owned();
+                deployments.push(Deployment::Postgres {
+                    url: url.clone(),
+                    nodes: 1,
+                });
+                deployments.push(Deployment::Postgres { url, nodes: 2 });
+                scratch = Some(database);
+            }
+            Err(error) => println!("PostgreSQL is not reachable ({error}): SQLite only"),
+        }
+    }
+
+    let mut rows = Vec::new();
+    let mut cold_starts = serde_json::Map::new();
+    for deployment in &deployments {
+        let store = deployment.label();
+        println!("\n== otpd on {store}");
+        let deployed = deploy(&otpd, &work, deployment)?;
+        println!(
+            "cold start of `otpd serve` to a ready /readyz on an existing database: {:.1} ms",
+            deployed.cold_start.as_secs_f64() * 1000.0
+        );
+        cold_starts.insert(
+            store.clone(),
+            (deployed.cold_start.as_secs_f64() * 1000.0).into(),
+        );
+        rows.extend(run_operations(&args, &deployed, &store).await?);
+    }
+    drop(scratch);
+
+    let ceilings = [
+        ceiling::Ceiling::Json,
+        ceiling::Ceiling::SqliteCommitEach,
+        ceiling::Ceiling::SqliteBatched,
+    ];
+    let mut ceiling_rows = HashMap::new();
+    for kind in ceilings.into_iter().filter(|_| args.only.is_none()) {
+        let dir = work.join(format!("{kind:?}"));
+        std::fs::create_dir_all(&dir)?;
+        let exe = std::env::current_exe()?;
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let name = clap::ValueEnum::to_possible_value(&kind)
+            .context("name")?
+            .get_name()
+            .to_owned();
+        let server = Server::start(
+            server::SERVER_CORE,
+            exe.to_str().unwrap_or_default(),
+            &["ceiling", &name, &dir_arg],
+            &[],
+            false,
+        )?;
+        let ceiling_client = Client::new(
+            server.address.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        let make: MakeRequest = Arc::new(move |_| ceiling_client.ceiling());
+        for &connections in &args.connections {
+            let row = measure(
+                &args,
+                std::slice::from_ref(&server),
+                "-",
+                kind.label(),
+                connections,
+                make.clone(),
+            )
+            .await?;
+            ceiling_rows.insert((kind, connections), row.requests_per_second);
+            rows.push(row);
+        }
+    }
+    let one_node: HashMap<(String, usize), f64> = rows
+        .iter()
+        .filter(|row| row.store == Deployment::POSTGRES_ONE_NODE)
+        .map(|row| {
+            (
+                (row.operation.clone(), row.connections),
+                row.requests_per_second,
+            )
+        })
+        .collect();
+    for row in &mut rows {
+        if row.operation.starts_with("ceiling") {
+            continue;
+        }
+        let ratio = |kind| {
+            ceiling_rows
+                .get(&(kind, row.connections))
+                .map(|base: &f64| row.requests_per_second / base)
+        };
+        row.ratio_to_json = ratio(ceiling::Ceiling::Json);
+        row.ratio_to_commit_each = ratio(ceiling::Ceiling::SqliteCommitEach);
+        row.ratio_to_batched = ratio(ceiling::Ceiling::SqliteBatched);
+        if row.store == Deployment::POSTGRES_TWO_NODES {
+            row.ratio_to_one_node = one_node
+                .get(&(row.operation.clone(), row.connections))
+                .map(|base| row.requests_per_second / base);
+        }
+    }
+    print_table(&rows);
+    if let Some(parent) = args.output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let report = serde_json::json!({
+        "cold_start_ms": cold_starts,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rows": rows,
+    });
+    std::fs::write(&args.output, serde_json::to_vec_pretty(&report)?)?;
+    println!("\nresults written to {}", args.output.display());
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Where the otpd under test keeps its state, and how many nodes serve.
+enum Deployment {
+    Sqlite,
+    Postgres { url: String, nodes: usize },
+}
+
+impl Deployment {
+    const POSTGRES_ONE_NODE: &str = "postgres";
+    const POSTGRES_TWO_NODES: &str = "postgres, 2 nodes";
+
+    fn label(&self) -> String {
+        match self {
+            Self::Sqlite => "sqlite".into(),
+            Self::Postgres { nodes: 1, .. } => Self::POSTGRES_ONE_NODE.into(),
+            Self::Postgres { nodes: 2, .. } => Self::POSTGRES_TWO_NODES.into(),
+            Self::Postgres { nodes, .. } => format!("postgres, {nodes} nodes"),
+        }
+    }
+}
+
+/// Running otpd nodes, an account to drive them with, and the first node's SMS file.
+struct Deployed {
+    servers: Vec<Server>,
+    client: Arc<Client>,
+    sms_file: PathBuf,
+    cold_start: Duration,
+}
+
+/// Creates an account and an application, then starts the nodes: the first on the server core
+/// (started twice, the second start measuring a cold start on an existing database), any
+/// second one on the other core, sharing the first one's database and server key.
+fn deploy(otpd: &Path, work: &Path, deployment: &Deployment) -> anyhow::Result<Deployed> {
+    let (url, nodes) = match deployment {
+        Deployment::Sqlite => (None, 1),
+        Deployment::Postgres { url, nodes } => (Some(url.as_str()), *nodes),
+    };
+    let base = work.join(deployment.label().replace([' ', ','], "-"));
+    let node_dir = |n: usize| base.join(format!("node-{n}"));
+    let key_file = node_dir(0).join("server.key");
+    let global_args = |n: usize| -> Vec<String> {
+        let mut global = vec!["--data-dir".into(), node_dir(n).display().to_string()];
+        if let Some(url) = url {
+            global.extend(["--database-url".into(), url.to_owned()]);
+        }
+        if n > 0 {
+            global.extend(["--server-key-file".into(), key_file.display().to_string()]);
+        }
+        global
+    };
     let cli = |args: &[&str]| -> anyhow::Result<serde_json::Value> {
-        let output = Command::new(&otpd)
-            .arg("--data-dir")
-            .arg(&data_arg)
+        let output = Command::new(otpd)
+            .args(global_args(0))
             .args(args)
             .output()?;
         anyhow::ensure!(
@@ -133,42 +317,44 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         .as_str()
         .context("app")?
         .to_owned();
-    let sms_file = work.join("sms.jsonl");
-    let serve_args = [
-        "--data-dir",
-        &data_arg,
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--sms",
-    ];
-    let sms_arg = format!("file:{}", sms_file.display());
-    let start_otpd = || -> anyhow::Result<(Server, Duration)> {
+    let start_node = |n: usize, core: &str| -> anyhow::Result<(Server, Duration)> {
         let since = Instant::now();
-        let mut all: Vec<&str> = serve_args.to_vec();
-        all.push(&sms_arg);
+        let sms = format!("file:{}", node_dir(n).join("sms.jsonl").display());
+        let mut args = global_args(n);
+        args.extend(["serve", "--listen", "127.0.0.1:0", "--sms", &sms].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let server = Server::start(
+            core,
             otpd.to_str().unwrap_or_default(),
-            &all,
+            &args,
             &[("OTPD_LOG", "warn,otpd=info")],
             true,
         )?;
         let ready = server::wait_ready(server.address, since)?;
         Ok((server, ready))
     };
-    // The first start creates the database; the second measures a cold start on it.
-    drop(start_otpd()?);
-    let (otpd_server, cold_start) = start_otpd()?;
-    println!(
-        "cold start of `otpd serve` to a ready /readyz on an existing data directory: {:.1} ms",
-        cold_start.as_secs_f64() * 1000.0
-    );
-    let client = Client::new(otpd_server.address.to_string(), key, secret, app);
+    drop(start_node(0, server::SERVER_CORE)?);
+    let (first, cold_start) = start_node(0, server::SERVER_CORE)?;
+    let client = Client::new(first.address.to_string(), key, secret, app);
+    let mut servers = vec![first];
+    for n in 1..nodes {
+        servers.push(start_node(n, server::CLIENT_CORE)?.0);
+    }
+    Ok(Deployed {
+        servers,
+        client,
+        sms_file: node_dir(0).join("sms.jsonl"),
+        cold_start,
+    })
+}
 
+/// Every operation at every connection count against `deployed`.
+async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow::Result<Vec<Row>> {
+    let client = &deployed.client;
+    let first = &deployed.servers[0];
     println!("preparing {} codes per dialect...", args.pool);
-    let pinpoint_codes = prepare_pinpoint(&otpd_server, &client, &sms_file, args.pool).await?;
-    let amm_codes = prepare_amm(&otpd_server, &client, &sms_file, args.pool).await?;
-
+    let pinpoint_codes = prepare_pinpoint(first, client, &deployed.sms_file, args.pool).await?;
+    let amm_codes = prepare_amm(first, client, &deployed.sms_file, args.pool).await?;
     let mut rows = Vec::new();
     let operations: Vec<(&str, MakeRequest)> = vec![
         ("pinpoint send", {
@@ -216,72 +402,20 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let selected = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
     for (name, make) in operations.iter().filter(|(name, _)| selected(name)) {
         for &connections in &args.connections {
-            rows.push(measure(&args, &otpd_server, name, connections, make.clone()).await?);
+            rows.push(
+                measure(
+                    args,
+                    &deployed.servers,
+                    store,
+                    name,
+                    connections,
+                    make.clone(),
+                )
+                .await?,
+            );
         }
     }
-    drop(otpd_server);
-
-    let ceilings = [
-        ceiling::Ceiling::Json,
-        ceiling::Ceiling::SqliteCommitEach,
-        ceiling::Ceiling::SqliteBatched,
-    ];
-    let mut ceiling_rows = HashMap::new();
-    for kind in ceilings.into_iter().filter(|_| args.only.is_none()) {
-        let dir = work.join(format!("{kind:?}"));
-        std::fs::create_dir_all(&dir)?;
-        let exe = std::env::current_exe()?;
-        let dir_arg = dir.to_string_lossy().into_owned();
-        let name = clap::ValueEnum::to_possible_value(&kind)
-            .context("name")?
-            .get_name()
-            .to_owned();
-        let server = Server::start(
-            exe.to_str().unwrap_or_default(),
-            &["ceiling", &name, &dir_arg],
-            &[],
-            false,
-        )?;
-        let ceiling_client = Client::new(
-            server.address.to_string(),
-            String::new(),
-            String::new(),
-            String::new(),
-        );
-        let make: MakeRequest = Arc::new(move |_| ceiling_client.ceiling());
-        for &connections in &args.connections {
-            let row = measure(&args, &server, kind.label(), connections, make.clone()).await?;
-            ceiling_rows.insert((kind, connections), row.requests_per_second);
-            rows.push(row);
-        }
-    }
-    for row in &mut rows {
-        if row.operation.starts_with("ceiling") {
-            continue;
-        }
-        let ratio = |kind| {
-            ceiling_rows
-                .get(&(kind, row.connections))
-                .map(|base: &f64| row.requests_per_second / base)
-        };
-        row.ratio_to_json = ratio(ceiling::Ceiling::Json);
-        row.ratio_to_commit_each = ratio(ceiling::Ceiling::SqliteCommitEach);
-        row.ratio_to_batched = ratio(ceiling::Ceiling::SqliteBatched);
-    }
-    print_table(&rows);
-    if let Some(parent) = args.output.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let report = serde_json::json!({
-        "cold_start_ms": cold_start.as_secs_f64() * 1000.0,
-        "duration_s": args.duration,
-        "warmup_s": args.warmup,
-        "rows": rows,
-    });
-    std::fs::write(&args.output, serde_json::to_vec_pretty(&report)?)?;
-    println!("\nresults written to {}", args.output.display());
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+    Ok(rows)
 }
 
 /// Builds the release otpd next to this binary and returns its path.
@@ -296,46 +430,67 @@ fn build_otpd() -> anyhow::Result<PathBuf> {
     Ok(otpd)
 }
 
+/// One run against `servers` (every node of a deployment): CPU is their sum, RSS their peak.
 async fn measure(
     args: &Args,
-    server: &Server,
+    servers: &[Server],
+    store: &str,
     operation: &str,
     connections: usize,
     make: MakeRequest,
 ) -> anyhow::Result<Row> {
+    let addresses: Vec<_> = servers.iter().map(|server| server.address).collect();
+    let cpu_time = || servers.iter().map(Server::cpu_time).sum::<Duration>();
     let now = Instant::now();
     let phases = Phases {
         measure_from: now + Duration::from_secs_f64(args.warmup),
         measure_until: now + Duration::from_secs_f64(args.warmup + args.duration),
     };
-    let run = tokio::spawn(load::run(server.address, connections, phases, make));
+    let run = tokio::spawn(async move { load::run(&addresses, connections, phases, make).await });
     tokio::time::sleep_until(phases.measure_from.into()).await;
-    let cpu_before = server.cpu_time();
+    let before = (
+        cpu_time(),
+        server::postgres_cpu_time(),
+        server::own_cpu_time(),
+    );
     tokio::time::sleep_until(phases.measure_until.into()).await;
-    let cpu_after = server.cpu_time();
+    let after = (
+        cpu_time(),
+        server::postgres_cpu_time(),
+        server::own_cpu_time(),
+    );
     let measured: Measured = run.await??;
-    let cpu = cpu_after.saturating_sub(cpu_before);
+    let per_request = |spent: Duration| spent.as_secs_f64() * 1e6 / measured.requests.max(1) as f64;
     let row = Row {
+        store: store.to_owned(),
         operation: operation.to_owned(),
         connections,
         requests_per_second: measured.per_second(),
         p50_ms: measured.percentile_ms(0.50),
         p99_ms: measured.percentile_ms(0.99),
-        cpu_us_per_request: cpu.as_secs_f64() * 1e6 / measured.requests.max(1) as f64,
-        peak_rss_mib: server.peak_rss_kib() as f64 / 1024.0,
+        cpu_us_per_request: per_request(after.0.saturating_sub(before.0)),
+        database_cpu_us_per_request: (store.starts_with("postgres"))
+            .then(|| per_request(after.1.saturating_sub(before.1))),
+        client_cpu_us_per_request: per_request(after.2.saturating_sub(before.2)),
+        peak_rss_mib: servers.iter().map(Server::peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
         errors: measured.errors,
         ratio_to_json: None,
         ratio_to_commit_each: None,
         ratio_to_batched: None,
+        ratio_to_one_node: None,
     };
     println!(
-        "  {:<40} {:>3} conns {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>6.1} µs CPU/req{}",
+        "  {:<40} {:>3} conns {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>6.1} µs CPU/req{}  (load generator {:.1} µs/req){}",
         row.operation,
         row.connections,
         row.requests_per_second,
         row.p50_ms,
         row.p99_ms,
         row.cpu_us_per_request,
+        row.database_cpu_us_per_request
+            .map(|cpu| format!(" + {cpu:.1} µs in PostgreSQL"))
+            .unwrap_or_default(),
+        row.client_cpu_us_per_request,
         if row.errors > 0 {
             format!("  ({} errors)", row.errors)
         } else {
@@ -427,22 +582,29 @@ fn code_in(text: &str) -> Option<String> {
 fn print_table(rows: &[Row]) {
     let ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
     println!(
-        "\n| operation | conns | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | ÷ JSON | ÷ commit-each | ÷ batched |"
+        "\n| store | operation | conns | req/s | p50 ms | p99 ms | CPU µs/req | DB CPU µs/req | peak RSS MiB | ÷ JSON | ÷ commit-each | ÷ batched | ÷ one node |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for row in rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {:.1} | {} | {} | {} | {} |",
+            row.store,
             row.operation,
             row.connections,
             row.requests_per_second,
             row.p50_ms,
             row.p99_ms,
             row.cpu_us_per_request,
+            row.database_cpu_us_per_request
+                .map(|cpu| format!("{cpu:.1}"))
+                .unwrap_or_else(|| "-".into()),
             row.peak_rss_mib,
             ratio(row.ratio_to_json),
             ratio(row.ratio_to_commit_each),
             ratio(row.ratio_to_batched),
+            ratio(row.ratio_to_one_node),
         );
     }
 }

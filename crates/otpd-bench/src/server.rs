@@ -16,16 +16,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `program args` on the server core; `port_from` finds the port in a line of its
-    /// output (stdout for the ceilings, stderr for otpd's log).
+    /// Starts `program args` on `core`; `port_from` finds the port in a line of its output
+    /// (stdout for the ceilings, stderr for otpd's log).
     pub fn start(
+        core: &str,
         program: &str,
         args: &[&str],
         envs: &[(&str, &str)],
         port_from_stderr: bool,
     ) -> anyhow::Result<Self> {
         let mut command = Command::new("taskset");
-        command.args(["-c", SERVER_CORE, program]).args(args);
+        command.args(["-c", core, program]).args(args);
         for (name, value) in envs {
             command.env(name, value);
         }
@@ -100,6 +101,29 @@ fn find_port(line: &str) -> Option<u16> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
+}
+
+/// CPU time so far of every PostgreSQL server process on the machine (the postmaster and its
+/// backends), so that a run can say what the database spent per request. Backends that exit
+/// during a run take their time with them; the pools keep theirs open, so little is lost.
+pub fn postgres_cpu_time() -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|name| name.trim() == "postgres")
+        })
+        .filter_map(cpu_time)
+        .sum()
+}
+
+/// This process's CPU time so far (the load generator's cost).
+pub fn own_cpu_time() -> Duration {
+    cpu_time(std::process::id()).unwrap_or_default()
 }
 
 fn cpu_time(pid: u32) -> Option<Duration> {

@@ -8,5 +8,5 @@ mod failure;
 mod postgres;
 mod sqlite;
 
-pub use postgres::{PgStore, PgStoreOptions, ScratchDatabase};
+pub use postgres::{DEFAULT_TEST_SERVER, PgStore, PgStoreOptions, ScratchDatabase};
 pub use sqlite::SqliteStore;

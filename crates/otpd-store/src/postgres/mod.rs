@@ -26,7 +26,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::failure::Failure;
 
-pub use scratch::ScratchDatabase;
+pub use scratch::{DEFAULT_TEST_SERVER, ScratchDatabase};
 
 /// How long a request waits for a connection (or for a new one to open) before it is answered
 /// with an error: a database that is down must not make clients hang.
