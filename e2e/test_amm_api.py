@@ -279,3 +279,14 @@ def test_logs_hold_no_codes_or_query_strings(otpd, amm):
     # Line timestamps and latencies are numbers too: look for the code as a word elsewhere.
     words = re.findall(r"(?<![\d.])\d{6}(?![\d.])", re.sub(r"latency_us=\d+", "", logs.replace(verify_id, "")))
     assert code not in words
+
+
+def test_logs_name_the_caller_behind_a_load_balancer(otpd, amm):
+    verify_id, _ = sent(otpd, amm)
+    response = amm.get(
+        url(otpd, "search"), params={"verify_id": verify_id}, headers={"X-Forwarded-For": "203.0.113.9, 10.0.0.2"}
+    )
+    assert response.status_code == 200
+    line = next(line for line in reversed(otpd.logs().splitlines()) if "verify/search" in line)
+    assert "peer=127.0.0.1" in line
+    assert 'forwarded_for="203.0.113.9, 10.0.0.2"' in line
