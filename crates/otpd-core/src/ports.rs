@@ -108,6 +108,9 @@ pub trait Store: Send + Sync + 'static {
     /// Releases every claim. Only for a store that one process owns (SQLite), at start: a
     /// process that died mid-send leaves its claims behind.
     async fn release_claims(&self) -> Result<u64, StoreError>;
+    /// Gives back the claims on `ids`, which this process took but will not finish (it is
+    /// stopping), so that the messages are due again at once rather than when the lease ends.
+    async fn release_messages(&self, ids: &[MessageId]) -> Result<u64, StoreError>;
     async fn find_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
 
     /// Deletes up to `limit` verifications created before `cutoff`, with their checks and

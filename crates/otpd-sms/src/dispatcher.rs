@@ -4,7 +4,7 @@
 //! the store's claim, never sent. After a crash, unfinished messages come back when their claim
 //! is released (at start) or its lease runs out (on shared stores).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use otpd_core::ports::{
     DeliveryReport, DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store,
 };
 use otpd_core::sms::{ComposedSms, Sender};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinSet;
 
 /// How the dispatcher paces itself.
@@ -56,6 +56,18 @@ struct Inner {
     settings: DispatchSettings,
     permits: Arc<Semaphore>,
     reports: Mutex<FirstReports>,
+    /// Messages claimed by this process whose attempt has not finished; `idle` fires when the
+    /// set empties. At shutdown, what is left is handed back to the outbox.
+    in_flight: Mutex<HashSet<MessageId>>,
+    idle: Notify,
+}
+
+impl Inner {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Clone)]
@@ -78,6 +90,8 @@ impl OutboxDispatcher {
                 permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
                 settings,
                 reports: Mutex::new(FirstReports::new()),
+                in_flight: Mutex::new(HashSet::new()),
+                idle: Notify::new(),
             }),
         }
     }
@@ -97,6 +111,9 @@ impl OutboxDispatcher {
                 match inner.store.claim_outbox(room, inner.settings.lease).await {
                     Ok(messages) => {
                         claimed_full_batch = messages.len() == room;
+                        inner
+                            .in_flight()
+                            .extend(messages.iter().map(|message| message.id.clone()));
                         for message in messages {
                             let Ok(permit) = permits.clone().acquire_owned().await else {
                                 break;
@@ -121,12 +138,32 @@ impl OutboxDispatcher {
                 Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
             }
         }
+        // Attempts started by the loop and by `deliver` alike.
         let drained = tokio::time::timeout(inner.settings.drain_timeout, async {
             while attempts.join_next().await.is_some() {}
+            loop {
+                let idle = inner.idle.notified();
+                if inner.in_flight().is_empty() {
+                    break;
+                }
+                idle.await;
+            }
         })
         .await;
         if drained.is_err() {
-            tracing::warn!("stopped with deliveries in flight; they stay in the outbox");
+            // Give the unfinished claims back now rather than when their lease runs out: on a
+            // shared database another node takes them over at once.
+            let unfinished: Vec<MessageId> = inner.in_flight().iter().cloned().collect();
+            match inner.store.release_messages(&unfinished).await {
+                Ok(released) => tracing::warn!(
+                    released,
+                    "stopped with deliveries in flight; they go back to the outbox"
+                ),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "stopped with deliveries in flight; they return when their lease runs out"
+                ),
+            }
         }
     }
 }
@@ -149,6 +186,7 @@ impl Dispatcher for OutboxDispatcher {
             reports.insert(id.clone(), sender);
             receiver
         };
+        self.inner.in_flight().insert(id.clone());
         let inner = self.inner.clone();
         tokio::spawn(async move {
             // The same limit on deliveries in flight as the outbox loop's.
@@ -173,7 +211,8 @@ impl Dispatcher for OutboxDispatcher {
     }
 }
 
-/// One delivery attempt, start to stored outcome.
+/// One delivery attempt, start to stored outcome. The message was put in `in_flight` when it
+/// was claimed; it leaves when its outcome is stored.
 async fn attempt(inner: &Inner, message: OutboxMessage) {
     let id = message.id.clone();
     let report = match inner.key.open(&message.sealed_text) {
@@ -220,6 +259,12 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
         // The claim's lease runs out and the message is tried again: at worst sent twice.
         tracing::error!(%error, message_id = %id, "cannot record a delivery attempt");
     }
+    let mut in_flight = inner.in_flight();
+    in_flight.remove(&id);
+    if in_flight.is_empty() {
+        inner.idle.notify_waiters();
+    }
+    drop(in_flight);
     let waiter = inner
         .reports
         .lock()

@@ -912,6 +912,27 @@ async fn releasing_claims_after_a_crash(backend: Backend) {
     );
 }
 
+async fn a_stopping_node_gives_its_claims_back(backend: Backend) {
+    let h = harness(backend).await;
+    for destination in ["+393481234567", "+393481234568"] {
+        h.send(h.key_for(destination), 3, UNLIMITED)
+            .await
+            .expect("send");
+    }
+    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(
+        h.store
+            .release_messages(&[claimed[0].id.clone()])
+            .await
+            .expect("release"),
+        1
+    );
+    let again = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    assert_eq!(again.len(), 1, "only the released claim is due again");
+    assert_eq!(again[0].id, claimed[0].id);
+}
+
 async fn receipts_update_the_delivery_status(backend: Backend) {
     let h = harness(backend).await;
     let (id, _) = h
@@ -1098,6 +1119,7 @@ on_every_backend!(
     retries_wait_for_their_time,
     expired_or_cancelled_codes_are_never_handed_out,
     releasing_claims_after_a_crash,
+    a_stopping_node_gives_its_claims_back,
     receipts_update_the_delivery_status,
     a_message_committed_for_immediate_delivery_is_claimed_from_the_start,
     retention_purges_old_verifications_in_batches,

@@ -59,7 +59,9 @@ impl FromRequest<AppState> for AmmRequest {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (parts, body) = request.into_parts();
-        let account = authenticate(state, parts.headers.get(AUTHORIZATION)).await?;
+        // The body is read before anything can fail: a response sent with the body unread
+        // makes the server close the keep-alive connection, and clients racing to reuse it
+        // see a dropped connection instead of the answer (seen while the database was down).
         let limit = state.settings.max_body_bytes;
         let declared = parts
             .headers
@@ -80,6 +82,7 @@ impl FromRequest<AppState> for AmmRequest {
                 AmmError::Generic
             }
         })?;
+        let account = authenticate(state, parts.headers.get(AUTHORIZATION)).await?;
         Ok(Self {
             account,
             params: Params::parse(&body, parts.uri.query()),

@@ -305,6 +305,15 @@ impl Store for PgStore {
         Ok(0)
     }
 
+    async fn release_messages(&self, ids: &[MessageId]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        Ok(self
+            .with_client(
+                move |client, _| async move { queries::release_messages(&client, &ids).await },
+            )
+            .await?)
+    }
+
     async fn find_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
         let id = id.clone();
         Ok(self

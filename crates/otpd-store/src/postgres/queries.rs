@@ -709,6 +709,19 @@ pub(super) async fn record_receipt(
     Ok(updated > 0)
 }
 
+pub(super) async fn release_messages(
+    client: &ClientWrapper,
+    ids: &[MessageId],
+) -> Result<u64, Failure> {
+    let statement = client
+        .prepare_cached(
+            "UPDATE outbox SET lease_until = 0 WHERE id = ANY($1) AND state = 'pending'",
+        )
+        .await?;
+    let ids: Vec<&str> = ids.iter().map(MessageId::as_str).collect();
+    Ok(client.execute(&statement, &[&ids]).await?)
+}
+
 pub(super) async fn find_message(
     client: &ClientWrapper,
     id: &MessageId,

@@ -318,6 +318,13 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    async fn release_messages(&self, ids: &[MessageId]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        Ok(self
+            .write(move |connection, _| queries::release_messages(connection, &ids))
+            .await?)
+    }
+
     async fn find_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
         let id = id.clone();
         Ok(self

@@ -627,6 +627,16 @@ pub(super) fn release_claims(connection: &Connection) -> Result<u64, Failure> {
     Ok(released as u64)
 }
 
+pub(super) fn release_messages(connection: &Connection, ids: &[MessageId]) -> Result<u64, Failure> {
+    let mut statement = connection
+        .prepare_cached("UPDATE outbox SET lease_until = 0 WHERE id = ?1 AND state = 'pending'")?;
+    let mut released = 0;
+    for id in ids {
+        released += statement.execute([id.as_str()])? as u64;
+    }
+    Ok(released)
+}
+
 pub(super) fn find_message(
     connection: &Connection,
     id: &MessageId,
