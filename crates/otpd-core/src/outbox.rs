@@ -6,7 +6,6 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
-use crate::crypto::fill_random;
 use crate::ids::{AccountId, VerifyId};
 use crate::phone::E164;
 use crate::ports::{DeliveryReport, DeliveryStatus};
@@ -18,10 +17,9 @@ use crate::sms::Encoding;
 pub struct MessageId(String);
 
 impl MessageId {
+    /// The creation time in milliseconds then 80 random bits (see `VerifyId`).
     pub fn generate() -> Self {
-        let mut bytes = [0u8; 16];
-        fill_random(&mut bytes);
-        Self(hex::encode(bytes))
+        Self(hex::encode(crate::ids::time_ordered_bytes::<16>()))
     }
 
     pub fn parse(input: &str) -> Option<Self> {

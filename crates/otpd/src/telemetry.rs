@@ -1,4 +1,7 @@
-//! Structured logs. `OTPD_LOG` (or `RUST_LOG`) sets the filter; the default is `info`.
+//! Structured logs. `OTPD_LOG` (or `RUST_LOG`) sets the filter; the default is `info`. Colours
+//! only on a terminal (and never with `NO_COLOR`): log files and collectors get plain text.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,7 +13,8 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
