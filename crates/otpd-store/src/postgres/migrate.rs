@@ -15,6 +15,12 @@ pub(super) async fn run(client: &mut tokio_postgres::Client) -> Result<(), Store
         StoreError::Unavailable(format!("migrating the database failed: {e}"))
     };
     let transaction = client.transaction().await.map_err(failed)?;
+    // The session's timeouts guard requests; a migration (an index on a big table, say) and the
+    // wait for another node's migration may take longer.
+    transaction
+        .batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        .await
+        .map_err(failed)?;
     transaction
         .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
