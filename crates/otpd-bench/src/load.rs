@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-/// Builds the n-th request of a run.
-pub type MakeRequest = Arc<dyn Fn(u64) -> Request<Full<Bytes>> + Send + Sync>;
+/// Builds the n-th request of a run; `None` when the run has nothing left to send (its
+/// prepared codes are used up), which ends the connection's loop.
+pub type MakeRequest = Arc<dyn Fn(u64) -> Option<Request<Full<Bytes>>> + Send + Sync>;
 
 /// What one run measured in its window.
 #[derive(Debug, Default)]
@@ -23,6 +25,9 @@ pub struct Measured {
     pub window: Duration,
     /// Sorted, in microseconds.
     pub latencies_us: Vec<u32>,
+    /// When the last measured request completed: a run that ran out of work early is measured
+    /// over the time it actually ran.
+    pub last_completion: Option<Instant>,
 }
 
 impl Measured {
@@ -73,8 +78,12 @@ pub async fn run(
         total.requests += part.requests;
         total.errors += part.errors;
         total.latencies_us.extend(part.latencies_us);
+        total.last_completion = total.last_completion.max(part.last_completion);
     }
     total.latencies_us.sort_unstable();
+    if let Some(last) = total.last_completion {
+        total.window = total.window.min(last - phases.measure_from);
+    }
     Ok(total)
 }
 
@@ -95,7 +104,9 @@ async fn connection_loop(
         if started >= phases.measure_until {
             break;
         }
-        let request = make(sequence.fetch_add(1, Ordering::Relaxed));
+        let Some(request) = make(sequence.fetch_add(1, Ordering::Relaxed)) else {
+            break;
+        };
         let response = sender.send_request(request).await?;
         let ok = response.status().is_success();
         response.into_body().collect().await?;
@@ -107,6 +118,7 @@ async fn connection_loop(
             }
             let micros = u32::try_from((finished - started).as_micros()).unwrap_or(u32::MAX);
             measured.latencies_us.push(micros);
+            measured.last_completion = Some(finished);
         }
     }
     Ok(measured)
@@ -135,7 +147,8 @@ pub async fn collect(
                 if n >= count {
                     break;
                 }
-                let response = sender.send_request(make(n)).await?;
+                let request = make(n).context("setup requests never run out")?;
+                let response = sender.send_request(request).await?;
                 if !response.status().is_success() {
                     anyhow::bail!("setup request {n} failed with {}", response.status());
                 }

@@ -36,8 +36,8 @@ struct Args {
     /// Connection counts.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     connections: Vec<usize>,
-    /// Codes prepared per dialect for the verify and check runs.
-    #[arg(long, default_value_t = 30_000)]
+    /// Codes sent before each verify or check run (a right-code run ends when they are used up).
+    #[arg(long, default_value_t = 40_000)]
     pool: u64,
     /// Run only the operations whose name contains this (ceilings are skipped then).
     #[arg(long)]
@@ -187,7 +187,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             String::new(),
             String::new(),
         );
-        let make: MakeRequest = Arc::new(move |_| ceiling_client.ceiling());
+        let make: MakeRequest = Arc::new(move |_| Some(ceiling_client.ceiling()));
         for &connections in &args.connections {
             let row = measure(
                 &args,
@@ -348,68 +348,104 @@ fn deploy(otpd: &Path, work: &Path, deployment: &Deployment) -> anyhow::Result<D
     })
 }
 
-/// Every operation at every connection count against `deployed`.
+/// The operations measured, in table order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    PinpointSend,
+    PinpointVerifyRight,
+    PinpointVerifyWrong,
+    AmmSend,
+    AmmCheck,
+    Mix,
+}
+
+impl Operation {
+    const ALL: [Operation; 6] = [
+        Self::PinpointSend,
+        Self::PinpointVerifyRight,
+        Self::PinpointVerifyWrong,
+        Self::AmmSend,
+        Self::AmmCheck,
+        Self::Mix,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::PinpointSend => "pinpoint send",
+            Self::PinpointVerifyRight => "pinpoint verify (right code)",
+            Self::PinpointVerifyWrong => "pinpoint verify (wrong code)",
+            Self::AmmSend => "amm send",
+            Self::AmmCheck => "amm check",
+            Self::Mix => "mix (1 send : 1.2 checks)",
+        }
+    }
+}
+
+/// Wrong guesses one prepared code takes while staying live: Pinpoint codes are sent with
+/// `AllowedAttempts` 5 and amm codes with `max_retry` 20.
+const PINPOINT_WRONG_PER_CODE: usize = 4;
+const AMM_WRONG_PER_CODE: usize = 19;
+
+/// Every operation at every connection count against `deployed`. Each verify or check run
+/// gets codes sent just before it, so that every request meets a live code (a code verified
+/// or killed earlier would be a cheaper "not found"); a run ends early if they run out.
 async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow::Result<Vec<Row>> {
     let client = &deployed.client;
     let first = &deployed.servers[0];
-    println!("preparing {} codes per dialect...", args.pool);
-    let pinpoint_codes = prepare_pinpoint(first, client, &deployed.sms_file, args.pool).await?;
-    let amm_codes = prepare_amm(first, client, &deployed.sms_file, args.pool).await?;
-    let mut rows = Vec::new();
-    let operations: Vec<(&str, MakeRequest)> = vec![
-        ("pinpoint send", {
-            let c = client.clone();
-            Arc::new(move |_| c.pinpoint_send(&next_destination()))
-        }),
-        ("pinpoint verify (right code)", {
-            let (c, codes) = (client.clone(), pinpoint_codes.clone());
-            Arc::new(move |n| {
-                let (to, code) = &codes[(n % codes.len() as u64) as usize];
-                c.pinpoint_verify(to, code)
-            })
-        }),
-        ("pinpoint verify (wrong code)", {
-            let (c, codes) = (client.clone(), pinpoint_codes.clone());
-            Arc::new(move |n| {
-                let (to, code) = &codes[codes.len() - 1 - (n % codes.len() as u64) as usize];
-                c.pinpoint_verify(to, &wrong(code))
-            })
-        }),
-        ("amm send", {
-            let c = client.clone();
-            Arc::new(move |_| c.amm_send(&next_destination()))
-        }),
-        ("amm check", {
-            let (c, codes) = (client.clone(), amm_codes.clone());
-            Arc::new(move |n| {
-                let (id, code) = &codes[(n % codes.len() as u64) as usize];
-                c.amm_check(id, code)
-            })
-        }),
-        ("mix (1 send : 1.2 checks)", {
-            let (c, codes) = (client.clone(), amm_codes.clone());
-            Arc::new(move |n| {
-                // 5 of every 11 requests send, 6 check.
-                if n % 11 < 5 {
-                    c.amm_send(&next_destination())
-                } else {
-                    let (id, code) = &codes[codes.len() - 1 - (n % codes.len() as u64) as usize];
-                    c.amm_check(id, &wrong(code))
-                }
-            })
-        }),
-    ];
     let selected = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
-    for (name, make) in operations.iter().filter(|(name, _)| selected(name)) {
+    let mut rows = Vec::new();
+    for operation in Operation::ALL.into_iter().filter(|op| selected(op.name())) {
         for &connections in &args.connections {
+            let c = client.clone();
+            let make: MakeRequest = match operation {
+                Operation::PinpointSend => {
+                    Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), None)))
+                }
+                Operation::AmmSend => {
+                    Arc::new(move |_| Some(c.amm_send(&next_destination(), None)))
+                }
+                Operation::PinpointVerifyRight | Operation::PinpointVerifyWrong => {
+                    let codes =
+                        prepare_pinpoint(first, client, &deployed.sms_file, args.pool).await?;
+                    let right = operation == Operation::PinpointVerifyRight;
+                    let per_code = if right { 1 } else { PINPOINT_WRONG_PER_CODE };
+                    Arc::new(move |n| {
+                        let (to, code) = codes.get(usize::try_from(n).ok()? / per_code)?;
+                        Some(if right {
+                            c.pinpoint_verify(to, code)
+                        } else {
+                            c.pinpoint_verify(to, &wrong(code))
+                        })
+                    })
+                }
+                Operation::AmmCheck => {
+                    let codes = prepare_amm(first, client, &deployed.sms_file, args.pool).await?;
+                    Arc::new(move |n| {
+                        let (id, code) = codes.get(usize::try_from(n).ok()?)?;
+                        Some(c.amm_check(id, code))
+                    })
+                }
+                Operation::Mix => {
+                    let codes = prepare_amm(first, client, &deployed.sms_file, args.pool).await?;
+                    Arc::new(move |n| {
+                        // 5 of every 11 requests send, 6 check (a wrong code: the user's typo).
+                        if n % 11 < 5 {
+                            return Some(c.amm_send(&next_destination(), None));
+                        }
+                        let check = usize::try_from(n / 11 * 6 + n % 11 - 5).ok()?;
+                        let (id, code) = codes.get(check / AMM_WRONG_PER_CODE)?;
+                        Some(c.amm_check(id, &wrong(code)))
+                    })
+                }
+            };
             rows.push(
                 measure(
                     args,
                     &deployed.servers,
                     store,
-                    name,
+                    operation.name(),
                     connections,
-                    make.clone(),
+                    make,
                 )
                 .await?,
             );
@@ -507,18 +543,17 @@ async fn prepare_pinpoint(
     sms_file: &Path,
     count: u64,
 ) -> anyhow::Result<Arc<Vec<(String, String)>>> {
-    let before = sms_lines(sms_file)?.len();
+    let before = file_length(sms_file);
     let c = client.clone();
     load::collect(
         server.address,
         16,
         count,
-        Arc::new(move |_| c.pinpoint_send(&next_destination())),
+        Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), Some(5)))),
     )
     .await?;
-    let codes = sms_lines(sms_file)?
+    let codes = sms_lines(sms_file, before)?
         .into_iter()
-        .skip(before)
         .filter_map(|(to, text)| Some((to.trim_start_matches('+').to_owned(), code_in(&text)?)))
         .collect();
     Ok(Arc::new(codes))
@@ -531,19 +566,18 @@ async fn prepare_amm(
     sms_file: &Path,
     count: u64,
 ) -> anyhow::Result<Arc<Vec<(String, String)>>> {
-    let before = sms_lines(sms_file)?.len();
+    let before = file_length(sms_file);
     let destinations: Arc<Vec<String>> = Arc::new((0..count).map(|_| next_destination()).collect());
     let (c, d) = (client.clone(), destinations.clone());
     let bodies = load::collect(
         server.address,
         16,
         count,
-        Arc::new(move |n| c.amm_send(&d[n as usize])),
+        Arc::new(move |n| Some(c.amm_send(&d[n as usize], Some(20)))),
     )
     .await?;
-    let code_by_destination: HashMap<String, String> = sms_lines(sms_file)?
+    let code_by_destination: HashMap<String, String> = sms_lines(sms_file, before)?
         .into_iter()
-        .skip(before)
         .filter_map(|(to, text)| Some((to.trim_start_matches('+').to_owned(), code_in(&text)?)))
         .collect();
     let mut codes = Vec::with_capacity(bodies.len());
@@ -560,8 +594,18 @@ async fn prepare_amm(
     Ok(Arc::new(codes))
 }
 
-fn sms_lines(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+fn file_length(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |meta| meta.len())
+}
+
+/// (to, text) of each message the file sink wrote after byte `offset`.
+fn sms_lines(path: &Path, offset: u64) -> anyhow::Result<Vec<(String, String)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_to_string(&mut text)?;
+    }
     text.lines()
         .map(|line| {
             let value: serde_json::Value = serde_json::from_str(line)?;

@@ -78,14 +78,17 @@ impl Client {
             .expect("a valid request")
     }
 
-    pub fn pinpoint_send(&self, to: &str) -> Request<Full<Bytes>> {
-        let body = serde_json::json!({
+    pub fn pinpoint_send(&self, to: &str, allowed_attempts: Option<u8>) -> Request<Full<Bytes>> {
+        let mut body = serde_json::json!({
             "Channel": "SMS",
             "BrandName": "Bench",
             "OriginationIdentity": "Bench",
             "DestinationIdentity": format!("+{to}"),
             "ReferenceId": "bench",
         });
+        if let Some(attempts) = allowed_attempts {
+            body["AllowedAttempts"] = attempts.into();
+        }
         self.signed(&format!("/v1/apps/{}/otp", self.app_id), body.to_string())
     }
 
@@ -101,8 +104,11 @@ impl Client {
         )
     }
 
-    pub fn amm_send(&self, to: &str) -> Request<Full<Bytes>> {
-        let body = format!("to={to}&text=Codice+%24%7Bverify_code%7D");
+    pub fn amm_send(&self, to: &str, max_retry: Option<u8>) -> Request<Full<Bytes>> {
+        let mut body = format!("to={to}&text=Codice+%24%7Bverify_code%7D");
+        if let Some(retries) = max_retry {
+            body.push_str(&format!("&max_retry={retries}"));
+        }
         Request::post("/sms/v2/verify/send")
             .header("host", &self.host)
             .header("authorization", &self.basic)
