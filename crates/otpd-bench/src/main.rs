@@ -369,6 +369,16 @@ impl Operation {
         Self::Mix,
     ];
 
+    /// Prepared codes one request uses up.
+    fn codes_per_request(self) -> f64 {
+        match self {
+            Self::PinpointSend | Self::AmmSend => 0.0,
+            Self::PinpointVerifyRight | Self::AmmCheck => 1.0,
+            Self::PinpointVerifyWrong => 1.0 / PINPOINT_WRONG_PER_CODE as f64,
+            Self::Mix => 6.0 / 11.0 / AMM_WRONG_PER_CODE as f64,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::PinpointSend => "pinpoint send",
@@ -380,6 +390,9 @@ impl Operation {
         }
     }
 }
+
+/// The most codes sent before one run (the send rate makes more take long to prepare).
+const MAX_CODES_PER_RUN: u64 = 250_000;
 
 /// Wrong guesses one prepared code takes while staying live: Pinpoint codes are sent with
 /// `AllowedAttempts` 5 and amm codes with `max_retry` 20.
@@ -395,7 +408,17 @@ async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow
     let selected = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
     let mut rows = Vec::new();
     for operation in Operation::ALL.into_iter().filter(|op| selected(op.name())) {
+        // Enough codes for the warm-up and the window at the rate the previous (smaller)
+        // connection count reached, scaled by the step in connections, with room to spare.
+        let mut pool = args.pool;
+        let mut previous: Option<(usize, f64)> = None;
         for &connections in &args.connections {
+            if let Some((previous_connections, rate)) = previous {
+                let step = (connections as f64 / previous_connections as f64).clamp(1.0, 6.0);
+                let requests = rate * step * (args.warmup + args.duration) * 1.2;
+                let needed = (requests * operation.codes_per_request()) as u64;
+                pool = needed.clamp(args.pool, MAX_CODES_PER_RUN);
+            }
             let c = client.clone();
             let make: MakeRequest = match operation {
                 Operation::PinpointSend => {
@@ -405,8 +428,7 @@ async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow
                     Arc::new(move |_| Some(c.amm_send(&next_destination(), None)))
                 }
                 Operation::PinpointVerifyRight | Operation::PinpointVerifyWrong => {
-                    let codes =
-                        prepare_pinpoint(first, client, &deployed.sms_file, args.pool).await?;
+                    let codes = prepare_pinpoint(first, client, &deployed.sms_file, pool).await?;
                     let right = operation == Operation::PinpointVerifyRight;
                     let per_code = if right { 1 } else { PINPOINT_WRONG_PER_CODE };
                     Arc::new(move |n| {
@@ -419,14 +441,14 @@ async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow
                     })
                 }
                 Operation::AmmCheck => {
-                    let codes = prepare_amm(first, client, &deployed.sms_file, args.pool).await?;
+                    let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
                     Arc::new(move |n| {
                         let (id, code) = codes.get(usize::try_from(n).ok()?)?;
                         Some(c.amm_check(id, code))
                     })
                 }
                 Operation::Mix => {
-                    let codes = prepare_amm(first, client, &deployed.sms_file, args.pool).await?;
+                    let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
                     Arc::new(move |n| {
                         // 5 of every 11 requests send, 6 check (a wrong code: the user's typo).
                         if n % 11 < 5 {
@@ -438,17 +460,17 @@ async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow
                     })
                 }
             };
-            rows.push(
-                measure(
-                    args,
-                    &deployed.servers,
-                    store,
-                    operation.name(),
-                    connections,
-                    make,
-                )
-                .await?,
-            );
+            let row = measure(
+                args,
+                &deployed.servers,
+                store,
+                operation.name(),
+                connections,
+                make,
+            )
+            .await?;
+            previous = Some((connections, row.requests_per_second));
+            rows.push(row);
         }
     }
     Ok(rows)
