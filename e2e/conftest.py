@@ -27,6 +27,17 @@ POSTGRES = os.environ.get("OTPD_TEST_POSTGRES_URL", "postgres://otpd:otpd@127.0.
 BACKEND = os.environ.get("OTPD_E2E_BACKEND", "sqlite")
 
 
+def wait_for(condition, timeout=30.0):
+    """Polls `condition` until it returns something true, and returns that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
 def psql(url, *sql):
     command = ["psql", "-q", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", url]
     for statement in sql:

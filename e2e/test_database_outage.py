@@ -18,7 +18,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from conftest import Otpd
+from conftest import Otpd, wait_for
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))[-1]
 
@@ -87,14 +87,6 @@ def node(tmp_path, cluster):
 
 def ready(node):
     return requests.get(f"{node.url}/readyz", timeout=10).status_code
-
-
-def wait_for(condition, timeout):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.2)
 
 
 def test_errors_in_each_dialect_while_the_database_is_down_then_recovery(node, cluster):

@@ -7,13 +7,12 @@ the database and the server key, as a deployment behind a load balancer does.
 import itertools
 import re
 import secrets
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import Otpd, ScratchDatabase
+from conftest import Otpd, ScratchDatabase, wait_for
 
 _numbers = itertools.count(5000000)
 
@@ -217,7 +216,7 @@ def test_every_message_is_delivered_exactly_once(tmp_path_factory, nodes, databa
             "SELECT count(*) FROM outbox o JOIN verifications v ON v.id = o.verification_id "
             f"WHERE o.state <> 'sent' AND v.account_id = '{account['account_id']}'"
         )
-        wait_until(lambda: database.query(query) == "0", timeout=30)
+        wait_for(lambda: database.query(query) == "0", timeout=30)
         delivered = Counter(message["to"] for node in (a, b) for message in node.messages())
         assert all(delivered["+" + number] == 1 for number in numbers), "each message exactly once"
         assert not broken.messages()
@@ -229,11 +228,3 @@ def test_every_message_is_delivered_exactly_once(tmp_path_factory, nodes, databa
         assert len(verify_ids) == len(set(verify_ids))
     finally:
         broken.stop()
-
-
-def wait_until(condition, timeout):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.25)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import Otpd, Smsc
+from conftest import Otpd, Smsc, wait_for
 
 _numbers = itertools.count(3000000)
 
@@ -28,16 +28,6 @@ def otpd(tmp_path_factory, smsc):
     server.start()
     yield server
     server.stop()
-
-
-def wait_for(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting")
 
 
 def submits_to(smsc, to):

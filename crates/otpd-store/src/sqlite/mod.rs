@@ -49,6 +49,13 @@ pub struct SqliteStore {
 
 /// How often the WAL is folded back into the database, off the writer's path.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+/// WAL frames (pages) beyond which the checkpointer makes the log start over. A passive
+/// checkpoint copies pages but, with readers and the writer always busy, the log is seldom
+/// reset and would grow without end (gigabytes a minute under load); a RESTART checkpoint waits
+/// for a quiet instant, so that the next commit writes from the start of the file again.
+const RESTART_AFTER_FRAMES: i64 = 4096;
+/// What a reset WAL file is truncated to.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// Checkpoints from a thread of its own, so the writer never pays for one inside a commit.
 fn spawn_checkpointer(connection: Connection, alive: std::sync::Weak<()>) -> std::io::Result<()> {
@@ -57,14 +64,21 @@ fn spawn_checkpointer(connection: Connection, alive: std::sync::Weak<()>) -> std
         .spawn(move || {
             while alive.upgrade().is_some() {
                 std::thread::sleep(CHECKPOINT_INTERVAL);
-                if let Err(error) =
-                    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
+                if let Err(error) = checkpoint(&connection) {
                     tracing::warn!(%error, "WAL checkpoint failed");
                 }
             }
         })
         .map(|_| ())
+}
+
+fn checkpoint(connection: &Connection) -> rusqlite::Result<()> {
+    let frames: i64 =
+        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))?;
+    if frames > RESTART_AFTER_FRAMES {
+        connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+    }
+    Ok(())
 }
 
 impl SqliteStore {
@@ -96,6 +110,9 @@ impl SqliteStore {
         // The writer never checkpoints; the checkpointer thread does.
         write_connection
             .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(unavailable)?;
+        write_connection
+            .pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(unavailable)?;
         let alive = Arc::new(());
         spawn_checkpointer(connect(path, OpenFlags::default())?, Arc::downgrade(&alive))
