@@ -88,6 +88,30 @@ pub enum AttemptOutcome {
     Failed(DeliveryReport),
 }
 
+impl AttemptOutcome {
+    /// The state the message moves to.
+    pub fn next_state(&self) -> MessageState {
+        match self {
+            Self::Accepted(_) => MessageState::Sent,
+            Self::Retry { .. } => MessageState::Pending,
+            Self::Failed(_) => MessageState::Failed,
+        }
+    }
+
+    pub fn report(&self) -> &DeliveryReport {
+        match self {
+            Self::Accepted(report) | Self::Retry { report, .. } | Self::Failed(report) => report,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Retry { retry_after, .. } => Some(*retry_after),
+            Self::Accepted(_) | Self::Failed(_) => None,
+        }
+    }
+}
+
 /// Where a message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageState {

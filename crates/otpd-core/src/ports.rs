@@ -97,12 +97,20 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<OutboxMessage>, StoreError>;
-    /// Stores the outcome of an attempt and releases the claim.
+    /// Stores the outcomes of attempts and releases their claims, all in one transaction (the
+    /// dispatcher gathers the outcomes that finish while the previous batch is being written).
+    async fn finish_attempts(
+        &self,
+        outcomes: Vec<(MessageId, AttemptOutcome)>,
+    ) -> Result<(), StoreError>;
+    /// Stores the outcome of one attempt and releases the claim.
     async fn finish_attempt(
         &self,
         id: &MessageId,
         outcome: AttemptOutcome,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.finish_attempts(vec![(id.clone(), outcome)]).await
+    }
     /// Stores a carrier's delivery receipt; `false` if no message has that carrier id.
     async fn record_receipt(&self, receipt: Receipt) -> Result<bool, StoreError>;
     /// Releases every claim. Only for a store that one process owns (SQLite), at start: a

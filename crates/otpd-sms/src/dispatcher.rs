@@ -60,9 +60,23 @@ struct Inner {
     /// set empties. At shutdown, what is left is handed back to the outbox.
     in_flight: Mutex<HashSet<MessageId>>,
     idle: Notify,
+    outcomes: Mutex<Outcomes>,
+}
+
+/// Attempt outcomes waiting to be stored, and whether some attempt is storing a batch now.
+#[derive(Default)]
+struct Outcomes {
+    queued: Vec<(MessageId, AttemptOutcome)>,
+    writing: bool,
 }
 
 impl Inner {
+    fn outcomes(&self) -> std::sync::MutexGuard<'_, Outcomes> {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
         self.in_flight
             .lock()
@@ -92,6 +106,7 @@ impl OutboxDispatcher {
                 reports: Mutex::new(FirstReports::new()),
                 in_flight: Mutex::new(HashSet::new()),
                 idle: Notify::new(),
+                outcomes: Mutex::new(Outcomes::default()),
             }),
         }
     }
@@ -255,12 +270,49 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
             tracing::error!(message_id = %id, status = report.status.as_str(), reason = %report.status_message, "SMS delivery failed for good")
         }
     }
-    if let Err(error) = inner.store.finish_attempt(&id, outcome).await {
-        // The claim's lease runs out and the message is tried again: at worst sent twice.
-        tracing::error!(%error, message_id = %id, "cannot record a delivery attempt");
+    record(inner, id, outcome).await;
+}
+
+/// Stores an attempt's outcome, then ends the attempt (its waiter gets the report). Outcomes
+/// that finish while a batch is being written wait for the next one: the first attempt to
+/// find nobody writing writes, for itself and for everyone who queued meanwhile, so a busy
+/// dispatcher stores many outcomes per transaction.
+async fn record(inner: &Inner, id: MessageId, outcome: AttemptOutcome) {
+    {
+        let mut outcomes = inner.outcomes();
+        outcomes.queued.push((id, outcome));
+        if outcomes.writing {
+            return;
+        }
+        outcomes.writing = true;
     }
+    loop {
+        let batch = {
+            let mut outcomes = inner.outcomes();
+            if outcomes.queued.is_empty() {
+                outcomes.writing = false;
+                return;
+            }
+            std::mem::take(&mut outcomes.queued)
+        };
+        let ended: Vec<(MessageId, DeliveryReport)> = batch
+            .iter()
+            .map(|(id, outcome)| (id.clone(), outcome.report().clone()))
+            .collect();
+        if let Err(error) = inner.store.finish_attempts(batch).await {
+            // The claims' leases run out and the messages are tried again: at worst sent twice.
+            tracing::error!(%error, messages = ended.len(), "cannot record delivery attempts");
+        }
+        for (id, report) in ended {
+            end_attempt(inner, &id, report);
+        }
+    }
+}
+
+/// The attempt is over: it leaves `in_flight`, and whoever awaits its first report gets it.
+fn end_attempt(inner: &Inner, id: &MessageId, report: DeliveryReport) {
     let mut in_flight = inner.in_flight();
-    in_flight.remove(&id);
+    in_flight.remove(id);
     if in_flight.is_empty() {
         inner.idle.notify_waiters();
     }
@@ -269,7 +321,7 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
         .reports
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .remove(&id);
+        .remove(id);
     if let Some(waiter) = waiter {
         let _ = waiter.send(report);
     }

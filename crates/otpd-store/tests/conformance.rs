@@ -600,10 +600,31 @@ async fn accounts_and_applications(backend: Backend) {
     assert!(h.store.delete_application(&app.id).await.expect("delete"));
     assert!(!h.store.delete_application(&app.id).await.expect("delete"));
     assert_eq!(h.store.list_accounts().await.expect("list").len(), 1);
+    let (verification, _) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let message = h.message_of(&verification).await;
     assert!(h.store.delete_account(&h.access_key).await.expect("delete"));
+    assert!(!h.store.delete_account(&h.access_key).await.expect("delete"));
     assert!(
         h.store
             .find_account_by_key(&h.access_key)
+            .await
+            .expect("find")
+            .is_none()
+    );
+    assert!(
+        h.store
+            .find_verification(&h.account, &verification)
+            .await
+            .expect("find")
+            .is_none(),
+        "an account's verifications go with it"
+    );
+    assert!(
+        h.store
+            .find_message(&message)
             .await
             .expect("find")
             .is_none()
@@ -912,6 +933,68 @@ async fn releasing_claims_after_a_crash(backend: Backend) {
     );
 }
 
+async fn outcomes_are_stored_in_batches(backend: Backend) {
+    let h = harness(backend).await;
+    for destination in ["+393481234567", "+393481234568", "+393481234569"] {
+        h.send(h.key_for(destination), 3, UNLIMITED)
+            .await
+            .expect("send");
+    }
+    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    let report = |status, message_id: Option<&str>| DeliveryReport {
+        status,
+        message_id: message_id.map(str::to_owned),
+        status_code: 200,
+        status_message: "ok".into(),
+    };
+    h.store
+        .finish_attempts(vec![
+            (
+                claimed[0].id.clone(),
+                AttemptOutcome::Accepted(report(DeliveryStatus::Successful, Some("carrier-1"))),
+            ),
+            (
+                claimed[1].id.clone(),
+                AttemptOutcome::Retry {
+                    report: report(DeliveryStatus::Throttled, None),
+                    retry_after: Duration::from_secs(5),
+                },
+            ),
+            (
+                claimed[2].id.clone(),
+                AttemptOutcome::Failed(report(DeliveryStatus::PermanentFailure, None)),
+            ),
+        ])
+        .await
+        .expect("finish");
+    let state = |n: usize| {
+        let store = h.store.clone();
+        let id = claimed[n].id.clone();
+        async move {
+            store
+                .find_message(&id)
+                .await
+                .expect("find")
+                .expect("exists")
+        }
+    };
+    let sent = state(0).await;
+    assert_eq!(sent.state, MessageState::Sent);
+    assert_eq!(sent.carrier_message_id.as_deref(), Some("carrier-1"));
+    assert_eq!(sent.sent_at, Some(h.clock.now()));
+    assert_eq!(state(1).await.state, MessageState::Pending);
+    assert_eq!(state(1).await.delivery_status.as_deref(), Some("THROTTLED"));
+    assert_eq!(state(2).await.state, MessageState::Failed);
+    h.clock.advance(Duration::from_secs(5));
+    let again = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    assert_eq!(
+        again.len(),
+        1,
+        "only the retry is due again, and only after its delay"
+    );
+    assert_eq!(again[0].id, claimed[1].id);
+}
+
 async fn a_stopping_node_gives_its_claims_back(backend: Backend) {
     let h = harness(backend).await;
     for destination in ["+393481234567", "+393481234568"] {
@@ -1120,6 +1203,7 @@ on_every_backend!(
     expired_or_cancelled_codes_are_never_handed_out,
     releasing_claims_after_a_crash,
     a_stopping_node_gives_its_claims_back,
+    outcomes_are_stored_in_batches,
     receipts_update_the_delivery_status,
     a_message_committed_for_immediate_delivery_is_claimed_from_the_start,
     retention_purges_old_verifications_in_batches,

@@ -278,16 +278,12 @@ impl Store for PgStore {
             .await?)
     }
 
-    async fn finish_attempt(
+    async fn finish_attempts(
         &self,
-        id: &MessageId,
-        outcome: AttemptOutcome,
+        outcomes: Vec<(MessageId, AttemptOutcome)>,
     ) -> Result<(), StoreError> {
-        let id = id.clone();
         Ok(self
-            .with_client(move |client, now| async move {
-                queries::finish_attempt(&client, now, &id, &outcome).await
-            })
+            .with_client(move |client, now| queries::finish_attempts(client, now, outcomes))
             .await?)
     }
 

@@ -16,8 +16,8 @@ use otpd_core::verification::{
     VerificationStatus,
 };
 use otpd_core::{AccessKeyId, AccountId, ApplicationId, E164, Timestamp, VerifyId};
-use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 use crate::failure::Failure;
 
@@ -122,10 +122,22 @@ pub(super) async fn delete_account(
     client: &ClientWrapper,
     key: &AccessKeyId,
 ) -> Result<bool, Failure> {
+    // Verifications have no foreign key to their account (see the migration): delete them
+    // here, in the same statement; their checks and messages follow by cascade.
     let statement = client
-        .prepare_cached("DELETE FROM accounts WHERE access_key_id = $1")
+        .prepare_cached(
+            "WITH gone AS (DELETE FROM accounts WHERE access_key_id = $1 RETURNING id),
+                  verifications_gone AS (
+                      DELETE FROM verifications WHERE account_id IN (SELECT id FROM gone)
+                  )
+             SELECT count(*) FROM gone",
+        )
         .await?;
-    Ok(client.execute(&statement, &[&key.as_str()]).await? > 0)
+    let deleted: i64 = client
+        .query_one(&statement, &[&key.as_str()])
+        .await?
+        .try_get(0)?;
+    Ok(deleted > 0)
 }
 
 pub(super) async fn add_credits(
@@ -641,20 +653,27 @@ pub(super) async fn claim_outbox(
         .collect()
 }
 
-pub(super) async fn finish_attempt(
+/// The whole batch in one transaction and one round trip: BEGIN, an UPDATE by primary key per
+/// outcome, COMMIT, pipelined. (A single UPDATE joined to `unnest` arrays was tried first: its
+/// generic plan scanned the whole outbox.)
+pub(super) async fn finish_attempts(
+    client: Object,
+    now: Option<i64>,
+    outcomes: Vec<(MessageId, AttemptOutcome)>,
+) -> Result<(), Failure> {
+    let result = finish_in_one_transaction(&client, now, &outcomes).await;
+    if result.is_err() {
+        // The connection may be inside a failed transaction: close it rather than reuse it.
+        drop(Object::take(client));
+    }
+    result
+}
+
+async fn finish_in_one_transaction(
     client: &ClientWrapper,
     now: Option<i64>,
-    id: &MessageId,
-    outcome: &AttemptOutcome,
+    outcomes: &[(MessageId, AttemptOutcome)],
 ) -> Result<(), Failure> {
-    let (state, report, retry_after) = match outcome {
-        AttemptOutcome::Accepted(report) => ("sent", report, None),
-        AttemptOutcome::Retry {
-            report,
-            retry_after,
-        } => ("pending", report, Some(millis(*retry_after))),
-        AttemptOutcome::Failed(report) => ("failed", report, None),
-    };
     let statement = client
         .prepare_cached(&format!(
             "WITH clock AS (SELECT {NOW} AS now)
@@ -666,22 +685,49 @@ pub(super) async fn finish_attempt(
              FROM clock WHERE id = $2"
         ))
         .await?;
+    if let [(id, outcome)] = outcomes {
+        store_outcome(client, &statement, now, id, outcome).await?;
+        return Ok(());
+    }
+    let updates = outcomes
+        .iter()
+        .map(|(id, outcome)| store_outcome(client, &statement, now, id, outcome));
+    let (begun, updated, committed) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        futures_util::future::join_all(updates),
+        client.batch_execute("COMMIT"),
+    );
+    begun?;
+    for result in updated {
+        result?;
+    }
+    committed?;
+    Ok(())
+}
+
+async fn store_outcome(
+    client: &ClientWrapper,
+    statement: &Statement,
+    now: Option<i64>,
+    id: &MessageId,
+    outcome: &AttemptOutcome,
+) -> Result<u64, tokio_postgres::Error> {
+    let report = outcome.report();
     client
         .execute(
-            &statement,
+            statement,
             &[
                 &now,
                 &id.as_str(),
-                &state,
-                &retry_after,
+                &outcome.next_state().as_str(),
+                &outcome.retry_after().map(millis),
                 &report.status.as_str(),
                 &i32::from(report.status_code),
                 &report.status_message,
                 &report.message_id,
             ],
         )
-        .await?;
-    Ok(())
+        .await
 }
 
 pub(super) async fn record_receipt(

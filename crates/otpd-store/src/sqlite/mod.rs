@@ -308,15 +308,13 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn finish_attempt(
+    async fn finish_attempts(
         &self,
-        id: &MessageId,
-        outcome: AttemptOutcome,
+        outcomes: Vec<(MessageId, AttemptOutcome)>,
     ) -> Result<(), StoreError> {
-        let id = id.clone();
         Ok(self
             .write(move |connection, clock| {
-                queries::finish_attempt(connection, &id, &outcome, clock.now())
+                queries::finish_attempts(connection, &outcomes, clock.now())
             })
             .await?)
     }

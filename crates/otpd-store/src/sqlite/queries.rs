@@ -565,39 +565,32 @@ pub(super) fn claim_outbox(
     Ok(claimed)
 }
 
-pub(super) fn finish_attempt(
+pub(super) fn finish_attempts(
     connection: &Connection,
-    id: &MessageId,
-    outcome: &AttemptOutcome,
+    outcomes: &[(MessageId, AttemptOutcome)],
     now: Timestamp,
 ) -> Result<(), Failure> {
-    let (state, report, next_attempt_at) = match outcome {
-        AttemptOutcome::Accepted(report) => ("sent", report, None),
-        AttemptOutcome::Retry {
-            report,
-            retry_after,
-        } => ("pending", report, Some(now.plus(*retry_after))),
-        AttemptOutcome::Failed(report) => ("failed", report, None),
-    };
-    connection
-        .prepare_cached(
-            "UPDATE outbox SET state = ?2, lease_until = 0, updated_at = ?3,
-                 next_attempt_at = COALESCE(?4, next_attempt_at),
-                 sent_at = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_at END,
-                 delivery_status = ?5, status_code = ?6, status_message = ?7,
-                 carrier_message_id = COALESCE(?8, carrier_message_id)
-             WHERE id = ?1",
-        )?
-        .execute(params![
+    let mut statement = connection.prepare_cached(
+        "UPDATE outbox SET state = ?2, lease_until = 0, updated_at = ?3,
+             next_attempt_at = COALESCE(?4, next_attempt_at),
+             sent_at = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_at END,
+             delivery_status = ?5, status_code = ?6, status_message = ?7,
+             carrier_message_id = COALESCE(?8, carrier_message_id)
+         WHERE id = ?1",
+    )?;
+    for (id, outcome) in outcomes {
+        let report = outcome.report();
+        statement.execute(params![
             id.as_str(),
-            state,
+            outcome.next_state().as_str(),
             now.millis(),
-            next_attempt_at.map(Timestamp::millis),
+            outcome.retry_after().map(|delay| now.plus(delay).millis()),
             report.status.as_str(),
             report.status_code,
             report.status_message,
             report.message_id,
         ])?;
+    }
     Ok(())
 }
 
