@@ -258,7 +258,7 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
     let outcome = inner
         .settings
         .retry
-        .outcome(report.clone(), message.attempts + 1, jitter());
+        .outcome(report, message.attempts + 1, jitter());
     match &outcome {
         AttemptOutcome::Accepted(_) => {
             tracing::info!(message_id = %id, "SMS handed to the carrier")
