@@ -10,7 +10,9 @@ import re
 import secrets
 import shutil
 import subprocess
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -189,6 +191,58 @@ class Otpd:
 
     def logs(self):
         return self.log_file.read_text()
+
+    def undelivered(self, account, verify_ids):
+        """The accepted sends whose message is not (yet) in the SMS file; a send the server no
+        longer knows fails the test."""
+        amm = self.amm(account)
+        delivered = {message["message_id"] for message in self.messages()}
+        missing = []
+        for verify_id in verify_ids:
+            found = amm.get(f"{self.url}/sms/v2/verify/search", params={"verify_id": verify_id})
+            assert found.status_code == 200, f"accepted send {verify_id} is gone: {found.text}"
+            if found.json()["id_sms"] not in delivered:
+                missing.append(verify_id)
+        return missing
+
+
+class SendLoad:
+    """Threads sending amm codes to `server` as fast as it answers, until `stop()`: what was
+    accepted (verify ids) and what was refused (by status and body, or by client error)."""
+
+    def __init__(self, server, account, threads=6, timeout=15):
+        self.accepted, self.refused = [], Counter()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._send, args=(server, account, worker, timeout))
+            for worker in range(1, threads + 1)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _send(self, server, account, worker, timeout):
+        session = server.amm(account)
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            try:
+                response = session.post(
+                    f"{server.url}/sms/v2/verify/send",
+                    data={"to": f"3934{worker}{n:07d}", "text": "Code ${verify_code}", "ttl": "600"},
+                    timeout=timeout,
+                )
+            except requests.RequestException as error:
+                self.refused[type(error).__name__] += 1
+                continue
+            if response.status_code == 200:
+                self.accepted.append(response.json()["verify_id"])
+            else:
+                self.refused[(response.status_code, response.text)] += 1
+
+    def stop(self):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from conftest import Otpd, wait_for
+from conftest import Otpd, SendLoad, wait_for
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))[-1]
 
@@ -133,55 +131,18 @@ def test_errors_in_each_dialect_while_the_database_is_down_then_recovery(node, c
 
 def test_a_database_restart_under_load_loses_no_accepted_send(node, cluster):
     account = node.create_account("restart")
-    amm = node.amm(account)
-    accepted, refused, stop = [], Counter(), threading.Event()
-
-    def sender(worker):
-        session = node.amm(account)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                response = session.post(
-                    f"{node.url}/sms/v2/verify/send",
-                    data={"to": f"3934{worker}{n:07d}", "text": "Code ${verify_code}", "ttl": "600"},
-                    timeout=15,
-                )
-            except requests.RequestException as error:
-                refused[type(error).__name__] += 1
-                continue
-            if response.status_code == 200:
-                accepted.append(response.json()["verify_id"])
-            else:
-                refused[(response.status_code, response.text)] += 1
-
-    threads = [threading.Thread(target=sender, args=(w,)) for w in range(1, 7)]
-    for thread in threads:
-        thread.start()
+    load = SendLoad(node, account)
     time.sleep(1.5)
     cluster.stop()
     time.sleep(1)
     cluster.start()
     time.sleep(2)
-    stop.set()
-    for thread in threads:
-        thread.join()
+    load.stop()
 
-    assert len(accepted) > 20
+    assert len(load.accepted) > 20
     # Whatever was not accepted was refused in the dialect's own words, never dropped on the floor.
-    assert set(refused) <= {(500, '{"errorMsg":"GENERIC_ERROR"}')}, refused
-    assert sum(refused.values()) > 0, "the restart was felt"
+    assert set(load.refused) <= {(500, '{"errorMsg":"GENERIC_ERROR"}')}, load.refused
+    assert sum(load.refused.values()) > 0, "the restart was felt"
     wait_for(lambda: ready(node) == 200, timeout=15)
-
-    def undelivered():
-        delivered = {message["message_id"] for message in node.messages()}
-        missing = []
-        for verify_id in accepted:
-            found = amm.get(f"{node.url}/sms/v2/verify/search", params={"verify_id": verify_id})
-            assert found.status_code == 200, f"accepted send {verify_id} is gone: {found.text}"
-            if found.json()["id_sms"] not in delivered:
-                missing.append(verify_id)
-        return missing
-
-    wait_for(lambda: not undelivered(), timeout=30)
+    wait_for(lambda: not node.undelivered(account, load.accepted), timeout=30)
     assert "panicked" not in node.logs()

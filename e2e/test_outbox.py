@@ -2,10 +2,9 @@
 
 import json
 import signal
-import threading
 import time
 
-from conftest import Otpd
+from conftest import Otpd, SendLoad, wait_for
 
 
 def test_delivery_is_visible_in_search_and_the_message_record(otpd, account):
@@ -29,48 +28,15 @@ def test_every_accepted_send_survives_kill_9(tmp_path):
     server.env["OTPD_OUTBOX_LEASE_SECONDS"] = "5"
     server.start()
     account = server.create_account("crash")
-    amm = server.amm(account)
-    accepted, stop = [], threading.Event()
-
-    def sender(worker):
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                response = amm.post(
-                    f"{server.url}/sms/v2/verify/send",
-                    data={"to": f"3934{worker}{n:07d}", "text": "Code ${verify_code}", "ttl": "600"},
-                    timeout=5,
-                )
-            except Exception:
-                continue
-            if response.status_code == 200:
-                accepted.append(response.json()["verify_id"])
-
-    threads = [threading.Thread(target=sender, args=(w,)) for w in range(1, 9)]
-    for thread in threads:
-        thread.start()
+    load = SendLoad(server, account, threads=8, timeout=5)
     time.sleep(1.5)
     server.process.send_signal(signal.SIGKILL)
     server.process.wait()
-    stop.set()
-    for thread in threads:
-        thread.join()
-    assert len(accepted) > 20
+    load.stop()
+    assert len(load.accepted) > 20
 
     server.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            delivered = {message["message_id"] for message in server.messages()}
-            missing = []
-            for verify_id in accepted:
-                found = amm.get(f"{server.url}/sms/v2/verify/search", params={"verify_id": verify_id}).json()
-                if found["id_sms"] not in delivered:
-                    missing.append(verify_id)
-            if not missing or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert not missing, f"{len(missing)} of {len(accepted)} accepted sends were never delivered"
+        wait_for(lambda: not server.undelivered(account, load.accepted), timeout=30)
     finally:
         server.stop()

@@ -152,6 +152,21 @@ async fn an_unreachable_database_fails_fast_and_says_why() {
         !message.contains("s3cret"),
         "no password in errors: {message}"
     );
+    assert!(
+        message.contains("Connection refused"),
+        "the cause is named: {message}"
+    );
+
+    let mut missing = url::Url::parse(&ScratchDatabase::server_url()).expect("url");
+    missing.set_path("/otpd_no_such_database");
+    let Err(StoreError::Unavailable(message)) = PgStore::connect(options(missing.as_str())).await
+    else {
+        panic!("a missing database must fail");
+    };
+    assert!(
+        message.contains("does not exist"),
+        "the server's own words: {message}"
+    );
 }
 
 #[tokio::test]

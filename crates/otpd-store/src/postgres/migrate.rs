@@ -12,7 +12,10 @@ const MIGRATION_LOCK: i64 = 0x006f_7470_646d_6967;
 
 pub(super) async fn run(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
     let failed = |e: tokio_postgres::Error| {
-        StoreError::Unavailable(format!("migrating the database failed: {e}"))
+        StoreError::Unavailable(format!(
+            "migrating the database failed: {}",
+            super::describe(&e)
+        ))
     };
     let transaction = client.transaction().await.map_err(failed)?;
     // The session's timeouts guard requests; a migration (an index on a big table, say) and the

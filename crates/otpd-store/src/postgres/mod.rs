@@ -41,9 +41,26 @@ impl From<tokio_postgres::Error> for Failure {
         if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
             Self::Duplicate
         } else {
-            Self::Database(error.to_string())
+            Self::Database(describe(&error))
         }
     }
+}
+
+/// An error with its causes: tokio-postgres says only "db error" or "error connecting to
+/// server" at the top and keeps the server's message or the socket error in its sources.
+pub(crate) fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Wrappers often print their cause already.
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// What `PgStore::connect` needs.
@@ -124,7 +141,7 @@ impl PgStore {
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> Failure {
-    Failure::Database(format!("no database connection: {error}"))
+    Failure::Database(format!("no database connection: {}", describe(&error)))
 }
 
 #[async_trait]

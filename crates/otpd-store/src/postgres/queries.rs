@@ -309,8 +309,13 @@ pub(super) async fn check(
     attempt: CheckAttempt,
 ) -> Result<CheckReport, Failure> {
     let result = check_in_transaction(&client, now, &lookup, &attempt).await;
+    close_on_error(client, result)
+}
+
+/// After a failure inside an explicit transaction the session may still be in it: the
+/// connection is closed instead of going back to the pool.
+fn close_on_error<T>(client: Object, result: Result<T, Failure>) -> Result<T, Failure> {
     if result.is_err() {
-        // The connection may be inside a failed transaction: close it rather than reuse it.
         drop(Object::take(client));
     }
     result
@@ -662,11 +667,7 @@ pub(super) async fn finish_attempts(
     outcomes: Vec<(MessageId, AttemptOutcome)>,
 ) -> Result<(), Failure> {
     let result = finish_in_one_transaction(&client, now, &outcomes).await;
-    if result.is_err() {
-        // The connection may be inside a failed transaction: close it rather than reuse it.
-        drop(Object::take(client));
-    }
-    result
+    close_on_error(client, result)
 }
 
 async fn finish_in_one_transaction(

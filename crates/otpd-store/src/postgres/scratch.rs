@@ -72,7 +72,11 @@ fn with_database(server_url: &str, name: &str) -> Result<String, StoreError> {
 
 async fn execute_on(server_url: &str, sql: &str) -> Result<(), StoreError> {
     let unavailable = |e: tokio_postgres::Error| {
-        StoreError::Unavailable(format!("PostgreSQL at {}: {e}", redact(server_url)))
+        StoreError::Unavailable(format!(
+            "PostgreSQL at {}: {}",
+            redact(server_url),
+            super::describe(&e)
+        ))
     };
     let (client, connection) = tokio_postgres::connect(server_url, NoTls)
         .await
