@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use phonenumber::{Mode, Type};
+use phonenumber::{Metadata, Mode, Type};
 
 /// A phone number that can receive SMS: `+`, country code and national number, valid for its
 /// country and of a type that reaches a handset.
@@ -57,13 +57,7 @@ impl E164 {
         Self::check_shape(digits)?;
         let candidate = format!("+{digits}");
         let number = phonenumber::parse(None, &candidate).map_err(|_| PhoneError::Invalid)?;
-        if !number.is_valid() {
-            return Err(PhoneError::Invalid);
-        }
-        match number.number_type(&phonenumber::metadata::DATABASE) {
-            Type::Mobile | Type::FixedLineOrMobile | Type::PersonalNumber | Type::Pager => {}
-            _ => return Err(PhoneError::NotMobile),
-        }
+        reachable_by_sms(number.country().code(), &number.national().to_string())?;
         // libphonenumber's own E.164 rendering: the canonical form stored and compared.
         Ok(Self(number.format().mode(Mode::E164).to_string()))
     }
@@ -96,6 +90,84 @@ impl E164 {
     }
 }
 
+/// What a country's numbering plan says about a national number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// A mobile, pager or personal number: it can take an SMS.
+    Handset,
+    /// Valid, but a landline, a freephone, a premium-rate or VoIP number...
+    NotAHandset,
+    /// Not a number of this plan.
+    Unknown,
+}
+
+/// Whether `national` (with any leading zeros the country keeps) is a valid number of the
+/// country with calling code `code` that can take an SMS. This is libphonenumber's own decision
+/// (its choice among the regions sharing a calling code, then its order of types: a number in
+/// both a premium-rate and a mobile range is premium rate), made in one pass over the patterns:
+/// the crate's `is_valid` and `number_type` run them twice each, and the latter reads the
+/// national number without its leading zeros, so in countries that keep them it called every
+/// number unknown (Côte d'Ivoire's mobiles, +225 07..., were refused).
+fn reachable_by_sms(code: u16, national: &str) -> Result<(), PhoneError> {
+    let database = &*phonenumber::metadata::DATABASE;
+    let regions = database.region(&code).ok_or(PhoneError::Invalid)?;
+    let reach = match regions.as_slice() {
+        ["001"] => database
+            .by_code(&code)
+            .and_then(|plans| plans.into_iter().next())
+            .map(|plan| reach(plan, national)),
+        [region] => database.by_id(*region).map(|plan| reach(plan, national)),
+        // Regions sharing a code (+1, +44, +39...): the first whose leading digits match, or,
+        // for one without leading digits, that knows the number.
+        regions => regions
+            .iter()
+            .filter_map(|region| database.by_id(*region))
+            .find_map(|plan| match plan.leading_digits() {
+                Some(leading) => leading
+                    .find(national)
+                    .filter(|found| found.start() == 0)
+                    .map(|_| reach(plan, national)),
+                None => Some(reach(plan, national)).filter(|reach| *reach != Reach::Unknown),
+            }),
+    };
+    match reach {
+        Some(Reach::Handset) => Ok(()),
+        Some(Reach::NotAHandset) => Err(PhoneError::NotMobile),
+        Some(Reach::Unknown) | None => Err(PhoneError::Invalid),
+    }
+}
+
+fn reach(plan: &Metadata, national: &str) -> Reach {
+    let descriptors = plan.descriptors();
+    let matches = |kind: Type| descriptors.get(kind).is_some_and(|d| d.is_match(national));
+    if !descriptors.general().is_match(national) {
+        return Reach::Unknown;
+    }
+    let special = [
+        Type::PremiumRate,
+        Type::TollFree,
+        Type::SharedCost,
+        Type::Voip,
+    ];
+    if special.into_iter().any(matches) {
+        return Reach::NotAHandset;
+    }
+    if matches(Type::PersonalNumber) || matches(Type::Pager) {
+        return Reach::Handset;
+    }
+    if matches(Type::Uan) || matches(Type::Voicemail) {
+        return Reach::NotAHandset;
+    }
+    // A number in a range that is both fixed and mobile can take SMS.
+    if matches(Type::Mobile) {
+        Reach::Handset
+    } else if matches(Type::FixedLine) {
+        Reach::NotAHandset
+    } else {
+        Reach::Unknown
+    }
+}
+
 impl fmt::Debug for E164 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "E164({})", self.redacted())
@@ -120,6 +192,16 @@ mod tests {
         );
         assert!(E164::parse("+12065550123").is_ok());
         assert!(E164::parse("+447911123456").is_ok());
+        // Countries whose national numbers keep a leading zero: Côte d'Ivoire, Benin, Congo
+        // (libphonenumber's examples), Gabon.
+        for number in [
+            "+2250123456789",
+            "+2290195123456",
+            "+242061234567",
+            "+24107123456",
+        ] {
+            assert!(E164::parse(number).is_ok(), "{number}");
+        }
     }
 
     #[test]
@@ -148,6 +230,9 @@ mod tests {
     fn rejects_numbers_invalid_for_their_country() {
         assert_eq!(E164::parse("+3912"), Err(PhoneError::NotE164));
         assert_eq!(E164::parse("+99912345678"), Err(PhoneError::Invalid));
+        // Italy's mobile range, too short to be a number there.
+        assert_eq!(E164::parse("+39348123"), Err(PhoneError::Invalid));
+        assert_eq!(E164::parse("+1206555012"), Err(PhoneError::Invalid));
     }
 
     #[test]
