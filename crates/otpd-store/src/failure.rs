@@ -10,7 +10,8 @@ pub(crate) enum Failure {
     Database(String),
     Duplicate,
     Rejected(SendRejected),
-    /// SQLite rolled back the whole group transaction.
+    /// The whole group transaction was rolled back (by SQLite, or because a batch-mate failed
+    /// half way).
     Aborted,
     /// The writer or reader threads are gone (the store is shutting down).
     WriterGone,
