@@ -24,7 +24,7 @@ pub enum CommandError {
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(options) => {
-            telemetry::init(options.log_format);
+            let _log_writer = telemetry::init(options.log_format);
             startup::serve(&cli.global, options).await
         }
         Command::Accounts(command) => admin::accounts(&cli.global, command).await,
