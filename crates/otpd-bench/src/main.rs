@@ -48,6 +48,10 @@ struct Args {
     /// Benchmark SQLite only.
     #[arg(long)]
     no_postgres: bool,
+    /// Benchmark this otpd binary instead of building the workspace's (for A/B comparisons of
+    /// two builds, run one after the other).
+    #[arg(long)]
+    otpd: Option<PathBuf>,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/otpd-bench.json")]
     output: PathBuf,
@@ -120,7 +124,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         server::SERVER_CORE,
         server::CLIENT_CORE
     );
-    let otpd = build_otpd()?;
+    let otpd = match &args.otpd {
+        Some(binary) => binary.clone(),
+        None => build_otpd()?,
+    };
     let work = std::env::temp_dir().join(format!("otpd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
 
