@@ -186,7 +186,8 @@ pub(super) fn delete_application(
     Ok(connection.execute("DELETE FROM applications WHERE id = ?1", [id.as_str()])? > 0)
 }
 
-/// Guards, retirement of the previous live code, and the insert, in the caller's savepoint.
+/// Guards, retirement of the previous live code, and the insert, in the writer's transaction. The
+/// guards refuse before anything is written, so a refusal fails only this request.
 pub(super) fn insert_verification(
     connection: &Connection,
     verification: &NewVerification,
