@@ -24,6 +24,7 @@ pub enum CommandError {
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(options) => {
+            // Held until serving ends, so the last lines are written before exit.
             let _log_writer = telemetry::init(options.log_format);
             startup::serve(&cli.global, options).await
         }

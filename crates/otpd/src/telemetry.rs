@@ -11,10 +11,10 @@ use std::io::{BufWriter, IsTerminal};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
+use crate::cli::LogFormat;
+
 /// Room for the lines of one burst; the writer thread flushes whenever it has caught up.
 const LOG_BUFFER_BYTES: usize = 64 * 1024;
-
-use crate::cli::LogFormat;
 
 /// Installs the logger; logs written before the returned guard is dropped are flushed then.
 #[must_use = "dropping the guard stops the log writer"]

@@ -19,8 +19,8 @@ use super::Failure;
 /// The largest batch one commit carries; bounds the latency of the first request in it.
 const MAX_BATCH: usize = 512;
 
-/// What a job hands back to the writer: whether its savepoint should be kept, and how to
-/// answer its caller once the fate of the transaction is known.
+/// What a job hands back to the writer: whether it succeeded (its changes are to be kept), and
+/// how to answer its caller once the fate of the transaction is known.
 struct Ran {
     keep: bool,
     answer: Answer,
@@ -47,7 +47,8 @@ impl Writer {
     }
 
     /// Runs `work` inside the next group transaction and returns its result once that
-    /// transaction has committed. A `Err` from `work` rolls back only its own savepoint.
+    /// transaction has committed. An `Err` from `work` is returned at once if `work` changed
+    /// nothing; if it changed rows, the whole batch is rolled back (see the module docs).
     pub(super) async fn write<T, F>(&self, work: F) -> Result<T, Failure>
     where
         T: Send + 'static,
@@ -160,7 +161,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let connection = Connection::open(dir.path().join("writer.db")).expect("open");
         connection
-            .execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+            .execute_batch(
+                "CREATE TABLE items (id INTEGER PRIMARY KEY);
+                 INSERT INTO items (id) VALUES (1);",
+            )
             .expect("schema");
         (Writer::spawn(connection).expect("spawn"), dir)
     }
@@ -204,7 +208,6 @@ mod tests {
     #[tokio::test]
     async fn a_job_that_fails_before_writing_fails_alone() {
         let (writer, _dir) = writer();
-        insert_first(&writer).await;
         let busy = occupy(&writer).await;
         let (first, refused, last) = tokio::join!(
             writer.write(|connection| insert(connection, 2)),
@@ -221,7 +224,6 @@ mod tests {
     #[tokio::test]
     async fn a_job_that_fails_half_way_takes_its_batch_down_and_commits_nothing_of_it() {
         let (writer, _dir) = writer();
-        insert_first(&writer).await;
         let busy = occupy(&writer).await;
         let (before, half_done, after) = tokio::join!(
             writer.write(|connection| insert(connection, 2)),
@@ -242,12 +244,5 @@ mod tests {
             "the jobs after it run in a fresh transaction"
         );
         assert_eq!(stored(&writer).await, vec![1, 3]);
-    }
-
-    async fn insert_first(writer: &Writer) {
-        writer
-            .write(|connection| insert(connection, 1))
-            .await
-            .expect("first row");
     }
 }
