@@ -192,6 +192,15 @@ class Otpd:
     def logs(self):
         return self.log_file.read_text()
 
+    def logs_through(self, request_id):
+        """The log once the line of request `request_id` is in it: otpd writes its log from a
+        thread of its own, a moment after it answers."""
+        def written():
+            logs = self.logs()
+            return logs if f"request_id={request_id}" in logs else None
+
+        return wait_for(written)
+
     def undelivered(self, account, verify_ids):
         """The accepted sends whose message is not (yet) in the SMS file; a send the server no
         longer knows fails the test."""

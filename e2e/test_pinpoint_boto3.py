@@ -264,8 +264,12 @@ def test_logs_hold_no_codes_secrets_or_numbers(otpd, account, client, app_id):
     # Eight digits, so that the code cannot turn up by chance in a timestamp.
     send(client, app_id, to, CodeLength=8)
     code = otpd.last_code(to)
-    verify(client, app_id, to, code)
-    logs = otpd.logs()
+    verified = client.verify_otp_message(
+        ApplicationId=app_id,
+        VerifyOTPMessageRequestParameters={"DestinationIdentity": to, "Otp": code, "ReferenceId": "login"},
+    )
+    assert verified["VerificationResponse"]["Valid"]
+    logs = otpd.logs_through(verified["ResponseMetadata"]["RequestId"])
     assert "request_id" in logs
     assert account["secret_access_key"] not in logs
     assert to not in logs and to[1:] not in logs
