@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use http::{StatusCode, Uri};
 use otpd_core::ports::Store;
 use otpd_core::service::{AccountService, VerificationService};
+use pinpoint::sigv4::SigningKeys;
 
 /// Everything a handler may need, cheap to clone.
 #[derive(Clone)]
@@ -24,6 +25,7 @@ pub struct AppState {
     pub service: VerificationService,
     pub accounts: AccountService,
     pub settings: Arc<ApiSettings>,
+    pub signing_keys: Arc<SigningKeys>,
 }
 
 impl AppState {

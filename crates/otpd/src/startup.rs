@@ -55,6 +55,7 @@ impl Components {
             service,
             accounts,
             settings: Arc::new(self.api),
+            signing_keys: Arc::default(),
         };
         (state, dispatcher)
     }
