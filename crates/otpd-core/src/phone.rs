@@ -55,6 +55,16 @@ impl E164 {
 
     fn parse_digits(digits: &str) -> Result<Self, PhoneError> {
         Self::check_shape(digits)?;
+        match parse_plain(digits) {
+            Some(Ok(())) => Ok(Self(format!("+{digits}"))),
+            Some(Err(error)) => Err(error),
+            None => Self::parse_with_libphonenumber(digits),
+        }
+    }
+
+    /// libphonenumber's whole parser: for numbers that carry a national prefix after the
+    /// country code, or that `parse_plain` cannot vouch for.
+    fn parse_with_libphonenumber(digits: &str) -> Result<Self, PhoneError> {
         let candidate = format!("+{digits}");
         let number = phonenumber::parse(None, &candidate).map_err(|_| PhoneError::Invalid)?;
         reachable_by_sms(number.country().code(), &number.national().to_string())?;
@@ -101,22 +111,69 @@ enum Reach {
     Unknown,
 }
 
-/// Whether `national` (with any leading zeros the country keeps) is a valid number of the
-/// country with calling code `code` that can take an SMS. This is libphonenumber's own decision
-/// (its choice among the regions sharing a calling code, then its order of types: a number in
-/// both a premium-rate and a mobile range is premium rate), made in one pass over the patterns:
-/// the crate's `is_valid` and `number_type` run them twice each, and the latter reads the
-/// national number without its leading zeros, so in countries that keep them it called every
-/// number unknown (Côte d'Ivoire's mobiles, +225 07..., were refused).
-fn reachable_by_sms(code: u16, national: &str) -> Result<(), PhoneError> {
+/// The decision for international digits that libphonenumber would take as they are: a known
+/// country code, then a national number with no leading zero, no national prefix and nothing
+/// its country's prefix-for-parsing rule would rewrite. Then the number is valid as written and
+/// its E.164 form is `+` and the digits. `None` when the full parser must decide (its national
+/// prefix handling, and a region choice made on the number without its leading zeros, can only
+/// differ from ours in those cases). The tests hold the two paths to the same answers.
+fn parse_plain(digits: &str) -> Option<Result<(), PhoneError>> {
+    let (code, national) = split_country_code(digits)?;
+    if national.starts_with('0') {
+        return None;
+    }
+    let Some((plan, reach)) = region_plan(code, national) else {
+        return Some(Err(PhoneError::Invalid));
+    };
+    if plan
+        .national_prefix()
+        .is_some_and(|prefix| national.starts_with(prefix))
+    {
+        return None;
+    }
+    let rewrites = plan
+        .national_prefix_for_parsing()
+        .and_then(|rule| rule.find(national))
+        .is_some_and(|found| found.start() == 0);
+    if rewrites {
+        return None;
+    }
+    Some(reach.into_result())
+}
+
+/// The country code (one to three digits; no code is the start of another) and the rest.
+fn split_country_code(digits: &str) -> Option<(u16, &str)> {
     let database = &*phonenumber::metadata::DATABASE;
-    let regions = database.region(&code).ok_or(PhoneError::Invalid)?;
-    let reach = match regions.as_slice() {
+    (1..=3).find_map(|length| {
+        let code: u16 = digits.get(..length)?.parse().ok()?;
+        database.region(&code).map(|_| (code, &digits[length..]))
+    })
+}
+
+/// Whether `national` (with any leading zeros the country keeps) is a valid number of the
+/// country with calling code `code` that can take an SMS.
+fn reachable_by_sms(code: u16, national: &str) -> Result<(), PhoneError> {
+    region_plan(code, national).map_or(Err(PhoneError::Invalid), |(_, reach)| reach.into_result())
+}
+
+/// The numbering plan `national` belongs to among those sharing calling code `code`, and what it
+/// says of the number. This is libphonenumber's own decision (its choice among the regions
+/// sharing a calling code, then its order of types: a number in both a premium-rate and a mobile
+/// range is premium rate), made in one pass over the patterns: the crate's `is_valid` and
+/// `number_type` run them twice each, and the latter reads the national number without its
+/// leading zeros, so in countries that keep them it called every number unknown (Côte d'Ivoire's
+/// mobiles, +225 07..., were refused).
+fn region_plan(code: u16, national: &str) -> Option<(&'static Metadata, Reach)> {
+    let database: &'static phonenumber::metadata::Database = &phonenumber::metadata::DATABASE;
+    let regions = database.region(&code)?;
+    match regions.as_slice() {
         ["001"] => database
             .by_code(&code)
             .and_then(|plans| plans.into_iter().next())
-            .map(|plan| reach(plan, national)),
-        [region] => database.by_id(*region).map(|plan| reach(plan, national)),
+            .map(|plan| (plan, reach(plan, national))),
+        [region] => database
+            .by_id(*region)
+            .map(|plan| (plan, reach(plan, national))),
         // Regions sharing a code (+1, +44, +39...): the first whose leading digits match, or,
         // for one without leading digits, that knows the number.
         regions => regions
@@ -126,14 +183,20 @@ fn reachable_by_sms(code: u16, national: &str) -> Result<(), PhoneError> {
                 Some(leading) => leading
                     .find(national)
                     .filter(|found| found.start() == 0)
-                    .map(|_| reach(plan, national)),
-                None => Some(reach(plan, national)).filter(|reach| *reach != Reach::Unknown),
+                    .map(|_| (plan, reach(plan, national))),
+                None => Some((plan, reach(plan, national)))
+                    .filter(|(_, reach)| *reach != Reach::Unknown),
             }),
-    };
-    match reach {
-        Some(Reach::Handset) => Ok(()),
-        Some(Reach::NotAHandset) => Err(PhoneError::NotMobile),
-        Some(Reach::Unknown) | None => Err(PhoneError::Invalid),
+    }
+}
+
+impl Reach {
+    fn into_result(self) -> Result<(), PhoneError> {
+        match self {
+            Reach::Handset => Ok(()),
+            Reach::NotAHandset => Err(PhoneError::NotMobile),
+            Reach::Unknown => Err(PhoneError::Invalid),
+        }
     }
 }
 
@@ -251,6 +314,92 @@ mod tests {
                 E164::parse_for_lookup(bad),
                 Err(PhoneError::NotE164),
                 "{bad}"
+            );
+        }
+    }
+
+    /// Every example number of every region, a neighbour and a longer one, and with what a user
+    /// might put in front of it (a national prefix, a zero, a one), parsed both ways.
+    #[test]
+    fn the_plain_path_agrees_with_libphonenumber_on_every_example() {
+        let database = &*phonenumber::metadata::DATABASE;
+        let kinds = [
+            Type::FixedLine,
+            Type::Mobile,
+            Type::TollFree,
+            Type::PremiumRate,
+            Type::SharedCost,
+            Type::Voip,
+            Type::PersonalNumber,
+            Type::Pager,
+            Type::Uan,
+            Type::Voicemail,
+        ];
+        let mut compared = 0;
+        for plan in database.iter() {
+            let code = plan.country_code();
+            let examples = kinds
+                .iter()
+                .filter_map(|kind| plan.descriptors().get(*kind))
+                .filter_map(|descriptor| descriptor.example());
+            for example in examples {
+                let prefix = plan.national_prefix().unwrap_or("0");
+                let (head, last) = example.split_at(example.len() - 1);
+                let next = (last.parse::<u8>().unwrap_or(0) + 1) % 10;
+                for national in [
+                    example.to_owned(),
+                    format!("{head}{next}"),
+                    format!("{example}0"),
+                    format!("{prefix}{example}"),
+                    format!("0{example}"),
+                    format!("1{example}"),
+                ] {
+                    let digits = format!("{code}{national}");
+                    if E164::check_shape(&digits).is_err() {
+                        continue;
+                    }
+                    assert_eq!(
+                        E164::parse_digits(&digits),
+                        E164::parse_with_libphonenumber(&digits),
+                        "+{digits}"
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 3000, "only {compared} numbers compared");
+    }
+
+    #[test]
+    fn numbers_as_written_take_the_plain_path() {
+        for digits in [
+            "393481234567",
+            "12065550123",
+            "447911123456",
+            "4915123456789",
+        ] {
+            assert!(parse_plain(digits).is_some(), "{digits}");
+        }
+        // A trunk zero after the country code is libphonenumber's to remove.
+        assert!(parse_plain("4407911123456").is_none());
+        assert_eq!(
+            E164::parse("+4407911123456").map(|n| n.as_str().to_owned()),
+            Ok("+447911123456".to_owned())
+        );
+    }
+
+    proptest::proptest! {
+        /// Any digits after any country code: the same answer both ways.
+        #[test]
+        fn the_plain_path_agrees_with_libphonenumber_on_any_digits(
+            code in proptest::sample::select(vec![1u16, 7, 20, 33, 39, 44, 49, 52, 54, 55, 61, 81, 86, 91, 225, 229, 242, 234, 880, 971, 998]),
+            national in "[0-9]{7,12}",
+        ) {
+            let digits = format!("{code}{national}");
+            proptest::prop_assume!(E164::check_shape(&digits).is_ok());
+            proptest::prop_assert_eq!(
+                E164::parse_digits(&digits),
+                E164::parse_with_libphonenumber(&digits)
             );
         }
     }
