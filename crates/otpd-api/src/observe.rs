@@ -6,12 +6,15 @@
 //! (as given: it only informs the log, it decides nothing).
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::HeaderValue;
+use otpd_core::service::SendReceipt;
 use tracing::Instrument;
 
 tokio::task_local! {
@@ -23,13 +26,44 @@ pub fn current_request_id() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
 }
 
+/// A fresh request id in UUID form: this process's random 64 bits, then a counter. Unique across
+/// nodes and restarts without a call to the OS random generator per request (a request id
+/// names a request; it guards nothing).
+fn next_request_id() -> String {
+    static PROCESS: LazyLock<u64> = LazyLock::new(|| {
+        let mut bytes = [0u8; 8];
+        otpd_core::crypto::fill_random(&mut bytes);
+        u64::from_be_bytes(bytes)
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&PROCESS.to_be_bytes());
+    bytes[8..].copy_from_slice(&count.to_be_bytes());
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
 /// Adds what a handler did to the request's log line.
 pub fn record(field: &'static str, value: &str) {
     tracing::Span::current().record(field, value);
 }
 
+/// Adds a send's ids and the first delivery attempt's status to the request's log line (the
+/// dispatcher logs that attempt only at debug level, since this line says it).
+pub fn record_send(receipt: &SendReceipt) {
+    record("verify_id", receipt.verify_id.as_str());
+    if let Some(message_id) = &receipt.message_id {
+        record("message_id", message_id.as_str());
+    }
+    if let Some(report) = &receipt.delivery {
+        record("delivery", report.status.as_str());
+    }
+}
+
 pub async fn observe(request: Request, next: Next) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = next_request_id();
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -51,6 +85,8 @@ pub async fn observe(request: Request, next: Next) -> Response {
         peer = peer.map(tracing::field::display),
         forwarded_for = forwarded_for.as_deref(),
         verify_id = tracing::field::Empty,
+        message_id = tracing::field::Empty,
+        delivery = tracing::field::Empty,
         destination = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
@@ -74,4 +110,18 @@ pub async fn observe(request: Request, next: Next) -> Response {
         headers.insert("x-amzn-requestid", value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_version_4_uuids() {
+        let first = uuid::Uuid::parse_str(&next_request_id()).expect("a UUID");
+        let second = uuid::Uuid::parse_str(&next_request_id()).expect("a UUID");
+        assert_ne!(first, second);
+        assert_eq!(first.get_version_num(), 4);
+        assert_eq!(first.as_bytes()[..8], second.as_bytes()[..8]);
+    }
 }

@@ -64,13 +64,32 @@ pub struct OutboxMessage {
     pub verify_id: VerifyId,
     pub to: E164,
     pub from: String,
-    pub sealed_text: Vec<u8>,
+    pub text: MessageText,
     pub encoding: Encoding,
     pub parts: u32,
     pub entity_id: Option<String>,
     pub template_id: Option<String>,
     /// Attempts made before this one.
     pub attempts: u32,
+}
+
+/// A message's text as a delivery attempt gets it: sealed, as the outbox keeps it, or still
+/// open when the send that composed it hands it over (its sealed copy is for the outbox only,
+/// and opening what was sealed a moment ago would cost a decryption per send).
+#[derive(Clone)]
+pub enum MessageText {
+    Sealed(Vec<u8>),
+    Open(String),
+}
+
+impl fmt::Debug for MessageText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The text holds the code.
+        match self {
+            Self::Sealed(sealed) => write!(f, "Sealed({} bytes)", sealed.len()),
+            Self::Open(_) => f.write_str("Open(..)"),
+        }
+    }
 }
 
 /// What became of one delivery attempt, to be stored.

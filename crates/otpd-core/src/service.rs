@@ -8,7 +8,7 @@ use crate::account::{Account, Application, Name, NewAccount};
 use crate::code::{CodeLength, OtpCode};
 use crate::crypto::ServerKey;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, SecretAccessKey, VerifyId};
-use crate::outbox::{MessageId, NewOutboxMessage, OutboxMessage};
+use crate::outbox::{MessageId, MessageText, NewOutboxMessage, OutboxMessage};
 use crate::policy::{MaxAttempts, Ttl};
 use crate::ports::{
     CreateError, DeliveryReport, DeliveryStatus, Dispatcher, MessageComposer, Store, StoreError,
@@ -142,16 +142,16 @@ impl VerificationService {
             template_id: request.template_id.clone(),
             claimed_for: Some(self.dispatcher.claim()),
         });
-        let to_deliver = outbox.as_ref().map(|message| OutboxMessage {
-            id: message.id.clone(),
+        let to_deliver = outbox.as_ref().map(|queued| OutboxMessage {
+            id: queued.id.clone(),
             verify_id: verify_id.clone(),
             to: request.key.destination.clone(),
             from: request.sender.to_string(),
-            sealed_text: message.sealed_text.clone(),
-            encoding: message.encoding,
-            parts: message.parts,
-            entity_id: message.entity_id.clone(),
-            template_id: message.template_id.clone(),
+            text: MessageText::Open(message.text.clone()),
+            encoding: queued.encoding,
+            parts: queued.parts,
+            entity_id: queued.entity_id.clone(),
+            template_id: queued.template_id.clone(),
             attempts: 0,
         });
         let verification = NewVerification {

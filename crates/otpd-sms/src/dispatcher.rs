@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use otpd_core::ServerKey;
 use otpd_core::crypto::fill_random;
-use otpd_core::outbox::{AttemptOutcome, MessageId, OutboxMessage, RetryPolicy};
+use otpd_core::outbox::{AttemptOutcome, MessageId, MessageText, OutboxMessage, RetryPolicy};
 use otpd_core::ports::{
     DeliveryReport, DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store,
 };
@@ -230,7 +230,14 @@ impl Dispatcher for OutboxDispatcher {
 /// was claimed; it leaves when its outcome is stored.
 async fn attempt(inner: &Inner, message: OutboxMessage) {
     let id = message.id.clone();
-    let report = match inner.key.open(&message.sealed_text) {
+    let text = match &message.text {
+        MessageText::Open(text) => Some(text.clone()),
+        MessageText::Sealed(sealed) => inner
+            .key
+            .open(sealed)
+            .map(|text| String::from_utf8_lossy(&text).into_owned()),
+    };
+    let report = match text {
         Some(text) => {
             let sms = OutgoingSms {
                 message_id: message.id.clone(),
@@ -239,7 +246,7 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
                 from: Sender::parse(&message.from)
                     .unwrap_or_else(|| Sender::Alphanumeric(message.from.clone())),
                 message: ComposedSms {
-                    text: String::from_utf8_lossy(&text).into_owned(),
+                    text,
                     encoding: message.encoding,
                     parts: message.parts,
                 },
@@ -260,8 +267,12 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
         .retry
         .outcome(report, message.attempts + 1, jitter());
     match &outcome {
+        // A first attempt's success is on its send request's log line.
+        AttemptOutcome::Accepted(_) if message.attempts == 0 => {
+            tracing::debug!(message_id = %id, "SMS handed to the carrier")
+        }
         AttemptOutcome::Accepted(_) => {
-            tracing::info!(message_id = %id, "SMS handed to the carrier")
+            tracing::info!(message_id = %id, attempt = message.attempts + 1, "SMS handed to the carrier")
         }
         AttemptOutcome::Retry { report, .. } => {
             tracing::warn!(message_id = %id, status = report.status.as_str(), reason = %report.status_message, "SMS attempt failed; will retry")

@@ -7,7 +7,9 @@ use std::time::Duration;
 use otpd_core::Clock;
 use otpd_core::account::{Application, Name, NewAccount};
 use otpd_core::clock::ManualClock;
-use otpd_core::outbox::{AttemptOutcome, MessageId, MessageState, NewOutboxMessage, Receipt};
+use otpd_core::outbox::{
+    AttemptOutcome, MessageId, MessageState, MessageText, NewOutboxMessage, Receipt,
+};
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
@@ -780,7 +782,7 @@ async fn the_outbox_hands_out_each_message_once_per_lease(backend: Backend) {
     let message = &claimed[0];
     assert_eq!(message.verify_id, id);
     assert_eq!(message.to.as_str(), "+393481234567");
-    assert_eq!(message.sealed_text, b"sealed");
+    assert!(matches!(&message.text, MessageText::Sealed(sealed) if sealed == b"sealed"));
     assert_eq!(message.template_id.as_deref(), Some("tpl"));
     assert_eq!(message.attempts, 0);
     assert!(

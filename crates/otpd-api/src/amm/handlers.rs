@@ -12,7 +12,7 @@ use super::error::AmmError;
 use super::request::AmmRequest;
 use super::wire::{self, CheckResponse, CommandResponse, SearchResponse, SendResponse};
 use crate::AppState;
-use crate::observe::record;
+use crate::observe::{record, record_send};
 
 fn internal(error: impl std::fmt::Display) -> AmmError {
     tracing::error!(%error, "request failed");
@@ -36,7 +36,7 @@ pub async fn send(
             SendError::Compose(_) => AmmError::BadText,
             other => internal(other),
         })?;
-    record("verify_id", receipt.verify_id.as_str());
+    record_send(&receipt);
     record("destination", &destination);
     Ok(Json(SendResponse {
         verify_id: receipt.verify_id.to_string(),

@@ -16,7 +16,7 @@ use super::wire::{
 };
 use super::{internal, owned_application};
 use crate::AppState;
-use crate::observe::{current_request_id, record};
+use crate::observe::{current_request_id, record, record_send};
 
 pub async fn send(
     State(state): State<AppState>,
@@ -42,7 +42,7 @@ pub async fn send(
             SendError::Compose(error) => PinpointError::BadRequest(error.to_string()),
             other => internal(other),
         })?;
-    record("verify_id", receipt.verify_id.as_str());
+    record_send(&receipt);
     record("destination", &destination.redacted());
     let result = receipt
         .delivery

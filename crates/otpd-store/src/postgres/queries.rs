@@ -7,7 +7,7 @@ use std::time::Duration;
 use deadpool_postgres::{ClientWrapper, Object};
 use otpd_core::account::{Account, Application, NewAccount};
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, MessageState, OutboxMessage, Receipt,
+    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, OutboxMessage, Receipt,
 };
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
@@ -647,7 +647,7 @@ pub(super) async fn claim_outbox(
                 verify_id: parsed(row, 1, VerifyId::parse)?,
                 to: parsed(row, 2, |text| E164::parse(text).ok())?,
                 from: row.try_get(3)?,
-                sealed_text: row.try_get(4)?,
+                text: MessageText::Sealed(row.try_get(4)?),
                 encoding: parsed(row, 5, Encoding::parse)?,
                 parts: counter(row, 6)?,
                 entity_id: row.try_get(7)?,

@@ -5,7 +5,7 @@ use otpd_core::account::{Account, Application, NewAccount};
 use std::time::Duration;
 
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, MessageState, OutboxMessage, Receipt,
+    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, OutboxMessage, Receipt,
 };
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
@@ -531,7 +531,7 @@ pub(super) fn claim_outbox(
                     verify_id: parse_column(row, 1, VerifyId::parse)?,
                     to: parse_column(row, 2, |text| E164::parse(text).ok())?,
                     from: row.get(3)?,
-                    sealed_text: row.get(4)?,
+                    text: MessageText::Sealed(row.get(4)?),
                     encoding: parse_column(row, 5, Encoding::parse)?,
                     parts: row.get(6)?,
                     entity_id: row.get(7)?,
