@@ -72,6 +72,16 @@ fn spawn_checkpointer(connection: Connection, alive: std::sync::Weak<()>) -> std
         .map(|_| ())
 }
 
+/// What every connection does when the database is locked: look again every 50 µs, 100,000
+/// times (five seconds or a little more). SQLite's own busy timeout sleeps 1, 2, 5... up to 100 ms between looks, which
+/// is far longer than any lock here is held: the checkpointer's RESTART holds the write lock
+/// while it waits for readers to leave the log, and with the coarse sleeps it held it (and the
+/// writer, so every request, waited) for 0.1 to 3 seconds under load; with this it takes 1-4 ms.
+fn wait_briefly(retries: i32) -> bool {
+    std::thread::sleep(std::time::Duration::from_micros(50));
+    retries < 100_000
+}
+
 fn checkpoint(connection: &Connection) -> rusqlite::Result<()> {
     let frames: i64 =
         connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))?;
@@ -156,9 +166,11 @@ fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     connection
         .execute_batch(
             "PRAGMA synchronous = FULL;
-             PRAGMA foreign_keys = ON;
-             PRAGMA busy_timeout = 5000;",
+             PRAGMA foreign_keys = ON;",
         )
+        .map_err(unavailable)?;
+    connection
+        .busy_handler(Some(wait_briefly))
         .map_err(unavailable)?;
     Ok(connection)
 }
