@@ -227,14 +227,19 @@ impl RetryPolicy {
     }
 
     /// What to store after an attempt that got `report` (with `attempts` made, this one
-    /// included).
-    pub fn outcome(&self, report: DeliveryReport, attempts: u32, jitter: f64) -> AttemptOutcome {
+    /// included). `jitter` is drawn only for a retry.
+    pub fn outcome(
+        &self,
+        report: DeliveryReport,
+        attempts: u32,
+        jitter: impl FnOnce() -> f64,
+    ) -> AttemptOutcome {
         match report.status {
             DeliveryStatus::Successful => AttemptOutcome::Accepted(report),
             DeliveryStatus::PermanentFailure => AttemptOutcome::Failed(report),
             _ if attempts >= self.max_attempts => AttemptOutcome::Failed(report),
             _ => AttemptOutcome::Retry {
-                retry_after: self.delay(attempts, jitter),
+                retry_after: self.delay(attempts, jitter()),
                 report,
             },
         }
@@ -268,21 +273,21 @@ mod tests {
     fn outcomes_by_status() {
         let policy = RetryPolicy::default();
         assert!(matches!(
-            policy.outcome(report(DeliveryStatus::Successful), 1, 0.5),
+            policy.outcome(report(DeliveryStatus::Successful), 1, || 0.5),
             AttemptOutcome::Accepted(_)
         ));
         assert!(matches!(
-            policy.outcome(report(DeliveryStatus::PermanentFailure), 1, 0.5),
+            policy.outcome(report(DeliveryStatus::PermanentFailure), 1, || 0.5),
             AttemptOutcome::Failed(_)
         ));
-        match policy.outcome(report(DeliveryStatus::Throttled), 1, 1.0) {
+        match policy.outcome(report(DeliveryStatus::Throttled), 1, || 1.0) {
             AttemptOutcome::Retry { retry_after, .. } => {
                 assert_eq!(retry_after, Duration::from_secs(1))
             }
             other => panic!("expected a retry, got {other:?}"),
         }
         assert!(matches!(
-            policy.outcome(report(DeliveryStatus::TemporaryFailure), 12, 0.5),
+            policy.outcome(report(DeliveryStatus::TemporaryFailure), 12, || 0.5),
             AttemptOutcome::Failed(_)
         ));
     }

@@ -265,7 +265,7 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
     let outcome = inner
         .settings
         .retry
-        .outcome(report, message.attempts + 1, jitter());
+        .outcome(report, message.attempts + 1, jitter);
     match &outcome {
         // A first attempt's success is on its send request's log line.
         AttemptOutcome::Accepted(_) if message.attempts == 0 => {
