@@ -59,7 +59,7 @@ impl FromRequest<AppState> for Signed {
             .to_str()
             .map_err(|_| SignatureError::Malformed)?;
         let authorization = Authorization::parse(header)?;
-        sigv4::check_request_time(
+        let stamp = sigv4::check_request_time(
             &parts,
             &authorization,
             SystemTime::now(),
@@ -74,7 +74,14 @@ impl FromRequest<AppState> for Signed {
                 PinpointError::Internal
             })?
             .ok_or(SignatureError::UnknownKey)?;
-        sigv4::verify(&parts, &body, &authorization, &secret, &state.signing_keys)?;
+        sigv4::verify(
+            &parts,
+            &body,
+            &authorization,
+            stamp,
+            &secret,
+            &state.signing_keys,
+        )?;
         Ok(Self {
             account,
             region: authorization.region,

@@ -112,13 +112,13 @@ impl Authorization {
 }
 
 /// Checks the request time, `x-amz-date` (`YYYYMMDDTHHMMSSZ`): signed, on the scope's date, and
-/// within the allowed skew of `now`.
-pub fn check_request_time(
-    parts: &Parts,
+/// within the allowed skew of `now`. Returns it as written, for the string to sign.
+pub fn check_request_time<'a>(
+    parts: &'a Parts,
     authorization: &Authorization,
     now: SystemTime,
     max_skew: Duration,
-) -> Result<(), SignatureError> {
+) -> Result<&'a str, SignatureError> {
     let signs = |name: &str| authorization.signed_headers.iter().any(|h| h == name);
     if !signs("x-amz-date") || !signs("host") {
         return Err(SignatureError::MissingDate);
@@ -139,25 +139,21 @@ pub fn check_request_time(
     if skew > max_skew {
         return Err(SignatureError::Skewed);
     }
-    Ok(())
+    Ok(stamp)
 }
 
 /// Computes the signature the request should carry under `secret` and compares, in constant
-/// time. The request time must have passed [`check_request_time`].
+/// time. `stamp` is the request time [`check_request_time`] accepted.
 pub fn verify(
     parts: &Parts,
     body: &[u8],
     authorization: &Authorization,
+    stamp: &str,
     secret: &SecretAccessKey,
     keys: &SigningKeys,
 ) -> Result<(), SignatureError> {
     let canonical = canonical::canonical_request(parts, body, &authorization.signed_headers)
         .map_err(|_| SignatureError::Mismatch)?;
-    let stamp = parts
-        .headers
-        .get("x-amz-date")
-        .and_then(|value| value.to_str().ok())
-        .ok_or(SignatureError::MissingDate)?;
     let string_to_sign = format!(
         "{ALGORITHM}\n{stamp}\n{date}/{region}/{SERVICE}/aws4_request\n{hash}",
         date = authorization.date,
@@ -264,7 +260,15 @@ mod tests {
 
     fn check(parts: &Parts, body: &[u8], keys: &SigningKeys) -> Result<(), SignatureError> {
         let header = parts.headers["authorization"].to_str().expect("ascii");
-        verify(parts, body, &Authorization::parse(header)?, &secret(), keys)
+        let stamp = parts.headers["x-amz-date"].to_str().expect("ascii");
+        verify(
+            parts,
+            body,
+            &Authorization::parse(header)?,
+            stamp,
+            &secret(),
+            keys,
+        )
     }
 
     fn segment() -> impl Strategy<Value = String> {
@@ -344,9 +348,10 @@ mod tests {
 
         let header = parts.headers["authorization"].to_str().expect("ascii");
         let authorization = Authorization::parse(header).expect("parses");
+        let stamp = parts.headers["x-amz-date"].to_str().expect("ascii");
         let wrong = SecretAccessKey::from_bytes(b"another-secret").expect("utf-8");
         assert_eq!(
-            verify(&parts, b"{}", &authorization, &wrong, &keys),
+            verify(&parts, b"{}", &authorization, stamp, &wrong, &keys),
             Err(SignatureError::Mismatch)
         );
     }
