@@ -230,11 +230,11 @@ impl Dispatcher for OutboxDispatcher {
 /// was claimed; it leaves when its outcome is stored.
 async fn attempt(inner: &Inner, message: OutboxMessage) {
     let id = message.id.clone();
-    let text = match &message.text {
-        MessageText::Open(text) => Some(text.clone()),
+    let text = match message.text {
+        MessageText::Open(text) => Some(text),
         MessageText::Sealed(sealed) => inner
             .key
-            .open(sealed)
+            .open(&sealed)
             .map(|text| String::from_utf8_lossy(&text).into_owned()),
     };
     let report = match text {
