@@ -121,9 +121,14 @@ pub fn fill_random(buffer: &mut [u8]) {
 }
 
 fn derive(master: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 32]> {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(master)
+    hmac_sha256(master, label)
+}
+
+/// HMAC-SHA-256 of `message` under `key`, wiped from memory when dropped (it is usually a key).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-    mac.update(label);
+    mac.update(message);
     Zeroizing::new(mac.finalize().into_bytes().into())
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use http::request::Parts;
 use otpd_core::AccessKeyId;
+use otpd_core::crypto::hmac_sha256;
 use otpd_core::ids::SecretAccessKey;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -166,7 +167,7 @@ pub fn verify(
         &authorization.date,
         &authorization.region,
     );
-    let expected = hex::encode(keys::hmac(key.as_slice(), string_to_sign.as_bytes()).as_slice());
+    let expected = hex::encode(hmac_sha256(key.as_slice(), string_to_sign.as_bytes()).as_slice());
     if bool::from(
         expected
             .as_bytes()

@@ -4,15 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use hmac::{Hmac, KeyInit, Mac};
 use otpd_core::AccessKeyId;
+use otpd_core::crypto::hmac_sha256;
 use otpd_core::ids::SecretAccessKey;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::SERVICE;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Above this many cached keys the cache starts over (a key is cheap to derive again).
 const MAX_KEYS: usize = 4096;
@@ -72,19 +69,11 @@ impl SigningKeys {
 /// `kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")`.
 fn derive(secret: &SecretAccessKey, date: &str, region: &str, service: &str) -> SigningKey {
     let seed = Zeroizing::new(format!("AWS4{}", secret.expose()));
-    let mut key = hmac(seed.as_bytes(), date.as_bytes());
+    let mut key = hmac_sha256(seed.as_bytes(), date.as_bytes());
     for part in [region, service, "aws4_request"] {
-        key = hmac(key.as_slice(), part.as_bytes());
+        key = hmac_sha256(key.as_slice(), part.as_bytes());
     }
     key
-}
-
-/// HMAC-SHA256 of `message` under `key`.
-pub fn hmac(key: &[u8], message: &[u8]) -> SigningKey {
-    let mut mac =
-        <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any size");
-    mac.update(message);
-    Zeroizing::new(mac.finalize().into_bytes().into())
 }
 
 #[cfg(test)]
