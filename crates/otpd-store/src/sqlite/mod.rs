@@ -26,7 +26,12 @@ use writer::Writer;
 
 pub(crate) use crate::failure::Failure;
 
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../../migrations/sqlite/0001_init.sql")),
+    M::up(include_str!(
+        "../../migrations/sqlite/0002_fewer_verification_indexes.sql"
+    )),
+];
 const READERS: usize = 2;
 
 impl From<rusqlite::Error> for Failure {
@@ -377,5 +382,112 @@ impl Store for SqliteStore {
                     .map_err(Failure::from)
             })
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use otpd_core::SystemClock;
+    use rusqlite::params;
+
+    use super::*;
+
+    /// A database with the schema of the first `migrations` migrations.
+    fn database_at(migrations: usize) -> (Connection, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut connection = Connection::open(dir.path().join("otpd.db")).expect("open");
+        Migrations::from_slice(&MIGRATIONS[..migrations])
+            .to_latest(&mut connection)
+            .expect("migrate");
+        connection
+            .execute(
+                "INSERT INTO accounts (id, name, access_key_id, sealed_secret, created_at)
+                 VALUES ('a', 'acme', 'OTPDAAAAAAAAAAAAAAAA', x'00', 0)",
+                [],
+            )
+            .expect("account");
+        (connection, dir)
+    }
+
+    fn insert_verification(connection: &Connection, id: &str, created_at: i64) {
+        connection
+            .execute(
+                "INSERT INTO verifications (id, account_id, dialect, app, reference, destination,
+                     sender, code_digest, status, created_at, expires_at, max_attempts, sandbox, parts)
+                 VALUES (?1, 'a', 'amm', '', ?1, '+393481234567', 'Acme', x'00', 'pending', ?2,
+                     ?2 + 300000, 3, 0, 1)",
+                params![id, created_at],
+            )
+            .expect("verification");
+    }
+
+    fn remaining(connection: &Connection) -> Vec<String> {
+        let mut statement = connection
+            .prepare("SELECT id FROM verifications ORDER BY rowid")
+            .expect("prepare");
+        statement
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    #[test]
+    fn the_migrations_are_valid() {
+        Migrations::from_slice(MIGRATIONS)
+            .validate()
+            .expect("valid migrations");
+    }
+
+    #[test]
+    fn a_first_version_database_is_upgraded_with_its_rows() {
+        let (connection, dir) = database_at(1);
+        insert_verification(&connection, "v1", 1_000);
+        drop(connection);
+        let path = dir.path().join("otpd.db");
+        drop(SqliteStore::open(&path, Arc::new(SystemClock)).expect("open and upgrade"));
+        let connection = Connection::open(&path).expect("reopen");
+        assert_eq!(remaining(&connection), ["v1"]);
+        let mut indexes: Vec<String> = connection
+            .prepare("SELECT name FROM pragma_index_list('verifications')")
+            .expect("prepare")
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        indexes.sort();
+        assert_eq!(
+            indexes,
+            [
+                "sqlite_autoindex_verifications_1",
+                "verifications_by_destination"
+            ]
+        );
+    }
+
+    #[test]
+    fn retention_purges_the_old_head_and_stops_at_the_first_young_row() {
+        let (connection, _dir) = database_at(MIGRATIONS.len());
+        // Inserted in this order; the clock stepped back before the last one.
+        for (id, created_at) in [
+            ("old-1", 10),
+            ("old-2", 20),
+            ("young", 100),
+            ("stepped", 30),
+        ] {
+            insert_verification(&connection, id, created_at);
+        }
+        let purge = |limit| queries::purge_verifications(&connection, Timestamp(50), limit);
+        assert_eq!(purge(1).expect("purge"), 1);
+        assert_eq!(remaining(&connection), ["old-2", "young", "stepped"]);
+        assert_eq!(purge(10).expect("purge"), 1);
+        // "stepped" is old but waits behind "young" until that one is old too.
+        assert_eq!(purge(10).expect("purge"), 0);
+        assert_eq!(remaining(&connection), ["young", "stepped"]);
+        assert_eq!(
+            queries::purge_verifications(&connection, Timestamp(200), 10).expect("purge"),
+            2
+        );
+        assert!(remaining(&connection).is_empty());
     }
 }

@@ -670,10 +670,16 @@ pub(super) fn purge_verifications(
     cutoff: Timestamp,
     limit: usize,
 ) -> Result<u64, Failure> {
+    // The oldest first, in insertion (rowid) order, up to the first one young enough to keep:
+    // reads at most `limit` rows and needs no index on the age. The single writer inserts in
+    // time order, so the run of old rows at the head is every old row (if the clock ever
+    // stepped back, the rows behind a young-looking one wait for a later run).
     let deleted = connection
         .prepare_cached(
-            "DELETE FROM verifications WHERE id IN
-                 (SELECT id FROM verifications WHERE created_at < ?1 LIMIT ?2)",
+            "WITH head AS (SELECT rowid AS row, created_at FROM verifications ORDER BY rowid LIMIT ?2)
+             DELETE FROM verifications WHERE rowid IN
+                 (SELECT row FROM head
+                  WHERE row < COALESCE((SELECT MIN(row) FROM head WHERE created_at >= ?1), 9223372036854775807))",
         )?
         .execute(params![
             cutoff.millis(),
