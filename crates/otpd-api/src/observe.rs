@@ -5,6 +5,7 @@
 //! peer is the balancer, so the caller's address it passes on in `x-forwarded-for` is logged too
 //! (as given: it only informs the log, it decides nothing).
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,13 +18,33 @@ use http::HeaderValue;
 use otpd_core::service::SendReceipt;
 use tracing::Instrument;
 
+/// The request being handled: its id, and what its handler did, for its log line.
+struct RequestContext {
+    id: String,
+    facts: RefCell<Facts>,
+}
+
+/// What a handler reports about its request. Gathered here and written once, as fields of the
+/// request's one log line: recording each into a tracing span formatted it on the spot, which
+/// cost more than the line itself.
+#[derive(Default)]
+struct Facts {
+    verify_id: Option<String>,
+    message_id: Option<String>,
+    delivery: Option<&'static str>,
+    destination: Option<String>,
+    outcome: Option<&'static str>,
+}
+
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST: RequestContext;
 }
 
 /// The id of the request being handled, for error bodies that must carry it.
 pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+    REQUEST
+        .try_with(|request| request.id.clone())
+        .unwrap_or_default()
 }
 
 /// A fresh request id in UUID form: this process's random 64 bits, then a counter. Unique across
@@ -45,26 +66,39 @@ fn next_request_id() -> String {
         .to_string()
 }
 
-/// Adds what a handler did to the request's log line.
-pub fn record(field: &'static str, value: &str) {
-    tracing::Span::current().record(field, value);
+fn record(fill: impl FnOnce(&mut Facts)) {
+    let _ = REQUEST.try_with(|request| fill(&mut request.facts.borrow_mut()));
 }
 
 /// Adds a send's ids and the first delivery attempt's status to the request's log line (the
 /// dispatcher logs that attempt only at debug level, since this line says it).
 pub fn record_send(receipt: &SendReceipt) {
-    record("verify_id", receipt.verify_id.as_str());
-    if let Some(message_id) = &receipt.message_id {
-        record("message_id", message_id.as_str());
-    }
-    if let Some(report) = &receipt.delivery {
-        record("delivery", report.status.as_str());
-    }
+    record(|facts| {
+        facts.verify_id = Some(receipt.verify_id.to_string());
+        facts.message_id = receipt.message_id.as_ref().map(ToString::to_string);
+        facts.delivery = receipt
+            .delivery
+            .as_ref()
+            .map(|report| report.status.as_str());
+    });
+}
+
+/// Adds the destination, as the handler chose to show it (masked), to the request's log line.
+pub fn record_destination(destination: &str) {
+    record(|facts| facts.destination = Some(destination.to_owned()));
+}
+
+/// Adds a check's outcome to the request's log line.
+pub fn record_outcome(outcome: &'static str) {
+    record(|facts| facts.outcome = Some(outcome));
 }
 
 pub async fn observe(request: Request, next: Next) -> Response {
-    let request_id = next_request_id();
     let started = Instant::now();
+    let context = RequestContext {
+        id: next_request_id(),
+        facts: RefCell::default(),
+    };
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let peer = request
@@ -76,35 +110,32 @@ pub async fn observe(request: Request, next: Next) -> Response {
         .get("x-forwarded-for")
         .and_then(|value| value.to_str().ok())
         .map(|value| value.chars().take(100).collect::<String>());
-    // Handlers fill in what they did (see `record`), so one line per request says it all.
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        %method,
-        %path,
-        peer = peer.map(tracing::field::display),
-        forwarded_for = forwarded_for.as_deref(),
-        verify_id = tracing::field::Empty,
-        message_id = tracing::field::Empty,
-        delivery = tracing::field::Empty,
-        destination = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    );
-    let mut response = REQUEST_ID
-        .scope(
-            request_id.clone(),
-            next.run(request).instrument(span.clone()),
-        )
-        .await;
+    // The span puts the request id on any line logged while the request is handled.
+    let span = tracing::info_span!("request", request_id = %context.id);
+    let mut handling = std::pin::pin!(REQUEST.scope(context, next.run(request)));
+    let mut response = handling.as_mut().instrument(span.clone()).await;
+    let Some(RequestContext { id, facts }) = handling.take_value() else {
+        unreachable!("the request's context is taken once, here");
+    };
+    let facts = facts.into_inner();
     let status = response.status();
     span.in_scope(|| {
         tracing::info!(
             status = status.as_u16(),
             latency_us = started.elapsed().as_micros() as u64,
+            %method,
+            %path,
+            peer = peer.map(tracing::field::display),
+            forwarded_for = forwarded_for.as_deref(),
+            verify_id = facts.verify_id.as_deref(),
+            message_id = facts.message_id.as_deref(),
+            delivery = facts.delivery,
+            destination = facts.destination.as_deref(),
+            outcome = facts.outcome,
             "request handled"
         );
     });
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_str(&id) {
         let headers = response.headers_mut();
         headers.insert("x-request-id", value.clone());
         headers.insert("x-amzn-requestid", value);

@@ -12,7 +12,7 @@ use super::error::AmmError;
 use super::request::AmmRequest;
 use super::wire::{self, CheckResponse, CommandResponse, SearchResponse, SendResponse};
 use crate::AppState;
-use crate::observe::{record, record_send};
+use crate::observe::{record_destination, record_outcome, record_send};
 
 fn internal(error: impl std::fmt::Display) -> AmmError {
     tracing::error!(%error, "request failed");
@@ -37,7 +37,7 @@ pub async fn send(
             other => internal(other),
         })?;
     record_send(&receipt);
-    record("destination", &destination);
+    record_destination(&destination);
     Ok(Json(SendResponse {
         verify_id: receipt.verify_id.to_string(),
     }))
@@ -66,7 +66,7 @@ pub async fn check(
     if report.outcome == CheckOutcome::RateLimited {
         return Err(AmmError::Antispam);
     }
-    record("outcome", report.outcome.as_str());
+    record_outcome(report.outcome.as_str());
     Ok(Json(CheckResponse {
         id_sms: report.message_id.unwrap_or_default(),
         verify_status: wire::check_status(report.outcome),

@@ -16,7 +16,7 @@ use super::wire::{
 };
 use super::{internal, owned_application};
 use crate::AppState;
-use crate::observe::{current_request_id, record, record_send};
+use crate::observe::{current_request_id, record_destination, record_outcome, record_send};
 
 pub async fn send(
     State(state): State<AppState>,
@@ -43,7 +43,7 @@ pub async fn send(
             other => internal(other),
         })?;
     record_send(&receipt);
-    record("destination", &destination.redacted());
+    record_destination(&destination.redacted());
     let result = receipt
         .delivery
         .map(|report| MessageResult::new(report, receipt.message_id.as_ref()))
@@ -77,7 +77,7 @@ pub async fn verify(
         .await
         .map_err(internal)?
         .outcome;
-    record("outcome", outcome.as_str());
+    record_outcome(outcome.as_str());
     Ok(Json(VerificationResponse {
         valid: outcome == CheckOutcome::Verified,
     }))
