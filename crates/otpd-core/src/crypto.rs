@@ -1,5 +1,6 @@
 //! The server key and what is derived from it: keyed code digests and sealed account secrets.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use chacha20poly1305::aead::Aead;
@@ -9,7 +10,7 @@ use rand::TryRng;
 use rand::rngs::SysRng;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::code::OtpCode;
 use crate::ids::VerifyId;
@@ -112,9 +113,45 @@ impl fmt::Debug for CodeDigest {
     }
 }
 
-/// Fills `buffer` from the operating system's CSPRNG. The OS generator failing is not something
-/// a server can carry on from.
+/// How much OS CSPRNG output each thread fetches at once for `fill_random`.
+const POOL_BYTES: usize = 256;
+
+/// OS CSPRNG output waiting to be handed out; every byte is handed out once and wiped.
+struct RandomPool {
+    bytes: Zeroizing<[u8; POOL_BYTES]>,
+    next: usize,
+}
+
+thread_local! {
+    static POOL: RefCell<RandomPool> = RefCell::new(RandomPool {
+        bytes: Zeroizing::new([0; POOL_BYTES]),
+        next: POOL_BYTES,
+    });
+}
+
+/// Fills `buffer` with bytes of the operating system's CSPRNG, for ids, nonces and keys. Small
+/// requests are served from a per-thread pool fetched `POOL_BYTES` at a time: a send needs
+/// three of them (two ids and a nonce), and a `getrandom` call each was a visible part of its
+/// cost. The bytes are the OS generator's own, each used once and wiped from the pool as it is
+/// handed out. (Codes are drawn straight from the OS generator, see `OtpCode::generate`.)
 pub fn fill_random(buffer: &mut [u8]) {
+    if buffer.len() > POOL_BYTES / 4 {
+        return fill_from_os(buffer);
+    }
+    POOL.with_borrow_mut(|pool| {
+        if POOL_BYTES - pool.next < buffer.len() {
+            fill_from_os(pool.bytes.as_mut());
+            pool.next = 0;
+        }
+        let taken = &mut pool.bytes[pool.next..pool.next + buffer.len()];
+        buffer.copy_from_slice(taken);
+        taken.zeroize();
+        pool.next += buffer.len();
+    });
+}
+
+/// The OS generator failing is not something a server can carry on from.
+fn fill_from_os(buffer: &mut [u8]) {
     if let Err(error) = SysRng.try_fill_bytes(buffer) {
         panic!("the operating system's random generator failed: {error}");
     }
@@ -135,6 +172,26 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Zeroizing<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooled_random_bytes_are_never_handed_out_twice() {
+        // Many small draws cross several refills of the pool; 16 random bytes never repeat.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1_000 {
+            let mut id = [0u8; 16];
+            fill_random(&mut id);
+            assert!(seen.insert(id), "a 16-byte draw repeated");
+        }
+        // Odd sizes that do not divide the pool, and one too large for it.
+        let mut odd = [0u8; 60];
+        for _ in 0..10 {
+            fill_random(&mut odd);
+        }
+        let mut large = [0u8; 1024];
+        fill_random(&mut large);
+        assert!(large.iter().any(|&byte| byte != 0));
+        assert!(POOL.with_borrow(|pool| pool.bytes[..pool.next].iter().all(|&byte| byte == 0)));
+    }
 
     fn key() -> ServerKey {
         ServerKey::from_hex(&"ab".repeat(32)).expect("valid key")
