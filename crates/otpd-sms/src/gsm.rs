@@ -49,16 +49,45 @@ impl Septets {
 /// The GSM encoding of `c`, or `None` if the default alphabet cannot carry it. The escape
 /// character itself is not a character a text may contain.
 pub fn septets(c: char) -> Option<Septets> {
+    if let Some(&ascii) = ASCII.get(c as usize) {
+        return ascii;
+    }
+    search(c)
+}
+
+/// `septets` for the ASCII range, worked out once at compile time from the two tables: texts
+/// are mostly ASCII, and searching the 128 characters for each of them was most of composing
+/// a message.
+const ASCII: [Option<Septets>; 128] = {
+    let mut table = [None; 128];
+    let mut c = 0;
+    while c < 128 {
+        table[c] = search(c as u8 as char);
+        c += 1;
+    }
+    table
+};
+
+/// Looks `c` up in the alphabet, then in the extension table.
+const fn search(c: char) -> Option<Septets> {
     if c == '\u{1b}' {
         return None;
     }
-    if let Some(code) = BASIC.iter().position(|&basic| basic == c) {
-        return u8::try_from(code).ok().map(Septets::Basic);
+    let mut code = 0;
+    while code < BASIC.len() {
+        if BASIC[code] == c {
+            return Some(Septets::Basic(code as u8));
+        }
+        code += 1;
     }
-    EXTENSION
-        .iter()
-        .find(|(extended, _)| *extended == c)
-        .map(|&(_, code)| Septets::Extended(code))
+    let mut index = 0;
+    while index < EXTENSION.len() {
+        if EXTENSION[index].0 == c {
+            return Some(Septets::Extended(EXTENSION[index].1));
+        }
+        index += 1;
+    }
+    None
 }
 
 /// Whether every character of `text` fits the GSM 7-bit alphabet.
@@ -105,6 +134,15 @@ mod tests {
         }
         assert!(fits("Codice è 1234 à ù"));
         assert!(!fits("Código 1234"));
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_alphabet() {
+        for c in (0..=255u8).map(char::from).chain(BASIC).chain(EXTENSION.map(|(c, _)| c)) {
+            assert_eq!(septets(c), search(c), "{c:?}");
+        }
+        // Printable ASCII but the backtick (94), and line feed, carriage return, form feed.
+        assert_eq!(ASCII.iter().filter(|entry| entry.is_some()).count(), 97);
     }
 
     #[test]
