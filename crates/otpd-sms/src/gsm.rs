@@ -138,7 +138,11 @@ mod tests {
 
     #[test]
     fn the_ascii_table_agrees_with_the_alphabet() {
-        for c in (0..=255u8).map(char::from).chain(BASIC).chain(EXTENSION.map(|(c, _)| c)) {
+        for c in (0..=255u8)
+            .map(char::from)
+            .chain(BASIC)
+            .chain(EXTENSION.map(|(c, _)| c))
+        {
             assert_eq!(septets(c), search(c), "{c:?}");
         }
         // Printable ASCII but the backtick (94), and line feed, carriage return, form feed.

@@ -10,6 +10,9 @@ use std::io::{BufWriter, IsTerminal};
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{Writer, debug_fn};
 
 use crate::cli::LogFormat;
 
@@ -33,8 +36,22 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(plain_fields()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     guard
+}
+
+/// Text fields as `name=value` (strings quoted), the message bare: what tracing-subscriber's
+/// default field format writes without a terminal, minus its styling calls, which cost more than
+/// the writing itself on a request line of a dozen fields.
+fn plain_fields() -> impl for<'writer> FormatFields<'writer> + Send + Sync + 'static {
+    debug_fn(|writer: &mut Writer<'_>, field, value| {
+        if field.name() == "message" {
+            write!(writer, "{value:?}")
+        } else {
+            write!(writer, "{field}={value:?}")
+        }
+    })
+    .delimited(" ")
 }
