@@ -1,8 +1,11 @@
 //! Phone numbers in E.164, checked against libphonenumber's metadata.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{LazyLock, RwLock};
 
 use phonenumber::{Metadata, Mode, Type};
+use regex::{Regex, RegexBuilder};
 
 /// A phone number that can receive SMS: `+`, country code and national number, valid for its
 /// country and of a type that reaches a handset.
@@ -133,8 +136,7 @@ fn parse_plain(digits: &str) -> Option<Result<(), PhoneError>> {
     }
     let rewrites = plan
         .national_prefix_for_parsing()
-        .and_then(|rule| rule.find(national))
-        .is_some_and(|found| found.start() == 0);
+        .is_some_and(|rule| matches_at_start(rule.as_str(), national));
     if rewrites {
         return None;
     }
@@ -180,14 +182,46 @@ fn region_plan(code: u16, national: &str) -> Option<(&'static Metadata, Reach)> 
             .iter()
             .filter_map(|region| database.by_id(*region))
             .find_map(|plan| match plan.leading_digits() {
-                Some(leading) => leading
-                    .find(national)
-                    .filter(|found| found.start() == 0)
-                    .map(|_| (plan, reach(plan, national))),
+                Some(leading) => matches_at_start(leading.as_str(), national)
+                    .then(|| (plan, reach(plan, national))),
                 None => Some((plan, reach(plan, national)))
                     .filter(|(_, reach)| *reach != Reach::Unknown),
             }),
     }
+}
+
+/// Whether a metadata `pattern` matches `text` from its first character: what the crate's
+/// `Descriptor::is_match` and the callers of its patterns' `find` ask. The patterns are compiled
+/// once each and kept, keyed by where the metadata holds them. The crate keeps its compiled
+/// patterns in a shared cache of 100, keyed by the pattern's text: every look-up hashed a pattern
+/// of up to hundreds of characters (more work than the match), and traffic to more than a few
+/// countries would evict patterns and compile them again (each compile costs far more than a
+/// request).
+fn matches_at_start(pattern: &'static str, text: &str) -> bool {
+    static COMPILED: LazyLock<RwLock<HashMap<(usize, usize), Option<Regex>>>> =
+        LazyLock::new(RwLock::default);
+    let key = (pattern.as_ptr() as usize, pattern.len());
+    let found = |regex: &Option<Regex>| {
+        regex
+            .as_ref()
+            .and_then(|regex| regex.find(text))
+            .is_some_and(|found| found.start() == 0)
+    };
+    if let Some(regex) = COMPILED.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return found(regex);
+    }
+    // The crate compiled the same text with the same option when it loaded its metadata, so
+    // this does not fail; if it did, the pattern would match nothing.
+    let regex = RegexBuilder::new(pattern)
+        .ignore_whitespace(true)
+        .build()
+        .ok();
+    let matched = found(&regex);
+    COMPILED
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, regex);
+    matched
 }
 
 impl Reach {
@@ -200,10 +234,15 @@ impl Reach {
     }
 }
 
-fn reach(plan: &Metadata, national: &str) -> Reach {
+fn reach(plan: &'static Metadata, national: &str) -> Reach {
     let descriptors = plan.descriptors();
-    let matches = |kind: Type| descriptors.get(kind).is_some_and(|d| d.is_match(national));
-    if !descriptors.general().is_match(national) {
+    let fits = |descriptor: &'static phonenumber::metadata::Descriptor| {
+        let possible = descriptor.possible_length();
+        (possible.is_empty() || possible.contains(&(national.len() as u16)))
+            && matches_at_start(descriptor.national_number().as_str(), national)
+    };
+    let matches = |kind: Type| descriptors.get(kind).is_some_and(fits);
+    if !fits(descriptors.general()) {
         return Reach::Unknown;
     }
     let special = [
@@ -320,6 +359,60 @@ mod tests {
 
     /// Every example number of every region, a neighbour and a longer one, and with what a user
     /// might put in front of it (a national prefix, a zero, a one), parsed both ways.
+    #[test]
+    fn compiled_patterns_match_as_the_crate_does() {
+        // Every pattern of every plan, on every example number of the plan, and variants.
+        let database = &*phonenumber::metadata::DATABASE;
+        let mut compared = 0;
+        for plan in database.iter() {
+            let descriptors = plan.descriptors();
+            let all: Vec<_> = [
+                Type::FixedLine,
+                Type::Mobile,
+                Type::TollFree,
+                Type::PremiumRate,
+                Type::SharedCost,
+                Type::Voip,
+                Type::PersonalNumber,
+                Type::Pager,
+                Type::Uan,
+                Type::Voicemail,
+            ]
+            .into_iter()
+            .filter_map(|kind| descriptors.get(kind))
+            .chain([descriptors.general()])
+            .collect();
+            let numbers: Vec<String> = all
+                .iter()
+                .filter_map(|descriptor| descriptor.example())
+                .flat_map(|example| {
+                    [
+                        example.to_owned(),
+                        format!("{example}9"),
+                        format!("9{example}"),
+                    ]
+                })
+                .collect();
+            for number in &numbers {
+                for descriptor in &all {
+                    let possible = descriptor.possible_length();
+                    let ours = (possible.is_empty() || possible.contains(&(number.len() as u16)))
+                        && matches_at_start(descriptor.national_number().as_str(), number);
+                    assert_eq!(ours, descriptor.is_match(number), "{} {number}", plan.id());
+                    compared += 1;
+                }
+                for rule in [plan.national_prefix_for_parsing(), plan.leading_digits()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let theirs = rule.find(number).is_some_and(|found| found.start() == 0);
+                    assert_eq!(matches_at_start(rule.as_str(), number), theirs, "{number}");
+                }
+            }
+        }
+        assert!(compared > 10_000, "{compared}");
+    }
+
     #[test]
     fn the_plain_path_agrees_with_libphonenumber_on_every_example() {
         let database = &*phonenumber::metadata::DATABASE;
