@@ -190,6 +190,9 @@ fn region_plan(code: u16, national: &str) -> Option<(&'static Metadata, Reach)> 
     }
 }
 
+/// Metadata patterns by the address and length of their text (`None`: did not compile).
+type CompiledPatterns = HashMap<(usize, usize), Option<Regex>>;
+
 /// Whether a metadata `pattern` matches `text` from its first character: what the crate's
 /// `Descriptor::is_match` and the callers of its patterns' `find` ask. The patterns are compiled
 /// once each and kept, keyed by where the metadata holds them. The crate keeps its compiled
@@ -198,8 +201,7 @@ fn region_plan(code: u16, national: &str) -> Option<(&'static Metadata, Reach)> 
 /// countries would evict patterns and compile them again (each compile costs far more than a
 /// request).
 fn matches_at_start(pattern: &'static str, text: &str) -> bool {
-    static COMPILED: LazyLock<RwLock<HashMap<(usize, usize), Option<Regex>>>> =
-        LazyLock::new(RwLock::default);
+    static COMPILED: LazyLock<RwLock<CompiledPatterns>> = LazyLock::new(RwLock::default);
     let key = (pattern.as_ptr() as usize, pattern.len());
     let found = |regex: &Option<Regex>| {
         regex
