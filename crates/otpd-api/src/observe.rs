@@ -95,8 +95,9 @@ pub fn record_outcome(outcome: &'static str) {
 
 pub async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let id = next_request_id();
     let context = RequestContext {
-        id: next_request_id(),
+        id: id.clone(),
         facts: RefCell::default(),
     };
     let method = request.method().clone();
@@ -111,13 +112,13 @@ pub async fn observe(request: Request, next: Next) -> Response {
         .and_then(|value| value.to_str().ok())
         .map(|value| value.chars().take(100).collect::<String>());
     // The span puts the request id on any line logged while the request is handled.
-    let span = tracing::info_span!("request", request_id = %context.id);
+    let span = tracing::info_span!("request", request_id = %id);
     let mut handling = std::pin::pin!(REQUEST.scope(context, next.run(request)));
     let mut response = handling.as_mut().instrument(span.clone()).await;
-    let Some(RequestContext { id, facts }) = handling.take_value() else {
-        unreachable!("the request's context is taken once, here");
-    };
-    let facts = facts.into_inner();
+    let facts = handling
+        .take_value()
+        .map(|context| context.facts.into_inner())
+        .unwrap_or_default();
     let status = response.status();
     span.in_scope(|| {
         tracing::info!(
