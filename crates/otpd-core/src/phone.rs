@@ -190,6 +190,14 @@ fn region_plan(code: u16, national: &str) -> Option<(&'static Metadata, Reach)> 
     }
 }
 
+/// Whether `national` is a number of the type `descriptor` describes: the crate's
+/// `Descriptor::is_match`, with the pattern matched by `matches_at_start`.
+fn describes(descriptor: &'static phonenumber::metadata::Descriptor, national: &str) -> bool {
+    let possible = descriptor.possible_length();
+    (possible.is_empty() || possible.contains(&(national.len() as u16)))
+        && matches_at_start(descriptor.national_number().as_str(), national)
+}
+
 /// Metadata patterns by the address and length of their text (`None`: did not compile).
 type CompiledPatterns = HashMap<(usize, usize), Option<Regex>>;
 
@@ -238,13 +246,12 @@ impl Reach {
 
 fn reach(plan: &'static Metadata, national: &str) -> Reach {
     let descriptors = plan.descriptors();
-    let fits = |descriptor: &'static phonenumber::metadata::Descriptor| {
-        let possible = descriptor.possible_length();
-        (possible.is_empty() || possible.contains(&(national.len() as u16)))
-            && matches_at_start(descriptor.national_number().as_str(), national)
+    let matches = |kind: Type| {
+        descriptors
+            .get(kind)
+            .is_some_and(|d| describes(d, national))
     };
-    let matches = |kind: Type| descriptors.get(kind).is_some_and(fits);
-    if !fits(descriptors.general()) {
+    if !describes(descriptors.general(), national) {
         return Reach::Unknown;
     }
     let special = [
@@ -359,31 +366,32 @@ mod tests {
         }
     }
 
-    /// Every example number of every region, a neighbour and a longer one, and with what a user
-    /// might put in front of it (a national prefix, a zero, a one), parsed both ways.
+    /// Every type of number a plan describes.
+    const NUMBER_TYPES: [Type; 10] = [
+        Type::FixedLine,
+        Type::Mobile,
+        Type::TollFree,
+        Type::PremiumRate,
+        Type::SharedCost,
+        Type::Voip,
+        Type::PersonalNumber,
+        Type::Pager,
+        Type::Uan,
+        Type::Voicemail,
+    ];
+
+    /// Every pattern of every plan, on every example number of the plan and two variants.
     #[test]
     fn compiled_patterns_match_as_the_crate_does() {
-        // Every pattern of every plan, on every example number of the plan, and variants.
         let database = &*phonenumber::metadata::DATABASE;
         let mut compared = 0;
         for plan in database.iter() {
             let descriptors = plan.descriptors();
-            let all: Vec<_> = [
-                Type::FixedLine,
-                Type::Mobile,
-                Type::TollFree,
-                Type::PremiumRate,
-                Type::SharedCost,
-                Type::Voip,
-                Type::PersonalNumber,
-                Type::Pager,
-                Type::Uan,
-                Type::Voicemail,
-            ]
-            .into_iter()
-            .filter_map(|kind| descriptors.get(kind))
-            .chain([descriptors.general()])
-            .collect();
+            let all: Vec<_> = NUMBER_TYPES
+                .into_iter()
+                .filter_map(|kind| descriptors.get(kind))
+                .chain([descriptors.general()])
+                .collect();
             let numbers: Vec<String> = all
                 .iter()
                 .filter_map(|descriptor| descriptor.example())
@@ -397,10 +405,12 @@ mod tests {
                 .collect();
             for number in &numbers {
                 for descriptor in &all {
-                    let possible = descriptor.possible_length();
-                    let ours = (possible.is_empty() || possible.contains(&(number.len() as u16)))
-                        && matches_at_start(descriptor.national_number().as_str(), number);
-                    assert_eq!(ours, descriptor.is_match(number), "{} {number}", plan.id());
+                    assert_eq!(
+                        describes(descriptor, number),
+                        descriptor.is_match(number),
+                        "{} {number}",
+                        plan.id()
+                    );
                     compared += 1;
                 }
                 for rule in [plan.national_prefix_for_parsing(), plan.leading_digits()]
@@ -415,21 +425,12 @@ mod tests {
         assert!(compared > 10_000, "{compared}");
     }
 
+    /// Every example number of every region, a neighbour and a longer one, and with what a user
+    /// might put in front of it (a national prefix, a zero, a one), parsed both ways.
     #[test]
     fn the_plain_path_agrees_with_libphonenumber_on_every_example() {
         let database = &*phonenumber::metadata::DATABASE;
-        let kinds = [
-            Type::FixedLine,
-            Type::Mobile,
-            Type::TollFree,
-            Type::PremiumRate,
-            Type::SharedCost,
-            Type::Voip,
-            Type::PersonalNumber,
-            Type::Pager,
-            Type::Uan,
-            Type::Voicemail,
-        ];
+        let kinds = NUMBER_TYPES;
         let mut compared = 0;
         for plan in database.iter() {
             let code = plan.country_code();
