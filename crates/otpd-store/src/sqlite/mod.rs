@@ -3,6 +3,7 @@
 
 mod queries;
 mod readers;
+mod wal;
 mod writer;
 
 use std::path::Path;
@@ -22,6 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
 use readers::Readers;
+use wal::LogReset;
 use writer::Writer;
 
 pub(crate) use crate::failure::Failure;
@@ -52,48 +54,14 @@ pub struct SqliteStore {
     _alive: Arc<()>,
 }
 
-/// How often the WAL is folded back into the database, off the writer's path.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
-/// WAL frames (pages) beyond which the checkpointer makes the log start over. A passive
-/// checkpoint copies pages but, with readers and the writer always busy, the log is seldom
-/// reset and would grow without end (gigabytes a minute under load); a RESTART checkpoint waits
-/// for a quiet instant, so that the next commit writes from the start of the file again.
-const RESTART_AFTER_FRAMES: i64 = 4096;
-/// What a reset WAL file is truncated to.
-const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
-
-/// Checkpoints from a thread of its own, so the writer never pays for one inside a commit.
-fn spawn_checkpointer(connection: Connection, alive: std::sync::Weak<()>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("otpd-sqlite-checkpoint".into())
-        .spawn(move || {
-            while alive.upgrade().is_some() {
-                std::thread::sleep(CHECKPOINT_INTERVAL);
-                if let Err(error) = checkpoint(&connection) {
-                    tracing::warn!(%error, "WAL checkpoint failed");
-                }
-            }
-        })
-        .map(|_| ())
-}
-
 /// What every connection does when the database is locked: look again every 50 µs, 100,000
 /// times (five seconds or a little more). SQLite's own busy timeout sleeps 1, 2, 5... up to 100 ms between looks, which
-/// is far longer than any lock here is held: the checkpointer's RESTART holds the write lock
-/// while it waits for readers to leave the log, and with the coarse sleeps it held it (and the
-/// writer, so every request, waited) for 0.1 to 3 seconds under load; with this it takes 1-4 ms.
+/// is far longer than any lock here is held: a RESTART checkpoint (now only `wal`'s fallback)
+/// holds the write lock while it waits for readers to leave the log, and with the coarse sleeps
+/// it held it (and the writer, so every request, waited) for 0.1 to 3 seconds under load.
 fn wait_briefly(retries: i32) -> bool {
     std::thread::sleep(std::time::Duration::from_micros(50));
     retries < 100_000
-}
-
-fn checkpoint(connection: &Connection) -> rusqlite::Result<()> {
-    let frames: i64 =
-        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))?;
-    if frames > RESTART_AFTER_FRAMES {
-        connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
-    }
-    Ok(())
 }
 
 impl SqliteStore {
@@ -122,19 +90,24 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let spawn_failed =
             |e: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {e}"));
-        // The writer never checkpoints; the checkpointer thread does.
+        // The writer checkpoints only when the checkpointer asks it to (see `wal`).
         write_connection
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(unavailable)?;
         write_connection
-            .pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .pragma_update(None, "journal_size_limit", wal::WAL_SIZE_LIMIT)
             .map_err(unavailable)?;
         let alive = Arc::new(());
-        spawn_checkpointer(connect(path, OpenFlags::default())?, Arc::downgrade(&alive))
-            .map_err(spawn_failed)?;
+        let log_reset = Arc::new(LogReset::default());
+        wal::spawn_checkpointer(
+            connect(path, OpenFlags::default())?,
+            Arc::downgrade(&alive),
+            log_reset.clone(),
+        )
+        .map_err(spawn_failed)?;
         Ok(Self {
             _alive: alive,
-            writer: Writer::spawn(write_connection).map_err(spawn_failed)?,
+            writer: Writer::spawn(write_connection, log_reset).map_err(spawn_failed)?,
             readers: Readers::spawn(read_connections).map_err(spawn_failed)?,
             clock,
         })

@@ -9,12 +9,14 @@
 //! would confine that rare case, but they cost every request two statements and a copy of each
 //! page it touches (about a tenth of a send's CPU).
 
+use std::sync::Arc;
 use std::thread;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::Failure;
+use super::wal::LogReset;
 
 /// The largest batch one commit carries; bounds the latency of the first request in it.
 const MAX_BATCH: usize = 512;
@@ -38,11 +40,13 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn spawn(connection: Connection) -> std::io::Result<Self> {
+    /// Starts the writer thread; between batches it lets the log start over when `log_reset`
+    /// asks (see `wal`).
+    pub(super) fn spawn(connection: Connection, log_reset: Arc<LogReset>) -> std::io::Result<Self> {
         let (jobs, queue) = flume::unbounded::<Job>();
         thread::Builder::new()
             .name("otpd-sqlite-writer".into())
-            .spawn(move || run(connection, queue))?;
+            .spawn(move || run(connection, queue, &log_reset))?;
         Ok(Self { jobs })
     }
 
@@ -77,7 +81,7 @@ impl Writer {
     }
 }
 
-fn run(connection: Connection, queue: flume::Receiver<Job>) {
+fn run(connection: Connection, queue: flume::Receiver<Job>, log_reset: &LogReset) {
     // Blocks for the first job, then takes everything else already waiting.
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::with_capacity(16);
@@ -89,6 +93,7 @@ fn run(connection: Connection, queue: flume::Receiver<Job>) {
             }
         }
         run_batch(&connection, batch);
+        log_reset.finish_if_wanted(&connection);
     }
 }
 
@@ -166,7 +171,10 @@ mod tests {
                  INSERT INTO items (id) VALUES (1);",
             )
             .expect("schema");
-        (Writer::spawn(connection).expect("spawn"), dir)
+        (
+            Writer::spawn(connection, Arc::default()).expect("spawn"),
+            dir,
+        )
     }
 
     fn insert(connection: &Connection, id: i64) -> Result<(), Failure> {
