@@ -148,9 +148,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    // The ceilings are measured before and after the SQLite rows, and the ratios taken against
+    // their mean: this machine's speed drifts by a third within minutes, and a ceiling measured
+    // once, minutes away from the rows it divides, gave ratios off by a factor of two.
+    let measure_ceilings = args.only.is_none();
     let mut rows = Vec::new();
+    if measure_ceilings {
+        rows.extend(run_ceilings(&args, &work, CEILINGS_BEFORE).await?);
+    }
     let mut cold_starts = serde_json::Map::new();
-    for deployment in &deployments {
+    for (index, deployment) in deployments.iter().enumerate() {
         let store = deployment.label();
         println!("\n== otpd on {store}");
         let deployed = deploy(&otpd, &work, deployment)?;
@@ -163,52 +170,34 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             (deployed.cold_start.as_secs_f64() * 1000.0).into(),
         );
         rows.extend(run_operations(&args, &deployed, &store).await?);
+        drop(deployed);
+        if index == 0 && measure_ceilings {
+            rows.extend(run_ceilings(&args, &work, CEILINGS_AFTER).await?);
+        }
     }
     drop(scratch);
 
-    let ceilings = [
-        ceiling::Ceiling::Json,
-        ceiling::Ceiling::SqliteCommitEach,
-        ceiling::Ceiling::SqliteBatched,
-    ];
-    let mut ceiling_rows = HashMap::new();
-    for kind in ceilings.into_iter().filter(|_| args.only.is_none()) {
-        let dir = work.join(format!("{kind:?}"));
-        std::fs::create_dir_all(&dir)?;
-        let exe = std::env::current_exe()?;
-        let dir_arg = dir.to_string_lossy().into_owned();
-        let name = clap::ValueEnum::to_possible_value(&kind)
-            .context("name")?
-            .get_name()
-            .to_owned();
-        let server = Server::start(
-            server::SERVER_CORE,
-            exe.to_str().unwrap_or_default(),
-            &["ceiling", &name, &dir_arg],
-            &[],
-            false,
-        )?;
-        let ceiling_client = Client::new(
-            server.address.to_string(),
-            String::new(),
-            String::new(),
-            String::new(),
-        );
-        let make: MakeRequest = Arc::new(move |_| Some(ceiling_client.ceiling()));
-        for &connections in &args.connections {
-            let row = measure(
-                &args,
-                std::slice::from_ref(&server),
-                "-",
-                kind.label(),
-                connections,
-                make.clone(),
-            )
-            .await?;
-            ceiling_rows.insert((kind, connections), row.requests_per_second);
-            rows.push(row);
-        }
+    let mut ceiling_runs: HashMap<(&str, usize), Vec<f64>> = HashMap::new();
+    for row in rows.iter().filter(|row| is_ceiling(row)) {
+        ceiling_runs
+            .entry((row.operation.as_str(), row.connections))
+            .or_default()
+            .push(row.requests_per_second);
     }
+    let ceiling_rows: HashMap<(ceiling::Ceiling, usize), f64> = CEILINGS
+        .iter()
+        .flat_map(|&kind| {
+            let runs = &ceiling_runs;
+            args.connections.iter().filter_map(move |&connections| {
+                let measured = runs.get(&(kind.label(), connections))?;
+                Some((
+                    (kind, connections),
+                    measured.iter().sum::<f64>() / measured.len() as f64,
+                ))
+            })
+        })
+        .collect();
+    print_drift(&ceiling_runs);
     let one_node: HashMap<(String, usize), f64> = rows
         .iter()
         .filter(|row| row.store == Deployment::POSTGRES_ONE_NODE)
@@ -220,7 +209,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         })
         .collect();
     for row in &mut rows {
-        if row.operation.starts_with("ceiling") {
+        if is_ceiling(row) {
             continue;
         }
         let ratio = |kind| {
@@ -251,6 +240,82 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     println!("\nresults written to {}", args.output.display());
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+const CEILINGS: [ceiling::Ceiling; 3] = [
+    ceiling::Ceiling::Json,
+    ceiling::Ceiling::SqliteCommitEach,
+    ceiling::Ceiling::SqliteBatched,
+];
+/// The store column of the ceilings' rows, for their two readings.
+const CEILINGS_BEFORE: &str = "- (before)";
+const CEILINGS_AFTER: &str = "- (after)";
+
+fn is_ceiling(row: &Row) -> bool {
+    row.store.starts_with('-')
+}
+
+/// Every ceiling at every connection count, each served by this binary on the server core.
+async fn run_ceilings(args: &Args, work: &Path, reading: &str) -> anyhow::Result<Vec<Row>> {
+    println!("\n== ceilings, {}", reading.trim_start_matches("- "));
+    let mut rows = Vec::new();
+    for kind in CEILINGS {
+        let dir = work.join(format!("{kind:?}-{}", rows.len()));
+        std::fs::create_dir_all(&dir)?;
+        let exe = std::env::current_exe()?;
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let name = clap::ValueEnum::to_possible_value(&kind)
+            .context("name")?
+            .get_name()
+            .to_owned();
+        let server = Server::start(
+            server::SERVER_CORE,
+            exe.to_str().unwrap_or_default(),
+            &["ceiling", &name, &dir_arg],
+            &[],
+            false,
+        )?;
+        let ceiling_client = Client::new(
+            server.address.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        let make: MakeRequest = Arc::new(move |_| Some(ceiling_client.ceiling()));
+        for &connections in &args.connections {
+            rows.push(
+                measure(
+                    args,
+                    std::slice::from_ref(&server),
+                    reading,
+                    kind.label(),
+                    connections,
+                    make.clone(),
+                )
+                .await?,
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// How far each ceiling moved between its two readings: the machine's drift during the run.
+fn print_drift(runs: &HashMap<(&str, usize), Vec<f64>>) {
+    let mut drifts: Vec<(&str, usize, f64)> = runs
+        .iter()
+        .filter_map(|(&(operation, connections), measured)| match measured[..] {
+            [before, after] => Some((operation, connections, after / before)),
+            _ => None,
+        })
+        .collect();
+    if drifts.is_empty() {
+        return;
+    }
+    drifts.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    println!("\nceilings after ÷ before (the machine's drift; ratios use their mean):");
+    for (operation, connections, drift) in drifts {
+        println!("  {operation:<40} {connections:>3} conns  {drift:.2}");
+    }
 }
 
 /// Where the otpd under test keeps its state, and how many nodes serve.
