@@ -11,7 +11,12 @@ def test_delivery_is_visible_in_search_and_the_message_record(otpd, account):
     amm = otpd.amm(account)
     response = amm.post(f"{otpd.url}/sms/v2/verify/send", data={"to": "393471110001", "text": "Code ${verify_code}"})
     verify_id = response.json()["verify_id"]
-    found = amm.get(f"{otpd.url}/sms/v2/verify/search", params={"verify_id": verify_id}).json()
+
+    def search():
+        return amm.get(f"{otpd.url}/sms/v2/verify/search", params={"verify_id": verify_id}).json()
+
+    # The send answers once the carrier has; the attempt's outcome is committed a moment later.
+    found = wait_for(lambda: (f := search()).get("delivery_status") and f, timeout=5)
     assert found["delivery_status"] == "SUCCESSFUL"
     assert found["delivery_date"] >= found["date_submit"]
     record = json.loads(otpd.cli("messages", "show", found["id_sms"]).stdout)

@@ -281,13 +281,31 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
             tracing::error!(message_id = %id, status = report.status.as_str(), reason = %report.status_message, "SMS delivery failed for good")
         }
     }
+    answer_waiter(inner, &id, outcome.report());
     record(inner, id, outcome).await;
 }
 
-/// Stores an attempt's outcome, then ends the attempt (its waiter gets the report). Outcomes
-/// that finish while a batch is being written wait for the next one: the first attempt to
-/// find nobody writing writes, for itself and for everyone who queued meanwhile, so a busy
-/// dispatcher stores many outcomes per transaction.
+/// Whoever awaits this message's first report (a send request) gets it as soon as the transport
+/// has answered, without waiting for the outcome's commit: the report is the transport's, and a
+/// send waiting for a second commit paid a second fsync (at one connection, a send's latency
+/// went from 1.1-1.3 ms to 0.8-1.1 ms without it). Until the outcome is stored, a moment later,
+/// a search shows the message without a delivery status; a crash in between sends it again at
+/// the next start, as a crash between the carrier's answer and the commit always did.
+fn answer_waiter(inner: &Inner, id: &MessageId, report: &DeliveryReport) {
+    let waiter = inner
+        .reports
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(id);
+    if let Some(waiter) = waiter {
+        let _ = waiter.send(report.clone());
+    }
+}
+
+/// Stores an attempt's outcome, then ends the attempt. Outcomes that finish while a batch is
+/// being written wait for the next one: the first attempt to find nobody writing writes, for
+/// itself and for everyone who queued meanwhile, so a busy dispatcher stores many outcomes per
+/// transaction.
 async fn record(inner: &Inner, id: MessageId, outcome: AttemptOutcome) {
     {
         let mut outcomes = inner.outcomes();
@@ -306,35 +324,23 @@ async fn record(inner: &Inner, id: MessageId, outcome: AttemptOutcome) {
             }
             std::mem::take(&mut outcomes.queued)
         };
-        let ended: Vec<(MessageId, DeliveryReport)> = batch
-            .iter()
-            .map(|(id, outcome)| (id.clone(), outcome.report().clone()))
-            .collect();
+        let ended: Vec<MessageId> = batch.iter().map(|(id, _)| id.clone()).collect();
         if let Err(error) = inner.store.finish_attempts(batch).await {
             // The claims' leases run out and the messages are tried again: at worst sent twice.
             tracing::error!(%error, messages = ended.len(), "cannot record delivery attempts");
         }
-        for (id, report) in ended {
-            end_attempt(inner, &id, report);
+        for id in &ended {
+            end_attempt(inner, id);
         }
     }
 }
 
-/// The attempt is over: it leaves `in_flight`, and whoever awaits its first report gets it.
-fn end_attempt(inner: &Inner, id: &MessageId, report: DeliveryReport) {
+/// The attempt is over: it leaves `in_flight`.
+fn end_attempt(inner: &Inner, id: &MessageId) {
     let mut in_flight = inner.in_flight();
     in_flight.remove(id);
     if in_flight.is_empty() {
         inner.idle.notify_waiters();
-    }
-    drop(in_flight);
-    let waiter = inner
-        .reports
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .remove(id);
-    if let Some(waiter) = waiter {
-        let _ = waiter.send(report);
     }
 }
 
