@@ -144,7 +144,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 deployments.push(Deployment::Postgres { url, nodes: 2 });
                 scratch = Some(database);
             }
-            Err(error) => println!("PostgreSQL is not reachable ({error}): SQLite only"),
+            Err(error) => println!(
+                "PostgreSQL is not reachable ({error}): SQLite only (scripts/ensure-postgres sets up the test server)"
+            ),
         }
     }
 
