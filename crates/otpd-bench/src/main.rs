@@ -156,7 +156,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let measure_ceilings = args.only.is_none();
     let mut rows = Vec::new();
     if measure_ceilings {
-        rows.extend(run_ceilings(&args, &work, CEILINGS_BEFORE).await?);
+        rows.extend(run_ceilings(&args, &work, Reading::Before).await?);
     }
     let mut cold_starts = serde_json::Map::new();
     for (index, deployment) in deployments.iter().enumerate() {
@@ -174,7 +174,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         rows.extend(run_operations(&args, &deployed, &store).await?);
         drop(deployed);
         if index == 0 && measure_ceilings {
-            rows.extend(run_ceilings(&args, &work, CEILINGS_AFTER).await?);
+            rows.extend(run_ceilings(&args, &work, Reading::After).await?);
         }
     }
     drop(scratch);
@@ -249,20 +249,40 @@ const CEILINGS: [ceiling::Ceiling; 3] = [
     ceiling::Ceiling::SqliteCommitEach,
     ceiling::Ceiling::SqliteBatched,
 ];
-/// The store column of the ceilings' rows, for their two readings.
-const CEILINGS_BEFORE: &str = "- (before)";
-const CEILINGS_AFTER: &str = "- (after)";
+/// The ceilings' two readings, around the SQLite rows.
+#[derive(Clone, Copy)]
+enum Reading {
+    Before,
+    After,
+}
+
+impl Reading {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Before => "before",
+            Self::After => "after",
+        }
+    }
+
+    /// The store column of the ceilings' rows.
+    fn store(self) -> &'static str {
+        match self {
+            Self::Before => "- (before)",
+            Self::After => "- (after)",
+        }
+    }
+}
 
 fn is_ceiling(row: &Row) -> bool {
     row.store.starts_with('-')
 }
 
 /// Every ceiling at every connection count, each served by this binary on the server core.
-async fn run_ceilings(args: &Args, work: &Path, reading: &str) -> anyhow::Result<Vec<Row>> {
-    println!("\n== ceilings, {}", reading.trim_start_matches("- "));
+async fn run_ceilings(args: &Args, work: &Path, reading: Reading) -> anyhow::Result<Vec<Row>> {
+    println!("\n== ceilings, {}", reading.name());
     let mut rows = Vec::new();
     for kind in CEILINGS {
-        let dir = work.join(format!("{kind:?}-{}", rows.len()));
+        let dir = work.join(format!("{kind:?}-{}", reading.name()));
         std::fs::create_dir_all(&dir)?;
         let exe = std::env::current_exe()?;
         let dir_arg = dir.to_string_lossy().into_owned();
@@ -289,7 +309,7 @@ async fn run_ceilings(args: &Args, work: &Path, reading: &str) -> anyhow::Result
                 measure(
                     args,
                     std::slice::from_ref(&server),
-                    reading,
+                    reading.store(),
                     kind.label(),
                     connections,
                     make.clone(),
