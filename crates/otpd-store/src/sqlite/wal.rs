@@ -9,12 +9,12 @@
 //! So once the log is long the checkpointer asks the writer to finish the copy itself between
 //! two of its batches: with no write in progress the copy completes, and the writer's next
 //! commit starts the log over. Whoever does it, letting the log start over makes the writer
-//! wait for a checkpoint's two fsyncs: measured under load, 1.5 to 7 ms each time, whether done
+//! wait for a checkpoint's two fsyncs: measured under load, up to 8 ms each time, whether done
 //! by the writer or, as before, by a RESTART checkpoint that holds the write lock. What can be
 //! chosen is how often: every 16 MiB of log made that stall every half second under sends, and
-//! it was most of their p99. Every 128 MiB it comes every several seconds; the log file stays
-//! that size on disk instead of being shrunk and grown again. The RESTART stays as a fallback
-//! for a log that grew far longer all the same (a reader held on to old frames).
+//! it was most of their p99. Every 128 MiB it comes every 2-3 s under a full send load; the
+//! log file stays that size on disk instead of being shrunk and grown again. The RESTART stays
+//! as a fallback for a log that grew far longer all the same (a reader held on to old frames).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
