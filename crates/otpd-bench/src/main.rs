@@ -10,7 +10,7 @@ mod load;
 mod requests;
 mod server;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -179,26 +179,14 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     drop(scratch);
 
-    let mut ceiling_runs: HashMap<(&str, usize), Vec<f64>> = HashMap::new();
+    // Each ceiling's readings by (operation, connections), in table order for the drift lines.
+    let mut ceiling_runs: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
     for row in rows.iter().filter(|row| is_ceiling(row)) {
         ceiling_runs
-            .entry((row.operation.as_str(), row.connections))
+            .entry((row.operation.clone(), row.connections))
             .or_default()
             .push(row.requests_per_second);
     }
-    let ceiling_rows: HashMap<(ceiling::Ceiling, usize), f64> = CEILINGS
-        .iter()
-        .flat_map(|&kind| {
-            let runs = &ceiling_runs;
-            args.connections.iter().filter_map(move |&connections| {
-                let measured = runs.get(&(kind.label(), connections))?;
-                Some((
-                    (kind, connections),
-                    measured.iter().sum::<f64>() / measured.len() as f64,
-                ))
-            })
-        })
-        .collect();
     print_drift(&ceiling_runs);
     let one_node: HashMap<(String, usize), f64> = rows
         .iter()
@@ -214,10 +202,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         if is_ceiling(row) {
             continue;
         }
-        let ratio = |kind| {
-            ceiling_rows
-                .get(&(kind, row.connections))
-                .map(|base: &f64| row.requests_per_second / base)
+        let ratio = |kind: ceiling::Ceiling| {
+            let readings = ceiling_runs.get(&(kind.label().to_owned(), row.connections))?;
+            let mean = readings.iter().sum::<f64>() / readings.len() as f64;
+            Some(row.requests_per_second / mean)
         };
         row.ratio_to_json = ratio(ceiling::Ceiling::Json);
         row.ratio_to_commit_each = ratio(ceiling::Ceiling::SqliteCommitEach);
@@ -322,21 +310,23 @@ async fn run_ceilings(args: &Args, work: &Path, reading: Reading) -> anyhow::Res
 }
 
 /// How far each ceiling moved between its two readings: the machine's drift during the run.
-fn print_drift(runs: &HashMap<(&str, usize), Vec<f64>>) {
-    let mut drifts: Vec<(&str, usize, f64)> = runs
+fn print_drift(runs: &BTreeMap<(String, usize), Vec<f64>>) {
+    let drifts: Vec<String> = runs
         .iter()
-        .filter_map(|(&(operation, connections), measured)| match measured[..] {
-            [before, after] => Some((operation, connections, after / before)),
+        .filter_map(|((operation, connections), readings)| match readings[..] {
+            [before, after] => Some(format!(
+                "  {operation:<40} {connections:>3} conns  {:.2}",
+                after / before
+            )),
             _ => None,
         })
         .collect();
     if drifts.is_empty() {
         return;
     }
-    drifts.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     println!("\nceilings after ÷ before (the machine's drift; ratios use their mean):");
-    for (operation, connections, drift) in drifts {
-        println!("  {operation:<40} {connections:>3} conns  {drift:.2}");
+    for drift in drifts {
+        println!("{drift}");
     }
 }
 
