@@ -305,6 +305,81 @@ async fn parallel_wrong_guesses_never_exceed_the_limit(backend: Backend) {
     );
 }
 
+async fn parallel_guesses_by_key_use_each_attempt_once(backend: Backend) {
+    let h = harness(backend).await;
+    let key = h.key_for("+393481234567");
+    let (id, code) = h.send(key.clone(), 5, UNLIMITED).await.expect("send");
+    let bad = wrong(&code);
+    let guesses = (0..100).map(|_| {
+        let store = h.store.clone();
+        let (lookup, attempt) = (CheckLookup::ByKey(key.clone()), h.attempt(&bad));
+        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check").outcome })
+    });
+    let mut outcomes = Vec::new();
+    for guess in guesses.collect::<Vec<_>>() {
+        outcomes.push(guess.await.expect("join"));
+    }
+    let mismatches = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome, CheckOutcome::Mismatch { .. }))
+        .count();
+    assert_eq!(mismatches, 5);
+    assert!(
+        outcomes.contains(&CheckOutcome::Mismatch { exhausted: true }),
+        "the fifth wrong guess used the code up"
+    );
+    // Once used up the code is no longer live, so a lookup by key finds nothing.
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|outcome| **outcome == CheckOutcome::NotFound)
+            .count(),
+        95
+    );
+    let stored = h
+        .store
+        .find_verification(&h.account, &id)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(stored.attempts_used, 5);
+    assert_eq!(
+        stored.checks.len(),
+        5,
+        "one record per check that found the code"
+    );
+}
+
+async fn parallel_wrong_guesses_from_one_address_never_exceed_its_limit(backend: Backend) {
+    let h = harness(backend).await;
+    let (id, code) = h
+        .send(h.key_for("+393481234567"), 20, UNLIMITED)
+        .await
+        .expect("send");
+    let bad = wrong(&code);
+    let limit = IpLimit {
+        max_failures: 3,
+        window: Duration::from_secs(200),
+    };
+    let guesses = (0..50).map(|_| {
+        let store = h.store.clone();
+        let lookup = h.by_id(&id);
+        let attempt = CheckAttempt {
+            client_ip: Some("203.0.113.7".into()),
+            ip_limit: Some(limit),
+            ..h.attempt(&bad)
+        };
+        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check").outcome })
+    });
+    let mut outcomes = Vec::new();
+    for guess in guesses.collect::<Vec<_>>() {
+        outcomes.push(guess.await.expect("join"));
+    }
+    let count = |wanted: fn(&CheckOutcome) -> bool| outcomes.iter().filter(|o| wanted(o)).count();
+    assert_eq!(count(|o| matches!(o, CheckOutcome::Mismatch { .. })), 3);
+    assert_eq!(count(|o| *o == CheckOutcome::RateLimited), 47);
+}
+
 async fn parallel_right_codes_verify_exactly_once(backend: Backend) {
     let h = harness(backend).await;
     let (id, code) = h
@@ -1188,6 +1263,8 @@ on_every_backend!(
     wrong_codes_exhaust_the_attempts,
     parallel_wrong_guesses_never_exceed_the_limit,
     parallel_right_codes_verify_exactly_once,
+    parallel_guesses_by_key_use_each_attempt_once,
+    parallel_wrong_guesses_from_one_address_never_exceed_its_limit,
     codes_expire_by_the_store_clock,
     a_new_send_cancels_the_live_code_for_the_same_key,
     other_keys_are_untouched_by_a_resend,
