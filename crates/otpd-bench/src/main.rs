@@ -483,6 +483,16 @@ const MAX_CODES_PER_RUN: u64 = 250_000;
 const PINPOINT_WRONG_PER_CODE: usize = 4;
 const AMM_WRONG_PER_CODE: usize = 19;
 
+/// The code the `n`th guess of a run uses, when each code takes `per_code` guesses: the codes
+/// are taken in turn, so the guesses of one code lie a whole pool apart (consecutive requests
+/// run at once on different connections, and real users do not race their own typos).
+fn code_for_guess<T>(codes: &[T], n: usize, per_code: usize) -> Option<&T> {
+    if n >= codes.len().saturating_mul(per_code) {
+        return None;
+    }
+    codes.get(n % codes.len())
+}
+
 /// Every operation at every connection count against `deployed`. Each verify or check run
 /// gets codes sent just before it, so that every request meets a live code (a code verified
 /// or killed earlier would be a cheaper "not found"); a run ends early if they run out.
@@ -516,7 +526,8 @@ async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow
                     let right = operation == Operation::PinpointVerifyRight;
                     let per_code = if right { 1 } else { PINPOINT_WRONG_PER_CODE };
                     Arc::new(move |n| {
-                        let (to, code) = codes.get(usize::try_from(n).ok()? / per_code)?;
+                        let (to, code) =
+                            code_for_guess(&codes, usize::try_from(n).ok()?, per_code)?;
                         Some(if right {
                             c.pinpoint_verify(to, code)
                         } else {
@@ -539,7 +550,7 @@ async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow
                             return Some(c.amm_send(&next_destination(), None));
                         }
                         let check = usize::try_from(n / 11 * 6 + n % 11 - 5).ok()?;
-                        let (id, code) = codes.get(check / AMM_WRONG_PER_CODE)?;
+                        let (id, code) = code_for_guess(&codes, check, AMM_WRONG_PER_CODE)?;
                         Some(c.amm_check(id, &wrong(code)))
                     })
                 }
@@ -756,5 +767,29 @@ fn print_table(rows: &[Row]) {
             ratio(row.ratio_to_batched),
             ratio(row.ratio_to_one_node),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guesses_take_the_codes_in_turn_and_stop_when_each_had_its_share() {
+        let codes = ["a", "b", "c"];
+        let used: Vec<_> = (0..7).map(|n| code_for_guess(&codes, n, 2)).collect();
+        assert_eq!(
+            used,
+            [
+                Some(&"a"),
+                Some(&"b"),
+                Some(&"c"),
+                Some(&"a"),
+                Some(&"b"),
+                Some(&"c"),
+                None
+            ]
+        );
+        assert_eq!(code_for_guess::<&str>(&[], 0, 4), None);
     }
 }
