@@ -5,7 +5,13 @@
 use otpd_core::ports::StoreError;
 
 /// Every migration, in order; the number is the schema version it brings the database to.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_failed_checks_by_client_ip.sql"),
+    ),
+];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.
 const MIGRATION_LOCK: i64 = 0x006f_7470_646d_6967;

@@ -33,6 +33,9 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!(
         "../../migrations/sqlite/0002_fewer_verification_indexes.sql"
     )),
+    M::up(include_str!(
+        "../../migrations/sqlite/0003_failed_checks_by_client_ip.sql"
+    )),
 ];
 const READERS: usize = 2;
 
@@ -435,6 +438,22 @@ mod tests {
                 "sqlite_autoindex_verifications_1",
                 "verifications_by_destination"
             ]
+        );
+    }
+
+    #[test]
+    fn the_failure_count_of_an_address_reads_failures_only() {
+        let (connection, _dir) = database_at(MIGRATIONS.len());
+        let plan: String = connection
+            .query_row(
+                &format!("EXPLAIN QUERY PLAN {}", queries::COUNT_RECENT_FAILURES),
+                params!["a", "198.51.100.9", 0],
+                |row| row.get(3),
+            )
+            .expect("plan");
+        assert!(
+            plan.contains("USING INDEX checks_failed_by_client_ip"),
+            "the count searches the index of failures: {plan}"
         );
     }
 

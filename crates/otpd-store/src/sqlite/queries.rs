@@ -299,6 +299,12 @@ fn debit(connection: &Connection, account_id: &AccountId, charge: u32) -> Result
     }
 }
 
+/// An address's wrong codes on an account's verifications since a time. The outcomes listed are
+/// those of the partial index `checks_failed_by_client_ip`, so the count reads only failures.
+pub(super) const COUNT_RECENT_FAILURES: &str = "SELECT COUNT(*) FROM checks
+     WHERE account_id = ?1 AND client_ip = ?2 AND at > ?3
+       AND outcome IN ('mismatch', 'mismatch_exhausted')";
+
 /// The check step: read the state, run the state machine, write the result and the record.
 /// The writer runs one job at a time, so no other check can interleave.
 pub(super) fn check(
@@ -357,11 +363,7 @@ pub(super) fn check(
     };
     if let (Some(ip), Some(limit)) = (&attempt.client_ip, attempt.ip_limit) {
         let recent_failures: u32 = connection
-            .prepare_cached(
-                "SELECT COUNT(*) FROM checks
-                 WHERE account_id = ?1 AND client_ip = ?2 AND at > ?3
-                   AND outcome IN ('mismatch', 'mismatch_exhausted')",
-            )?
+            .prepare_cached(COUNT_RECENT_FAILURES)?
             .query_row(
                 params![account_id, ip, now.minus(limit.window).millis()],
                 |row| row.get(0),
