@@ -155,11 +155,14 @@ pub fn verify(
 ) -> Result<(), SignatureError> {
     let canonical = canonical::canonical_request(parts, body, &authorization.signed_headers)
         .map_err(|_| SignatureError::Mismatch)?;
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{stamp}\n{date}/{region}/{SERVICE}/aws4_request\n{hash}",
+    let mut string_to_sign = format!(
+        "{ALGORITHM}\n{stamp}\n{date}/{region}/{SERVICE}/aws4_request\n",
         date = authorization.date,
         region = authorization.region,
-        hash = hex::encode(Sha256::digest(canonical.as_bytes())),
+    );
+    push_hex(
+        &mut string_to_sign,
+        &Sha256::digest(canonical.as_bytes()).into(),
     );
     let key = keys.key_for(
         &authorization.access_key_id,
@@ -167,7 +170,11 @@ pub fn verify(
         &authorization.date,
         &authorization.region,
     );
-    let expected = hex::encode(hmac_sha256(key.as_slice(), string_to_sign.as_bytes()).as_slice());
+    let mut expected = String::with_capacity(64);
+    push_hex(
+        &mut expected,
+        &hmac_sha256(key.as_slice(), string_to_sign.as_bytes()),
+    );
     if bool::from(
         expected
             .as_bytes()
@@ -176,6 +183,16 @@ pub fn verify(
         Ok(())
     } else {
         Err(SignatureError::Mismatch)
+    }
+}
+
+/// Appends the lowercase hex of a SHA-256 digest or HMAC. Through a buffer on the stack:
+/// `hex::encode` builds its string a char at a time, and its three digests cost a verify
+/// about a tenth of its instructions that way.
+fn push_hex(out: &mut String, digest: &[u8; 32]) {
+    let mut hex = [0u8; 64];
+    if hex::encode_to_slice(digest, &mut hex).is_ok() {
+        out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     }
 }
 

@@ -60,7 +60,7 @@ pub fn canonical_request(
     out.push('\n');
     out.push_str(&names.join(";"));
     out.push('\n');
-    out.push_str(&hex::encode(Sha256::digest(body)));
+    super::push_hex(&mut out, &Sha256::digest(body).into());
     Ok(out)
 }
 
