@@ -14,7 +14,7 @@ use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, Store
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
     CancelOutcome, Candidate, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckReport,
-    Dialect, IpLimit, NewVerification, SendGuards, SendRejected, VerificationKey,
+    Dialect, IpLimit, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
     VerificationStatus,
 };
 use otpd_core::{
@@ -185,6 +185,15 @@ impl Harness {
         }
     }
 
+    /// The verification as the store reports it now (it must exist).
+    async fn stored(&self, id: &VerifyId) -> Verification {
+        self.store
+            .find_verification(&self.account, id)
+            .await
+            .expect("find")
+            .expect("exists")
+    }
+
     fn by_id(&self, id: &VerifyId) -> CheckLookup {
         CheckLookup::ById {
             account_id: self.account.clone(),
@@ -229,12 +238,7 @@ async fn right_code_verifies_once(backend: Backend) {
         h.check(h.by_id(&id), code.expose()).await,
         CheckOutcome::AlreadyVerified
     );
-    let stored = h
-        .store
-        .find_verification(&h.account, &id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let stored = h.stored(&id).await;
     assert_eq!(stored.status, VerificationStatus::Verified);
     assert_eq!(stored.checks.len(), 2);
     assert_eq!(stored.checks[1].outcome, CheckOutcome::AlreadyVerified);
@@ -259,12 +263,7 @@ async fn wrong_codes_exhaust_the_attempts(backend: Backend) {
         h.check(h.by_id(&id), code.expose()).await,
         CheckOutcome::AttemptsExhausted
     );
-    let stored = h
-        .store
-        .find_verification(&h.account, &id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let stored = h.stored(&id).await;
     assert_eq!(stored.status, VerificationStatus::Failed);
     assert_eq!(stored.attempts_used, 2);
     assert_eq!(
@@ -292,12 +291,7 @@ async fn parallel_wrong_guesses_never_exceed_the_limit(backend: Backend) {
         }
     }
     assert_eq!(mismatches, 5);
-    let stored = h
-        .store
-        .find_verification(&h.account, &id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let stored = h.stored(&id).await;
     assert_eq!(stored.attempts_used, 5);
     assert_eq!(
         h.check(h.by_id(&id), code.expose()).await,
@@ -336,12 +330,7 @@ async fn parallel_guesses_by_key_use_each_attempt_once(backend: Backend) {
             .count(),
         95
     );
-    let stored = h
-        .store
-        .find_verification(&h.account, &id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let stored = h.stored(&id).await;
     assert_eq!(stored.attempts_used, 5);
     assert_eq!(
         stored.checks.len(),
@@ -410,20 +399,10 @@ async fn codes_expire_by_the_store_clock(backend: Backend) {
         .await
         .expect("send");
     h.clock.advance(Duration::from_secs(299));
-    let found = h
-        .store
-        .find_verification(&h.account, &id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let found = h.stored(&id).await;
     assert_eq!(found.status, VerificationStatus::Pending);
     h.clock.advance(Duration::from_secs(1));
-    let found = h
-        .store
-        .find_verification(&h.account, &id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let found = h.stored(&id).await;
     assert_eq!(found.status, VerificationStatus::Expired);
     assert_eq!(found.expires_at, START.plus(Duration::from_secs(300)));
     assert_eq!(
@@ -1104,12 +1083,7 @@ async fn receipts_update_the_delivery_status(backend: Backend) {
         .finish_attempt(&claimed[0].id, accepted("smsc-42"))
         .await
         .expect("finish");
-    let found = h
-        .store
-        .find_verification(&h.account, &id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let found = h.stored(&id).await;
     assert_eq!(found.delivery_status.as_deref(), Some("SUCCESSFUL"));
     let at = h.clock.now().plus(Duration::from_secs(3));
     let receipt = Receipt {
@@ -1132,12 +1106,7 @@ async fn receipts_update_the_delivery_status(backend: Backend) {
             .await
             .expect("receipt")
     );
-    let found = h
-        .store
-        .find_verification(&h.account, &id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let found = h.stored(&id).await;
     assert_eq!(found.delivery_status.as_deref(), Some("DELIVRD"));
     assert_eq!(found.delivery_updated_at, Some(at));
     let record = h
