@@ -187,8 +187,8 @@ pub fn verify(
 }
 
 /// Appends the lowercase hex of a SHA-256 digest or HMAC. Through a buffer on the stack:
-/// `hex::encode` builds its string a char at a time, and its three digests cost a verify
-/// about a tenth of its instructions that way.
+/// `hex::encode` builds its string a char at a time, which for a request's three digests cost
+/// 4% of a verify's instructions on the async thread.
 fn push_hex(out: &mut String, digest: &[u8; 32]) {
     let mut hex = [0u8; 64];
     if hex::encode_to_slice(digest, &mut hex).is_ok() {
