@@ -185,6 +185,30 @@ impl Harness {
         }
     }
 
+    /// Runs `count` copies of one check at once, each on a task of its own, and returns their
+    /// outcomes.
+    async fn check_at_once(
+        &self,
+        count: usize,
+        lookup: CheckLookup,
+        attempt: CheckAttempt,
+    ) -> Vec<CheckOutcome> {
+        let checks: Vec<_> = (0..count)
+            .map(|_| {
+                let (store, lookup, attempt) =
+                    (self.store.clone(), lookup.clone(), attempt.clone());
+                tokio::spawn(
+                    async move { store.check(lookup, attempt).await.expect("check").outcome },
+                )
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(count);
+        for check in checks {
+            outcomes.push(check.await.expect("join"));
+        }
+        outcomes
+    }
+
     /// The verification as the store reports it now (it must exist).
     async fn stored(&self, id: &VerifyId) -> Verification {
         self.store
@@ -208,6 +232,15 @@ impl Harness {
             .expect("check")
             .outcome
     }
+}
+
+/// How many of `outcomes` are `wanted`.
+fn count(outcomes: &[CheckOutcome], wanted: impl Fn(&CheckOutcome) -> bool) -> usize {
+    outcomes.iter().filter(|outcome| wanted(outcome)).count()
+}
+
+fn is_mismatch(outcome: &CheckOutcome) -> bool {
+    matches!(outcome, CheckOutcome::Mismatch { .. })
 }
 
 fn wrong(code: &OtpCode) -> String {
@@ -278,19 +311,10 @@ async fn parallel_wrong_guesses_never_exceed_the_limit(backend: Backend) {
         .send(h.key_for("+393481234567"), 5, UNLIMITED)
         .await
         .expect("send");
-    let bad = wrong(&code);
-    let guesses = (0..200).map(|_| {
-        let store = h.store.clone();
-        let (lookup, attempt) = (h.by_id(&id), h.attempt(&bad));
-        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check").outcome })
-    });
-    let mut mismatches = 0;
-    for guess in guesses.collect::<Vec<_>>() {
-        if matches!(guess.await.expect("join"), CheckOutcome::Mismatch { .. }) {
-            mismatches += 1;
-        }
-    }
-    assert_eq!(mismatches, 5);
+    let outcomes = h
+        .check_at_once(200, h.by_id(&id), h.attempt(&wrong(&code)))
+        .await;
+    assert_eq!(count(&outcomes, is_mismatch), 5);
     let stored = h.stored(&id).await;
     assert_eq!(stored.attempts_used, 5);
     assert_eq!(
@@ -303,33 +327,16 @@ async fn parallel_guesses_by_key_use_each_attempt_once(backend: Backend) {
     let h = harness(backend).await;
     let key = h.key_for("+393481234567");
     let (id, code) = h.send(key.clone(), 5, UNLIMITED).await.expect("send");
-    let bad = wrong(&code);
-    let guesses = (0..100).map(|_| {
-        let store = h.store.clone();
-        let (lookup, attempt) = (CheckLookup::ByKey(key.clone()), h.attempt(&bad));
-        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check").outcome })
-    });
-    let mut outcomes = Vec::new();
-    for guess in guesses.collect::<Vec<_>>() {
-        outcomes.push(guess.await.expect("join"));
-    }
-    let mismatches = outcomes
-        .iter()
-        .filter(|outcome| matches!(outcome, CheckOutcome::Mismatch { .. }))
-        .count();
-    assert_eq!(mismatches, 5);
+    let outcomes = h
+        .check_at_once(100, CheckLookup::ByKey(key), h.attempt(&wrong(&code)))
+        .await;
+    assert_eq!(count(&outcomes, is_mismatch), 5);
     assert!(
         outcomes.contains(&CheckOutcome::Mismatch { exhausted: true }),
         "the fifth wrong guess used the code up"
     );
     // Once used up the code is no longer live, so a lookup by key finds nothing.
-    assert_eq!(
-        outcomes
-            .iter()
-            .filter(|outcome| **outcome == CheckOutcome::NotFound)
-            .count(),
-        95
-    );
+    assert_eq!(count(&outcomes, |o| *o == CheckOutcome::NotFound), 95);
     let stored = h.stored(&id).await;
     assert_eq!(stored.attempts_used, 5);
     assert_eq!(
@@ -345,28 +352,17 @@ async fn parallel_wrong_guesses_from_one_address_never_exceed_its_limit(backend:
         .send(h.key_for("+393481234567"), 20, UNLIMITED)
         .await
         .expect("send");
-    let bad = wrong(&code);
-    let limit = IpLimit {
-        max_failures: 3,
-        window: Duration::from_secs(200),
+    let limited = CheckAttempt {
+        client_ip: Some("203.0.113.7".into()),
+        ip_limit: Some(IpLimit {
+            max_failures: 3,
+            window: Duration::from_secs(200),
+        }),
+        ..h.attempt(&wrong(&code))
     };
-    let guesses = (0..50).map(|_| {
-        let store = h.store.clone();
-        let lookup = h.by_id(&id);
-        let attempt = CheckAttempt {
-            client_ip: Some("203.0.113.7".into()),
-            ip_limit: Some(limit),
-            ..h.attempt(&bad)
-        };
-        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check").outcome })
-    });
-    let mut outcomes = Vec::new();
-    for guess in guesses.collect::<Vec<_>>() {
-        outcomes.push(guess.await.expect("join"));
-    }
-    let count = |wanted: fn(&CheckOutcome) -> bool| outcomes.iter().filter(|o| wanted(o)).count();
-    assert_eq!(count(|o| matches!(o, CheckOutcome::Mismatch { .. })), 3);
-    assert_eq!(count(|o| *o == CheckOutcome::RateLimited), 47);
+    let outcomes = h.check_at_once(50, h.by_id(&id), limited).await;
+    assert_eq!(count(&outcomes, is_mismatch), 3);
+    assert_eq!(count(&outcomes, |o| *o == CheckOutcome::RateLimited), 47);
 }
 
 async fn parallel_right_codes_verify_exactly_once(backend: Backend) {
@@ -375,21 +371,17 @@ async fn parallel_right_codes_verify_exactly_once(backend: Backend) {
         .send(h.key_for("+393481234567"), 3, UNLIMITED)
         .await
         .expect("send");
-    let checks = (0..100).map(|_| {
-        let store = h.store.clone();
-        let (lookup, attempt) = (h.by_id(&id), h.attempt(code.expose()));
-        tokio::spawn(async move { store.check(lookup, attempt).await.expect("check").outcome })
-    });
-    let mut verified = 0;
-    let mut reused = 0;
-    for check in checks.collect::<Vec<_>>() {
-        match check.await.expect("join") {
-            CheckOutcome::Verified => verified += 1,
-            CheckOutcome::AlreadyVerified => reused += 1,
-            other => panic!("unexpected outcome {other:?}"),
-        }
-    }
-    assert_eq!((verified, reused), (1, 99));
+    let outcomes = h
+        .check_at_once(100, h.by_id(&id), h.attempt(code.expose()))
+        .await;
+    assert_eq!(
+        (
+            count(&outcomes, |o| *o == CheckOutcome::Verified),
+            count(&outcomes, |o| *o == CheckOutcome::AlreadyVerified)
+        ),
+        (1, 99),
+        "one verifies, every other is told it was used: {outcomes:?}"
+    );
 }
 
 async fn codes_expire_by_the_store_clock(backend: Backend) {
