@@ -3,7 +3,10 @@
 //! The server (otpd, or a ceiling) runs pinned to core 0, this load generator to core 1. Every
 //! operation runs at each connection count for a fixed window after a warm-up; the table gives
 //! requests/s, p50, p99, server CPU per request, the server's peak RSS, and the ratio to each
-//! ceiling at the same connection count. `cargo run --release -p otpd-bench`.
+//! ceiling at the same connection count. Each SQLite row is read between two readings of the
+//! batched-commit ceiling (its ratio divides by their mean): this machine's speed moves by a
+//! third from one few-second window to the next, and readings seconds apart move together far
+//! more than readings minutes apart. `cargo run --release -p otpd-bench`.
 
 mod ceiling;
 mod load;
@@ -69,6 +72,13 @@ enum Internal {
     },
 }
 
+/// What a ceiling read around one row gave.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct CeilingReading {
+    requests_per_second: f64,
+    p99_ms: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Row {
     /// The store otpd ran on (`-` for the ceilings).
@@ -85,6 +95,9 @@ struct Row {
     client_cpu_us_per_request: f64,
     peak_rss_mib: f64,
     errors: u64,
+    /// The batched-commit ceiling measured right before and right after this row (SQLite
+    /// rows): `ratio_to_batched` divides by the mean of their rates.
+    batched_ceiling_around: Option<[CeilingReading; 2]>,
     ratio_to_json: Option<f64>,
     ratio_to_commit_each: Option<f64>,
     ratio_to_batched: Option<f64>,
@@ -171,7 +184,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             store.clone(),
             (deployed.cold_start.as_secs_f64() * 1000.0).into(),
         );
-        rows.extend(run_operations(&args, &deployed, &store).await?);
+        let paired = match deployment {
+            Deployment::Sqlite => Some(CeilingServer::start(
+                ceiling::Ceiling::SqliteBatched,
+                &work,
+                "paired",
+            )?),
+            Deployment::Postgres { .. } => None,
+        };
+        rows.extend(run_operations(&args, &deployed, &store, paired.as_ref()).await?);
+        drop(paired);
         drop(deployed);
         if index == 0 && measure_ceilings {
             rows.extend(run_ceilings(&args, &work, Reading::After).await?);
@@ -188,6 +210,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .push(row.requests_per_second);
     }
     print_drift(&ceiling_runs);
+    print_paired_drift(&rows);
     let one_node: HashMap<(String, usize), f64> = rows
         .iter()
         .filter(|row| row.store == Deployment::POSTGRES_ONE_NODE)
@@ -209,7 +232,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         };
         row.ratio_to_json = ratio(ceiling::Ceiling::Json);
         row.ratio_to_commit_each = ratio(ceiling::Ceiling::SqliteCommitEach);
-        row.ratio_to_batched = ratio(ceiling::Ceiling::SqliteBatched);
+        row.ratio_to_batched = match row.batched_ceiling_around {
+            Some([before, after]) => Some(
+                row.requests_per_second
+                    / ((before.requests_per_second + after.requests_per_second) / 2.0),
+            ),
+            None => ratio(ceiling::Ceiling::SqliteBatched),
+        };
         if row.store == Deployment::POSTGRES_TWO_NODES {
             row.ratio_to_one_node = one_node
                 .get(&(row.operation.clone(), row.connections))
@@ -270,7 +299,35 @@ async fn run_ceilings(args: &Args, work: &Path, reading: Reading) -> anyhow::Res
     println!("\n== ceilings, {}", reading.name());
     let mut rows = Vec::new();
     for kind in CEILINGS {
-        let dir = work.join(format!("{kind:?}-{}", reading.name()));
+        let ceiling = CeilingServer::start(kind, work, reading.name())?;
+        for &connections in &args.connections {
+            rows.push(
+                measure(
+                    args,
+                    std::slice::from_ref(&ceiling.server),
+                    reading.store(),
+                    kind.label(),
+                    connections,
+                    ceiling.make.clone(),
+                )
+                .await?,
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// A ceiling served by this binary on the server core, and the requests that load it.
+struct CeilingServer {
+    kind: ceiling::Ceiling,
+    server: Server,
+    make: MakeRequest,
+}
+
+impl CeilingServer {
+    /// Starts `kind` with its database (if any) in a directory of `work` named after `tag`.
+    fn start(kind: ceiling::Ceiling, work: &Path, tag: &str) -> anyhow::Result<Self> {
+        let dir = work.join(format!("{kind:?}-{tag}"));
         std::fs::create_dir_all(&dir)?;
         let exe = std::env::current_exe()?;
         let dir_arg = dir.to_string_lossy().into_owned();
@@ -285,28 +342,52 @@ async fn run_ceilings(args: &Args, work: &Path, reading: Reading) -> anyhow::Res
             &[],
             false,
         )?;
-        let ceiling_client = Client::new(
+        let client = Client::new(
             server.address.to_string(),
             String::new(),
             String::new(),
             String::new(),
         );
-        let make: MakeRequest = Arc::new(move |_| Some(ceiling_client.ceiling()));
-        for &connections in &args.connections {
-            rows.push(
-                measure(
-                    args,
-                    std::slice::from_ref(&server),
-                    reading.store(),
-                    kind.label(),
-                    connections,
-                    make.clone(),
-                )
-                .await?,
-            );
-        }
+        let make: MakeRequest = Arc::new(move |_| Some(client.ceiling()));
+        Ok(Self { kind, server, make })
     }
-    Ok(rows)
+
+    /// One reading at `connections`.
+    async fn read(&self, args: &Args, connections: usize) -> anyhow::Result<CeilingReading> {
+        let label = format!("{} (paired)", self.kind.label());
+        let row = measure(
+            args,
+            std::slice::from_ref(&self.server),
+            "-",
+            &label,
+            connections,
+            self.make.clone(),
+        )
+        .await?;
+        Ok(CeilingReading {
+            requests_per_second: row.requests_per_second,
+            p99_ms: row.p99_ms,
+        })
+    }
+}
+
+/// How far the paired ceiling moved across each row it was read around.
+fn print_paired_drift(rows: &[Row]) {
+    let drifts: Vec<f64> = rows
+        .iter()
+        .filter_map(|row| row.batched_ceiling_around)
+        .map(|[before, after]| after.requests_per_second / before.requests_per_second)
+        .collect();
+    let (Some(low), Some(high)) = (
+        drifts.iter().copied().reduce(f64::min),
+        drifts.iter().copied().reduce(f64::max),
+    ) else {
+        return;
+    };
+    println!(
+        "batched ceiling read around each SQLite row, after ÷ before: {low:.2} to {high:.2} over {} rows",
+        drifts.len()
+    );
 }
 
 /// How far each ceiling moved between its two readings: the machine's drift during the run.
@@ -496,7 +577,12 @@ fn code_for_guess<T>(codes: &[T], n: usize, per_code: usize) -> Option<&T> {
 /// Every operation at every connection count against `deployed`. Each verify or check run
 /// gets codes sent just before it, so that every request meets a live code (a code verified
 /// or killed earlier would be a cheaper "not found"); a run ends early if they run out.
-async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow::Result<Vec<Row>> {
+async fn run_operations(
+    args: &Args,
+    deployed: &Deployed,
+    store: &str,
+    paired: Option<&CeilingServer>,
+) -> anyhow::Result<Vec<Row>> {
     let client = &deployed.client;
     let first = &deployed.servers[0];
     let selected = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
@@ -555,7 +641,11 @@ async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow
                     })
                 }
             };
-            let row = measure(
+            let ceiling_before = match paired {
+                Some(ceiling) => Some(ceiling.read(args, connections).await?),
+                None => None,
+            };
+            let mut row = measure(
                 args,
                 &deployed.servers,
                 store,
@@ -564,6 +654,10 @@ async fn run_operations(args: &Args, deployed: &Deployed, store: &str) -> anyhow
                 make,
             )
             .await?;
+            if let (Some(ceiling), Some(before)) = (paired, ceiling_before) {
+                let after = ceiling.read(args, connections).await?;
+                row.batched_ceiling_around = Some([before, after]);
+            }
             previous = Some((connections, row.requests_per_second));
             rows.push(row);
         }
@@ -627,6 +721,7 @@ async fn measure(
         client_cpu_us_per_request: per_request(after.2.saturating_sub(before.2)),
         peak_rss_mib: servers.iter().map(Server::peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
         errors: measured.errors,
+        batched_ceiling_around: None,
         ratio_to_json: None,
         ratio_to_commit_each: None,
         ratio_to_batched: None,
@@ -743,20 +838,25 @@ fn code_in(text: &str) -> Option<String> {
 fn print_table(rows: &[Row]) {
     let ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
     println!(
-        "\n| store | operation | conns | req/s | p50 ms | p99 ms | CPU µs/req | DB CPU µs/req | peak RSS MiB | ÷ JSON | ÷ commit-each | ÷ batched | ÷ one node |"
+        "\n| store | operation | conns | req/s | p50 ms | p99 ms | batched p99 ms | CPU µs/req | DB CPU µs/req | peak RSS MiB | ÷ JSON | ÷ commit-each | ÷ batched | ÷ one node |"
     );
     println!(
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for row in rows {
+        let ceiling_p99 = row
+            .batched_ceiling_around
+            .map(|[before, after]| format!("{:.2}", (before.p99_ms + after.p99_ms) / 2.0))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {} |",
             row.store,
             row.operation,
             row.connections,
             row.requests_per_second,
             row.p50_ms,
             row.p99_ms,
+            ceiling_p99,
             row.cpu_us_per_request,
             row.database_cpu_us_per_request
                 .map(|cpu| format!("{cpu:.1}"))
