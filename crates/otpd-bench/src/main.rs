@@ -352,6 +352,20 @@ impl CeilingServer {
         Ok(Self { kind, server, make })
     }
 
+    /// Runs `run` (a row at `connections`) between two readings of this ceiling, and records
+    /// them in the row.
+    async fn around(
+        &self,
+        args: &Args,
+        connections: usize,
+        run: impl Future<Output = anyhow::Result<Row>>,
+    ) -> anyhow::Result<Row> {
+        let before = self.read(args, connections).await?;
+        let mut row = run.await?;
+        row.batched_ceiling_around = Some([before, self.read(args, connections).await?]);
+        Ok(row)
+    }
+
     /// One reading at `connections`.
     async fn read(&self, args: &Args, connections: usize) -> anyhow::Result<CeilingReading> {
         let label = format!("{} (paired)", self.kind.label());
@@ -378,12 +392,10 @@ fn print_paired_drift(rows: &[Row]) {
         .filter_map(|row| row.batched_ceiling_around)
         .map(|[before, after]| after.requests_per_second / before.requests_per_second)
         .collect();
-    let (Some(low), Some(high)) = (
-        drifts.iter().copied().reduce(f64::min),
-        drifts.iter().copied().reduce(f64::max),
-    ) else {
+    let Some(low) = drifts.iter().copied().reduce(f64::min) else {
         return;
     };
+    let high = drifts.iter().copied().fold(low, f64::max);
     println!(
         "batched ceiling read around each SQLite row, after ÷ before: {low:.2} to {high:.2} over {} rows",
         drifts.len()
@@ -641,23 +653,18 @@ async fn run_operations(
                     })
                 }
             };
-            let ceiling_before = match paired {
-                Some(ceiling) => Some(ceiling.read(args, connections).await?),
-                None => None,
-            };
-            let mut row = measure(
+            let run = measure(
                 args,
                 &deployed.servers,
                 store,
                 operation.name(),
                 connections,
                 make,
-            )
-            .await?;
-            if let (Some(ceiling), Some(before)) = (paired, ceiling_before) {
-                let after = ceiling.read(args, connections).await?;
-                row.batched_ceiling_around = Some([before, after]);
-            }
+            );
+            let row = match paired {
+                Some(ceiling) => ceiling.around(args, connections, run).await?,
+                None => run.await?,
+            };
             previous = Some((connections, row.requests_per_second));
             rows.push(row);
         }
