@@ -714,6 +714,15 @@ async fn measure(
         server::own_cpu_time(),
     );
     let measured: Measured = run.await??;
+    let planned = phases.measure_until - phases.measure_from;
+    if measured.window < planned.mul_f64(0.9) {
+        // Only a run of prepared codes ends early; the figures then cover a short window.
+        println!(
+            "  note: {operation} at {connections} connections used up its prepared codes {:.1} s into its {:.1} s window; --pool raises them",
+            measured.window.as_secs_f64(),
+            planned.as_secs_f64()
+        );
+    }
     let per_request = |spent: Duration| spent.as_secs_f64() * 1e6 / measured.requests.max(1) as f64;
     let row = Row {
         store: store.to_owned(),
