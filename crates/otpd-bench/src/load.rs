@@ -53,6 +53,13 @@ pub struct Phases {
     pub measure_until: Instant,
 }
 
+impl Phases {
+    /// How long the measuring window is meant to last.
+    pub fn window(&self) -> Duration {
+        self.measure_until - self.measure_from
+    }
+}
+
 /// Runs `connections` closed loops, spread over `addresses` in turn, until
 /// `phases.measure_until`, counting only what completes inside the measuring window.
 pub async fn run(
@@ -70,7 +77,7 @@ pub async fn run(
         }));
     }
     let mut total = Measured {
-        window: phases.measure_until - phases.measure_from,
+        window: phases.window(),
         ..Measured::default()
     };
     for task in tasks {

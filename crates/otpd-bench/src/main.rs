@@ -714,7 +714,7 @@ async fn measure(
         server::own_cpu_time(),
     );
     let measured: Measured = run.await??;
-    let planned = phases.measure_until - phases.measure_from;
+    let planned = phases.window();
     if measured.window < planned.mul_f64(0.9) {
         // Only a run of prepared codes ends early; the figures then cover a short window.
         println!(
