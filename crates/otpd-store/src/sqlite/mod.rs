@@ -458,6 +458,22 @@ mod tests {
     }
 
     #[test]
+    fn the_send_guards_read_the_destination_index() {
+        let (connection, _dir) = database_at(MIGRATIONS.len());
+        let plan: String = connection
+            .query_row(
+                &format!("EXPLAIN QUERY PLAN {}", queries::SEND_GUARDS),
+                params!["a", "+393481234567", 0, "pinpoint", "app", "ref"],
+                |row| row.get(3),
+            )
+            .expect("plan");
+        assert!(
+            plan.contains("USING INDEX verifications_by_destination"),
+            "the guards search the destination's entries: {plan}"
+        );
+    }
+
+    #[test]
     fn retention_purges_the_old_head_and_stops_at_the_first_young_row() {
         let (connection, _dir) = database_at(MIGRATIONS.len());
         // Inserted in this order; the clock stepped back before the last one.

@@ -186,6 +186,12 @@ pub(super) fn delete_application(
     Ok(connection.execute("DELETE FROM applications WHERE id = ?1", [id.as_str()])? > 0)
 }
 
+/// A destination's sends since a time, and the live codes of one key among them.
+pub(super) const SEND_GUARDS: &str = "SELECT COUNT(*) FILTER (WHERE created_at > ?3),
+            COUNT(*) FILTER (WHERE dialect = ?4 AND app = ?5 AND reference = ?6
+                               AND status = 'pending')
+     FROM verifications WHERE account_id = ?1 AND destination = ?2";
+
 /// Guards, retirement of the previous live code, and the insert, in the writer's transaction. The
 /// guards refuse before anything is written, so a refusal fails only this request.
 pub(super) fn insert_verification(
@@ -195,38 +201,29 @@ pub(super) fn insert_verification(
     now: Timestamp,
 ) -> Result<(), Failure> {
     let key = &verification.key;
-    let recent: u32 = connection
-        .prepare_cached(
-            "SELECT COUNT(*) FROM verifications
-             WHERE account_id = ?1 AND destination = ?2 AND created_at > ?3",
-        )?
-        .query_row(
-            params![
-                key.account_id.as_str(),
-                key.destination.as_str(),
-                now.minus(guards.window).millis()
-            ],
-            |row| row.get(0),
-        )?;
+    // One pass over the destination's index entries answers both questions asked before the
+    // insert: how many sends it had in the window, and whether this key has a live code to
+    // retire. The retiring UPDATE then runs only when there is one: run on every send, it cost
+    // the writer as much as the count did (an UPDATE opens its table and every index it may
+    // change even when it finds nothing), and most sends have no live code to retire.
+    let (recent, live): (u32, u32) = connection.prepare_cached(SEND_GUARDS)?.query_row(
+        params![
+            key.account_id.as_str(),
+            key.destination.as_str(),
+            now.minus(guards.window).millis(),
+            key.dialect.as_str(),
+            key.app,
+            key.reference,
+        ],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
     if recent >= guards.max_sends_per_destination {
         return Err(Failure::Rejected(SendRejected::TooManySends));
     }
     debit(connection, &key.account_id, guards.charge)?;
-    connection
-        .prepare_cached(
-            "UPDATE verifications
-             SET status = CASE WHEN expires_at <= ?6 THEN 'expired' ELSE 'cancelled' END
-             WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4 AND destination = ?5
-               AND status = 'pending'",
-        )?
-        .execute(params![
-            key.account_id.as_str(),
-            key.dialect.as_str(),
-            key.app,
-            key.reference,
-            key.destination.as_str(),
-            now.millis()
-        ])?;
+    if live > 0 {
+        retire_live_code(connection, key, now)?;
+    }
     connection
         .prepare_cached(
             "INSERT INTO verifications (id, account_id, dialect, app, reference, destination, sender,
@@ -275,6 +272,31 @@ pub(super) fn insert_verification(
                 u32::from(message.claimed_for.is_some()),
             ])?;
     }
+    Ok(())
+}
+
+/// The key's live code (the one-live-code rule: a new send replaces it) becomes expired or
+/// cancelled.
+fn retire_live_code(
+    connection: &Connection,
+    key: &VerificationKey,
+    now: Timestamp,
+) -> Result<(), Failure> {
+    connection
+        .prepare_cached(
+            "UPDATE verifications
+             SET status = CASE WHEN expires_at <= ?6 THEN 'expired' ELSE 'cancelled' END
+             WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4 AND destination = ?5
+               AND status = 'pending'",
+        )?
+        .execute(params![
+            key.account_id.as_str(),
+            key.dialect.as_str(),
+            key.app,
+            key.reference,
+            key.destination.as_str(),
+            now.millis()
+        ])?;
     Ok(())
 }
 
