@@ -441,16 +441,22 @@ mod tests {
         );
     }
 
+    /// How SQLite would run `sql` (the detail of its first step).
+    fn query_plan(sql: &str, params: impl rusqlite::Params) -> String {
+        let (connection, _dir) = database_at(MIGRATIONS.len());
+        connection
+            .query_row(&format!("EXPLAIN QUERY PLAN {sql}"), params, |row| {
+                row.get(3)
+            })
+            .expect("plan")
+    }
+
     #[test]
     fn the_failure_count_of_an_address_reads_failures_only() {
-        let (connection, _dir) = database_at(MIGRATIONS.len());
-        let plan: String = connection
-            .query_row(
-                &format!("EXPLAIN QUERY PLAN {}", queries::COUNT_RECENT_FAILURES),
-                params!["a", "198.51.100.9", 0],
-                |row| row.get(3),
-            )
-            .expect("plan");
+        let plan = query_plan(
+            queries::COUNT_RECENT_FAILURES,
+            params!["a", "198.51.100.9", 0],
+        );
         assert!(
             plan.contains("USING INDEX checks_failed_by_client_ip"),
             "the count searches the index of failures: {plan}"
@@ -459,14 +465,10 @@ mod tests {
 
     #[test]
     fn the_send_guards_read_the_destination_index() {
-        let (connection, _dir) = database_at(MIGRATIONS.len());
-        let plan: String = connection
-            .query_row(
-                &format!("EXPLAIN QUERY PLAN {}", queries::SEND_GUARDS),
-                params!["a", "+393481234567", 0, "pinpoint", "app", "ref"],
-                |row| row.get(3),
-            )
-            .expect("plan");
+        let plan = query_plan(
+            queries::SEND_GUARDS,
+            params!["a", "+393481234567", 0, "pinpoint", "app", "ref"],
+        );
         assert!(
             plan.contains("USING INDEX verifications_by_destination"),
             "the guards search the destination's entries: {plan}"
