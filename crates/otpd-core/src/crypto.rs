@@ -14,6 +14,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::code::OtpCode;
 use crate::ids::VerifyId;
+use crate::verification::VerificationKey;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -21,6 +22,7 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Clone)]
 pub struct ServerKey {
     code_digest_key: Zeroizing<[u8; 32]>,
+    key_bound_digest_key: Zeroizing<[u8; 32]>,
     secret_sealing_key: Zeroizing<[u8; 32]>,
 }
 
@@ -45,24 +47,56 @@ impl ServerKey {
             .map_err(|_| ServerKeyError::Malformed)?;
         Ok(Self {
             code_digest_key: derive(&master, b"otpd code digest v1"),
+            key_bound_digest_key: derive(&master, b"otpd code digest bound to a key v1"),
             secret_sealing_key: derive(&master, b"otpd secret sealing v1"),
         })
     }
 
-    /// The digest stored in place of a code. The verification id is mixed in so that equal codes
-    /// of different verifications never have equal digests.
-    pub fn digest_code(&self, verify_id: &VerifyId, code: &OtpCode) -> CodeDigest {
-        let mut mac = self.code_mac();
-        mac.update(verify_id.as_str().as_bytes());
-        mac.update(&[0]);
-        mac.update(code.expose().as_bytes());
-        CodeDigest(mac.finalize().into_bytes().into())
+    /// The digest stored in place of a code. What it is bound to is mixed in, so that equal
+    /// codes of different verifications never have equal digests.
+    pub fn digest_code(&self, subject: DigestSubject<'_>, code: &OtpCode) -> CodeDigest {
+        let bytes = match subject {
+            DigestSubject::Verification(verify_id) => {
+                let mut mac = code_mac(&self.code_digest_key);
+                mac.update(verify_id.as_str().as_bytes());
+                mac.update(&[0]);
+                mac.update(code.expose().as_bytes());
+                mac.finalize()
+            }
+            DigestSubject::Key(key) => {
+                // Each field with its length in front: a reference may hold any character, a NUL
+                // too, so no separator could keep two keys apart.
+                let mut mac = code_mac(&self.key_bound_digest_key);
+                for field in [
+                    key.account_id.as_str(),
+                    key.dialect.as_str(),
+                    &key.app,
+                    &key.reference,
+                    key.destination.as_str(),
+                    code.expose(),
+                ] {
+                    mac.update(&(field.len() as u64).to_be_bytes());
+                    mac.update(field.as_bytes());
+                }
+                mac.finalize()
+            }
+        };
+        CodeDigest {
+            bytes: bytes.into_bytes().into(),
+            binding: subject.binding(),
+        }
     }
 
-    /// Whether `submitted` is the code whose digest is `stored`, compared in constant time.
-    pub fn code_matches(&self, verify_id: &VerifyId, submitted: &OtpCode, stored: &[u8]) -> bool {
-        let candidate = self.digest_code(verify_id, submitted);
-        bool::from(candidate.0.as_slice().ct_eq(stored))
+    /// Whether `submitted` is the code whose digest, bound to `subject`, is `stored`, compared
+    /// in constant time.
+    pub fn code_matches(
+        &self,
+        subject: DigestSubject<'_>,
+        submitted: &OtpCode,
+        stored: &[u8],
+    ) -> bool {
+        let candidate = self.digest_code(subject, submitted);
+        bool::from(candidate.bytes.as_slice().ct_eq(stored))
     }
 
     /// Encrypts an account secret for storage (SigV4 needs the secret itself, so it cannot be
@@ -87,11 +121,6 @@ impl ServerKey {
             .map(Zeroizing::new)
     }
 
-    fn code_mac(&self) -> HmacSha256 {
-        <HmacSha256 as KeyInit>::new_from_slice(self.code_digest_key.as_ref())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
-    }
-
     fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new(&Key::from(*self.secret_sealing_key))
     }
@@ -103,9 +132,61 @@ impl fmt::Debug for ServerKey {
     }
 }
 
-/// HMAC-SHA-256 of a code under the server key. This is all the store ever sees of a code.
+fn code_mac(key: &[u8; 32]) -> HmacSha256 {
+    <HmacSha256 as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
+}
+
+/// What a code's digest is bound to besides the code. A verification is bound to what its API's
+/// check finds it by (a Pinpoint verify knows the key, an amm check the id), so the digest of a
+/// submitted code can be computed before the store finds the row, and compared in the same
+/// statement that finds it.
+#[derive(Debug, Clone, Copy)]
+pub enum DigestSubject<'a> {
+    Verification(&'a VerifyId),
+    Key(&'a VerificationKey),
+}
+
+impl DigestSubject<'_> {
+    pub fn binding(&self) -> DigestBinding {
+        match self {
+            Self::Verification(_) => DigestBinding::VerifyId,
+            Self::Key(_) => DigestBinding::Key,
+        }
+    }
+}
+
+/// The kind of `DigestSubject` a stored digest was made with; stored beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestBinding {
+    VerifyId,
+    Key,
+}
+
+impl DigestBinding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VerifyId => "id",
+            Self::Key => "key",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "id" => Some(Self::VerifyId),
+            "key" => Some(Self::Key),
+            _ => None,
+        }
+    }
+}
+
+/// HMAC-SHA-256 of a code under the server key, and what it is bound to. This is all the store
+/// ever sees of a code.
 #[derive(Clone, PartialEq, Eq)]
-pub struct CodeDigest(pub [u8; 32]);
+pub struct CodeDigest {
+    pub bytes: [u8; 32],
+    pub binding: DigestBinding,
+}
 
 impl fmt::Debug for CodeDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -207,18 +288,85 @@ mod tests {
         assert!(ServerKey::from_hex(&ServerKey::generate_hex()).is_ok());
     }
 
+    fn pinpoint_key(app: &str, reference: &str) -> VerificationKey {
+        VerificationKey {
+            account_id: crate::ids::AccountId::generate(),
+            dialect: crate::verification::Dialect::Pinpoint,
+            app: app.into(),
+            reference: reference.into(),
+            destination: crate::phone::E164::parse("+393331234567").expect("number"),
+        }
+    }
+
     #[test]
     fn digests_depend_on_code_and_verification() {
         let key = key();
         let first = VerifyId::generate();
         let second = VerifyId::generate();
         let code = OtpCode::submitted("123456").expect("valid");
-        let digest = key.digest_code(&first, &code);
-        assert!(key.code_matches(&first, &code, &digest.0));
-        assert!(!key.code_matches(&second, &code, &digest.0));
+        let digest = key.digest_code(DigestSubject::Verification(&first), &code);
+        assert_eq!(digest.binding, DigestBinding::VerifyId);
+        let matches = |id, code, stored: &[u8]| {
+            key.code_matches(DigestSubject::Verification(id), code, stored)
+        };
+        assert!(matches(&first, &code, &digest.bytes));
+        assert!(!matches(&second, &code, &digest.bytes));
         let other = OtpCode::submitted("123457").expect("valid");
-        assert!(!key.code_matches(&first, &other, &digest.0));
-        assert!(!key.code_matches(&first, &code, &digest.0[..31]));
+        assert!(!matches(&first, &other, &digest.bytes));
+        assert!(!matches(&first, &code, &digest.bytes[..31]));
+    }
+
+    /// Codes stored before digests could be bound to a key are bound to their id, and must
+    /// still match after the upgrade: the id-bound digest is the one otpd always made.
+    #[test]
+    fn id_bound_digests_are_those_of_earlier_versions() {
+        let master = [0xab; 32];
+        let id = VerifyId::generate();
+        let code = OtpCode::submitted("123456").expect("valid");
+        let message = [id.as_str().as_bytes(), &[0], b"123456"].concat();
+        let earlier = hmac_sha256(&derive(&master, b"otpd code digest v1")[..], &message);
+        let digest = key().digest_code(DigestSubject::Verification(&id), &code);
+        assert_eq!(&digest.bytes, earlier.as_ref());
+    }
+
+    #[test]
+    fn key_bound_digests_depend_on_every_field_of_the_key() {
+        let key = key();
+        let code = OtpCode::submitted("123456").expect("valid");
+        let bound = pinpoint_key("ab", "c");
+        let digest = key.digest_code(DigestSubject::Key(&bound), &code);
+        assert_eq!(digest.binding, DigestBinding::Key);
+        assert!(key.code_matches(DigestSubject::Key(&bound), &code, &digest.bytes));
+        // The same characters split differently between the fields.
+        let shifted = VerificationKey {
+            app: "a".into(),
+            reference: "bc".into(),
+            ..bound.clone()
+        };
+        let other_number = VerificationKey {
+            destination: crate::phone::E164::parse("+393331234568").expect("number"),
+            ..bound.clone()
+        };
+        let other_account = VerificationKey {
+            account_id: crate::ids::AccountId::generate(),
+            ..bound.clone()
+        };
+        let amm = VerificationKey {
+            dialect: crate::verification::Dialect::Amm,
+            ..bound.clone()
+        };
+        for other in [&shifted, &other_number, &other_account, &amm] {
+            assert!(!key.code_matches(DigestSubject::Key(other), &code, &digest.bytes));
+        }
+        let other_code = OtpCode::submitted("123457").expect("valid");
+        assert!(!key.code_matches(DigestSubject::Key(&bound), &other_code, &digest.bytes));
+        // A key-bound and an id-bound digest use different keys, so neither stands for the other.
+        let id = VerifyId::generate();
+        assert_ne!(
+            key.digest_code(DigestSubject::Verification(&id), &code)
+                .bytes,
+            digest.bytes
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod verification;
 
 pub use clock::{Clock, SystemClock, Timestamp};
 pub use code::{CodeLength, OtpCode};
-pub use crypto::{CodeDigest, ServerKey};
+pub use crypto::{CodeDigest, DigestBinding, DigestSubject, ServerKey};
 pub use ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
 pub use phone::E164;
 pub use policy::{MaxAttempts, Ttl};

@@ -158,7 +158,9 @@ impl VerificationService {
             id: verify_id.clone(),
             key: request.key.clone(),
             sender: request.sender.to_string(),
-            digest: self.key.digest_code(&verify_id, &code),
+            digest: self
+                .key
+                .digest_code(request.key.digest_subject(&verify_id), &code),
             ttl: request.ttl,
             max_attempts: request.max_attempts,
             sandbox: request.sandbox,

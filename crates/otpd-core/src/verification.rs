@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::code::OtpCode;
-use crate::crypto::{CodeDigest, ServerKey};
+use crate::crypto::{CodeDigest, DigestSubject, ServerKey};
 use crate::ids::{AccountId, VerifyId};
 use crate::outbox::NewOutboxMessage;
 use crate::phone::E164;
@@ -63,6 +63,17 @@ pub struct VerificationKey {
     /// The Pinpoint `ReferenceId`; empty for amm.
     pub reference: String,
     pub destination: E164,
+}
+
+impl VerificationKey {
+    /// What the digest of verification `id`'s code is bound to: what its dialect's check finds
+    /// it by, the key for a Pinpoint verify and the id for an amm check.
+    pub fn digest_subject<'a>(&'a self, id: &'a VerifyId) -> DigestSubject<'a> {
+        match self.dialect {
+            Dialect::Pinpoint => DigestSubject::Key(self),
+            Dialect::Amm => DigestSubject::Verification(id),
+        }
+    }
 }
 
 /// Where a verification is in its life. Only `Pending` accepts checks.
@@ -250,8 +261,14 @@ impl Candidate {
         Self { key, code }
     }
 
-    pub fn matches(&self, verify_id: &VerifyId, stored_digest: &[u8]) -> bool {
-        self.key.code_matches(verify_id, &self.code, stored_digest)
+    /// Whether this is the code whose digest, bound to `subject`, is `stored_digest`.
+    pub fn matches(&self, subject: DigestSubject<'_>, stored_digest: &[u8]) -> bool {
+        self.key.code_matches(subject, &self.code, stored_digest)
+    }
+
+    /// This code's digest bound to `subject`, for a store that compares digests itself.
+    pub fn digest(&self, subject: DigestSubject<'_>) -> CodeDigest {
+        self.key.digest_code(subject, &self.code)
     }
 
     pub fn code(&self) -> &OtpCode {
@@ -307,6 +324,17 @@ pub enum CheckLookup {
     ByKey(VerificationKey),
     /// One verification by id, within an account (amm).
     ById { account_id: AccountId, id: VerifyId },
+}
+
+impl CheckLookup {
+    /// The subject built from what this lookup knows before it finds anything. A row whose
+    /// digest has this subject's binding can be compared in the statement that finds it.
+    pub fn digest_subject(&self) -> DigestSubject<'_> {
+        match self {
+            Self::ByKey(key) => DigestSubject::Key(key),
+            Self::ById { id, .. } => DigestSubject::Verification(id),
+        }
+    }
 }
 
 /// A verification about to be stored.

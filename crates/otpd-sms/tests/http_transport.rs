@@ -15,8 +15,8 @@ use otpd_core::ports::{DeliveryStatus, OutgoingSms, SmsTransport, Store};
 use otpd_core::sms::{ComposedSms, Encoding, Sender};
 use otpd_core::verification::{Dialect, NewVerification, SendGuards, VerificationKey};
 use otpd_core::{
-    AccessKeyId, AccountId, CodeLength, E164, MaxAttempts, OtpCode, ServerKey, SystemClock, Ttl,
-    VerifyId,
+    AccessKeyId, AccountId, CodeLength, DigestSubject, E164, MaxAttempts, OtpCode, ServerKey,
+    SystemClock, Ttl, VerifyId,
 };
 use otpd_sms::transport::{HttpSpec, HttpTransport};
 use otpd_sms::{DispatchSettings, OutboxDispatcher};
@@ -184,7 +184,7 @@ async fn the_dispatcher_retries_until_the_provider_recovers() {
                 },
                 sender: "Acme".into(),
                 digest: key.digest_code(
-                    &verify_id,
+                    DigestSubject::Verification(&verify_id),
                     &OtpCode::generate(CodeLength::new(4).expect("len")),
                 ),
                 ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),

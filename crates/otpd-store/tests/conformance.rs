@@ -14,12 +14,12 @@ use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, Store
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
     CancelOutcome, Candidate, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckReport,
-    Dialect, IpLimit, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
-    VerificationStatus,
+    CheckState, CheckTransition, Dialect, IpLimit, NewVerification, SendGuards, SendRejected,
+    Verification, VerificationKey, VerificationStatus,
 };
 use otpd_core::{
-    AccessKeyId, AccountId, ApplicationId, CodeLength, E164, MaxAttempts, OtpCode, ServerKey,
-    Timestamp, Ttl, VerifyId,
+    AccessKeyId, AccountId, ApplicationId, CodeLength, DigestSubject, E164, MaxAttempts, OtpCode,
+    ServerKey, Timestamp, Ttl, VerifyId,
 };
 use otpd_store::{PgStore, PgStoreOptions, ScratchDatabase, SqliteStore};
 
@@ -130,6 +130,15 @@ impl Harness {
         }
     }
 
+    fn amm_key_for(&self, destination: &str) -> VerificationKey {
+        VerificationKey {
+            dialect: Dialect::Amm,
+            app: String::new(),
+            reference: String::new(),
+            ..self.key_for(destination)
+        }
+    }
+
     async fn credits(&self) -> Option<i64> {
         self.store
             .find_account_by_key(&self.access_key)
@@ -149,7 +158,7 @@ impl Harness {
         let id = VerifyId::generate();
         let code = OtpCode::generate(CodeLength::new(6).expect("length"));
         let verification = NewVerification {
-            digest: self.key.digest_code(&id, &code),
+            digest: self.key.digest_code(key.digest_subject(&id), &code),
             id,
             key,
             sender: "otpd".into(),
@@ -1197,6 +1206,160 @@ async fn retention_purges_old_verifications_in_batches(backend: Backend) {
     );
 }
 
+/// How a fresh verification (2 attempts, 300 s) is brought to the state a check then meets.
+#[derive(Debug, Clone, Copy)]
+enum Before {
+    Fresh,
+    OneWrongCode,
+    TwoWrongCodes,
+    Verified,
+    Cancelled,
+    PastItsExpiry,
+    ExpiryRecorded,
+}
+
+impl Before {
+    const ALL: [Self; 7] = [
+        Self::Fresh,
+        Self::OneWrongCode,
+        Self::TwoWrongCodes,
+        Self::Verified,
+        Self::Cancelled,
+        Self::PastItsExpiry,
+        Self::ExpiryRecorded,
+    ];
+
+    /// Whether the table still says `pending` (what a lookup by key finds).
+    fn pending_in_the_table(self) -> bool {
+        matches!(self, Self::Fresh | Self::OneWrongCode | Self::PastItsExpiry)
+    }
+
+    async fn reach(self, h: &Harness, key: VerificationKey) -> (VerifyId, OtpCode) {
+        let (id, code) = h.send(key, 2, UNLIMITED).await.expect("send");
+        let bad = wrong(&code);
+        match self {
+            Self::Fresh => {}
+            Self::OneWrongCode => {
+                h.check(h.by_id(&id), &bad).await;
+            }
+            Self::TwoWrongCodes => {
+                h.check(h.by_id(&id), &bad).await;
+                h.check(h.by_id(&id), &bad).await;
+            }
+            Self::Verified => {
+                h.check(h.by_id(&id), code.expose()).await;
+            }
+            Self::Cancelled => {
+                h.store.cancel(&h.account, &id).await.expect("cancel");
+            }
+            Self::PastItsExpiry => h.clock.advance(Duration::from_secs(300)),
+            Self::ExpiryRecorded => {
+                h.clock.advance(Duration::from_secs(300));
+                h.check(h.by_id(&id), code.expose()).await;
+            }
+        }
+        (id, code)
+    }
+}
+
+/// The store's check (PostgreSQL's runs in SQL) against the state machine in otpd-core, in every
+/// state the port can reach, for both dialects (digests bound to the key and to the id), by id
+/// and by key, with the right and a wrong code.
+async fn checks_follow_the_state_machine_in_every_state(backend: Backend) {
+    let h = harness(backend).await;
+    let mut case = 0;
+    for before in Before::ALL {
+        for dialect in [Dialect::Pinpoint, Dialect::Amm] {
+            for right_code in [true, false] {
+                for by_key in [true, false] {
+                    case += 1;
+                    let destination = format!("+3934810{case:05}");
+                    let key = match dialect {
+                        Dialect::Pinpoint => h.key_for(&destination),
+                        Dialect::Amm => h.amm_key_for(&destination),
+                    };
+                    let (id, code) = before.reach(&h, key.clone()).await;
+                    let found = h.stored(&id).await;
+                    let state = CheckState {
+                        status: found.status,
+                        expires_at: found.expires_at,
+                        attempts_used: found.attempts_used,
+                        max_attempts: found.max_attempts,
+                    };
+                    let now = h.clock.now();
+                    let expected = if by_key && !before.pending_in_the_table() {
+                        CheckTransition {
+                            outcome: CheckOutcome::NotFound,
+                            next: state,
+                        }
+                    } else {
+                        state.check(now, || right_code)
+                    };
+                    let lookup = if by_key {
+                        CheckLookup::ByKey(key)
+                    } else {
+                        h.by_id(&id)
+                    };
+                    let submitted = if right_code {
+                        code.expose().to_owned()
+                    } else {
+                        wrong(&code)
+                    };
+                    let what = format!(
+                        "{before:?}, {dialect:?}, right code {right_code}, by key {by_key}"
+                    );
+                    assert_eq!(
+                        h.check(lookup, &submitted).await,
+                        expected.outcome,
+                        "{what}"
+                    );
+                    let after = h.stored(&id).await;
+                    assert_eq!(after.status, expected.next.status_at(now), "{what}");
+                    assert_eq!(after.attempts_used, expected.next.attempts_used, "{what}");
+                }
+            }
+        }
+    }
+}
+
+/// Codes sent before digests could be bound to a Pinpoint key are bound to their id, and still
+/// verify by key; a key-bound code still verifies by id. Either way an attempt is used once.
+async fn codes_verify_whatever_their_digest_is_bound_to(backend: Backend) {
+    let h = harness(backend).await;
+    for bound_to_id in [true, false] {
+        let key = h.key_for(if bound_to_id {
+            "+393481234567"
+        } else {
+            "+393481234568"
+        });
+        let (mut verification, code) = h.new_verification(key.clone(), 3, None);
+        if bound_to_id {
+            verification.digest = h
+                .key
+                .digest_code(DigestSubject::Verification(&verification.id), &code);
+        }
+        let id = verification.id.clone();
+        h.store
+            .create_verification(verification, UNLIMITED)
+            .await
+            .expect("send");
+        let (first, second) = if bound_to_id {
+            (CheckLookup::ByKey(key.clone()), h.by_id(&id))
+        } else {
+            (h.by_id(&id), CheckLookup::ByKey(key.clone()))
+        };
+        assert_eq!(
+            h.check(first, &wrong(&code)).await,
+            CheckOutcome::Mismatch { exhausted: false }
+        );
+        assert_eq!(h.stored(&id).await.attempts_used, 1);
+        assert_eq!(h.check(second, code.expose()).await, CheckOutcome::Verified);
+        let stored = h.stored(&id).await;
+        assert_eq!(stored.attempts_used, 2);
+        assert_eq!(stored.checks.len(), 2);
+    }
+}
+
 /// Runs every test above once per backend: `sqlite::name` and `postgres::name`.
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
@@ -1247,4 +1410,6 @@ on_every_backend!(
     receipts_update_the_delivery_status,
     a_message_committed_for_immediate_delivery_is_claimed_from_the_start,
     retention_purges_old_verifications_in_batches,
+    checks_follow_the_state_machine_in_every_state,
+    codes_verify_whatever_their_digest_is_bound_to,
 );

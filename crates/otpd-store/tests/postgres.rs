@@ -1,5 +1,6 @@
 //! What only the PostgreSQL store has: the database's clock, migrations shared by nodes that
-//! start together, and failing fast when the database is away. The rest of its behaviour is in
+//! start together, nodes of the previous release during an upgrade, the digest comparison in
+//! SQL, and failing fast when the database is away. The rest of its behaviour is in
 //! the conformance suite, which runs on both backends.
 
 use std::sync::Arc;
@@ -7,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use otpd_core::account::{Name, NewAccount};
 use otpd_core::ports::{Store, StoreError};
-use otpd_core::verification::{Dialect, NewVerification, SendGuards, VerificationKey};
+use otpd_core::verification::{
+    Candidate, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, Dialect, NewVerification,
+    SendGuards, VerificationKey,
+};
 use otpd_core::{
-    AccessKeyId, AccountId, CodeLength, E164, MaxAttempts, OtpCode, ServerKey, Ttl, VerifyId,
+    AccessKeyId, AccountId, CodeLength, DigestSubject, E164, MaxAttempts, OtpCode, ServerKey, Ttl,
+    VerifyId,
 };
 use otpd_store::{PgStore, PgStoreOptions, ScratchDatabase};
 
@@ -64,7 +69,7 @@ async fn times_come_from_the_database_clock() {
     store
         .create_verification(
             NewVerification {
-                digest: key.digest_code(&id, &code),
+                digest: key.digest_code(DigestSubject::Verification(&id), &code),
                 id: id.clone(),
                 key: VerificationKey {
                     account_id: account.clone(),
@@ -127,7 +132,7 @@ async fn nodes_starting_together_migrate_once() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2], "each migration ran once");
+    assert_eq!(versions, [1, 2, 3], "each migration ran once");
 
     // A schema from a newer otpd: this one must refuse rather than write to tables it does
     // not know.
@@ -188,4 +193,134 @@ async fn a_store_answers_errors_not_hangs_once_its_database_is_gone() {
     assert!(store.ping().await.is_err());
     assert!(store.list_accounts().await.is_err());
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+async fn connect_raw(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn digests_are_compared_whole() {
+    let database = scratch().await;
+    PgStore::connect(options(database.url()))
+        .await
+        .expect("migrate");
+    let client = connect_raw(database.url()).await;
+    let digest = [7u8; 32];
+    let mut last_differs = digest;
+    last_differs[31] ^= 1;
+    let mut first_differs = digest;
+    first_differs[0] ^= 0x80;
+    let cases: [(&[u8], bool); 5] = [
+        (&digest, true),
+        (&last_differs, false),
+        (&first_differs, false),
+        (&digest[..31], false),
+        (&[], false),
+    ];
+    for (other, equal) in cases {
+        let row = client
+            .query_one("SELECT otpd_digests_equal($1, $2)", &[&&digest[..], &other])
+            .await
+            .expect("compare");
+        assert_eq!(row.get::<_, bool>(0), equal, "{other:?}");
+    }
+}
+
+/// During a rolling upgrade nodes of the previous release share the database. Their sends (the
+/// 24-argument function) store digests bound to the id, which this release verifies by key;
+/// the key-bound digests this release stores leave `code_digest` empty, so their checks fail
+/// loudly on such a code instead of calling it wrong.
+#[tokio::test]
+async fn nodes_of_the_previous_release_can_share_the_database() {
+    let database = scratch().await;
+    let store = PgStore::connect(options(database.url()))
+        .await
+        .expect("connect");
+    let account = AccountId::generate();
+    store
+        .create_account(NewAccount {
+            id: account.clone(),
+            name: Name::parse("upgrade").expect("name"),
+            access_key_id: AccessKeyId::generate(),
+            sealed_secret: vec![1],
+            credits: None,
+            default_sender: None,
+        })
+        .await
+        .expect("account");
+    let server_key = Arc::new(ServerKey::from_hex(&"33".repeat(32)).expect("key"));
+    let key = VerificationKey {
+        account_id: account.clone(),
+        dialect: Dialect::Pinpoint,
+        app: "app".into(),
+        reference: "ref".into(),
+        destination: E164::parse("+393481234567").expect("number"),
+    };
+    let id = VerifyId::generate();
+    let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+    let old_digest = server_key.digest_code(DigestSubject::Verification(&id), &code);
+    let client = connect_raw(database.url()).await;
+    let verdict: String = client
+        .query_one(
+            "SELECT otpd_create_verification(NULL, 3600000, 10, 1, $1, $2, 'pinpoint', 'app',
+                 'ref', '+393481234567', 'otpd', $3, 300000, 3, true, NULL, 1, NULL, NULL, NULL,
+                 NULL, NULL, NULL, NULL)",
+            &[&id.as_str(), &account.as_str(), &&old_digest.bytes[..]],
+        )
+        .await
+        .expect("the previous release's send")
+        .get(0);
+    assert_eq!(verdict, "ok");
+    let attempt = |submitted: &str| CheckAttempt {
+        candidate: Candidate::new(
+            server_key.clone(),
+            OtpCode::submitted(submitted).expect("code"),
+        ),
+        client_ip: None,
+        history: CheckHistory::Skip,
+        ip_limit: None,
+    };
+    let report = store
+        .check(CheckLookup::ByKey(key.clone()), attempt(code.expose()))
+        .await
+        .expect("check");
+    assert_eq!(report.outcome, CheckOutcome::Verified);
+
+    let new_id = VerifyId::generate();
+    store
+        .create_verification(
+            NewVerification {
+                digest: server_key.digest_code(key.digest_subject(&new_id), &code),
+                id: new_id.clone(),
+                key,
+                sender: "otpd".into(),
+                ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
+                max_attempts: MaxAttempts::new(3).expect("attempts"),
+                sandbox: true,
+                sandbox_code: None,
+                parts: 1,
+                outbox: None,
+            },
+            SendGuards {
+                max_sends_per_destination: 10,
+                window: Duration::from_secs(3600),
+                charge: 1,
+            },
+        )
+        .await
+        .expect("send");
+    let row = client
+        .query_one(
+            "SELECT code_digest IS NULL, key_bound_digest IS NOT NULL FROM verifications
+             WHERE id = $1",
+            &[&new_id.as_str()],
+        )
+        .await
+        .expect("row");
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (true, true));
 }

@@ -11,6 +11,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_failed_checks_by_client_ip.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_one_statement_check.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.

@@ -253,7 +253,9 @@ impl Store for PgStore {
         attempt: CheckAttempt,
     ) -> Result<CheckReport, StoreError> {
         Ok(self
-            .with_client(move |client, now| queries::check(client, now, lookup, attempt))
+            .with_client(move |client, now| async move {
+                queries::check(&client, now, &lookup, &attempt).await
+            })
             .await?)
     }
 

@@ -15,7 +15,10 @@ use otpd_core::verification::{
     CheckState, Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
     VerificationStatus,
 };
-use otpd_core::{AccessKeyId, AccountId, ApplicationId, E164, Timestamp, VerifyId};
+use otpd_core::{
+    AccessKeyId, AccountId, ApplicationId, CodeDigest, DigestBinding, DigestSubject, E164,
+    Timestamp, VerifyId,
+};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
@@ -250,7 +253,7 @@ pub(super) async fn create_verification(
     let statement = client
         .prepare_cached(
             "SELECT otpd_create_verification($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
         )
         .await?;
     let key = &verification.key;
@@ -274,7 +277,8 @@ pub(super) async fn create_verification(
                 &key.reference,
                 &key.destination.as_str(),
                 &verification.sender,
-                &verification.digest.0.as_slice(),
+                &verification.digest.bytes.as_slice(),
+                &verification.digest.binding.as_str(),
                 &millis(verification.ttl.duration()),
                 &i32::from(verification.max_attempts.get()),
                 &verification.sandbox,
@@ -299,17 +303,117 @@ pub(super) async fn create_verification(
     }
 }
 
-/// The check step, in one transaction of two round trips: lock the verification row (and the
-/// client address, when it is rate limited), then store what the state machine decided.
-/// Parallel checks of one code, from any node, queue on the row lock.
+/// The check step, in one statement: `otpd_check` (in the migrations) finds and locks the row,
+/// runs the state machine and stores what it decided, comparing the digest this computes
+/// beforehand. Parallel checks of one code, from any node, queue on the row lock.
 pub(super) async fn check(
-    client: Object,
+    client: &ClientWrapper,
     now: Option<i64>,
-    lookup: CheckLookup,
-    attempt: CheckAttempt,
+    lookup: &CheckLookup,
+    attempt: &CheckAttempt,
 ) -> Result<CheckReport, Failure> {
-    let result = check_in_transaction(&client, now, &lookup, &attempt).await;
-    close_on_error(client, result)
+    let digest = attempt.candidate.digest(lookup.digest_subject());
+    match call_check(client, now, lookup, &digest, attempt).await? {
+        Checked::Decided(report) => Ok(report),
+        // The row's digest is bound to something else (a code sent before digests could be
+        // bound to a key): a second statement, by id, with the digest the row has.
+        Checked::Rebind {
+            account_id,
+            id,
+            key,
+        } => {
+            let subject = match &key {
+                Some(key) => DigestSubject::Key(key),
+                None => DigestSubject::Verification(&id),
+            };
+            let digest = attempt.candidate.digest(subject);
+            let by_id = CheckLookup::ById { account_id, id };
+            match call_check(client, now, &by_id, &digest, attempt).await? {
+                Checked::Decided(report) => Ok(report),
+                Checked::Rebind { .. } => Err(Failure::Database(
+                    "otpd_check asked twice for another digest".into(),
+                )),
+            }
+        }
+    }
+}
+
+/// What one call of `otpd_check` answered.
+enum Checked {
+    Decided(CheckReport),
+    /// Nothing was written: the row's digest is bound to its id, or (when `key` is set) to
+    /// that key.
+    Rebind {
+        account_id: AccountId,
+        id: VerifyId,
+        key: Option<VerificationKey>,
+    },
+}
+
+async fn call_check(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    lookup: &CheckLookup,
+    digest: &CodeDigest,
+    attempt: &CheckAttempt,
+) -> Result<Checked, Failure> {
+    let statement = client
+        .prepare_cached(
+            "SELECT * FROM otpd_check($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .await?;
+    let (account_id, id, key) = match lookup {
+        CheckLookup::ByKey(key) => (&key.account_id, None, Some(key)),
+        CheckLookup::ById { account_id, id } => (account_id, Some(id), None),
+    };
+    let recorded_code =
+        (attempt.history == CheckHistory::WithCode).then(|| attempt.candidate.code().expose());
+    let ip_limit = attempt.client_ip.as_ref().and(attempt.ip_limit);
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &now,
+                &account_id.as_str(),
+                &id.map(VerifyId::as_str),
+                &key.map(|key| key.dialect.as_str()),
+                &key.map(|key| key.app.as_str()),
+                &key.map(|key| key.reference.as_str()),
+                &key.map(|key| key.destination.as_str()),
+                &digest.binding.as_str(),
+                &digest.bytes.as_slice(),
+                &recorded_code,
+                &attempt.client_ip,
+                &ip_limit.map(|limit| millis(limit.window)),
+                &ip_limit.map(|limit| i32::try_from(limit.max_failures).unwrap_or(i32::MAX)),
+            ],
+        )
+        .await?;
+    let outcome: &str = row.try_get(0)?;
+    let message_id: Option<String> = row.try_get(1)?;
+    if outcome != "rebind" {
+        let outcome = CheckOutcome::parse(outcome)
+            .ok_or_else(|| Failure::Database(format!("unexpected check outcome {outcome}")))?;
+        return Ok(Checked::Decided(CheckReport {
+            outcome,
+            message_id,
+        }));
+    }
+    let key = match parsed(&row, 3, DigestBinding::parse)? {
+        DigestBinding::VerifyId => None,
+        DigestBinding::Key => Some(VerificationKey {
+            account_id: account_id.clone(),
+            dialect: parsed(&row, 4, Dialect::parse)?,
+            app: row.try_get(5)?,
+            reference: row.try_get(6)?,
+            destination: parsed(&row, 7, |text| E164::parse(text).ok())?,
+        }),
+    };
+    Ok(Checked::Rebind {
+        account_id: account_id.clone(),
+        id: parsed(&row, 2, VerifyId::parse)?,
+        key,
+    })
 }
 
 /// After a failure inside an explicit transaction the session may still be in it: the
@@ -319,183 +423,6 @@ fn close_on_error<T>(client: Object, result: Result<T, Failure>) -> Result<T, Fa
         drop(Object::take(client));
     }
     result
-}
-
-const VERIFICATION_FOR_CHECK: &str =
-    "id, status, expires_at, attempts_used, max_attempts, code_digest, message_id";
-
-async fn check_in_transaction(
-    client: &ClientWrapper,
-    now: Option<i64>,
-    lookup: &CheckLookup,
-    attempt: &CheckAttempt,
-) -> Result<CheckReport, Failure> {
-    let by_key = client
-        .prepare_cached(&format!(
-            "SELECT {VERIFICATION_FOR_CHECK}, {NOW} FROM verifications
-             WHERE account_id = $2 AND dialect = $3 AND app = $4 AND reference = $5
-               AND destination = $6 AND status = 'pending'
-             FOR UPDATE"
-        ))
-        .await?;
-    let by_id = client
-        .prepare_cached(&format!(
-            "SELECT {VERIFICATION_FOR_CHECK}, {NOW} FROM verifications
-             WHERE id = $2 AND account_id = $3 FOR UPDATE"
-        ))
-        .await?;
-    let lock_address = client
-        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/ip/' || $2, 0))")
-        .await?;
-    let count_failures = client
-        .prepare_cached(&format!(
-            "SELECT count(*) FROM checks
-             WHERE account_id = $2 AND client_ip = $3 AND at > {NOW} - $4
-               AND outcome IN ('mismatch', 'mismatch_exhausted')"
-        ))
-        .await?;
-    let account_id = match lookup {
-        CheckLookup::ByKey(key) => &key.account_id,
-        CheckLookup::ById { account_id, .. } => account_id,
-    };
-    let limited = attempt
-        .client_ip
-        .as_deref()
-        .zip(attempt.ip_limit)
-        .map(|(ip, limit)| (ip, millis(limit.window), limit.max_failures));
-
-    // First round trip, pipelined: BEGIN, the address lock and its failure count (a fresh
-    // statement, so it sees every failure committed before the lock was ours), the row lock.
-    let begin = client.batch_execute("BEGIN");
-    let lock = async {
-        match limited {
-            Some((ip, _, _)) => Some(
-                client
-                    .execute(&lock_address, &[&account_id.as_str(), &ip])
-                    .await,
-            ),
-            None => None,
-        }
-    };
-    let failures = async {
-        match limited {
-            Some((ip, window, _)) => Some(
-                client
-                    .query_one(&count_failures, &[&now, &account_id.as_str(), &ip, &window])
-                    .await,
-            ),
-            None => None,
-        }
-    };
-    let found = async {
-        match lookup {
-            CheckLookup::ByKey(key) => {
-                client
-                    .query_opt(
-                        &by_key,
-                        &[
-                            &now,
-                            &key.account_id.as_str(),
-                            &key.dialect.as_str(),
-                            &key.app,
-                            &key.reference,
-                            &key.destination.as_str(),
-                        ],
-                    )
-                    .await
-            }
-            CheckLookup::ById { account_id, id } => {
-                client
-                    .query_opt(&by_id, &[&now, &id.as_str(), &account_id.as_str()])
-                    .await
-            }
-        }
-    };
-    let (_, lock, failures, found) = tokio::join!(begin, lock, failures, found);
-    lock.transpose()?;
-    let failures = failures.transpose()?;
-    let Some(row) = found? else {
-        client.batch_execute("COMMIT").await?;
-        return Ok(CheckReport {
-            outcome: CheckOutcome::NotFound,
-            message_id: None,
-        });
-    };
-    let message_id: Option<String> = row.try_get(6)?;
-    if let (Some(failures), Some((_, _, max_failures))) = (failures, limited) {
-        let failures: i64 = failures.try_get(0)?;
-        if failures >= i64::from(max_failures) {
-            client.batch_execute("COMMIT").await?;
-            return Ok(CheckReport {
-                outcome: CheckOutcome::RateLimited,
-                message_id,
-            });
-        }
-    }
-    let verify_id: VerifyId = parsed(&row, 0, VerifyId::parse)?;
-    let digest: Vec<u8> = row.try_get(5)?;
-    let state = CheckState {
-        status: parsed(&row, 1, VerificationStatus::parse)?,
-        expires_at: Timestamp(row.try_get(2)?),
-        attempts_used: counter(&row, 3)?,
-        max_attempts: counter(&row, 4)?,
-    };
-    let now = Timestamp(row.try_get(7)?);
-    let transition = state.check(now, || attempt.candidate.matches(&verify_id, &digest));
-
-    // Second round trip, pipelined: the new state, the history record, COMMIT.
-    let update = client
-        .prepare_cached("UPDATE verifications SET status = $2, attempts_used = $3 WHERE id = $1")
-        .await?;
-    let record = client
-        .prepare_cached(
-            "INSERT INTO checks (verification_id, account_id, at, submitted_code, outcome, client_ip)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .await?;
-    let attempts_used = i32::from(transition.next.attempts_used);
-    let update = async {
-        if transition.next == state {
-            return Ok(0);
-        }
-        client
-            .execute(
-                &update,
-                &[
-                    &verify_id.as_str(),
-                    &transition.next.status.as_str(),
-                    &attempts_used,
-                ],
-            )
-            .await
-    };
-    let record = async {
-        if attempt.history != CheckHistory::WithCode {
-            return Ok(0);
-        }
-        client
-            .execute(
-                &record,
-                &[
-                    &verify_id.as_str(),
-                    &account_id.as_str(),
-                    &now.millis(),
-                    &attempt.candidate.code().expose(),
-                    &transition.outcome.as_str(),
-                    &attempt.client_ip,
-                ],
-            )
-            .await
-    };
-    let (updated, recorded, committed) =
-        tokio::join!(update, record, client.batch_execute("COMMIT"));
-    updated?;
-    recorded?;
-    committed?;
-    Ok(CheckReport {
-        outcome: transition.outcome,
-        message_id,
-    })
 }
 
 /// One statement: cancel the code if it is still live.

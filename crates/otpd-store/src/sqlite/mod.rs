@@ -36,6 +36,9 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!(
         "../../migrations/sqlite/0003_failed_checks_by_client_ip.sql"
     )),
+    M::up(include_str!(
+        "../../migrations/sqlite/0004_digest_binding.sql"
+    )),
 ];
 const READERS: usize = 2;
 

@@ -13,7 +13,9 @@ use otpd_core::verification::{
     CheckState, Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
     VerificationStatus,
 };
-use otpd_core::{AccessKeyId, AccountId, ApplicationId, E164, Timestamp, VerifyId};
+use otpd_core::{
+    AccessKeyId, AccountId, ApplicationId, DigestBinding, DigestSubject, E164, Timestamp, VerifyId,
+};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::Failure;
@@ -227,9 +229,10 @@ pub(super) fn insert_verification(
     connection
         .prepare_cached(
             "INSERT INTO verifications (id, account_id, dialect, app, reference, destination, sender,
-                 code_digest, status, created_at, expires_at, attempts_used, max_attempts, sandbox,
-                 sandbox_code, parts, message_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15)",
+                 code_digest, code_bound_to, status, created_at, expires_at, attempts_used,
+                 max_attempts, sandbox, sandbox_code, parts, message_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11, 0, ?12, ?13, ?14, ?15,
+                 ?16)",
         )?
         .execute(params![
             verification.id.as_str(),
@@ -239,7 +242,8 @@ pub(super) fn insert_verification(
             key.reference,
             key.destination.as_str(),
             verification.sender,
-            verification.digest.0.as_slice(),
+            verification.digest.bytes.as_slice(),
+            verification.digest.binding.as_str(),
             now.millis(),
             now.plus(verification.ttl.duration()).millis(),
             verification.max_attempts.get(),
@@ -335,7 +339,17 @@ pub(super) fn check(
     attempt: &CheckAttempt,
     now: Timestamp,
 ) -> Result<CheckReport, Failure> {
-    type Found = (String, String, i64, u8, u8, Vec<u8>, Option<String>, String);
+    type Found = (
+        String,
+        String,
+        i64,
+        u8,
+        u8,
+        Vec<u8>,
+        Option<String>,
+        String,
+        DigestBinding,
+    );
     let map = |row: &Row<'_>| -> rusqlite::Result<Found> {
         Ok((
             row.get(0)?,
@@ -346,12 +360,14 @@ pub(super) fn check(
             row.get(5)?,
             row.get(6)?,
             row.get(7)?,
+            parse_column(row, 8, DigestBinding::parse)?,
         ))
     };
     let found: Option<Found> = match lookup {
         CheckLookup::ByKey(key) => connection
             .prepare_cached(
-                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id, account_id
+                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
+                        account_id, code_bound_to
                  FROM verifications
                  WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4 AND destination = ?5
                    AND status = 'pending'",
@@ -369,14 +385,24 @@ pub(super) fn check(
             .optional()?,
         CheckLookup::ById { account_id, id } => connection
             .prepare_cached(
-                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id, account_id
+                "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
+                        account_id, code_bound_to
                  FROM verifications WHERE id = ?1 AND account_id = ?2",
             )?
             .query_row(params![id.as_str(), account_id.as_str()], map)
             .optional()?,
     };
-    let Some((id, status, expires_at, attempts_used, max_attempts, digest, message_id, account_id)) =
-        found
+    let Some((
+        id,
+        status,
+        expires_at,
+        attempts_used,
+        max_attempts,
+        digest,
+        message_id,
+        account_id,
+        binding,
+    )) = found
     else {
         return Ok(CheckReport {
             outcome: CheckOutcome::NotFound,
@@ -406,7 +432,17 @@ pub(super) fn check(
         attempts_used,
         max_attempts,
     };
-    let transition = state.check(now, || attempt.candidate.matches(&verify_id, &digest));
+    let stored_key;
+    let subject = match (binding, lookup) {
+        (DigestBinding::VerifyId, _) => DigestSubject::Verification(&verify_id),
+        (DigestBinding::Key, CheckLookup::ByKey(key)) => DigestSubject::Key(key),
+        // No API finds a key-bound verification by id, but the port allows it.
+        (DigestBinding::Key, CheckLookup::ById { .. }) => {
+            stored_key = verification_key(connection, &verify_id)?;
+            DigestSubject::Key(&stored_key)
+        }
+    };
+    let transition = state.check(now, || attempt.candidate.matches(subject, &digest));
     if transition.next != state {
         connection
             .prepare_cached(
@@ -465,6 +501,25 @@ pub(super) fn cancel(
     }
 }
 
+/// The key in columns `first` to `first + 4`: account_id, dialect, app, reference, destination.
+fn key_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<VerificationKey> {
+    Ok(VerificationKey {
+        account_id: parse_column(row, first, AccountId::parse)?,
+        dialect: parse_column(row, first + 1, Dialect::parse)?,
+        app: row.get(first + 2)?,
+        reference: row.get(first + 3)?,
+        destination: parse_column(row, first + 4, |text| E164::parse(text).ok())?,
+    })
+}
+
+fn verification_key(connection: &Connection, id: &VerifyId) -> Result<VerificationKey, Failure> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT account_id, dialect, app, reference, destination FROM verifications WHERE id = ?1",
+        )?
+        .query_row([id.as_str()], |row| key_from_row(row, 0))?)
+}
+
 pub(super) fn find_verification(
     connection: &Connection,
     account_id: &AccountId,
@@ -489,13 +544,7 @@ pub(super) fn find_verification(
             };
             Ok(Verification {
                 id: parse_column(row, 0, VerifyId::parse)?,
-                key: VerificationKey {
-                    account_id: parse_column(row, 1, AccountId::parse)?,
-                    dialect: parse_column(row, 2, Dialect::parse)?,
-                    app: row.get(3)?,
-                    reference: row.get(4)?,
-                    destination: parse_column(row, 5, |text| E164::parse(text).ok())?,
-                },
+                key: key_from_row(row, 1)?,
                 sender: row.get(6)?,
                 status: state.status_at(now),
                 created_at: Timestamp(row.get(8)?),
