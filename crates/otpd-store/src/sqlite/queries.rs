@@ -331,6 +331,36 @@ pub(super) const COUNT_RECENT_FAILURES: &str = "SELECT COUNT(*) FROM checks
      WHERE account_id = ?1 AND client_ip = ?2 AND at > ?3
        AND outcome IN ('mismatch', 'mismatch_exhausted')";
 
+/// The columns of a verification that a check reads.
+struct CheckedRow {
+    id: VerifyId,
+    account_id: String,
+    state: CheckState,
+    digest: Vec<u8>,
+    binding: DigestBinding,
+    message_id: Option<String>,
+}
+
+impl CheckedRow {
+    /// From `id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
+    /// account_id, code_bound_to`.
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: parse_column(row, 0, VerifyId::parse)?,
+            state: CheckState {
+                status: parse_column(row, 1, VerificationStatus::parse)?,
+                expires_at: Timestamp(row.get(2)?),
+                attempts_used: row.get(3)?,
+                max_attempts: row.get(4)?,
+            },
+            digest: row.get(5)?,
+            message_id: row.get(6)?,
+            account_id: row.get(7)?,
+            binding: parse_column(row, 8, DigestBinding::parse)?,
+        })
+    }
+}
+
 /// The check step: read the state, run the state machine, write the result and the record.
 /// The writer runs one job at a time, so no other check can interleave.
 pub(super) fn check(
@@ -339,31 +369,7 @@ pub(super) fn check(
     attempt: &CheckAttempt,
     now: Timestamp,
 ) -> Result<CheckReport, Failure> {
-    type Found = (
-        String,
-        String,
-        i64,
-        u8,
-        u8,
-        Vec<u8>,
-        Option<String>,
-        String,
-        DigestBinding,
-    );
-    let map = |row: &Row<'_>| -> rusqlite::Result<Found> {
-        Ok((
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-            row.get(7)?,
-            parse_column(row, 8, DigestBinding::parse)?,
-        ))
-    };
-    let found: Option<Found> = match lookup {
+    let found = match lookup {
         CheckLookup::ByKey(key) => connection
             .prepare_cached(
                 "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
@@ -380,7 +386,7 @@ pub(super) fn check(
                     key.reference,
                     key.destination.as_str()
                 ],
-                map,
+                CheckedRow::from_row,
             )
             .optional()?,
         CheckLookup::ById { account_id, id } => connection
@@ -389,20 +395,20 @@ pub(super) fn check(
                         account_id, code_bound_to
                  FROM verifications WHERE id = ?1 AND account_id = ?2",
             )?
-            .query_row(params![id.as_str(), account_id.as_str()], map)
+            .query_row(
+                params![id.as_str(), account_id.as_str()],
+                CheckedRow::from_row,
+            )
             .optional()?,
     };
-    let Some((
+    let Some(CheckedRow {
         id,
-        status,
-        expires_at,
-        attempts_used,
-        max_attempts,
-        digest,
-        message_id,
         account_id,
+        state,
+        digest,
         binding,
-    )) = found
+        message_id,
+    }) = found
     else {
         return Ok(CheckReport {
             outcome: CheckOutcome::NotFound,
@@ -423,22 +429,13 @@ pub(super) fn check(
             });
         }
     }
-    let verify_id =
-        VerifyId::parse(&id).ok_or_else(|| Failure::Database(format!("malformed id {id}")))?;
-    let state = CheckState {
-        status: VerificationStatus::parse(&status)
-            .ok_or_else(|| Failure::Database(format!("unknown status {status}")))?,
-        expires_at: Timestamp(expires_at),
-        attempts_used,
-        max_attempts,
-    };
     let stored_key;
     let subject = match (binding, lookup) {
-        (DigestBinding::VerifyId, _) => DigestSubject::Verification(&verify_id),
+        (DigestBinding::VerifyId, _) => DigestSubject::Verification(&id),
         (DigestBinding::Key, CheckLookup::ByKey(key)) => DigestSubject::Key(key),
         // No API finds a key-bound verification by id, but the port allows it.
         (DigestBinding::Key, CheckLookup::ById { .. }) => {
-            stored_key = verification_key(connection, &verify_id)?;
+            stored_key = verification_key(connection, &id)?;
             DigestSubject::Key(&stored_key)
         }
     };
@@ -449,7 +446,7 @@ pub(super) fn check(
                 "UPDATE verifications SET status = ?2, attempts_used = ?3 WHERE id = ?1",
             )?
             .execute(params![
-                id,
+                id.as_str(),
                 transition.next.status.as_str(),
                 transition.next.attempts_used
             ])?;
@@ -461,7 +458,7 @@ pub(super) fn check(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
-                id,
+                id.as_str(),
                 account_id,
                 now.millis(),
                 attempt.candidate.code().expose(),
