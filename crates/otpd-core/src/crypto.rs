@@ -52,8 +52,9 @@ impl ServerKey {
         })
     }
 
-    /// The digest stored in place of a code. What it is bound to is mixed in, so that equal
-    /// codes of different verifications never have equal digests.
+    /// The digest stored in place of a code. What it is bound to is mixed in, so equal codes of
+    /// different verifications have different digests; only two sends to one Pinpoint key that
+    /// drew the same code share one, which tells a reader of the database no more than that.
     pub fn digest_code(&self, subject: DigestSubject<'_>, code: &OtpCode) -> CodeDigest {
         let bytes = match subject {
             DigestSubject::Verification(verify_id) => {
