@@ -32,12 +32,62 @@ fn options(url: &str) -> PgStoreOptions {
     }
 }
 
-async fn database_millis(url: &str) -> i64 {
+const GUARDS: SendGuards = SendGuards {
+    max_sends_per_destination: 10,
+    window: Duration::from_secs(3600),
+    charge: 1,
+};
+
+async fn create_account(store: &PgStore) -> AccountId {
+    let account = AccountId::generate();
+    store
+        .create_account(NewAccount {
+            id: account.clone(),
+            name: Name::parse("test").expect("name"),
+            access_key_id: AccessKeyId::generate(),
+            sealed_secret: vec![1],
+            credits: None,
+            default_sender: None,
+        })
+        .await
+        .expect("account");
+    account
+}
+
+/// A sandbox send (no message to deliver) of `code` as this release stores it.
+fn sandbox_send(
+    server_key: &ServerKey,
+    id: &VerifyId,
+    key: VerificationKey,
+    code: &OtpCode,
+    ttl_seconds: u64,
+) -> NewVerification {
+    NewVerification {
+        digest: server_key.digest_code(key.digest_subject(id), code),
+        id: id.clone(),
+        key,
+        sender: "otpd".into(),
+        ttl: Ttl::new(Duration::from_secs(ttl_seconds)).expect("ttl"),
+        max_attempts: MaxAttempts::new(3).expect("attempts"),
+        sandbox: true,
+        sandbox_code: None,
+        parts: 1,
+        outbox: None,
+    }
+}
+
+/// A plain connection, for what the store does not offer.
+async fn connect_raw(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("connect");
     tokio::spawn(connection);
     client
+}
+
+async fn database_millis(url: &str) -> i64 {
+    connect_raw(url)
+        .await
         .query_one("SELECT otpd_now_ms()", &[])
         .await
         .expect("now")
@@ -50,48 +100,20 @@ async fn times_come_from_the_database_clock() {
     let store = PgStore::connect(options(database.url()))
         .await
         .expect("connect");
-    let account = AccountId::generate();
-    store
-        .create_account(NewAccount {
-            id: account.clone(),
-            name: Name::parse("clock").expect("name"),
-            access_key_id: AccessKeyId::generate(),
-            sealed_secret: vec![1],
-            credits: None,
-            default_sender: None,
-        })
-        .await
-        .expect("account");
+    let account = create_account(&store).await;
     let key = ServerKey::from_hex(&"22".repeat(32)).expect("key");
     let id = VerifyId::generate();
     let code = OtpCode::generate(CodeLength::new(6).expect("length"));
     let before = database_millis(database.url()).await;
+    let amm_key = VerificationKey {
+        account_id: account.clone(),
+        dialect: Dialect::Amm,
+        app: String::new(),
+        reference: String::new(),
+        destination: E164::parse("+393481234567").expect("number"),
+    };
     store
-        .create_verification(
-            NewVerification {
-                digest: key.digest_code(DigestSubject::Verification(&id), &code),
-                id: id.clone(),
-                key: VerificationKey {
-                    account_id: account.clone(),
-                    dialect: Dialect::Amm,
-                    app: String::new(),
-                    reference: String::new(),
-                    destination: E164::parse("+393481234567").expect("number"),
-                },
-                sender: "otpd".into(),
-                ttl: Ttl::new(Duration::from_secs(60)).expect("ttl"),
-                max_attempts: MaxAttempts::new(3).expect("attempts"),
-                sandbox: true,
-                sandbox_code: None,
-                parts: 1,
-                outbox: None,
-            },
-            SendGuards {
-                max_sends_per_destination: 10,
-                window: Duration::from_secs(3600),
-                charge: 1,
-            },
-        )
+        .create_verification(sandbox_send(&key, &id, amm_key, &code, 60), GUARDS)
         .await
         .expect("create");
     let after = database_millis(database.url()).await;
@@ -118,10 +140,7 @@ async fn nodes_starting_together_migrate_once() {
     for start in starts {
         start.await.expect("join").expect("every node starts");
     }
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = connect_raw(&url).await;
     let versions: Vec<i32> = client
         .query(
             "SELECT version FROM otpd_schema_migrations ORDER BY version",
@@ -195,14 +214,6 @@ async fn a_store_answers_errors_not_hangs_once_its_database_is_gone() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-async fn connect_raw(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-}
-
 #[tokio::test]
 async fn digests_are_compared_whole() {
     let database = scratch().await;
@@ -241,18 +252,7 @@ async fn nodes_of_the_previous_release_can_share_the_database() {
     let store = PgStore::connect(options(database.url()))
         .await
         .expect("connect");
-    let account = AccountId::generate();
-    store
-        .create_account(NewAccount {
-            id: account.clone(),
-            name: Name::parse("upgrade").expect("name"),
-            access_key_id: AccessKeyId::generate(),
-            sealed_secret: vec![1],
-            credits: None,
-            default_sender: None,
-        })
-        .await
-        .expect("account");
+    let account = create_account(&store).await;
     let server_key = Arc::new(ServerKey::from_hex(&"33".repeat(32)).expect("key"));
     let key = VerificationKey {
         account_id: account.clone(),
@@ -293,25 +293,7 @@ async fn nodes_of_the_previous_release_can_share_the_database() {
 
     let new_id = VerifyId::generate();
     store
-        .create_verification(
-            NewVerification {
-                digest: server_key.digest_code(key.digest_subject(&new_id), &code),
-                id: new_id.clone(),
-                key,
-                sender: "otpd".into(),
-                ttl: Ttl::new(Duration::from_secs(300)).expect("ttl"),
-                max_attempts: MaxAttempts::new(3).expect("attempts"),
-                sandbox: true,
-                sandbox_code: None,
-                parts: 1,
-                outbox: None,
-            },
-            SendGuards {
-                max_sends_per_destination: 10,
-                window: Duration::from_secs(3600),
-                charge: 1,
-            },
-        )
+        .create_verification(sandbox_send(&server_key, &new_id, key, &code, 300), GUARDS)
         .await
         .expect("send");
     let row = client
