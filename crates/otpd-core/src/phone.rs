@@ -211,18 +211,16 @@ type CompiledPatterns = HashMap<(usize, usize), Option<Regex>>;
 fn matches_at_start(pattern: &'static str, text: &str) -> bool {
     static COMPILED: LazyLock<RwLock<CompiledPatterns>> = LazyLock::new(RwLock::default);
     let key = (pattern.as_ptr() as usize, pattern.len());
-    let found = |regex: &Option<Regex>| {
-        regex
-            .as_ref()
-            .and_then(|regex| regex.find(text))
-            .is_some_and(|found| found.start() == 0)
-    };
+    let found = |regex: &Option<Regex>| regex.as_ref().is_some_and(|regex| regex.is_match(text));
     if let Some(regex) = COMPILED.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return found(regex);
     }
     // The crate compiled the same text with the same option when it loaded its metadata, so
-    // this does not fail; if it did, the pattern would match nothing.
-    let regex = RegexBuilder::new(pattern)
+    // this does not fail; if it did, the pattern would match nothing. Anchored, `is_match` asks
+    // "a match at the start?" in one forward pass, where `find` then `start() == 0` also ran a
+    // reverse pass to find where the leftmost match began. The newline ends any `#` comment the
+    // pattern's last line might hold (whitespace mode), so the group always closes.
+    let regex = RegexBuilder::new(&format!("^(?:{pattern}\n)"))
         .ignore_whitespace(true)
         .build()
         .ok();
