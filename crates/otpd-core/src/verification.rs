@@ -327,6 +327,14 @@ pub enum CheckLookup {
 }
 
 impl CheckLookup {
+    /// The account the verification must belong to; both lookups are within one account.
+    pub fn account_id(&self) -> &AccountId {
+        match self {
+            Self::ByKey(key) => &key.account_id,
+            Self::ById { account_id, .. } => account_id,
+        }
+    }
+
     /// The subject built from what this lookup knows before it finds anything. A row whose
     /// digest has this subject's binding can be compared in the statement that finds it.
     pub fn digest_subject(&self) -> DigestSubject<'_> {

@@ -317,17 +317,16 @@ pub(super) async fn check(
         Checked::Decided(report) => Ok(report),
         // The row's digest is bound to something else (a code sent before digests could be
         // bound to a key): a second statement, by id, with the digest the row has.
-        Checked::Rebind {
-            account_id,
-            id,
-            key,
-        } => {
+        Checked::Rebind { id, key } => {
             let subject = match &key {
                 Some(key) => DigestSubject::Key(key),
                 None => DigestSubject::Verification(&id),
             };
             let digest = attempt.candidate.digest(subject);
-            let by_id = CheckLookup::ById { account_id, id };
+            let by_id = CheckLookup::ById {
+                account_id: lookup.account_id().clone(),
+                id,
+            };
             match call_check(client, now, &by_id, &digest, attempt).await? {
                 Checked::Decided(report) => Ok(report),
                 Checked::Rebind { .. } => Err(Failure::Database(
@@ -344,7 +343,6 @@ enum Checked {
     /// Nothing was written: the row's digest is bound to its id, or (when `key` is set) to
     /// that key.
     Rebind {
-        account_id: AccountId,
         id: VerifyId,
         key: Option<VerificationKey>,
     },
@@ -362,9 +360,10 @@ async fn call_check(
             "SELECT * FROM otpd_check($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .await?;
-    let (account_id, id, key) = match lookup {
-        CheckLookup::ByKey(key) => (&key.account_id, None, Some(key)),
-        CheckLookup::ById { account_id, id } => (account_id, Some(id), None),
+    let account_id = lookup.account_id();
+    let (id, key) = match lookup {
+        CheckLookup::ByKey(key) => (None, Some(key)),
+        CheckLookup::ById { id, .. } => (Some(id), None),
     };
     let recorded_code =
         (attempt.history == CheckHistory::WithCode).then(|| attempt.candidate.code().expose());
@@ -410,7 +409,6 @@ async fn call_check(
         }),
     };
     Ok(Checked::Rebind {
-        account_id: account_id.clone(),
         id: parsed(&row, 2, VerifyId::parse)?,
         key,
     })

@@ -334,7 +334,6 @@ pub(super) const COUNT_RECENT_FAILURES: &str = "SELECT COUNT(*) FROM checks
 /// The columns of a verification that a check reads.
 struct CheckedRow {
     id: VerifyId,
-    account_id: String,
     state: CheckState,
     digest: Vec<u8>,
     binding: DigestBinding,
@@ -343,7 +342,7 @@ struct CheckedRow {
 
 impl CheckedRow {
     /// From `id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
-    /// account_id, code_bound_to`.
+    /// code_bound_to`.
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             id: parse_column(row, 0, VerifyId::parse)?,
@@ -355,8 +354,7 @@ impl CheckedRow {
             },
             digest: row.get(5)?,
             message_id: row.get(6)?,
-            account_id: row.get(7)?,
-            binding: parse_column(row, 8, DigestBinding::parse)?,
+            binding: parse_column(row, 7, DigestBinding::parse)?,
         })
     }
 }
@@ -373,7 +371,7 @@ pub(super) fn check(
         CheckLookup::ByKey(key) => connection
             .prepare_cached(
                 "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
-                        account_id, code_bound_to
+                        code_bound_to
                  FROM verifications
                  WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4 AND destination = ?5
                    AND status = 'pending'",
@@ -392,7 +390,7 @@ pub(super) fn check(
         CheckLookup::ById { account_id, id } => connection
             .prepare_cached(
                 "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
-                        account_id, code_bound_to
+                        code_bound_to
                  FROM verifications WHERE id = ?1 AND account_id = ?2",
             )?
             .query_row(
@@ -403,7 +401,6 @@ pub(super) fn check(
     };
     let Some(CheckedRow {
         id,
-        account_id,
         state,
         digest,
         binding,
@@ -415,6 +412,7 @@ pub(super) fn check(
             message_id: None,
         });
     };
+    let account_id = lookup.account_id().as_str();
     if let (Some(ip), Some(limit)) = (&attempt.client_ip, attempt.ip_limit) {
         let recent_failures: u32 = connection
             .prepare_cached(COUNT_RECENT_FAILURES)?
