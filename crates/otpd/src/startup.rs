@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use otpd_api::{ApiSettings, AppState};
+use otpd_api::pinpoint::sigv4::SigningKeys;
+use otpd_api::{ApiSettings, AppState, Shared};
 use otpd_core::ports::{SmsTransport, Store};
 use otpd_core::service::{AccountService, Limits, VerificationService};
 use otpd_core::{ServerKey, SystemClock};
@@ -51,12 +52,12 @@ impl Components {
             key,
             self.limits,
         );
-        let state = AppState {
+        let state = AppState::new(Shared {
             service,
             accounts,
-            settings: Arc::new(self.api),
-            signing_keys: Arc::default(),
-        };
+            settings: self.api,
+            signing_keys: SigningKeys::default(),
+        });
         (state, dispatcher)
     }
 }
