@@ -22,8 +22,14 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-/// How often the checkpointer copies the log into the database, off the writer's path.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the checkpointer copies the log into the database, off the writer's path. A page
+/// the writer keeps changing (an index's last leaf, the page a row was just added to) is in the
+/// log once per commit but copied once per pass, and every pass ends in an fsync of the
+/// database beside the writer's own: under a full send load, passes every 200 ms wrote 17-20
+/// MiB/s into the database, passes every second 11-13, and alternating runs at 64 connections
+/// gave a verify p99 of 3.2-5.2 ms against 2.7-2.8. How soon the log starts over does not
+/// depend on this (see `WalLimits`).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// What a reset log file is truncated to: a little more than `WalLimits::DEFAULT` lets it grow,
 /// so that a busy log is not shrunk and grown again.
 pub(super) const WAL_SIZE_LIMIT: i64 = 160 * 1024 * 1024;
