@@ -25,6 +25,9 @@ pub struct Measured {
     pub window: Duration,
     /// Sorted, in microseconds.
     pub latencies_us: Vec<u32>,
+    /// Every measured request as (completion, latency), both in microseconds, the completion
+    /// counted from the start of the window: where in time the slow ones were.
+    pub timeline: Vec<(u32, u32)>,
     /// When the last measured request completed: a run that ran out of work early is measured
     /// over the time it actually ran.
     pub last_completion: Option<Instant>,
@@ -85,9 +88,11 @@ pub async fn run(
         total.requests += part.requests;
         total.errors += part.errors;
         total.latencies_us.extend(part.latencies_us);
+        total.timeline.extend(part.timeline);
         total.last_completion = total.last_completion.max(part.last_completion);
     }
     total.latencies_us.sort_unstable();
+    total.timeline.sort_unstable();
     if let Some(last) = total.last_completion {
         total.window = total.window.min(last - phases.measure_from);
     }
@@ -125,6 +130,10 @@ async fn connection_loop(
             }
             let micros = u32::try_from((finished - started).as_micros()).unwrap_or(u32::MAX);
             measured.latencies_us.push(micros);
+            let completed = (finished - phases.measure_from).as_micros();
+            measured
+                .timeline
+                .push((u32::try_from(completed).unwrap_or(u32::MAX), micros));
             measured.last_completion = Some(finished);
         }
     }

@@ -58,6 +58,10 @@ struct Args {
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/otpd-bench.json")]
     output: PathBuf,
+    /// Also write every measured request of every run, as `completed_us,latency_us` lines, to
+    /// one CSV file per run in this directory (to see when the slow requests happened).
+    #[arg(long)]
+    timeline: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Internal>,
 }
@@ -684,6 +688,28 @@ fn build_otpd() -> anyhow::Result<PathBuf> {
     Ok(otpd)
 }
 
+/// Writes one run's requests as CSV, named after the run.
+fn write_timeline(
+    directory: &Path,
+    store: &str,
+    operation: &str,
+    connections: usize,
+    timeline: &[(u32, u32)],
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(directory)?;
+    let name: String = format!("{store} {operation} {connections}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let mut csv = String::from("completed_us,latency_us\n");
+    for (completed, latency) in timeline {
+        let _ = writeln!(csv, "{completed},{latency}");
+    }
+    std::fs::write(directory.join(format!("{name}.csv")), csv)?;
+    Ok(())
+}
+
 /// One run against `servers` (every node of a deployment): CPU is their sum, RSS their peak.
 async fn measure(
     args: &Args,
@@ -722,6 +748,9 @@ async fn measure(
             measured.window.as_secs_f64(),
             planned.as_secs_f64()
         );
+    }
+    if let Some(directory) = &args.timeline {
+        write_timeline(directory, store, operation, connections, &measured.timeline)?;
     }
     let per_request = |spent: Duration| spent.as_secs_f64() * 1e6 / measured.requests.max(1) as f64;
     let row = Row {
