@@ -414,15 +414,6 @@ async fn call_check(
     })
 }
 
-/// After a failure inside an explicit transaction the session may still be in it: the
-/// connection is closed instead of going back to the pool.
-fn close_on_error<T>(client: Object, result: Result<T, Failure>) -> Result<T, Failure> {
-    if result.is_err() {
-        drop(Object::take(client));
-    }
-    result
-}
-
 /// One statement: cancel the code if it is still live.
 pub(super) async fn cancel(
     client: &ClientWrapper,
@@ -593,6 +584,15 @@ pub(super) async fn finish_attempts(
 ) -> Result<(), Failure> {
     let result = finish_in_one_transaction(&client, now, &outcomes).await;
     close_on_error(client, result)
+}
+
+/// After a failure inside an explicit transaction the session may still be in it: the
+/// connection is closed instead of going back to the pool.
+fn close_on_error<T>(client: Object, result: Result<T, Failure>) -> Result<T, Failure> {
+    if result.is_err() {
+        drop(Object::take(client));
+    }
+    result
 }
 
 async fn finish_in_one_transaction(
