@@ -61,6 +61,7 @@ impl WalLimits {
 }
 
 /// The lowest CPU priority (nice value) a thread can have: the checkpointer's.
+#[cfg(target_os = "linux")]
 const CHECKPOINTER_NICENESS: i32 = 19;
 
 /// The checkpointer's requests that the writer finish a checkpoint between two batches.
@@ -114,12 +115,17 @@ pub(super) fn spawn_checkpointer(
 
 /// Gives the calling thread the lowest CPU priority. Where that is refused, it keeps the
 /// priority it has: the checkpoints are the same, only their timing changes.
+#[cfg(target_os = "linux")]
 fn lower_own_priority() {
     let thread = rustix::thread::gettid();
     if let Err(error) = rustix::process::setpriority_process(Some(thread), CHECKPOINTER_NICENESS) {
         tracing::debug!(%error, "the WAL checkpointer keeps its CPU priority");
     }
 }
+
+/// Elsewhere a nice value belongs to the whole process, whose request threads must keep theirs.
+#[cfg(not(target_os = "linux"))]
+fn lower_own_priority() {}
 
 /// What one pass of the checkpointer did besides copying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +317,7 @@ mod tests {
         assert_eq!(rows(&writer), 41);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_checkpointer_runs_at_the_lowest_priority() {
         let niceness_here = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
