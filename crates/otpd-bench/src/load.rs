@@ -23,10 +23,11 @@ pub struct Measured {
     pub requests: u64,
     pub errors: u64,
     pub window: Duration,
-    /// Sorted, in microseconds.
+    /// The timeline's latencies, sorted, in microseconds.
     pub latencies_us: Vec<u32>,
     /// Every measured request as (completion, latency), both in microseconds, the completion
-    /// counted from the start of the window: where in time the slow ones were.
+    /// counted from the start of the window, in completion order: where in time the slow ones
+    /// were.
     pub timeline: Vec<(u32, u32)>,
     /// When the last measured request completed: a run that ran out of work early is measured
     /// over the time it actually ran.
@@ -87,12 +88,12 @@ pub async fn run(
         let part = task.await??;
         total.requests += part.requests;
         total.errors += part.errors;
-        total.latencies_us.extend(part.latencies_us);
         total.timeline.extend(part.timeline);
         total.last_completion = total.last_completion.max(part.last_completion);
     }
-    total.latencies_us.sort_unstable();
     total.timeline.sort_unstable();
+    total.latencies_us = total.timeline.iter().map(|&(_, latency)| latency).collect();
+    total.latencies_us.sort_unstable();
     if let Some(last) = total.last_completion {
         total.window = total.window.min(last - phases.measure_from);
     }
@@ -129,7 +130,6 @@ async fn connection_loop(
                 measured.errors += 1;
             }
             let micros = u32::try_from((finished - started).as_micros()).unwrap_or(u32::MAX);
-            measured.latencies_us.push(micros);
             let completed = (finished - phases.measure_from).as_micros();
             measured
                 .timeline
