@@ -9,17 +9,16 @@
 //! So once the log is long the checkpointer asks the writer to finish the copy itself between
 //! two of its batches: with no write in progress the copy completes, and the writer's next
 //! commit starts the log over. Whoever does it, letting the log start over makes the writer
-//! wait for a checkpoint's two fsyncs: measured under load, up to 8 ms each time, whether done
-//! by the writer or, as before, by a RESTART checkpoint that holds the write lock (28-36 ms on
-//! 2026-12-03 under a full send load, even when the checkpointer had left the writer fewer than
-//! 200 frames to copy: the time is the fsyncs', not the copy's). What can be
-//! chosen is how often: every 16 MiB of log made that stall every half second under sends, and
-//! it was most of their p99. Every 128 MiB it comes every 2-3 s under a full send load; the
-//! log file stays that size on disk instead of being shrunk and grown again (under a full send
-//! load on 2026-12-03 the niced checkpointer's passes took 0.6-1 s, the log reached 170-270 MiB
-//! before the writer let it start over, and so was cut back to `WAL_SIZE_LIMIT` each time). A RESTART stays as
-//! the fallback for a log that grew far longer all the same (a reader held on to old frames);
-//! the writer runs it too, when asked.
+//! wait for a checkpoint's two fsyncs, whether done by the writer or, as before, by a RESTART
+//! checkpoint that holds the write lock: up to 8 ms when first measured, 28-36 ms under a full
+//! send load on 2026-12-03 even with fewer than 200 frames left to copy (the fsyncs' time, not
+//! the copy's). What can be chosen is how often: every 16 MiB of log made that stall every half
+//! second under sends, and it was most of their p99. Every 128 MiB it comes every 2-3 s under a
+//! full send load. The log file is kept at up to `WAL_SIZE_LIMIT` on disk rather than shrunk
+//! to nothing and grown again; under a full send load the checkpointer's passes take 0.6-1 s,
+//! so the log can reach 170-270 MiB before the writer resets it, and is cut back then. A
+//! RESTART stays as the fallback for a log that grew far longer all the same (a reader held on
+//! to old frames); the writer runs it too, when asked.
 //!
 //! The checkpointer runs at the lowest CPU priority. Its copy is a burst of CPU once a pass
 //! (about 15 ms a second under a full send load on the 2-core test machine), and at normal
@@ -93,8 +92,7 @@ impl LogReset {
             return;
         };
         match done {
-            // Every request waits meanwhile, so its length is what a latency spike is checked
-            // against (28-36 ms under a full send load on the 2-core test machine).
+            // Every request waits meanwhile: its length is what a latency spike is checked against.
             Ok(()) => tracing::debug!(
                 restart,
                 elapsed_us = started.elapsed().as_micros() as u64,
