@@ -2,10 +2,11 @@
 //!
 //! One axum router per dialect (`pinpoint`, `amm`), each with its own extractors and an
 //! error type rendered in its own wire format, plus the shared pieces: request ids and request
-//! logging without query strings or secrets, health endpoints.
+//! logging without query strings or secrets, health endpoints and metrics.
 
 pub mod amm;
 pub mod health;
+pub mod metrics;
 pub mod observe;
 pub mod pinpoint;
 
@@ -30,6 +31,7 @@ pub struct Shared {
     pub accounts: AccountService,
     pub settings: ApiSettings,
     pub signing_keys: SigningKeys,
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl Default for ApiSettings {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(metrics::router())
         .merge(pinpoint::router())
         .merge(amm::router())
         .fallback(unknown_path)

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::HeaderValue;
@@ -100,6 +100,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
         id: id.clone(),
         facts: RefCell::default(),
     };
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let peer = request
@@ -120,10 +121,12 @@ pub async fn observe(request: Request, next: Next) -> Response {
         .map(|context| context.facts.into_inner())
         .unwrap_or_default();
     let status = response.status();
+    let elapsed = started.elapsed();
+    crate::metrics::record_request(route.as_ref().map(MatchedPath::as_str), status, elapsed);
     span.in_scope(|| {
         tracing::info!(
             status = status.as_u16(),
-            latency_us = started.elapsed().as_micros() as u64,
+            latency_us = elapsed.as_micros() as u64,
             %method,
             %path,
             peer = peer.map(tracing::field::display),

@@ -8,6 +8,7 @@ use crate::account::{Account, Application, Name, NewAccount};
 use crate::code::{CodeLength, OtpCode};
 use crate::crypto::ServerKey;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, SecretAccessKey, VerifyId};
+use crate::metrics;
 use crate::outbox::{MessageId, MessageText, NewOutboxMessage, OutboxMessage};
 use crate::policy::{MaxAttempts, Ttl};
 use crate::ports::{
@@ -129,6 +130,13 @@ impl VerificationService {
     /// and the sealed message in the outbox. Once that is durable the dispatcher is told, and the
     /// first delivery attempt is awaited for at most `first_attempt_wait`.
     pub async fn send(&self, request: SendRequest) -> Result<SendReceipt, SendError> {
+        let dialect = request.key.dialect;
+        let sent = self.send_and_deliver(request).await;
+        metrics::record_send(dialect, &sent);
+        sent
+    }
+
+    async fn send_and_deliver(&self, request: SendRequest) -> Result<SendReceipt, SendError> {
         let verify_id = VerifyId::generate();
         let code = OtpCode::generate(request.code_length);
         let message = self.composer.compose(&request.body, &code)?;
@@ -174,6 +182,9 @@ impl VerificationService {
             charge: if request.sandbox { 0 } else { message.parts },
         };
         self.store.create_verification(verification, guards).await?;
+        if !request.sandbox {
+            metrics::record_parts(request.key.dialect, message.parts);
+        }
         let (Some(message_id), Some(to_deliver)) = (message_id, to_deliver) else {
             return Ok(SendReceipt {
                 verify_id,
@@ -222,7 +233,10 @@ impl VerificationService {
             history,
             ip_limit,
         };
-        self.store.check(lookup, attempt).await
+        let dialect = lookup.dialect();
+        let checked = self.store.check(lookup, attempt).await;
+        metrics::record_check(dialect, checked.as_ref().ok().map(|report| report.outcome));
+        checked
     }
 
     pub async fn cancel(

@@ -327,6 +327,14 @@ pub enum CheckLookup {
 }
 
 impl CheckLookup {
+    /// The dialect whose check this is: only amm finds a verification by id.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::ByKey(key) => key.dialect,
+            Self::ById { .. } => Dialect::Amm,
+        }
+    }
+
     /// The account the verification must belong to; both lookups are within one account.
     pub fn account_id(&self) -> &AccountId {
         match self {

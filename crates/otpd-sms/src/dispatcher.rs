@@ -266,6 +266,7 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
         .settings
         .retry
         .outcome(report, message.attempts + 1, jitter);
+    otpd_core::metrics::record_sms_attempt(&outcome);
     match &outcome {
         // A first attempt's success is on its send request's log line.
         AttemptOutcome::Accepted(_) if message.attempts == 0 => {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use otpd_api::metrics::Metrics;
 use otpd_api::pinpoint::sigv4::SigningKeys;
 use otpd_api::{ApiSettings, AppState, Shared};
 use otpd_core::ports::{SmsTransport, Store};
@@ -57,6 +58,7 @@ impl Components {
             accounts,
             settings: self.api,
             signing_keys: SigningKeys::default(),
+            metrics: Metrics::install(),
         });
         (state, dispatcher)
     }

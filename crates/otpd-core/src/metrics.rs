@@ -1,0 +1,176 @@
+//! What the service counts, for operators' dashboards and alerts (`GET /metrics`).
+//!
+//! Recorded through the `metrics` facade, as logs go through `tracing`: the server installs a
+//! Prometheus recorder, and without one recording does nothing. Every label is a small closed
+//! set (dialect, result, status): never an account, a phone number or a code, so that a series
+//! can neither grow without bound nor tell anyone who is being verified.
+
+use metrics::{Unit, counter, describe_counter};
+
+use crate::outbox::AttemptOutcome;
+use crate::service::{SendError, SendReceipt};
+use crate::verification::{CheckOutcome, Dialect, SendRejected};
+
+/// Sends, by `dialect` and `result`.
+pub const SENDS: &str = "otpd_otp_sends_total";
+/// Checks of a submitted code, by `dialect` and `outcome`.
+pub const CHECKS: &str = "otpd_otp_checks_total";
+/// SMS parts committed for delivery (what a carrier bills), by `dialect`.
+pub const SMS_PARTS: &str = "otpd_sms_parts_total";
+/// Delivery attempts, by `result` and the carrier's `status`.
+pub const SMS_ATTEMPTS: &str = "otpd_sms_attempts_total";
+
+/// Gives the recorder installed now the help text of every metric above.
+pub fn describe() {
+    describe_counter!(
+        SENDS,
+        Unit::Count,
+        "Code sends by result: accepted, sandbox (no SMS), antispam, no_credit, unknown_account, \
+         bad_message (text or encoding refused) or store_error"
+    );
+    describe_counter!(
+        CHECKS,
+        Unit::Count,
+        "Checks of a submitted code by outcome: verified, mismatch, mismatch_exhausted (the last \
+         attempt was wrong), attempts_exhausted, expired, already_verified, cancelled, not_found, \
+         rate_limited (too many wrong checks from one IP address) or store_error"
+    );
+    describe_counter!(
+        SMS_PARTS,
+        Unit::Count,
+        "SMS parts committed for delivery; a sudden rise with few verified checks is the mark of \
+         SMS pumping"
+    );
+    describe_counter!(
+        SMS_ATTEMPTS,
+        Unit::Count,
+        "Delivery attempts by result (accepted, retry, failed) and the carrier's status"
+    );
+}
+
+/// Counts a send once its fate is known.
+pub(crate) fn record_send(dialect: Dialect, result: &Result<SendReceipt, SendError>) {
+    let result = match result {
+        Ok(SendReceipt {
+            message_id: None, ..
+        }) => "sandbox",
+        Ok(_) => "accepted",
+        Err(SendError::Rejected(SendRejected::TooManySends)) => "antispam",
+        Err(SendError::Rejected(SendRejected::NoCredit)) => "no_credit",
+        Err(SendError::Rejected(SendRejected::UnknownAccount)) => "unknown_account",
+        Err(SendError::Compose(_)) => "bad_message",
+        Err(SendError::Store(_)) => "store_error",
+    };
+    counter!(SENDS, "dialect" => dialect.as_str(), "result" => result).increment(1);
+}
+
+/// Counts the parts of a message committed for delivery.
+pub(crate) fn record_parts(dialect: Dialect, parts: u32) {
+    counter!(SMS_PARTS, "dialect" => dialect.as_str()).increment(u64::from(parts));
+}
+
+/// Counts a check; `None` when the store could not run it.
+pub(crate) fn record_check(dialect: Dialect, outcome: Option<CheckOutcome>) {
+    let outcome = outcome.map_or("store_error", CheckOutcome::as_str);
+    counter!(CHECKS, "dialect" => dialect.as_str(), "outcome" => outcome).increment(1);
+}
+
+/// Counts one delivery attempt.
+pub fn record_sms_attempt(outcome: &AttemptOutcome) {
+    let result = match outcome {
+        AttemptOutcome::Accepted(_) => "accepted",
+        AttemptOutcome::Retry { .. } => "retry",
+        AttemptOutcome::Failed(_) => "failed",
+    };
+    let status = outcome.report().status.as_str();
+    counter!(SMS_ATTEMPTS, "result" => result, "status" => status).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+    use crate::ids::VerifyId;
+    use crate::ports::{DeliveryReport, DeliveryStatus, StoreError};
+    use crate::sms::ComposeError;
+
+    /// What `record` counted, rendered as `/metrics` renders it.
+    fn rendered(record: impl FnOnce()) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, record);
+        recorder.handle().render()
+    }
+
+    fn report(status: DeliveryStatus) -> DeliveryReport {
+        DeliveryReport {
+            status,
+            message_id: None,
+            status_code: 0,
+            status_message: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_send_result_has_its_own_label() {
+        let sandbox = SendReceipt {
+            verify_id: VerifyId::generate(),
+            message_id: None,
+            delivery: None,
+        };
+        let cases: [(Result<SendReceipt, SendError>, &str); 6] = [
+            (Ok(sandbox), "sandbox"),
+            (Err(SendRejected::TooManySends.into()), "antispam"),
+            (Err(SendRejected::NoCredit.into()), "no_credit"),
+            (Err(SendRejected::UnknownAccount.into()), "unknown_account"),
+            (Err(ComposeError::TooLong.into()), "bad_message"),
+            (
+                Err(StoreError::Unavailable("down".into()).into()),
+                "store_error",
+            ),
+        ];
+        for (result, label) in cases {
+            let text = rendered(|| record_send(Dialect::Amm, &result));
+            let line = format!("{SENDS}{{dialect=\"amm\",result=\"{label}\"}} 1");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn a_check_the_store_could_not_run_is_a_store_error() {
+        let text = rendered(|| {
+            record_check(Dialect::Pinpoint, None);
+            record_check(Dialect::Pinpoint, Some(CheckOutcome::RateLimited));
+        });
+        assert!(text.contains(&format!(
+            "{CHECKS}{{dialect=\"pinpoint\",outcome=\"store_error\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "{CHECKS}{{dialect=\"pinpoint\",outcome=\"rate_limited\"}} 1"
+        )));
+    }
+
+    #[test]
+    fn delivery_attempts_are_counted_by_result_and_status() {
+        let text = rendered(|| {
+            record_sms_attempt(&AttemptOutcome::Retry {
+                report: report(DeliveryStatus::Throttled),
+                retry_after: Duration::from_secs(1),
+            });
+            record_sms_attempt(&AttemptOutcome::Failed(report(
+                DeliveryStatus::PermanentFailure,
+            )));
+            record_sms_attempt(&AttemptOutcome::Failed(report(
+                DeliveryStatus::PermanentFailure,
+            )));
+        });
+        assert!(text.contains(&format!(
+            "{SMS_ATTEMPTS}{{result=\"retry\",status=\"THROTTLED\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "{SMS_ATTEMPTS}{{result=\"failed\",status=\"PERMANENT_FAILURE\"}} 2"
+        )));
+    }
+}
