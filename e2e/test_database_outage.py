@@ -115,6 +115,10 @@ def test_errors_in_each_dialect_while_the_database_is_down_then_recovery(node, c
     assert response.json() == {"errorMsg": "GENERIC_ERROR"}
     response = amm.get(f"{node.url}/sms/v2/verify/check", params={"verify_id": "a" * 40, "verify_code": "1234"})
     assert response.status_code == 500
+    metrics = requests.get(f"{node.url}/metrics", timeout=10)
+    assert metrics.status_code == 200, "metrics still answer, and say the database does not"
+    assert "\notpd_database_up 0\n" in metrics.text
+    assert 'otpd_http_requests_total{route="/sms/v2/verify/send",status="500"} 1' in metrics.text
     assert time.monotonic() - started < 20, "answers come promptly, never a hang"
     assert "panicked" not in node.logs()
 
@@ -127,6 +131,7 @@ def test_errors_in_each_dialect_while_the_database_is_down_then_recovery(node, c
     code = node.last_code("+" + to)
     check = amm.get(f"{node.url}/sms/v2/verify/check", params={"verify_id": verify_id, "verify_code": code})
     assert check.json()["verify_status"] == "VERIFIED"
+    assert "\notpd_database_up 1\n" in requests.get(f"{node.url}/metrics", timeout=10).text
 
 
 def test_a_database_restart_under_load_loses_no_accepted_send(node, cluster):

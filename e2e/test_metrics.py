@@ -111,6 +111,16 @@ def test_sms_parts_and_delivery_attempts_are_counted(otpd, traffic):
     assert value(found, "otpd_sms_attempts_total", result="accepted", status="SUCCESSFUL") == traffic["delivered"]
 
 
+def test_the_outbox_is_empty_once_every_message_is_delivered(otpd, traffic):
+    def settled():
+        found = samples(scrape(otpd))
+        return found if value(found, "otpd_outbox_pending_messages") == 0 else None
+
+    found = wait_for(settled)
+    assert value(found, "otpd_outbox_oldest_pending_age_seconds") == 0
+    assert value(found, "otpd_database_up") == 1
+
+
 def test_requests_are_counted_by_route_template_and_status(otpd, traffic):
     found = samples(scrape(otpd))
     requests_total = "otpd_http_requests_total"
@@ -158,5 +168,8 @@ def test_failed_deliveries_are_counted_as_retries(tmp_path):
 
         attempts = wait_for(retried)
         assert attempts == {"retry": 1.0}
+        found = samples(scrape(server))
+        assert value(found, "otpd_outbox_pending_messages") == 1, "it waits for its next attempt"
+        assert 0 <= value(found, "otpd_outbox_oldest_pending_age_seconds") < 60
     finally:
         server.stop()

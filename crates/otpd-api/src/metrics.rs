@@ -169,7 +169,13 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(render))
 }
 
+/// The outbox figures come from the database, read now; the rest from the recorder.
 async fn render(State(state): State<AppState>) -> ([(http::HeaderName, &'static str); 1], String) {
+    let backlog = state.store().outbox_backlog().await;
+    if let Err(error) = &backlog {
+        tracing::warn!(%error, "/metrics: the database does not answer");
+    }
+    otpd_core::metrics::record_backlog(backlog.ok());
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),

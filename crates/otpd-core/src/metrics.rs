@@ -5,9 +5,9 @@
 //! set (dialect, result, status): never an account, a phone number or a code, so that a series
 //! can neither grow without bound nor tell anyone who is being verified.
 
-use metrics::{Unit, counter, describe_counter};
+use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 
-use crate::outbox::AttemptOutcome;
+use crate::outbox::{AttemptOutcome, OutboxBacklog};
 use crate::service::{SendError, SendReceipt};
 use crate::verification::{CheckOutcome, Dialect, SendRejected};
 
@@ -19,6 +19,12 @@ pub const CHECKS: &str = "otpd_otp_checks_total";
 pub const SMS_PARTS: &str = "otpd_sms_parts_total";
 /// Delivery attempts, by `result` and the carrier's `status`.
 pub const SMS_ATTEMPTS: &str = "otpd_sms_attempts_total";
+/// Messages waiting for delivery, read from the database at each scrape.
+pub const OUTBOX_PENDING: &str = "otpd_outbox_pending_messages";
+/// How long the oldest of them has waited.
+pub const OUTBOX_OLDEST_AGE: &str = "otpd_outbox_oldest_pending_age_seconds";
+/// Whether the database answered the scrape's backlog query.
+pub const DATABASE_UP: &str = "otpd_database_up";
 
 /// Gives the recorder installed now the help text of every metric above.
 pub fn describe() {
@@ -45,6 +51,22 @@ pub fn describe() {
         SMS_ATTEMPTS,
         Unit::Count,
         "Delivery attempts by result (accepted, retry, failed) and the carrier's status"
+    );
+    describe_gauge!(
+        OUTBOX_PENDING,
+        Unit::Count,
+        "Messages neither handed to a carrier nor given up on, in the shared database (every \
+         node reports the same figure)"
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "How long the oldest waiting message has waited since its send; 0 when none waits"
+    );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 when the database answered the last scrape, 0 when not (the outbox figures are then \
+         the last ones read)"
     );
 }
 
@@ -73,6 +95,15 @@ pub(crate) fn record_parts(dialect: Dialect, parts: u32) {
 pub(crate) fn record_check(dialect: Dialect, outcome: Option<CheckOutcome>) {
     let outcome = outcome.map_or("store_error", CheckOutcome::as_str);
     counter!(CHECKS, "dialect" => dialect.as_str(), "outcome" => outcome).increment(1);
+}
+
+/// Sets the outbox figures read for a scrape; `None` when the database did not answer.
+pub fn record_backlog(backlog: Option<OutboxBacklog>) {
+    gauge!(DATABASE_UP).set(if backlog.is_some() { 1.0 } else { 0.0 });
+    if let Some(backlog) = backlog {
+        gauge!(OUTBOX_PENDING).set(backlog.pending as f64);
+        gauge!(OUTBOX_OLDEST_AGE).set(backlog.oldest_age.as_secs_f64());
+    }
 }
 
 /// Counts one delivery attempt.
@@ -150,6 +181,20 @@ mod tests {
         assert!(text.contains(&format!(
             "{CHECKS}{{dialect=\"pinpoint\",outcome=\"rate_limited\"}} 1"
         )));
+    }
+
+    #[test]
+    fn the_backlog_is_kept_while_the_database_does_not_answer() {
+        let text = rendered(|| {
+            record_backlog(Some(OutboxBacklog {
+                pending: 3,
+                oldest_age: Duration::from_millis(2_500),
+            }));
+            record_backlog(None);
+        });
+        assert!(text.contains(&format!("{DATABASE_UP} 0")), "{text}");
+        assert!(text.contains(&format!("{OUTBOX_PENDING} 3")), "{text}");
+        assert!(text.contains(&format!("{OUTBOX_OLDEST_AGE} 2.5")), "{text}");
     }
 
     #[test]

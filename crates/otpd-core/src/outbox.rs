@@ -174,6 +174,26 @@ pub struct Receipt {
     pub at: Timestamp,
 }
 
+/// What waits in the outbox, for monitoring: messages neither handed to a carrier nor given up
+/// on (due, waiting to retry, or being sent now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxBacklog {
+    pub pending: u64,
+    /// How long the oldest of them has waited since it was committed; zero when none waits.
+    pub oldest_age: Duration,
+}
+
+impl OutboxBacklog {
+    /// From a count and the commit time of the oldest, as of `now`.
+    pub fn at(now: Timestamp, pending: u64, oldest: Option<Timestamp>) -> Self {
+        let waited = oldest.map_or(0, |oldest| now.millis().saturating_sub(oldest.millis()));
+        Self {
+            pending,
+            oldest_age: Duration::from_millis(u64::try_from(waited).unwrap_or(0)),
+        }
+    }
+}
+
 /// One message as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord {

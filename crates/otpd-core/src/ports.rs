@@ -9,7 +9,9 @@ use crate::account::{Account, Application, NewAccount};
 use crate::clock::Timestamp;
 use crate::code::OtpCode;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
-use crate::outbox::{AttemptOutcome, MessageId, MessageRecord, OutboxMessage, Receipt};
+use crate::outbox::{
+    AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt,
+};
 use crate::phone::E164;
 use crate::sms::{ComposeError, ComposedSms, MessageBody, Sender};
 use crate::verification::{
@@ -120,6 +122,8 @@ pub trait Store: Send + Sync + 'static {
     /// stopping), so that the messages are due again at once rather than when the lease ends.
     async fn release_messages(&self, ids: &[MessageId]) -> Result<u64, StoreError>;
     async fn find_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
+    /// How many messages wait for delivery and how long the oldest has (for `/metrics`).
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
 
     /// Deletes up to `limit` verifications created before `cutoff`, with their checks and
     /// messages; returns how many went. Called in small batches so it never holds the writer long.

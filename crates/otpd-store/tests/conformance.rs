@@ -8,7 +8,7 @@ use otpd_core::Clock;
 use otpd_core::account::{Application, Name, NewAccount};
 use otpd_core::clock::ManualClock;
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageState, MessageText, NewOutboxMessage, Receipt,
+    AttemptOutcome, MessageId, MessageState, MessageText, NewOutboxMessage, OutboxBacklog, Receipt,
 };
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::sms::Encoding;
@@ -1154,6 +1154,62 @@ async fn a_message_committed_for_immediate_delivery_is_claimed_from_the_start(ba
     assert_eq!(claimed[0].attempts, 1);
 }
 
+async fn the_backlog_counts_what_waits_for_delivery(backend: Backend) {
+    let h = harness(backend).await;
+    let backlog = || async { h.store.outbox_backlog().await.expect("backlog") };
+    assert_eq!(backlog().await, OutboxBacklog::default(), "nothing waits");
+    h.send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    h.clock.advance(Duration::from_secs(10));
+    h.send(h.key_for("+393481234568"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    h.clock.advance(Duration::from_secs(5));
+    let waiting = OutboxBacklog {
+        pending: 2,
+        oldest_age: Duration::from_secs(15),
+    };
+    assert_eq!(backlog().await, waiting);
+    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    assert_eq!(backlog().await, waiting, "being sent is still waiting");
+    let throttled = DeliveryReport {
+        status: DeliveryStatus::Throttled,
+        message_id: None,
+        status_code: 88,
+        status_message: "throttled".into(),
+    };
+    h.store
+        .finish_attempts(vec![
+            (claimed[0].id.clone(), accepted("carrier-1")),
+            (
+                claimed[1].id.clone(),
+                AttemptOutcome::Retry {
+                    report: throttled.clone(),
+                    retry_after: Duration::from_secs(5),
+                },
+            ),
+        ])
+        .await
+        .expect("finish");
+    assert_eq!(
+        backlog().await,
+        OutboxBacklog {
+            pending: 1,
+            oldest_age: Duration::from_secs(5),
+        },
+        "a retry still waits; a message handed over does not"
+    );
+    h.clock.advance(Duration::from_secs(5));
+    let retried = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    assert_eq!(retried.len(), 1);
+    h.store
+        .finish_attempt(&retried[0].id, AttemptOutcome::Failed(throttled))
+        .await
+        .expect("finish");
+    assert_eq!(backlog().await, OutboxBacklog::default(), "given up on");
+}
+
 async fn retention_purges_old_verifications_in_batches(backend: Backend) {
     let h = harness(backend).await;
     let mut old = Vec::new();
@@ -1409,6 +1465,7 @@ on_every_backend!(
     outcomes_are_stored_in_batches,
     receipts_update_the_delivery_status,
     a_message_committed_for_immediate_delivery_is_claimed_from_the_start,
+    the_backlog_counts_what_waits_for_delivery,
     retention_purges_old_verifications_in_batches,
     checks_follow_the_state_machine_in_every_state,
     codes_verify_whatever_their_digest_is_bound_to,

@@ -14,7 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use otpd_core::account::{Account, Application, NewAccount};
-use otpd_core::outbox::{AttemptOutcome, MessageId, MessageRecord, OutboxMessage, Receipt};
+use otpd_core::outbox::{
+    AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt,
+};
 use otpd_core::ports::{CreateError, Store, StoreError};
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
@@ -333,6 +335,12 @@ impl Store for PgStore {
         let id = id.clone();
         Ok(self
             .with_client(move |client, _| async move { queries::find_message(&client, &id).await })
+            .await?)
+    }
+
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        Ok(self
+            .with_client(|client, now| async move { queries::outbox_backlog(&client, now).await })
             .await?)
     }
 

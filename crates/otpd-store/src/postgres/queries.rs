@@ -7,7 +7,8 @@ use std::time::Duration;
 use deadpool_postgres::{ClientWrapper, Object};
 use otpd_core::account::{Account, Application, NewAccount};
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, OutboxMessage, Receipt,
+    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, OutboxBacklog,
+    OutboxMessage, Receipt,
 };
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
@@ -727,6 +728,25 @@ pub(super) async fn find_message(
         receipt_state: row.try_get(14)?,
         receipt_at: optional_time(&row, 15)?,
     }))
+}
+
+pub(super) async fn outbox_backlog(
+    client: &ClientWrapper,
+    now: Option<i64>,
+) -> Result<OutboxBacklog, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT COUNT(*), MIN(created_at), {NOW} FROM outbox WHERE state = 'pending'"
+        ))
+        .await?;
+    let row = client.query_one(&statement, &[&now]).await?;
+    let pending: i64 = row.try_get(0)?;
+    let oldest: Option<i64> = row.try_get(1)?;
+    Ok(OutboxBacklog::at(
+        Timestamp(row.try_get(2)?),
+        u64::try_from(pending).unwrap_or(0),
+        oldest.map(Timestamp),
+    ))
 }
 
 pub(super) async fn purge_verifications(

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use otpd_core::account::{Account, Application, NewAccount};
-use otpd_core::outbox::{AttemptOutcome, MessageId, MessageRecord, OutboxMessage, Receipt};
+use otpd_core::outbox::{
+    AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt,
+};
 use otpd_core::ports::{CreateError, Store, StoreError};
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
@@ -340,6 +342,12 @@ impl Store for SqliteStore {
         let id = id.clone();
         Ok(self
             .read(move |connection, _| queries::find_message(connection, &id))
+            .await?)
+    }
+
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        Ok(self
+            .read(|connection, clock| queries::outbox_backlog(connection, clock.now()))
             .await?)
     }
 

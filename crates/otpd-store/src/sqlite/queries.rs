@@ -5,7 +5,8 @@ use otpd_core::account::{Account, Application, NewAccount};
 use std::time::Duration;
 
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, OutboxMessage, Receipt,
+    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, OutboxBacklog,
+    OutboxMessage, Receipt,
 };
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
@@ -679,6 +680,22 @@ pub(super) fn record_receipt(
             now.millis()
         ])?;
     Ok(updated > 0)
+}
+
+pub(super) fn outbox_backlog(
+    connection: &Connection,
+    now: Timestamp,
+) -> Result<OutboxBacklog, Failure> {
+    let (pending, oldest) = connection
+        .prepare_cached("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE state = 'pending'")?
+        .query_row([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+        })?;
+    Ok(OutboxBacklog::at(
+        now,
+        u64::try_from(pending).unwrap_or(0),
+        oldest.map(Timestamp),
+    ))
 }
 
 pub(super) fn release_claims(connection: &Connection) -> Result<u64, Failure> {
