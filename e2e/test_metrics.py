@@ -5,7 +5,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Otpd, wait_for
+from conftest import BACKEND, Otpd, wait_for
 
 PINPOINT_TO = "+393481230001"
 AMM_TO = "393471230002"
@@ -136,6 +136,17 @@ def test_requests_are_counted_by_route_template_and_status(otpd, traffic):
     assert value(found, duration + "_bucket", route=verify, le="+Inf") == 3
     assert 0 < value(found, duration + "_sum", route=verify) < 3
     assert value(found, "otpd_build_info", version="0.1.0") == 1
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="the SQLite writer's own metrics")
+def test_the_sqlite_writer_shows_its_group_commits(otpd, traffic):
+    found = samples(scrape(otpd))
+    commits = value(found, "otpd_sqlite_commit_size_count")
+    grouped = value(found, "otpd_sqlite_commit_size_sum")
+    assert commits > 0 and grouped >= commits, "every commit carries at least one request"
+    assert value(found, "otpd_sqlite_commit_size_bucket", le="+Inf") == commits
+    assert value(found, "otpd_sqlite_commit_duration_seconds_count") == commits
+    assert 0 < value(found, "otpd_sqlite_commit_duration_seconds_sum") < commits
 
 
 def test_nothing_names_a_caller_a_number_a_code_or_a_path(otpd, account, app_id, traffic):

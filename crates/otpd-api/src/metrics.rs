@@ -33,11 +33,14 @@ const START_TIME: &str = "process_start_time_seconds";
 /// The route label of a request no route matched: the path itself would let callers make up series.
 const UNMATCHED: &str = "unmatched";
 
-/// Latency buckets in seconds: from a verify's fraction of a millisecond to the 2 s a send may
-/// wait for its first delivery attempt, and beyond.
+/// Buckets of every histogram named `..._seconds`: from an fsync's or a verify's fraction of a
+/// millisecond to the 2 s a send may wait for its first delivery attempt, and beyond.
 const DURATION_BUCKETS: &[f64] = &[
-    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+/// Buckets of every histogram named `..._size` (requests per SQLite group commit, up to the
+/// writer's 512).
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 /// How often the latencies recorded since are sorted into their buckets; until then each one is
 /// kept (8 bytes), so this bounds what a busy server holds between scrapes.
@@ -50,7 +53,9 @@ pub struct Metrics(PrometheusHandle);
 impl Metrics {
     /// The Prometheus recorder, installed by the first call in a process. Metrics are
     /// process-wide, as the `metrics` facade is: applications built in one process (tests) share
-    /// them.
+    /// them. What is recorded before goes nowhere, help texts included, so call it before
+    /// starting the parts that describe theirs (the store's threads).
+    #[must_use = "a handle to render the metrics; dropping it keeps the recorder installed"]
     pub fn install() -> Self {
         static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
         Self(INSTALLED.get_or_init(install_recorder).clone())
@@ -62,9 +67,13 @@ impl Metrics {
 }
 
 fn install_recorder() -> PrometheusHandle {
+    // Histograms are named by what they measure, so the other crates' get their buckets too.
     let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), DURATION_BUCKETS)
-        .unwrap_or_else(|_| unreachable!("the bucket list is not empty"))
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS)
+        })
+        .unwrap_or_else(|_| unreachable!("the bucket lists are not empty"))
         .build_recorder();
     let handle = recorder.handle();
     if let Err(error) = metrics::set_global_recorder(recorder) {

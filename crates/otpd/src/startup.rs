@@ -136,6 +136,8 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         .sms
         .parse()
         .map_err(|error: otpd_sms::transport::SpecError| CommandError::Usage(error.to_string()))?;
+    // Before the store starts its threads, so that the help text of their metrics is recorded.
+    let _installed = Metrics::install();
     let location = DatabaseLocation::from_options(global)?;
     let key = config::server_key(global)?;
     let store = location.open(Arc::new(SystemClock)).await?;

@@ -63,6 +63,18 @@ impl WalLimits {
     };
 }
 
+/// How long the writer held every request to let the log start over (see the module docs).
+const WRITER_CHECKPOINT_DURATION: &str = "otpd_sqlite_wal_reset_duration_seconds";
+
+/// Gives the metrics recorder installed now the help text of the log's metrics.
+fn describe_metrics() {
+    metrics::describe_histogram!(
+        WRITER_CHECKPOINT_DURATION,
+        metrics::Unit::Seconds,
+        "Pauses of the SQLite writer while it lets the write-ahead log start over"
+    );
+}
+
 /// The lowest CPU priority (nice value) a thread can have: the checkpointer's.
 #[cfg(target_os = "linux")]
 const CHECKPOINTER_NICENESS: i32 = 19;
@@ -91,11 +103,13 @@ impl LogReset {
         } else {
             return;
         };
+        let elapsed = started.elapsed();
+        metrics::histogram!(WRITER_CHECKPOINT_DURATION).record(elapsed.as_secs_f64());
         match done {
             // Every request waits meanwhile: its length is what a latency spike is checked against.
             Ok(()) => tracing::debug!(
                 restart,
-                elapsed_us = started.elapsed().as_micros() as u64,
+                elapsed_us = elapsed.as_micros() as u64,
                 "the writer finished a WAL checkpoint"
             ),
             Err(error) => tracing::warn!(%error, "WAL checkpoint by the writer failed"),
@@ -109,6 +123,7 @@ pub(super) fn spawn_checkpointer(
     alive: Weak<()>,
     reset: Arc<LogReset>,
 ) -> std::io::Result<()> {
+    describe_metrics();
     std::thread::Builder::new()
         .name("otpd-sqlite-checkpoint".into())
         .spawn(move || {

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -20,6 +21,31 @@ use super::wal::LogReset;
 
 /// The largest batch one commit carries; bounds the latency of the first request in it.
 const MAX_BATCH: usize = 512;
+
+/// Requests per group commit: how well the writer groups them.
+const COMMIT_SIZE: &str = "otpd_sqlite_commit_size";
+/// From a batch's `BEGIN` to its durable `COMMIT`: the disk's fsync time shows here first.
+const COMMIT_DURATION: &str = "otpd_sqlite_commit_duration_seconds";
+
+/// Gives the metrics recorder installed now the help text of the writer's metrics.
+fn describe_metrics() {
+    metrics::describe_histogram!(
+        COMMIT_SIZE,
+        metrics::Unit::Count,
+        "Requests per SQLite group commit"
+    );
+    metrics::describe_histogram!(
+        COMMIT_DURATION,
+        metrics::Unit::Seconds,
+        "Time of one SQLite group commit, its fsync included"
+    );
+}
+
+/// Records a batch; once per commit, so the registry lookups cost nothing worth a cache.
+fn record_commit(requests: usize, elapsed: Duration) {
+    metrics::histogram!(COMMIT_SIZE).record(requests as f64);
+    metrics::histogram!(COMMIT_DURATION).record(elapsed.as_secs_f64());
+}
 
 /// What a job hands back to the writer: whether it succeeded (its changes are to be kept), and
 /// how to answer its caller once the fate of the transaction is known.
@@ -44,6 +70,7 @@ impl Writer {
     /// asks (see `wal`).
     pub(super) fn spawn(connection: Connection, log_reset: Arc<LogReset>) -> std::io::Result<Self> {
         let (jobs, queue) = flume::unbounded::<Job>();
+        describe_metrics();
         thread::Builder::new()
             .name("otpd-sqlite-writer".into())
             .spawn(move || run(connection, queue, &log_reset))?;
@@ -92,7 +119,9 @@ fn run(connection: Connection, queue: flume::Receiver<Job>, log_reset: &LogReset
                 Err(_) => break,
             }
         }
+        let (requests, started) = (batch.len(), Instant::now());
         run_batch(&connection, batch);
+        record_commit(requests, started.elapsed());
         log_reset.finish_if_wanted(&connection);
     }
 }
