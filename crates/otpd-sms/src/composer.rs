@@ -167,4 +167,64 @@ mod tests {
             .expect("composes");
         assert_eq!(japanese.encoding, Encoding::Ucs2);
     }
+
+    mod any_text {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Texts around the placeholder: stray `${`, braces, GSM extension and non-GSM
+        /// characters, long runs.
+        fn any_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just(PLACEHOLDER.to_owned()),
+                Just("${".to_owned()),
+                Just("}".to_owned()),
+                Just("€[]".to_owned()),
+                "[a-zA-Z0-9 ]{0,40}",
+                ".{0,20}",
+                Just("x".repeat(400)),
+            ];
+            prop::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+        }
+
+        fn any_choice() -> impl Strategy<Value = EncodingChoice> {
+            prop::sample::select(vec![
+                EncodingChoice::Gsm7,
+                EncodingChoice::Ucs2,
+                EncodingChoice::Auto,
+            ])
+        }
+
+        proptest! {
+            /// Any text composes into a message that carries the code, in an encoding that can
+            /// carry it and within the part limit, or is refused with a reason; nothing panics.
+            #[test]
+            fn any_text_composes_or_is_refused(text in any_text(), encoding in any_choice()) {
+                let placeholders = text.matches(PLACEHOLDER).count();
+                match custom(&text, encoding) {
+                    Ok(sms) => {
+                        prop_assert!(placeholders > 0);
+                        prop_assert!(!sms.text.contains(PLACEHOLDER));
+                        prop_assert_eq!(sms.text.matches("1234").count() >= placeholders, true);
+                        prop_assert!((1..=segments::MAX_PARTS).contains(&(sms.parts as usize)));
+                        if sms.encoding == Encoding::Gsm7 {
+                            prop_assert!(gsm::fits(&sms.text));
+                        }
+                        if encoding == EncodingChoice::Ucs2 {
+                            prop_assert_eq!(sms.encoding, Encoding::Ucs2);
+                        }
+                    }
+                    Err(ComposeError::BadPlaceholder) => {
+                        let opened = text.matches("${").count();
+                        prop_assert!(placeholders == 0 || opened > placeholders, "{:?}", text);
+                    }
+                    Err(ComposeError::UnencodableCharacter) => {
+                        prop_assert_eq!(encoding, EncodingChoice::Gsm7);
+                    }
+                    Err(ComposeError::TooLong) => {}
+                }
+            }
+        }
+    }
 }

@@ -354,4 +354,73 @@ mod tests {
             None
         );
     }
+
+    mod any_form {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const NAMES: [&str; 12] = [
+            "to",
+            "text",
+            "from",
+            "sandbox",
+            "app_id",
+            "encoding",
+            "code_len",
+            "ttl",
+            "max_retry",
+            "verify_id",
+            "verify_code",
+            "ip_address",
+        ];
+
+        /// A form of known and unknown names with any values, percent-encoded or raw.
+        fn any_form() -> impl Strategy<Value = Vec<u8>> {
+            let value = prop_oneof![
+                ".{0,40}",
+                "[0-9]{0,16}",
+                Just("393481234567".to_owned()),
+                Just("Code ${verify_code}".to_owned()),
+            ];
+            let name = prop_oneof![
+                prop::sample::select(NAMES.to_vec()).prop_map(str::to_owned),
+                "[a-z_]{0,8}"
+            ];
+            let pairs = prop::collection::vec((name, value), 0..10).prop_map(|pairs| {
+                form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(pairs)
+                    .finish()
+            });
+            prop_oneof![
+                // A valid send with changes after it, so that accepted sends are common too.
+                pairs
+                    .clone()
+                    .prop_map(|changes| format!("{BASE}&{changes}").into_bytes()),
+                pairs.prop_map(String::into_bytes),
+                prop::collection::vec(any::<u8>(), 0..80),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the form, a send is refused with one of the provider's codes or is a
+            /// request that keeps every rule; the other parameters parse or are refused; nothing
+            /// panics.
+            #[test]
+            fn any_form_is_refused_or_valid(body in any_form(), query in proptest::option::of(".{0,40}")) {
+                let params = Params::parse(&body, query.as_deref());
+                if let Ok(request) = send_request(&params, &account(None)) {
+                    prop_assert!((4..=8).contains(&request.code_length.digits()));
+                    prop_assert!(request.key.destination.as_str().starts_with('+'));
+                    let MessageBody::Custom { text, .. } = &request.body else {
+                        return Err(TestCaseError::fail("amm sends carry their own text"));
+                    };
+                    let placeholder = "${verify_code}";
+                    prop_assert!(text.contains(placeholder), "{} lacks the placeholder", text);
+                }
+                let _ = verify_id(&params);
+                let _ = ip_address(&params);
+            }
+        }
+    }
 }

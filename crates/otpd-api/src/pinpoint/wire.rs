@@ -523,4 +523,109 @@ mod tests {
     fn creation_dates_are_iso8601() {
         assert_eq!(iso8601(1_795_300_336_123), "2026-11-21T22:32:16.123Z");
     }
+
+    mod any_body {
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        use super::*;
+
+        const FIELDS: [&str; 12] = [
+            "Channel",
+            "OriginationIdentity",
+            "DestinationIdentity",
+            "BrandName",
+            "ReferenceId",
+            "CodeLength",
+            "ValidityPeriod",
+            "AllowedAttempts",
+            "Language",
+            "EntityId",
+            "TemplateId",
+            "Otp",
+        ];
+
+        /// Any JSON value a client might put in a field, the plausible ones often.
+        fn any_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                (-10i64..100).prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,70}".prop_map(Value::from),
+                prop::sample::select(vec![
+                    "SMS",
+                    "+393481234567",
+                    "+12065550100",
+                    "en-US",
+                    "Shop"
+                ])
+                .prop_map(Value::from),
+                prop::collection::vec(any::<u8>().prop_map(Value::from), 0..3)
+                    .prop_map(Value::Array),
+            ]
+        }
+
+        fn any_body() -> impl Strategy<Value = Vec<u8>> {
+            let valid = [
+                ("Channel", "SMS"),
+                ("OriginationIdentity", "+12065550100"),
+                ("DestinationIdentity", "+393481234567"),
+                ("ReferenceId", "login"),
+                ("Otp", "123456"),
+            ];
+            // From nothing, or from a valid send, so that accepted sends are common too.
+            let fields = (
+                any::<bool>(),
+                prop::collection::btree_map(
+                    prop::sample::select(FIELDS.to_vec()),
+                    any_value(),
+                    0..6,
+                ),
+            );
+            prop_oneof![
+                fields.prop_map(move |(from_valid, changes)| {
+                    let mut object = Map::new();
+                    if from_valid {
+                        for (name, value) in valid {
+                            object.insert(name.to_owned(), Value::from(value));
+                        }
+                    }
+                    for (name, value) in changes {
+                        object.insert(name.to_owned(), value);
+                    }
+                    serde_json::to_vec(&Value::Object(object)).unwrap_or_default()
+                }),
+                prop::collection::vec(any::<u8>(), 0..64),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the body, a send is either refused with a message or a request that keeps
+            /// every rule; nothing panics.
+            #[test]
+            fn any_send_body_is_refused_or_valid(body in any_body()) {
+                let parsed = parse_json::<SendOtpParameters>(&body)
+                    .and_then(|parameters| send_request(parameters, &AccountId::generate(), &ApplicationId::generate()));
+                match parsed {
+                    Ok(request) => {
+                        prop_assert!((5..=8).contains(&request.code_length.digits()));
+                        prop_assert!((1..=5).contains(&request.max_attempts.get()));
+                        prop_assert!(request.key.destination.as_str().starts_with('+'));
+                        prop_assert!((1..=48).contains(&request.key.reference.chars().count()));
+                    }
+                    Err(error) => prop_assert!(matches!(error, PinpointError::BadRequest(_))),
+                }
+            }
+
+            #[test]
+            fn any_verify_body_is_refused_or_parsed(body in any_body()) {
+                if let Ok(parameters) = parse_json::<VerifyOtpParameters>(&body) {
+                    let _ = lookup_destination(parameters.destination_identity);
+                    let _ = reference_id(parameters.reference_id);
+                }
+            }
+        }
+    }
 }

@@ -557,4 +557,35 @@ mod tests {
         assert_eq!(receipt.state, "DELIVRD");
         assert!(parse_receipt(b"hello", Timestamp(5)).is_none());
     }
+
+    mod any_receipt {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any short message body a carrier sends back is a receipt with an id and a state,
+            /// or not a receipt; nothing panics, invalid UTF-8 included.
+            #[test]
+            fn any_body_is_a_receipt_or_not(
+                words in prop::collection::vec(
+                    prop_oneof![
+                        "(id|stat|err|sub|dlvrd):[A-Za-z0-9]{0,10}",
+                        "(submit|done) date:[0-9]{0,12}",
+                        ".{0,12}",
+                    ],
+                    0..8,
+                ),
+                noise in prop::collection::vec(any::<u8>(), 0..8),
+            ) {
+                let mut body = words.join(" ").into_bytes();
+                body.extend(noise);
+                if let Some(receipt) = parse_receipt(&body, Timestamp(5)) {
+                    prop_assert!(!receipt.carrier_message_id.is_empty());
+                    prop_assert!(!receipt.state.is_empty());
+                    prop_assert!(!receipt.carrier_message_id.contains(' '));
+                }
+            }
+        }
+    }
 }
