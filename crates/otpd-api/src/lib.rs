@@ -2,10 +2,13 @@
 //!
 //! One axum router per dialect (`pinpoint`, `amm`), each with its own extractors and an
 //! error type rendered in its own wire format, plus the shared pieces: request ids and request
-//! logging without query strings or secrets, health endpoints and metrics.
+//! logging without query strings or secrets, health endpoints, metrics and the web console.
 
 pub mod amm;
+mod basic_auth;
+pub mod console;
 pub mod health;
+mod iso8601;
 pub mod metrics;
 pub mod observe;
 pub mod pinpoint;
@@ -32,6 +35,8 @@ pub struct Shared {
     pub settings: ApiSettings,
     pub signing_keys: SigningKeys,
     pub metrics: metrics::Metrics,
+    /// The web console's operator password; without one there is no console.
+    pub console: Option<console::ConsolePassword>,
 }
 
 impl AppState {
@@ -75,6 +80,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(metrics::router())
+        .merge(console::router())
         .merge(pinpoint::router())
         .merge(amm::router())
         .fallback(unknown_path)

@@ -91,6 +91,13 @@ pub struct ServeOptions {
     /// Log format.
     #[arg(long, env = "OTPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// A file holding the web console's operator password, at least 16 characters (default:
+    /// DATA_DIR/console.password, generated on first use).
+    #[arg(long, env = "OTPD_CONSOLE_PASSWORD_FILE")]
+    pub console_password_file: Option<PathBuf>,
+    /// Serve no web console.
+    #[arg(long, env = "OTPD_NO_CONSOLE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub no_console: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,16 +1,18 @@
-//! Turning options into the things otpd runs on: the store and the server key.
+//! Turning options into the things otpd runs on: the store, the server key and the console
+//! password.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use otpd_api::console::{ConsolePassword, MIN_PASSWORD_CHARS};
 use otpd_core::ports::Store;
 use otpd_core::{Clock, ServerKey};
 use otpd_store::{PgStore, PgStoreOptions, SqliteStore};
 
 use crate::CommandError;
-use crate::cli::GlobalOptions;
+use crate::cli::{GlobalOptions, ServeOptions};
 
 /// Where the database is.
 #[derive(Clone, PartialEq, Eq)]
@@ -98,7 +100,9 @@ pub fn server_key(options: &GlobalOptions) -> Result<ServerKey, CommandError> {
         Some(path) => path.clone(),
         None => {
             let path = options.data_dir.join("server.key");
-            generate_if_missing(&path)?;
+            generate_if_missing(&path, "server key", || {
+                ServerKey::generate_hex().to_string()
+            })?;
             path
         }
     };
@@ -108,7 +112,45 @@ pub fn server_key(options: &GlobalOptions) -> Result<ServerKey, CommandError> {
         .map_err(|error| CommandError::Usage(format!("{}: {error}", path.display())))
 }
 
-fn generate_if_missing(path: &Path) -> Result<(), CommandError> {
+/// The web console's operator password and the file it came from: `--console-password-file` if
+/// given (it must exist), else `DATA_DIR/console.password`, generated on first use; `None` with
+/// `--no-console`.
+pub fn console_password(
+    global: &GlobalOptions,
+    serve: &ServeOptions,
+) -> Result<Option<(ConsolePassword, PathBuf)>, CommandError> {
+    if serve.no_console {
+        return Ok(None);
+    }
+    let path = match &serve.console_password_file {
+        Some(path) => path.clone(),
+        None => {
+            let path = global.data_dir.join("console.password");
+            generate_if_missing(&path, "console password", || {
+                let mut bytes = [0u8; 16];
+                otpd_core::crypto::fill_random(&mut bytes);
+                hex::encode(bytes)
+            })?;
+            path
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the console password file {}", path.display()))?;
+    let password = ConsolePassword::parse(&text).ok_or_else(|| {
+        CommandError::Usage(format!(
+            "{}: the console password must have at least {MIN_PASSWORD_CHARS} characters",
+            path.display()
+        ))
+    })?;
+    Ok(Some((password, path)))
+}
+
+/// Creates `path` (mode 0600) holding `contents()` and a line end, unless it exists.
+fn generate_if_missing(
+    path: &Path,
+    what: &str,
+    contents: impl FnOnce() -> String,
+) -> Result<(), CommandError> {
     if path.exists() {
         return Ok(());
     }
@@ -122,20 +164,17 @@ fn generate_if_missing(path: &Path) -> Result<(), CommandError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(path) {
         Ok(mut file) => {
-            let key = ServerKey::generate_hex();
-            file.write_all(key.as_bytes())
+            let secret = zeroize::Zeroizing::new(contents());
+            file.write_all(secret.as_bytes())
                 .and_then(|()| file.write_all(b"\n"))
                 .and_then(|()| file.sync_all())
-                .with_context(|| format!("cannot write the server key to {}", path.display()))?;
+                .with_context(|| format!("cannot write the {what} to {}", path.display()))?;
             Ok(())
         }
         // Another process created it first: use theirs.
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(error) => Err(anyhow::Error::new(error)
-            .context(format!(
-                "cannot create the server key file {}",
-                path.display()
-            ))
+            .context(format!("cannot create the {what} file {}", path.display()))
             .into()),
     }
 }

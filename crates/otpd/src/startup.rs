@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use otpd_api::console::{ConsolePassword, OPERATOR};
 use otpd_api::metrics::Metrics;
 use otpd_api::pinpoint::sigv4::SigningKeys;
 use otpd_api::{ApiSettings, AppState, Shared};
@@ -33,6 +34,8 @@ pub struct Components {
     pub dispatch: DispatchSettings,
     /// How long verifications are kept.
     pub retention: Duration,
+    /// The web console's operator password; `None` serves no console.
+    pub console: Option<ConsolePassword>,
 }
 
 impl Components {
@@ -59,6 +62,7 @@ impl Components {
             settings: self.api,
             signing_keys: SigningKeys::default(),
             metrics: Metrics::install(),
+            console: self.console,
         });
         (state, dispatcher)
     }
@@ -140,6 +144,7 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     let _installed = Metrics::install();
     let location = DatabaseLocation::from_options(global)?;
     let key = config::server_key(global)?;
+    let console = config::console_password(global, &options)?;
     let store = location.open(Arc::new(SystemClock)).await?;
     if location.is_single_process() {
         // Claims left by a process that died mid-send: nobody else can hold them.
@@ -167,12 +172,19 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
             ..DispatchSettings::default()
         },
         retention: Duration::from_secs(u64::from(options.retention_days) * 24 * 3600),
+        console: console.as_ref().map(|(password, _)| password.clone()),
     };
     let application = Application::build(options.listen, components).await?;
     let address = application
         .address()
         .context("cannot read the bound address")?;
     tracing::info!(%address, "otpd listening on http://{address}");
+    if let Some((_, file)) = &console {
+        tracing::info!(
+            "web console at http://{address}/console: user {OPERATOR}, the password in {}",
+            file.display()
+        );
+    }
     application
         .run_until_stopped(shutdown_signal())
         .await

@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 
 use axum::extract::{FromRequest, Request};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http_body_util::LengthLimitError;
 use otpd_core::AccessKeyId;
@@ -95,20 +93,8 @@ async fn authenticate(
     state: &AppState,
     header: Option<&http::HeaderValue>,
 ) -> Result<Account, AmmError> {
-    let encoded = header
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .strip_prefix("Basic ")
-                .or_else(|| value.strip_prefix("basic "))
-        })
-        .ok_or(AmmError::Unauthorized)?;
-    let decoded = STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| AmmError::Unauthorized)?;
-    let decoded = String::from_utf8(decoded).map_err(|_| AmmError::Unauthorized)?;
-    let (key, secret) = decoded.split_once(':').ok_or(AmmError::Unauthorized)?;
-    let key = AccessKeyId::parse(key).ok_or(AmmError::Unauthorized)?;
+    let (key, secret) = crate::basic_auth::credentials(header).ok_or(AmmError::Unauthorized)?;
+    let key = AccessKeyId::parse(&key).ok_or(AmmError::Unauthorized)?;
     let (account, stored) = state
         .accounts
         .credentials(&key)

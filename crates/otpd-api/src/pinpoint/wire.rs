@@ -12,9 +12,9 @@ use otpd_core::sms::{Language, MessageBody, Sender};
 use otpd_core::verification::{Dialect, ReferenceId, VerificationKey};
 use otpd_core::{AccountId, ApplicationId, CodeLength, E164, MaxAttempts, Ttl};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use super::error::PinpointError;
+use crate::iso8601::iso8601;
 
 /// `SendOTPMessageRequestParameters`, every field optional so that a missing one is reported
 /// by name rather than as a generic parse failure.
@@ -251,21 +251,6 @@ pub struct ApplicationsResponse {
     pub item: Vec<ApplicationResponse>,
     #[serde(rename = "NextToken", skip_serializing_if = "Option::is_none")]
     pub next_token: Option<String>,
-}
-
-fn iso8601(millis: i64) -> String {
-    let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        time.year(),
-        u8::from(time.month()),
-        time.day(),
-        time.hour(),
-        time.minute(),
-        time.second(),
-        time.millisecond()
-    )
 }
 
 #[cfg(test)]

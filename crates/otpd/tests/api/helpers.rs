@@ -57,6 +57,7 @@ pub async fn spawn_app() -> TestApp {
         api: ApiSettings::default(),
         dispatch: DispatchSettings::default(),
         retention: std::time::Duration::from_secs(30 * 24 * 3600),
+        console: None,
     };
     let (state, dispatcher) = components.build();
     tokio::spawn(dispatcher.run(std::future::pending()));

@@ -1,0 +1,215 @@
+//! The web console: what an operator looks at in a browser. The accounts with their credit, the
+//! outbox's backlog, and one message's or one verification's delivery record, as the command line
+//! shows them (never a code, a secret or a whole phone number).
+//!
+//! It is read-only and answers only the operator, by HTTP basic auth (user `operator`, the
+//! password the server was given); without a password it does not exist (404). Pages are
+//! rendered on the server with every value escaped, carry no script, and forbid the browser to
+//! load anything, frame them or cache them.
+
+mod pages;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, WWW_AUTHENTICATE,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
+use http::request::Parts;
+use http::{HeaderValue, StatusCode};
+use otpd_core::outbox::MessageId;
+use otpd_core::{AccessKeyId, VerifyId};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+
+/// The only user name the console knows.
+pub const OPERATOR: &str = "operator";
+/// Shorter operator passwords are refused at start: the console is reachable by anyone who can
+/// reach the API.
+pub const MIN_PASSWORD_CHARS: usize = 16;
+
+/// The operator's password, kept only as its SHA-256 digest.
+#[derive(Clone)]
+pub struct ConsolePassword([u8; 32]);
+
+/// Never prints the digest.
+impl std::fmt::Debug for ConsolePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConsolePassword(..)")
+    }
+}
+
+impl ConsolePassword {
+    /// A password file's text, without its line end; `None` when too short.
+    pub fn parse(text: &str) -> Option<Self> {
+        let password = text.trim_end_matches(['\r', '\n']);
+        (password.chars().count() >= MIN_PASSWORD_CHARS).then(|| Self(digest(password)))
+    }
+
+    /// Compared as digests, in constant time.
+    fn admits(&self, password: &str) -> bool {
+        bool::from(self.0.ct_eq(&digest(password)))
+    }
+}
+
+fn digest(password: &str) -> [u8; 32] {
+    Sha256::digest(password.as_bytes()).into()
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(overview))
+        .route("/console/message", get(message))
+        .route("/console/verification", get(verification))
+}
+
+/// A request the operator made: extracting it is the authentication.
+struct Operator;
+
+/// Why a console request is not served.
+enum Refusal {
+    /// The server has no console password.
+    Disabled,
+    Unauthorized,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Disabled => (StatusCode::NOT_FOUND, "not found").into_response(),
+            Self::Unauthorized => {
+                let mut response = secured(pages::unauthorized(), StatusCode::UNAUTHORIZED);
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"otpd console\", charset=\"UTF-8\""),
+                );
+                response
+            }
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refusal> {
+        let password = state.console.as_ref().ok_or(Refusal::Disabled)?;
+        match crate::basic_auth::credentials(parts.headers.get(AUTHORIZATION)) {
+            Some((user, given)) if user == OPERATOR && password.admits(&given) => Ok(Operator),
+            _ => Err(Refusal::Unauthorized),
+        }
+    }
+}
+
+/// A page with the headers that keep a browser from doing more with it than showing it.
+fn secured(page: maud::Markup, status: StatusCode) -> Response {
+    let mut response = (status, Html(page.into_string())).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A database fault, shown as such (and logged with its cause).
+fn unavailable(error: &otpd_core::ports::StoreError) -> Response {
+    tracing::error!(%error, "console: the database does not answer");
+    secured(pages::unavailable(), StatusCode::SERVICE_UNAVAILABLE)
+}
+
+async fn overview(_: Operator, State(state): State<AppState>) -> Response {
+    let store = state.store();
+    let (accounts, applications, backlog) = match (
+        store.list_accounts().await,
+        store.list_applications(None).await,
+        store.outbox_backlog().await,
+    ) {
+        (Ok(accounts), Ok(applications), Ok(backlog)) => (accounts, applications, backlog),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+            return unavailable(&error);
+        }
+    };
+    secured(
+        pages::overview(&accounts, &applications, backlog),
+        StatusCode::OK,
+    )
+}
+
+#[derive(Deserialize)]
+struct MessageQuery {
+    id: Option<String>,
+}
+
+async fn message(
+    _: Operator,
+    State(state): State<AppState>,
+    Query(query): Query<MessageQuery>,
+) -> Response {
+    let asked = query.id.unwrap_or_default();
+    let Some(id) = MessageId::parse(asked.trim()) else {
+        return secured(pages::message_not_found(&asked), StatusCode::NOT_FOUND);
+    };
+    match state.store().find_message(&id).await {
+        Ok(Some(record)) => secured(pages::message(&record), StatusCode::OK),
+        Ok(None) => secured(pages::message_not_found(&asked), StatusCode::NOT_FOUND),
+        Err(error) => unavailable(&error),
+    }
+}
+
+#[derive(Deserialize)]
+struct VerificationQuery {
+    account: Option<String>,
+    id: Option<String>,
+}
+
+async fn verification(
+    _: Operator,
+    State(state): State<AppState>,
+    Query(query): Query<VerificationQuery>,
+) -> Response {
+    let asked = query.id.unwrap_or_default();
+    let key = AccessKeyId::parse(query.account.unwrap_or_default().trim());
+    let id = VerifyId::parse(asked.trim());
+    let (Some(key), Some(id)) = (key, id) else {
+        return secured(pages::verification_not_found(&asked), StatusCode::NOT_FOUND);
+    };
+    let store = state.store();
+    let account = match store.find_account_by_key(&key).await {
+        Ok(Some(account)) => account,
+        Ok(None) => return secured(pages::verification_not_found(&asked), StatusCode::NOT_FOUND),
+        Err(error) => return unavailable(&error),
+    };
+    match store.find_verification(&account.id, &id).await {
+        Ok(Some(found)) => secured(pages::verification(&account, &found), StatusCode::OK),
+        Ok(None) => secured(pages::verification_not_found(&asked), StatusCode::NOT_FOUND),
+        Err(error) => unavailable(&error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_file_is_its_first_line_of_at_least_16_characters() {
+        let password = ConsolePassword::parse("correct horse battery\n").expect("long enough");
+        assert!(password.admits("correct horse battery"));
+        assert!(!password.admits("correct horse battery\n"));
+        assert!(!password.admits("correct horse batter"));
+        assert!(ConsolePassword::parse("fifteen chars!!\n").is_none());
+        assert!(ConsolePassword::parse("sixteen chars!!!\r\n").is_some());
+        assert_eq!(format!("{password:?}"), "ConsolePassword(..)");
+    }
+}

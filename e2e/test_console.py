@@ -1,0 +1,148 @@
+"""The web console, as a browser would fetch it: only the operator gets in, every page shows what
+the command line shows and nothing more (no code, no secret, no whole phone number), and every
+value is escaped."""
+
+import re
+import subprocess
+
+import pytest
+import requests
+
+from conftest import BIN, Otpd
+
+TO = "393471239001"
+HEADERS = {
+    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+@pytest.fixture(scope="module")
+def operator(otpd):
+    password = (otpd.data_dir / "console.password").read_text().strip()
+    session = requests.Session()
+    session.auth = ("operator", password)
+    return session
+
+
+@pytest.fixture(scope="module")
+def shop(otpd):
+    return otpd.create_account("Shop <b>&amp; Co</b>", credits=40)
+
+
+@pytest.fixture(scope="module")
+def sent(otpd, shop):
+    """One amm send, checked once wrong and once right: its verify_id, message id and code."""
+    amm = otpd.amm(shop)
+    base = f"{otpd.url}/sms/v2/verify"
+    verify_id = amm.post(f"{base}/send", data={"to": TO, "text": "Code ${verify_code}"}).json()["verify_id"]
+    code = otpd.last_code("+" + TO)
+    wrong = ("1" if code[0] != "1" else "2") + code[1:]
+    assert amm.get(f"{base}/check", params={"verify_id": verify_id, "verify_code": wrong}).json()["verify_status"] == "FAILED"
+    assert amm.get(f"{base}/check", params={"verify_id": verify_id, "verify_code": code}).json()["verify_status"] == "VERIFIED"
+    message_id = amm.get(f"{base}/search", params={"verify_id": verify_id}).json()["id_sms"]
+    return {"verify_id": verify_id, "message_id": message_id, "code": code, "wrong": wrong}
+
+
+def text_of(page):
+    """The page's words, without its markup."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+
+
+def test_only_the_operator_gets_in(otpd, operator):
+    password = operator.auth[1]
+    for auth in [None, ("operator", "wrong-password-123456"), ("admin", password), ("operator", password + "x")]:
+        response = requests.get(f"{otpd.url}/console", auth=auth, timeout=10)
+        assert response.status_code == 401, auth
+        assert response.headers["www-authenticate"] == 'Basic realm="otpd console", charset="UTF-8"'
+        assert "Shop" not in response.text
+    assert operator.get(f"{otpd.url}/console", timeout=10).status_code == 200
+    assert password not in otpd.logs(), "the password is never logged"
+
+
+def test_every_page_forbids_scripts_framing_and_caching(otpd, operator, sent):
+    for path in ["/console", f"/console/message?id={sent['message_id']}", "/console/message?id=nope"]:
+        response = operator.get(otpd.url + path, timeout=10)
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
+        for name, value in HEADERS.items():
+            assert response.headers[name] == value, (path, name)
+        assert "<script" not in response.text
+
+
+def test_the_overview_lists_accounts_with_their_credit_escaped(otpd, operator, shop, sent):
+    page = operator.get(f"{otpd.url}/console", timeout=10).text
+    assert "Shop &lt;b&gt;&amp;amp; Co&lt;/b&gt;" in page, "the name is text, not markup"
+    row = re.search(rf"<tr><td>Shop.*?{shop['access_key_id']}.*?</tr>", page)
+    assert row, page
+    assert "<td>39</td>" in row.group(0), "40 credits less the one part sent"
+    assert "messages waiting for delivery" in text_of(page)
+
+
+def test_a_message_shows_its_delivery_without_its_text_or_number(otpd, operator, sent):
+    response = operator.get(f"{otpd.url}/console/message", params={"id": sent["message_id"]}, timeout=10)
+    assert response.status_code == 200
+    words = text_of(response.text)
+    assert "State sent" in words
+    assert "Delivery status SUCCESSFUL" in words
+    assert sent["verify_id"] in words
+    assert "+39********01" in words
+    assert TO not in response.text and sent["code"] not in response.text
+
+
+def test_a_verification_shows_its_checks_without_the_codes(otpd, operator, shop, sent):
+    response = operator.get(
+        f"{otpd.url}/console/verification",
+        params={"account": shop["access_key_id"], "id": sent["verify_id"]},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    words = text_of(response.text)
+    assert "Status verified" in words
+    assert "Attempts 2 of 3" in words
+    assert "mismatch" in words and "verified" in words
+    assert f'href="/console/message?id={sent["message_id"]}"' in response.text
+    for secret in [sent["code"], sent["wrong"], shop["secret_access_key"], TO]:
+        assert secret not in response.text
+
+
+def test_unknown_ids_are_pages_of_their_own(otpd, operator, shop, sent):
+    unknown = [
+        ("/console/message", {"id": "0" * 32}),
+        ("/console/message", {"id": "<i>not an id</i>"}),
+        ("/console/message", {}),
+        ("/console/verification", {"account": shop["access_key_id"], "id": "a" * 40}),
+        ("/console/verification", {"account": "OTPDNOSUCHACCOUNT000", "id": sent["verify_id"]}),
+    ]
+    for path, params in unknown:
+        response = operator.get(otpd.url + path, params=params, timeout=10)
+        assert response.status_code == 404, (path, params)
+        assert "<i>" not in response.text
+
+
+def test_no_console_when_switched_off(tmp_path):
+    server = Otpd(tmp_path)
+    server.env["OTPD_NO_CONSOLE"] = "true"
+    server.start()
+    try:
+        assert requests.get(f"{server.url}/console", timeout=10).status_code == 404
+        assert not (tmp_path / "console.password").exists()
+    finally:
+        server.stop()
+
+
+def test_a_short_password_is_refused_at_start(tmp_path):
+    short = tmp_path / "short.password"
+    short.write_text("letmein\n")
+    result = subprocess.run(
+        [BIN, "--data-dir", str(tmp_path), "serve", "--listen", "127.0.0.1:0", "--console-password-file", str(short)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "at least 16 characters" in result.stderr
+    assert "letmein" not in result.stderr
