@@ -125,7 +125,8 @@ mod tests {
 
     use super::*;
     use crate::ids::VerifyId;
-    use crate::ports::{DeliveryReport, DeliveryStatus, StoreError};
+    use crate::outbox::tests::report;
+    use crate::ports::{DeliveryStatus, StoreError};
     use crate::sms::ComposeError;
 
     /// What `record` counted, rendered as `/metrics` renders it.
@@ -133,15 +134,6 @@ mod tests {
         let recorder = PrometheusBuilder::new().build_recorder();
         metrics::with_local_recorder(&recorder, record);
         recorder.handle().render()
-    }
-
-    fn report(status: DeliveryStatus) -> DeliveryReport {
-        DeliveryReport {
-            status,
-            message_id: None,
-            status_code: 0,
-            status_message: String::new(),
-        }
     }
 
     #[test]

@@ -267,10 +267,11 @@ impl RetryPolicy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn report(status: DeliveryStatus) -> DeliveryReport {
+    /// A transport's answer with nothing but its status.
+    pub(crate) fn report(status: DeliveryStatus) -> DeliveryReport {
         DeliveryReport {
             status,
             message_id: None,
