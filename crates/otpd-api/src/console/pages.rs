@@ -25,7 +25,7 @@ dl { display: grid; grid-template-columns: max-content auto; gap: .3rem 1.2rem; 
 dt { font-weight: 600; }
 dd { margin: 0; }
 form { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; margin: .6rem 0 1.2rem; }
-input { font: inherit; padding: .25rem .4rem; min-width: 22rem; }
+input { font: inherit; padding: .25rem .4rem; min-width: 16rem; }
 .figures { display: flex; gap: 1rem; margin-bottom: 1rem; }
 .figure { background: #fff; padding: .7rem 1rem; min-width: 12rem; }
 .figure b { display: block; font-size: 1.6rem; }
