@@ -2,8 +2,10 @@
 the command line shows and nothing more (no code, no secret, no whole phone number), and every
 value is escaped."""
 
+import http.server
 import re
 import subprocess
+import threading
 
 import pytest
 import requests
@@ -146,3 +148,55 @@ def test_a_short_password_is_refused_at_start(tmp_path):
     assert result.returncode == 2
     assert "at least 16 characters" in result.stderr
     assert "letmein" not in result.stderr
+
+
+class RefusingGateway:
+    """An SMS provider's HTTP API that refuses every message for good (400)."""
+
+    def __init__(self):
+        class Refuse(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(400)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"error": "number not allowed"}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sms"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_overview_lists_deliveries_given_up_on(tmp_path):
+    gateway = RefusingGateway()
+    server = Otpd(tmp_path, sms=gateway.url)
+    server.start()
+    try:
+        account = server.create_account()
+        sent = server.amm(account).post(
+            f"{server.url}/sms/v2/verify/send", data={"to": TO, "text": "Code ${verify_code}"}
+        )
+        assert sent.status_code == 200, sent.text
+        verify_id = sent.json()["verify_id"]
+        message_id = server.amm(account).get(
+            f"{server.url}/sms/v2/verify/search", params={"verify_id": verify_id}
+        ).json()["id_sms"]
+        password = (tmp_path / "console.password").read_text().strip()
+        page = requests.get(f"{server.url}/console", auth=("operator", password), timeout=10).text
+        listed = re.search(r"Deliveries given up on</h2>(.*)</table>", page, re.S)
+        assert listed, page
+        words = text_of(listed.group(1))
+        assert message_id in words
+        assert "+39********01" in words and TO not in listed.group(1)
+        assert "PERMANENT_FAILURE" in words and "the provider answered 400 Bad Request" in words
+    finally:
+        server.stop()
+        gateway.stop()

@@ -122,6 +122,8 @@ pub trait Store: Send + Sync + 'static {
     /// stopping), so that the messages are due again at once rather than when the lease ends.
     async fn release_messages(&self, ids: &[MessageId]) -> Result<u64, StoreError>;
     async fn find_message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
+    /// The newest `limit` messages given up on, newest first (for the web console).
+    async fn failed_messages(&self, limit: usize) -> Result<Vec<MessageRecord>, StoreError>;
     /// How many messages wait for delivery and how long the oldest has (for `/metrics`).
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
 

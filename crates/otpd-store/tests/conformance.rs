@@ -1210,6 +1210,55 @@ async fn the_backlog_counts_what_waits_for_delivery(backend: Backend) {
     assert_eq!(backlog().await, OutboxBacklog::default(), "given up on");
 }
 
+async fn failed_messages_are_listed_newest_first(backend: Backend) {
+    let h = harness(backend).await;
+    for destination in ["+393481234567", "+393481234568", "+393481234569"] {
+        h.send(h.key_for(destination), 3, UNLIMITED)
+            .await
+            .expect("send");
+    }
+    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    let refused = |text: &str| {
+        AttemptOutcome::Failed(DeliveryReport {
+            status: DeliveryStatus::PermanentFailure,
+            message_id: None,
+            status_code: 400,
+            status_message: text.into(),
+        })
+    };
+    h.store
+        .finish_attempt(&claimed[0].id, refused("first"))
+        .await
+        .expect("finish");
+    h.clock.advance(Duration::from_secs(1));
+    h.store
+        .finish_attempt(&claimed[1].id, accepted("carrier-1"))
+        .await
+        .expect("finish");
+    h.store
+        .finish_attempt(&claimed[2].id, refused("second"))
+        .await
+        .expect("finish");
+    let failed = h.store.failed_messages(10).await.expect("list");
+    let listed: Vec<_> = failed
+        .iter()
+        .map(|record| (record.id.clone(), record.status_message.as_deref()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (claimed[2].id.clone(), Some("second")),
+            (claimed[0].id.clone(), Some("first")),
+        ]
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|record| record.state == MessageState::Failed)
+    );
+    assert_eq!(h.store.failed_messages(1).await.expect("list").len(), 1);
+}
+
 async fn retention_purges_old_verifications_in_batches(backend: Backend) {
     let h = harness(backend).await;
     let mut old = Vec::new();
@@ -1466,6 +1515,7 @@ on_every_backend!(
     receipts_update_the_delivery_status,
     a_message_committed_for_immediate_delivery_is_claimed_from_the_start,
     the_backlog_counts_what_waits_for_delivery,
+    failed_messages_are_listed_newest_first,
     retention_purges_old_verifications_in_batches,
     checks_follow_the_state_machine_in_every_state,
     codes_verify_whatever_their_digest_is_bound_to,

@@ -1,6 +1,6 @@
 //! The web console: what an operator looks at in a browser. The accounts with their credit, the
-//! outbox's backlog, and one message's or one verification's delivery record, as the command line
-//! shows them (never a code, a secret or a whole phone number).
+//! outbox's backlog, the deliveries given up on lately, and one message's or one verification's
+//! record, as the command line shows them (never a code, a secret or a whole phone number).
 //!
 //! It is read-only and answers only the operator, by HTTP basic auth (user `operator`, the
 //! password the server was given); without a password it does not exist (404). Pages are
@@ -60,6 +60,9 @@ impl ConsolePassword {
 fn digest(password: &str) -> [u8; 32] {
     Sha256::digest(password.as_bytes()).into()
 }
+
+/// How many of the newest failed deliveries the overview lists.
+const FAILED_SHOWN: usize = 20;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -131,20 +134,18 @@ fn unavailable(error: &otpd_core::ports::StoreError) -> Response {
 
 async fn overview(_: Operator, State(state): State<AppState>) -> Response {
     let store = state.store();
-    let (accounts, applications, backlog) = match (
-        store.list_accounts().await,
-        store.list_applications(None).await,
-        store.outbox_backlog().await,
-    ) {
-        (Ok(accounts), Ok(applications), Ok(backlog)) => (accounts, applications, backlog),
-        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
-            return unavailable(&error);
-        }
+    let read = async {
+        Ok::<_, otpd_core::ports::StoreError>(pages::Overview {
+            accounts: store.list_accounts().await?,
+            applications: store.list_applications(None).await?,
+            backlog: store.outbox_backlog().await?,
+            failed: store.failed_messages(FAILED_SHOWN).await?,
+        })
     };
-    secured(
-        pages::overview(&accounts, &applications, backlog),
-        StatusCode::OK,
-    )
+    match read.await {
+        Ok(overview) => secured(pages::overview(&overview), StatusCode::OK),
+        Err(error) => unavailable(&error),
+    }
 }
 
 #[derive(Deserialize)]

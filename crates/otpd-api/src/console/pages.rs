@@ -83,11 +83,22 @@ fn lookup_forms() -> Markup {
     }
 }
 
-pub fn overview(
-    accounts: &[Account],
-    applications: &[Application],
-    backlog: OutboxBacklog,
-) -> Markup {
+/// What the overview shows.
+pub struct Overview {
+    pub accounts: Vec<Account>,
+    pub applications: Vec<Application>,
+    pub backlog: OutboxBacklog,
+    /// The newest deliveries given up on, newest first.
+    pub failed: Vec<MessageRecord>,
+}
+
+pub fn overview(overview: &Overview) -> Markup {
+    let Overview {
+        accounts,
+        applications,
+        backlog,
+        failed,
+    } = overview;
     let mut applications_of: HashMap<&str, usize> = HashMap::new();
     for application in applications {
         *applications_of
@@ -129,6 +140,31 @@ pub fn overview(
                             td { (account.default_sender.as_deref().unwrap_or("-")) }
                             td { (applications_of.get(account.id.as_str()).copied().unwrap_or(0)) }
                             td { (time(account.created_at)) }
+                        }
+                    }
+                }
+            }
+            h2 { "Deliveries given up on" }
+            @if failed.is_empty() {
+                p { "None lately." }
+            } @else {
+                table {
+                    thead {
+                        tr {
+                            th { "Message" } th { "To" } th { "Attempts" } th { "Status" }
+                            th { "Carrier's words" } th { "Created" }
+                        }
+                    }
+                    tbody {
+                        @for record in failed {
+                            tr {
+                                td { a href={ "/console/message?id=" (record.id) } { code { (record.id) } } }
+                                td { (record.to.redacted()) }
+                                td { (record.attempts) }
+                                td { (record.delivery_status.as_deref().unwrap_or("-")) }
+                                td { (record.status_message.as_deref().unwrap_or("-")) }
+                                td { (time(record.created_at)) }
+                            }
                         }
                     }
                 }

@@ -15,6 +15,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_one_statement_check.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_failed_messages.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.

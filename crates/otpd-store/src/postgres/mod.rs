@@ -338,6 +338,14 @@ impl Store for PgStore {
             .await?)
     }
 
+    async fn failed_messages(&self, limit: usize) -> Result<Vec<MessageRecord>, StoreError> {
+        Ok(self
+            .with_client(
+                move |client, _| async move { queries::failed_messages(&client, limit).await },
+            )
+            .await?)
+    }
+
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
         Ok(self
             .with_client(|client, now| async move { queries::outbox_backlog(&client, now).await })

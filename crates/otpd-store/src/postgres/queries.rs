@@ -695,39 +695,64 @@ pub(super) async fn release_messages(
     Ok(client.execute(&statement, &[&ids]).await?)
 }
 
+/// The columns `message_record` reads, in its order.
+const MESSAGE_COLUMNS: &str = "id, verification_id, account_id, destination, sender, encoding, parts, state, \
+     attempts, created_at, sent_at, delivery_status, status_message, carrier_message_id, \
+     receipt_state, receipt_at";
+
 pub(super) async fn find_message(
     client: &ClientWrapper,
     id: &MessageId,
 ) -> Result<Option<MessageRecord>, Failure> {
     let statement = client
-        .prepare_cached(
-            "SELECT id, verification_id, account_id, destination, sender, encoding, parts, state,
-                    attempts, created_at, sent_at, delivery_status, status_message,
-                    carrier_message_id, receipt_state, receipt_at
-             FROM outbox WHERE id = $1",
-        )
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE id = $1"
+        ))
         .await?;
-    let Some(row) = client.query_opt(&statement, &[&id.as_str()]).await? else {
-        return Ok(None);
-    };
-    Ok(Some(MessageRecord {
-        id: parsed(&row, 0, MessageId::parse)?,
-        verify_id: parsed(&row, 1, VerifyId::parse)?,
-        account_id: parsed(&row, 2, AccountId::parse)?,
-        to: parsed(&row, 3, |text| E164::parse(text).ok())?,
+    client
+        .query_opt(&statement, &[&id.as_str()])
+        .await?
+        .map(|row| message_record(&row))
+        .transpose()
+}
+
+pub(super) async fn failed_messages(
+    client: &ClientWrapper,
+    count: usize,
+) -> Result<Vec<MessageRecord>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE state = 'failed'
+             ORDER BY updated_at DESC LIMIT $1"
+        ))
+        .await?;
+    client
+        .query(&statement, &[&limit(count)])
+        .await?
+        .iter()
+        .map(message_record)
+        .collect()
+}
+
+fn message_record(row: &Row) -> Result<MessageRecord, Failure> {
+    Ok(MessageRecord {
+        id: parsed(row, 0, MessageId::parse)?,
+        verify_id: parsed(row, 1, VerifyId::parse)?,
+        account_id: parsed(row, 2, AccountId::parse)?,
+        to: parsed(row, 3, |text| E164::parse(text).ok())?,
         from: row.try_get(4)?,
-        encoding: parsed(&row, 5, Encoding::parse)?,
-        parts: counter(&row, 6)?,
-        state: parsed(&row, 7, MessageState::parse)?,
-        attempts: counter(&row, 8)?,
+        encoding: parsed(row, 5, Encoding::parse)?,
+        parts: counter(row, 6)?,
+        state: parsed(row, 7, MessageState::parse)?,
+        attempts: counter(row, 8)?,
         created_at: Timestamp(row.try_get(9)?),
-        sent_at: optional_time(&row, 10)?,
+        sent_at: optional_time(row, 10)?,
         delivery_status: row.try_get(11)?,
         status_message: row.try_get(12)?,
         carrier_message_id: row.try_get(13)?,
         receipt_state: row.try_get(14)?,
-        receipt_at: optional_time(&row, 15)?,
-    }))
+        receipt_at: optional_time(row, 15)?,
+    })
 }
 
 pub(super) async fn outbox_backlog(

@@ -41,6 +41,9 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!(
         "../../migrations/sqlite/0004_digest_binding.sql"
     )),
+    M::up(include_str!(
+        "../../migrations/sqlite/0005_failed_messages.sql"
+    )),
 ];
 const READERS: usize = 2;
 
@@ -342,6 +345,12 @@ impl Store for SqliteStore {
         let id = id.clone();
         Ok(self
             .read(move |connection, _| queries::find_message(connection, &id))
+            .await?)
+    }
+
+    async fn failed_messages(&self, limit: usize) -> Result<Vec<MessageRecord>, StoreError> {
+        Ok(self
+            .read(move |connection, _| queries::failed_messages(connection, limit))
             .await?)
     }
 

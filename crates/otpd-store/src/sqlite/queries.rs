@@ -716,38 +716,55 @@ pub(super) fn release_messages(connection: &Connection, ids: &[MessageId]) -> Re
     Ok(released)
 }
 
+/// The columns `message_record` reads, in its order.
+const MESSAGE_COLUMNS: &str = "id, verification_id, account_id, destination, sender, encoding, parts, state, \
+     attempts, created_at, sent_at, delivery_status, status_message, carrier_message_id, \
+     receipt_state, receipt_at";
+
+fn message_record(row: &Row) -> rusqlite::Result<MessageRecord> {
+    Ok(MessageRecord {
+        id: parse_column(row, 0, MessageId::parse)?,
+        verify_id: parse_column(row, 1, VerifyId::parse)?,
+        account_id: parse_column(row, 2, AccountId::parse)?,
+        to: parse_column(row, 3, |text| E164::parse(text).ok())?,
+        from: row.get(4)?,
+        encoding: parse_column(row, 5, Encoding::parse)?,
+        parts: row.get(6)?,
+        state: parse_column(row, 7, MessageState::parse)?,
+        attempts: row.get(8)?,
+        created_at: Timestamp(row.get(9)?),
+        sent_at: row.get::<_, Option<i64>>(10)?.map(Timestamp),
+        delivery_status: row.get(11)?,
+        status_message: row.get(12)?,
+        carrier_message_id: row.get(13)?,
+        receipt_state: row.get(14)?,
+        receipt_at: row.get::<_, Option<i64>>(15)?.map(Timestamp),
+    })
+}
+
 pub(super) fn find_message(
     connection: &Connection,
     id: &MessageId,
 ) -> Result<Option<MessageRecord>, Failure> {
     Ok(connection
-        .prepare_cached(
-            "SELECT id, verification_id, account_id, destination, sender, encoding, parts, state, attempts,
-                    created_at, sent_at, delivery_status, status_message, carrier_message_id, receipt_state,
-                    receipt_at
-             FROM outbox WHERE id = ?1",
-        )?
-        .query_row([id.as_str()], |row| {
-            Ok(MessageRecord {
-                id: parse_column(row, 0, MessageId::parse)?,
-                verify_id: parse_column(row, 1, VerifyId::parse)?,
-                account_id: parse_column(row, 2, AccountId::parse)?,
-                to: parse_column(row, 3, |text| E164::parse(text).ok())?,
-                from: row.get(4)?,
-                encoding: parse_column(row, 5, Encoding::parse)?,
-                parts: row.get(6)?,
-                state: parse_column(row, 7, MessageState::parse)?,
-                attempts: row.get(8)?,
-                created_at: Timestamp(row.get(9)?),
-                sent_at: row.get::<_, Option<i64>>(10)?.map(Timestamp),
-                delivery_status: row.get(11)?,
-                status_message: row.get(12)?,
-                carrier_message_id: row.get(13)?,
-                receipt_state: row.get(14)?,
-                receipt_at: row.get::<_, Option<i64>>(15)?.map(Timestamp),
-            })
-        })
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE id = ?1"
+        ))?
+        .query_row([id.as_str()], message_record)
         .optional()?)
+}
+
+pub(super) fn failed_messages(
+    connection: &Connection,
+    limit: usize,
+) -> Result<Vec<MessageRecord>, Failure> {
+    Ok(connection
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE state = 'failed'
+             ORDER BY updated_at DESC LIMIT ?1"
+        ))?
+        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], message_record)?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 pub(super) fn purge_verifications(
