@@ -8,7 +8,8 @@ use otpd_core::Clock;
 use otpd_core::account::{Application, Name, NewAccount};
 use otpd_core::clock::ManualClock;
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageState, MessageText, NewOutboxMessage, OutboxBacklog, Receipt,
+    AttemptOutcome, MessageId, MessageState, MessageText, NewOutboxMessage, OutboxBacklog,
+    OutboxMessage, Receipt,
 };
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::sms::Encoding;
@@ -788,6 +789,18 @@ fn accepted(carrier_id: &str) -> AttemptOutcome {
 const LEASE: Duration = Duration::from_secs(30);
 
 impl Harness {
+    /// Sends to three destinations and claims their messages, as a dispatcher would.
+    async fn three_messages_claimed(&self) -> Vec<OutboxMessage> {
+        for destination in ["+393481234567", "+393481234568", "+393481234569"] {
+            self.send(self.key_for(destination), 3, UNLIMITED)
+                .await
+                .expect("send");
+        }
+        let claimed = self.store.claim_outbox(10, LEASE).await.expect("claim");
+        assert_eq!(claimed.len(), 3);
+        claimed
+    }
+
     async fn message_of(&self, id: &VerifyId) -> MessageId {
         let found = self
             .store
@@ -992,12 +1005,7 @@ async fn releasing_claims_after_a_crash(backend: Backend) {
 
 async fn outcomes_are_stored_in_batches(backend: Backend) {
     let h = harness(backend).await;
-    for destination in ["+393481234567", "+393481234568", "+393481234569"] {
-        h.send(h.key_for(destination), 3, UNLIMITED)
-            .await
-            .expect("send");
-    }
-    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    let claimed = h.three_messages_claimed().await;
     let report = |status, message_id: Option<&str>| DeliveryReport {
         status,
         message_id: message_id.map(str::to_owned),
@@ -1212,12 +1220,7 @@ async fn the_backlog_counts_what_waits_for_delivery(backend: Backend) {
 
 async fn failed_messages_are_listed_newest_first(backend: Backend) {
     let h = harness(backend).await;
-    for destination in ["+393481234567", "+393481234568", "+393481234569"] {
-        h.send(h.key_for(destination), 3, UNLIMITED)
-            .await
-            .expect("send");
-    }
-    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    let claimed = h.three_messages_claimed().await;
     let refused = |text: &str| {
         AttemptOutcome::Failed(DeliveryReport {
             status: DeliveryStatus::PermanentFailure,
