@@ -10,6 +10,7 @@ use otpd_api::console::{ConsolePassword, MIN_PASSWORD_CHARS};
 use otpd_core::ports::Store;
 use otpd_core::{Clock, ServerKey};
 use otpd_store::{PgStore, PgStoreOptions, SqliteStore};
+use zeroize::Zeroizing;
 
 use crate::CommandError;
 use crate::cli::{GlobalOptions, ServeOptions};
@@ -100,9 +101,7 @@ pub fn server_key(options: &GlobalOptions) -> Result<ServerKey, CommandError> {
         Some(path) => path.clone(),
         None => {
             let path = options.data_dir.join("server.key");
-            generate_if_missing(&path, "server key", || {
-                ServerKey::generate_hex().to_string()
-            })?;
+            generate_if_missing(&path, "server key", ServerKey::generate_hex)?;
             path
         }
     };
@@ -127,9 +126,9 @@ pub fn console_password(
         None => {
             let path = global.data_dir.join("console.password");
             generate_if_missing(&path, "console password", || {
-                let mut bytes = [0u8; 16];
-                otpd_core::crypto::fill_random(&mut bytes);
-                hex::encode(bytes)
+                let mut bytes = Zeroizing::new([0u8; 16]);
+                otpd_core::crypto::fill_random(bytes.as_mut());
+                Zeroizing::new(hex::encode(bytes.as_ref()))
             })?;
             path
         }
@@ -149,7 +148,7 @@ pub fn console_password(
 fn generate_if_missing(
     path: &Path,
     what: &str,
-    contents: impl FnOnce() -> String,
+    contents: impl FnOnce() -> Zeroizing<String>,
 ) -> Result<(), CommandError> {
     if path.exists() {
         return Ok(());
@@ -164,7 +163,7 @@ fn generate_if_missing(
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(path) {
         Ok(mut file) => {
-            let secret = zeroize::Zeroizing::new(contents());
+            let secret = contents();
             file.write_all(secret.as_bytes())
                 .and_then(|()| file.write_all(b"\n"))
                 .and_then(|()| file.sync_all())
