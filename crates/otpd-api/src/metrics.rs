@@ -81,6 +81,7 @@ fn install_recorder() -> PrometheusHandle {
         return handle;
     }
     describe();
+    record_process_facts();
     let upkeep = handle.clone();
     let spawned = std::thread::Builder::new()
         .name("otpd-metrics".into())
@@ -111,6 +112,10 @@ fn describe() {
         Unit::Seconds,
         "When the process started, in Unix time"
     );
+}
+
+/// Which build runs, and since when (the recorder is installed at start-up).
+fn record_process_facts() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let started = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
