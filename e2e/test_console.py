@@ -130,7 +130,9 @@ def test_no_console_when_switched_off(tmp_path):
     server.env["OTPD_NO_CONSOLE"] = "true"
     server.start()
     try:
-        assert requests.get(f"{server.url}/console", timeout=10).status_code == 404
+        response = requests.get(f"{server.url}/console", timeout=10)
+        assert response.status_code == 404
+        assert response.json() == requests.get(f"{server.url}/no-such-page", timeout=10).json()
         assert not (tmp_path / "console.password").exists()
     finally:
         server.stop()

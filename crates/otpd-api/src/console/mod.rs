@@ -84,7 +84,12 @@ enum Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
-            Self::Disabled => (StatusCode::NOT_FOUND, "not found").into_response(),
+            // As for any path no route owns.
+            Self::Disabled => (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"message": "not found"})),
+            )
+                .into_response(),
             Self::Unauthorized => {
                 let mut response = secured(pages::unauthorized(), StatusCode::UNAUTHORIZED);
                 response.headers_mut().insert(
