@@ -64,12 +64,12 @@ impl WalLimits {
 }
 
 /// How long the writer held every request to let the log start over (see the module docs).
-const WRITER_CHECKPOINT_DURATION: &str = "otpd_sqlite_wal_reset_duration_seconds";
+const WAL_RESET_DURATION: &str = "otpd_sqlite_wal_reset_duration_seconds";
 
 /// Gives the metrics recorder installed now the help text of the log's metrics.
 fn describe_metrics() {
     metrics::describe_histogram!(
-        WRITER_CHECKPOINT_DURATION,
+        WAL_RESET_DURATION,
         metrics::Unit::Seconds,
         "Pauses of the SQLite writer while it lets the write-ahead log start over"
     );
@@ -104,7 +104,7 @@ impl LogReset {
             return;
         };
         let elapsed = started.elapsed();
-        metrics::histogram!(WRITER_CHECKPOINT_DURATION).record(elapsed.as_secs_f64());
+        metrics::histogram!(WAL_RESET_DURATION).record(elapsed.as_secs_f64());
         match done {
             // Every request waits meanwhile: its length is what a latency spike is checked against.
             Ok(()) => tracing::debug!(
