@@ -94,6 +94,11 @@ async fn unknown_path(uri: Uri) -> Response {
         return pinpoint::PinpointError::NotFound("The requested resource does not exist".into())
             .into_response();
     }
+    not_found()
+}
+
+/// The answer for a path nothing serves outside the dialects (a console switched off too).
+fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         axum::Json(serde_json::json!({"message": "not found"})),

@@ -182,9 +182,6 @@ impl VerificationService {
             charge: if request.sandbox { 0 } else { message.parts },
         };
         self.store.create_verification(verification, guards).await?;
-        if !request.sandbox {
-            metrics::record_parts(request.key.dialect, message.parts);
-        }
         let (Some(message_id), Some(to_deliver)) = (message_id, to_deliver) else {
             return Ok(SendReceipt {
                 verify_id,
@@ -192,6 +189,7 @@ impl VerificationService {
                 delivery: None,
             });
         };
+        metrics::record_parts(request.key.dialect, message.parts);
         let report = self
             .dispatcher
             .deliver(to_deliver, self.limits.first_attempt_wait)

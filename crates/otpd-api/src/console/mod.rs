@@ -20,6 +20,7 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 use otpd_core::outbox::MessageId;
+use otpd_core::ports::StoreError;
 use otpd_core::{AccessKeyId, VerifyId};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -84,12 +85,7 @@ enum Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
-            // As for any path no route owns.
-            Self::Disabled => (
-                StatusCode::NOT_FOUND,
-                axum::Json(serde_json::json!({"message": "not found"})),
-            )
-                .into_response(),
+            Self::Disabled => crate::not_found(),
             Self::Unauthorized => {
                 let mut response = secured(pages::unauthorized(), StatusCode::UNAUTHORIZED);
                 response.headers_mut().insert(
@@ -132,7 +128,7 @@ fn secured(page: maud::Markup, status: StatusCode) -> Response {
 }
 
 /// A database fault, shown as such (and logged with its cause).
-fn unavailable(error: &otpd_core::ports::StoreError) -> Response {
+fn unavailable(error: &StoreError) -> Response {
     tracing::error!(%error, "console: the database does not answer");
     secured(pages::unavailable(), StatusCode::SERVICE_UNAVAILABLE)
 }
@@ -140,7 +136,7 @@ fn unavailable(error: &otpd_core::ports::StoreError) -> Response {
 async fn overview(_: Operator, State(state): State<AppState>) -> Response {
     let store = state.store();
     let read = async {
-        Ok::<_, otpd_core::ports::StoreError>(pages::Overview {
+        Ok::<_, StoreError>(pages::Overview {
             accounts: store.list_accounts().await?,
             applications: store.list_applications(None).await?,
             backlog: store.outbox_backlog().await?,
@@ -167,9 +163,19 @@ async fn message(
     let Some(id) = MessageId::parse(asked.trim()) else {
         return secured(pages::message_not_found(&asked), StatusCode::NOT_FOUND);
     };
-    match state.store().find_message(&id).await {
-        Ok(Some(record)) => secured(pages::message(&record), StatusCode::OK),
-        Ok(None) => secured(pages::message_not_found(&asked), StatusCode::NOT_FOUND),
+    let found = state.store().find_message(&id).await;
+    page_or_not_found(found, pages::message, || pages::message_not_found(&asked))
+}
+
+/// A found record's page, the not-found page, or the database's fault.
+fn page_or_not_found<T>(
+    found: Result<Option<T>, StoreError>,
+    page: impl FnOnce(&T) -> maud::Markup,
+    missing: impl FnOnce() -> maud::Markup,
+) -> Response {
+    match found {
+        Ok(Some(record)) => secured(page(&record), StatusCode::OK),
+        Ok(None) => secured(missing(), StatusCode::NOT_FOUND),
         Err(error) => unavailable(&error),
     }
 }
@@ -192,16 +198,19 @@ async fn verification(
         return secured(pages::verification_not_found(&asked), StatusCode::NOT_FOUND);
     };
     let store = state.store();
-    let account = match store.find_account_by_key(&key).await {
-        Ok(Some(account)) => account,
-        Ok(None) => return secured(pages::verification_not_found(&asked), StatusCode::NOT_FOUND),
-        Err(error) => return unavailable(&error),
+    let found = match store.find_account_by_key(&key).await {
+        Ok(Some(account)) => store
+            .find_verification(&account.id, &id)
+            .await
+            .map(|found| found.map(|verification| (account, verification))),
+        Ok(None) => Ok(None),
+        Err(error) => Err(error),
     };
-    match store.find_verification(&account.id, &id).await {
-        Ok(Some(found)) => secured(pages::verification(&account, &found), StatusCode::OK),
-        Ok(None) => secured(pages::verification_not_found(&asked), StatusCode::NOT_FOUND),
-        Err(error) => unavailable(&error),
-    }
+    page_or_not_found(
+        found,
+        |(account, verification)| pages::verification(account, verification),
+        || pages::verification_not_found(&asked),
+    )
 }
 
 #[cfg(test)]
