@@ -171,6 +171,15 @@ class Otpd:
         session.headers["Accept"] = "application/json"
         return session
 
+    def amm_send(self, account, to):
+        """An accepted amm send to `to`: its verify_id and message id."""
+        amm = self.amm(account)
+        sent = amm.post(f"{self.url}/sms/v2/verify/send", data={"to": to, "text": "Code ${verify_code}"})
+        assert sent.status_code == 200, sent.text
+        verify_id = sent.json()["verify_id"]
+        found = amm.get(f"{self.url}/sms/v2/verify/search", params={"verify_id": verify_id})
+        return verify_id, found.json()["id_sms"]
+
     def account_info(self, access_key_id):
         for account in json.loads(self.cli("accounts", "list").stdout):
             if account["access_key_id"] == access_key_id:

@@ -39,14 +39,13 @@ def shop(otpd):
 @pytest.fixture(scope="module")
 def sent(otpd, shop):
     """One amm send, checked once wrong and once right: its verify_id, message id and code."""
+    verify_id, message_id = otpd.amm_send(shop, TO)
     amm = otpd.amm(shop)
     base = f"{otpd.url}/sms/v2/verify"
-    verify_id = amm.post(f"{base}/send", data={"to": TO, "text": "Code ${verify_code}"}).json()["verify_id"]
     code = otpd.last_code("+" + TO)
     wrong = ("1" if code[0] != "1" else "2") + code[1:]
     assert amm.get(f"{base}/check", params={"verify_id": verify_id, "verify_code": wrong}).json()["verify_status"] == "FAILED"
     assert amm.get(f"{base}/check", params={"verify_id": verify_id, "verify_code": code}).json()["verify_status"] == "VERIFIED"
-    message_id = amm.get(f"{base}/search", params={"verify_id": verify_id}).json()["id_sms"]
     return {"verify_id": verify_id, "message_id": message_id, "code": code, "wrong": wrong}
 
 
@@ -182,15 +181,7 @@ def test_the_overview_lists_deliveries_given_up_on(tmp_path):
     server = Otpd(tmp_path, sms=gateway.url)
     server.start()
     try:
-        account = server.create_account()
-        sent = server.amm(account).post(
-            f"{server.url}/sms/v2/verify/send", data={"to": TO, "text": "Code ${verify_code}"}
-        )
-        assert sent.status_code == 200, sent.text
-        verify_id = sent.json()["verify_id"]
-        message_id = server.amm(account).get(
-            f"{server.url}/sms/v2/verify/search", params={"verify_id": verify_id}
-        ).json()["id_sms"]
+        _, message_id = server.amm_send(server.create_account(), TO)
         password = (tmp_path / "console.password").read_text().strip()
         page = requests.get(f"{server.url}/console", auth=("operator", password), timeout=10).text
         listed = re.search(r"Deliveries given up on</h2>(.*)</table>", page, re.S)

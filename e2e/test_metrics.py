@@ -162,11 +162,7 @@ def test_failed_deliveries_are_counted_as_retries(tmp_path):
     server = Otpd(tmp_path, sms="http://127.0.0.1:9/sms")
     server.start()
     try:
-        account = server.create_account()
-        sent = server.amm(account).post(
-            f"{server.url}/sms/v2/verify/send", data={"to": AMM_TO, "text": "Code ${verify_code}"}
-        )
-        assert sent.status_code == 200, sent.text
+        server.amm_send(server.create_account(), AMM_TO)
 
         def retried():
             found = samples(scrape(server))
