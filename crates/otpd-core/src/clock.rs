@@ -22,6 +22,11 @@ impl Timestamp {
         Timestamp(self.0.saturating_sub(millis))
     }
 
+    /// How long after `earlier` this is; zero if it is not after it.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+
     /// Seconds since the epoch, for formats such as Pinpoint's `CreationDate`.
     pub fn to_system_time(self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(u64::try_from(self.0).unwrap_or(0))
@@ -68,5 +73,20 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.millis.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_since_an_earlier_moment_is_never_negative() {
+        let earlier = Timestamp(1_000);
+        assert_eq!(
+            Timestamp(3_500).since(earlier),
+            Duration::from_millis(2_500)
+        );
+        assert_eq!(earlier.since(Timestamp(3_500)), Duration::ZERO);
     }
 }

@@ -186,10 +186,9 @@ pub struct OutboxBacklog {
 impl OutboxBacklog {
     /// From a count and the commit time of the oldest, as of `now`.
     pub fn at(now: Timestamp, pending: u64, oldest: Option<Timestamp>) -> Self {
-        let waited = oldest.map_or(0, |oldest| now.millis().saturating_sub(oldest.millis()));
         Self {
             pending,
-            oldest_age: Duration::from_millis(u64::try_from(waited).unwrap_or(0)),
+            oldest_age: oldest.map_or(Duration::ZERO, |oldest| now.since(oldest)),
         }
     }
 }
