@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::builder::TypedValueParser;
+use clap::{CommandFactory, Parser, Subcommand};
 use load::{MakeRequest, Measured, Phases};
 use otpd_store::ScratchDatabase;
 use requests::{Client, next_destination, wrong};
@@ -31,16 +32,17 @@ use server::Server;
 #[command(about = "Benchmark otpd against its ceilings")]
 struct Args {
     /// Seconds measured per run.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = seconds(false))]
     duration: f64,
     /// Seconds of warm-up before each measured window.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = seconds(true))]
     warmup: f64,
     /// Connection counts.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64",
+          value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
     connections: Vec<usize>,
     /// Codes sent before each verify or check run (a right-code run ends when they are used up).
-    #[arg(long, default_value_t = 40_000)]
+    #[arg(long, default_value_t = 40_000, value_parser = clap::value_parser!(u64).range(1..))]
     pool: u64,
     /// Run only the operations whose name contains this (ceilings are skipped then).
     #[arg(long)]
@@ -109,8 +111,48 @@ struct Row {
     ratio_to_one_node: Option<f64>,
 }
 
+/// A number of seconds up to an hour: more than zero, or (`zero_allowed`) zero too.
+fn seconds(zero_allowed: bool) -> impl Fn(&str) -> Result<f64, String> + Clone {
+    move |text| {
+        let seconds: f64 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number"))?;
+        let low_ok = if zero_allowed {
+            seconds >= 0.0
+        } else {
+            seconds > 0.0
+        };
+        if low_ok && seconds <= 3600.0 {
+            Ok(seconds)
+        } else if zero_allowed {
+            Err("must be from 0 to 3600 seconds".into())
+        } else {
+            Err("must be more than 0 and at most 3600 seconds".into())
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(only) = &args.only
+        && !Operation::ALL
+            .iter()
+            .any(|operation| operation.name().contains(only.as_str()))
+    {
+        let names: Vec<&str> = Operation::ALL
+            .iter()
+            .map(|operation| operation.name())
+            .collect();
+        Args::command()
+            .error(
+                clap::error::ErrorKind::InvalidValue,
+                format!(
+                    "--only {only:?} matches no operation; they are: {}",
+                    names.join(", ")
+                ),
+            )
+            .exit();
+    }
     if let Some(Internal::Ceiling { kind, dir }) = &args.command {
         return tokio::runtime::Builder::new_multi_thread()
             .enable_all()
