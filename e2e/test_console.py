@@ -10,7 +10,7 @@ import threading
 import pytest
 import requests
 
-from conftest import BIN, Otpd
+from conftest import BIN, Otpd, wait_for
 
 TO = "393471239001"
 HEADERS = {
@@ -183,9 +183,13 @@ def test_the_overview_lists_deliveries_given_up_on(tmp_path):
     try:
         _, message_id = server.amm_send(server.create_account(), TO)
         password = (tmp_path / "console.password").read_text().strip()
-        page = requests.get(f"{server.url}/console", auth=("operator", password), timeout=10).text
-        listed = re.search(r"Deliveries given up on</h2>(.*)</table>", page, re.S)
-        assert listed, page
+
+        # The dispatcher gives up on the message after the send has answered, so wait for it.
+        def overview_lists_a_failure():
+            page = requests.get(f"{server.url}/console", auth=("operator", password), timeout=10).text
+            return re.search(r"Deliveries given up on</h2>(.*)</table>", page, re.S)
+
+        listed = wait_for(overview_lists_a_failure)
         words = text_of(listed.group(1))
         assert message_id in words
         assert "+39********01" in words and TO not in listed.group(1)
