@@ -84,10 +84,14 @@ def test_the_overview_lists_accounts_with_their_credit_escaped(otpd, operator, s
 
 
 def test_a_message_shows_its_delivery_without_its_text_or_number(otpd, operator, sent):
-    response = operator.get(f"{otpd.url}/console/message", params={"id": sent["message_id"]}, timeout=10)
-    assert response.status_code == 200
+    # The delivery's outcome is stored a moment after the send has answered.
+    def delivered():
+        response = operator.get(f"{otpd.url}/console/message", params={"id": sent["message_id"]}, timeout=10)
+        assert response.status_code == 200
+        return response if "State sent" in text_of(response.text) else None
+
+    response = wait_for(delivered, timeout=10)
     words = text_of(response.text)
-    assert "State sent" in words
     assert "Delivery status SUCCESSFUL" in words
     assert sent["verify_id"] in words
     assert "+39********01" in words
