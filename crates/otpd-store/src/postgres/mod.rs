@@ -3,6 +3,7 @@
 //! rate limits, outbox claims, expiry) is decided inside the database, under its locks and by
 //! its clock.
 
+mod group;
 mod migrate;
 mod queries;
 mod scratch;
@@ -27,6 +28,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::failure::Failure;
+use group::Group;
 
 pub use scratch::{DEFAULT_TEST_SERVER, ScratchDatabase};
 
@@ -81,6 +83,8 @@ pub struct PgStoreOptions {
 pub struct PgStore {
     pool: Pool,
     clock: Option<Arc<dyn Clock>>,
+    sends: Group<queries::CreateVerifications>,
+    checks: Group<queries::Checks>,
 }
 
 impl PgStore {
@@ -117,9 +121,16 @@ impl PgStore {
         let mut client = pool.get().await.map_err(pool_error)?;
         migrate::run(&mut client).await?;
         Ok(Self {
+            sends: Group::start(pool.clone()),
+            checks: Group::start(pool.clone()),
             pool,
             clock: options.clock,
         })
+    }
+
+    /// The time to pass to statements: `None` reads the database's clock.
+    fn now(&self) -> Option<i64> {
+        self.clock.as_ref().map(|clock| clock.now().millis())
     }
 
     /// Runs `work` with a pooled connection, on a task of its own: a client that hangs up
@@ -132,7 +143,7 @@ impl PgStore {
         Fut: Future<Output = Result<T, Failure>> + Send + 'static,
     {
         let pool = self.pool.clone();
-        let now = self.clock.as_ref().map(|clock| clock.now().millis());
+        let now = self.now();
         tokio::spawn(async move {
             let client = pool.get().await.map_err(pool_error)?;
             work(client, now).await
@@ -242,11 +253,12 @@ impl Store for PgStore {
         verification: NewVerification,
         guards: SendGuards,
     ) -> Result<(), CreateError> {
-        Ok(self
-            .with_client(move |client, now| async move {
-                queries::create_verification(&client, now, &verification, guards).await
-            })
-            .await?)
+        let request = queries::CreateRequest {
+            now: self.now(),
+            verification,
+            guards,
+        };
+        Ok(self.sends.run(request).await?)
     }
 
     async fn check(
@@ -254,11 +266,7 @@ impl Store for PgStore {
         lookup: CheckLookup,
         attempt: CheckAttempt,
     ) -> Result<CheckReport, StoreError> {
-        Ok(self
-            .with_client(move |client, now| async move {
-                queries::check(&client, now, &lookup, &attempt).await
-            })
-            .await?)
+        Ok(queries::check(&self.checks, self.now(), lookup, &attempt).await?)
     }
 
     async fn cancel(

@@ -13,8 +13,8 @@ use otpd_core::outbox::{
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckRecord, CheckReport,
-    CheckState, Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
-    VerificationStatus,
+    CheckState, Dialect, IpLimit, NewVerification, SendGuards, SendRejected, Verification,
+    VerificationKey, VerificationStatus,
 };
 use otpd_core::{
     AccessKeyId, AccountId, ApplicationId, CodeDigest, DigestBinding, DigestSubject, E164,
@@ -23,6 +23,7 @@ use otpd_core::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
+use super::group::{Group, GroupStatement};
 use crate::failure::Failure;
 
 /// The database's "now", unless the caller brought its own.
@@ -243,58 +244,144 @@ pub(super) async fn delete_application(
     Ok(client.execute(&statement, &[&id.as_str()]).await? > 0)
 }
 
-/// One round trip: `otpd_create_verification` (in the migration) applies the guards, retires
-/// the live code of the key and inserts the verification and its message.
-pub(super) async fn create_verification(
-    client: &ClientWrapper,
-    now: Option<i64>,
-    verification: &NewVerification,
-    guards: SendGuards,
-) -> Result<(), Failure> {
-    let statement = client
-        .prepare_cached(
-            "SELECT otpd_create_verification($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
-        )
-        .await?;
-    let key = &verification.key;
-    let message = verification.outbox.as_ref();
-    let max_sends = i32::try_from(guards.max_sends_per_destination).unwrap_or(i32::MAX);
-    let charge = i32::try_from(guards.charge).unwrap_or(i32::MAX);
-    let parts = i32::try_from(verification.parts).unwrap_or(i32::MAX);
-    let message_parts = message.map(|m| i32::try_from(m.parts).unwrap_or(i32::MAX));
-    let row = client
-        .query_one(
-            &statement,
-            &[
-                &now,
-                &millis(guards.window),
-                &max_sends,
-                &charge,
-                &verification.id.as_str(),
-                &key.account_id.as_str(),
-                &key.dialect.as_str(),
-                &key.app,
-                &key.reference,
-                &key.destination.as_str(),
-                &verification.sender,
-                &verification.digest.bytes.as_slice(),
-                &verification.digest.binding.as_str(),
-                &millis(verification.ttl.duration()),
-                &i32::from(verification.max_attempts.get()),
-                &verification.sandbox,
-                &verification.sandbox_code,
-                &parts,
-                &message.map(|m| m.id.as_str()),
-                &message.map(|m| m.sealed_text.as_slice()),
-                &message.map(|m| m.encoding.as_str()),
-                &message_parts,
-                &message.and_then(|m| m.entity_id.as_deref()),
-                &message.and_then(|m| m.template_id.as_deref()),
-                &message.and_then(|m| m.claimed_for).map(millis),
-            ],
-        )
-        .await?;
+/// A send as its group takes it.
+pub(super) struct CreateRequest {
+    pub now: Option<i64>,
+    pub verification: NewVerification,
+    pub guards: SendGuards,
+}
+
+/// Sends in groups: `otpd_create_verification` (in the migrations) applies the guards, retires
+/// the live code of the key and inserts the verification and its message, once per send, all
+/// in one statement and one transaction.
+pub(super) struct CreateVerifications;
+
+impl GroupStatement for CreateVerifications {
+    type Request = CreateRequest;
+    type Answer = ();
+
+    async fn run(
+        client: &Object,
+        requests: &[CreateRequest],
+    ) -> Result<Vec<Result<(), Failure>>, tokio_postgres::Error> {
+        let statement = client
+            .prepare_cached(
+                "SELECT c.verdict FROM unnest($1::bigint[], $2::bigint[], $3::integer[],
+                     $4::integer[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                     $10::text[], $11::text[], $12::bytea[], $13::text[], $14::bigint[],
+                     $15::integer[], $16::boolean[], $17::text[], $18::integer[], $19::text[],
+                     $20::bytea[], $21::text[], $22::integer[], $23::text[], $24::text[],
+                     $25::bigint[])
+                     WITH ORDINALITY AS r(at_ms, window_ms, max_sends, charge, id, account_id,
+                         dialect, app, reference, destination, sender, code_digest,
+                         code_bound_to, ttl_ms, max_attempts, sandbox, sandbox_code, parts,
+                         message_id, sealed_text, encoding, message_parts, entity_id,
+                         template_id, claim_ms, ordinal)
+                 CROSS JOIN LATERAL otpd_create_verification(r.at_ms, r.window_ms,
+                     r.max_sends, r.charge, r.id, r.account_id, r.dialect, r.app, r.reference,
+                     r.destination, r.sender, r.code_digest, r.code_bound_to, r.ttl_ms,
+                     r.max_attempts, r.sandbox, r.sandbox_code, r.parts, r.message_id,
+                     r.sealed_text, r.encoding, r.message_parts, r.entity_id, r.template_id,
+                     r.claim_ms) AS c(verdict)
+                 ORDER BY r.ordinal",
+            )
+            .await?;
+        let now: Vec<Option<i64>> = column(requests, |r| r.now);
+        let window: Vec<i64> = column(requests, |r| millis(r.guards.window));
+        let max_sends: Vec<i32> = column(requests, |r| {
+            saturating_i32(r.guards.max_sends_per_destination)
+        });
+        let charge: Vec<i32> = column(requests, |r| saturating_i32(r.guards.charge));
+        let id: Vec<&str> = column(requests, |r| r.verification.id.as_str());
+        let account_id: Vec<&str> = column(requests, |r| r.verification.key.account_id.as_str());
+        let dialect: Vec<&str> = column(requests, |r| r.verification.key.dialect.as_str());
+        let app: Vec<&str> = column(requests, |r| r.verification.key.app.as_str());
+        let reference: Vec<&str> = column(requests, |r| r.verification.key.reference.as_str());
+        let destination: Vec<&str> = column(requests, |r| r.verification.key.destination.as_str());
+        let sender: Vec<&str> = column(requests, |r| r.verification.sender.as_str());
+        let digest: Vec<&[u8]> = column(requests, |r| r.verification.digest.bytes.as_slice());
+        let bound_to: Vec<&str> = column(requests, |r| r.verification.digest.binding.as_str());
+        let ttl: Vec<i64> = column(requests, |r| millis(r.verification.ttl.duration()));
+        let max_attempts: Vec<i32> =
+            column(requests, |r| i32::from(r.verification.max_attempts.get()));
+        let sandbox: Vec<bool> = column(requests, |r| r.verification.sandbox);
+        let sandbox_code: Vec<Option<&str>> =
+            column(requests, |r| r.verification.sandbox_code.as_deref());
+        let parts: Vec<i32> = column(requests, |r| saturating_i32(r.verification.parts));
+        let message_id: Vec<Option<&str>> = column(requests, |r| {
+            r.verification.outbox.as_ref().map(|m| m.id.as_str())
+        });
+        let sealed: Vec<Option<&[u8]>> = column(requests, |r| {
+            r.verification
+                .outbox
+                .as_ref()
+                .map(|m| m.sealed_text.as_slice())
+        });
+        let encoding: Vec<Option<&str>> = column(requests, |r| {
+            r.verification.outbox.as_ref().map(|m| m.encoding.as_str())
+        });
+        let message_parts: Vec<Option<i32>> = column(requests, |r| {
+            r.verification
+                .outbox
+                .as_ref()
+                .map(|m| saturating_i32(m.parts))
+        });
+        let entity_id: Vec<Option<&str>> = column(requests, |r| {
+            r.verification
+                .outbox
+                .as_ref()
+                .and_then(|m| m.entity_id.as_deref())
+        });
+        let template_id: Vec<Option<&str>> = column(requests, |r| {
+            r.verification
+                .outbox
+                .as_ref()
+                .and_then(|m| m.template_id.as_deref())
+        });
+        let claim: Vec<Option<i64>> = column(requests, |r| {
+            r.verification
+                .outbox
+                .as_ref()
+                .and_then(|m| m.claimed_for)
+                .map(millis)
+        });
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &now,
+                    &window,
+                    &max_sends,
+                    &charge,
+                    &id,
+                    &account_id,
+                    &dialect,
+                    &app,
+                    &reference,
+                    &destination,
+                    &sender,
+                    &digest,
+                    &bound_to,
+                    &ttl,
+                    &max_attempts,
+                    &sandbox,
+                    &sandbox_code,
+                    &parts,
+                    &message_id,
+                    &sealed,
+                    &encoding,
+                    &message_parts,
+                    &entity_id,
+                    &template_id,
+                    &claim,
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(send_verdict).collect())
+    }
+}
+
+fn send_verdict(row: &Row) -> Result<(), Failure> {
     match row.try_get::<_, &str>(0)? {
         "ok" => Ok(()),
         "too_many_sends" => Err(Failure::Rejected(SendRejected::TooManySends)),
@@ -304,17 +391,31 @@ pub(super) async fn create_verification(
     }
 }
 
+/// One array parameter of a group statement: a value from each request.
+fn column<'a, R, T>(requests: &'a [R], value: impl Fn(&'a R) -> T) -> Vec<T> {
+    requests.iter().map(value).collect()
+}
+
+fn saturating_i32(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
 /// The check step, in one statement: `otpd_check` (in the migrations) finds and locks the row,
 /// runs the state machine and stores what it decided, comparing the digest this computes
-/// beforehand. Parallel checks of one code, from any node, queue on the row lock.
+/// beforehand. Parallel checks of one code, from any node, queue on the row lock; parallel checks
+/// of one node share a statement (`Checks`), in which they run one after the other.
 pub(super) async fn check(
-    client: &ClientWrapper,
+    checks: &Group<Checks>,
     now: Option<i64>,
-    lookup: &CheckLookup,
+    lookup: CheckLookup,
     attempt: &CheckAttempt,
 ) -> Result<CheckReport, Failure> {
     let digest = attempt.candidate.digest(lookup.digest_subject());
-    match call_check(client, now, lookup, &digest, attempt).await? {
+    let account_id = lookup.account_id().clone();
+    match checks
+        .run(CheckRequest::new(now, lookup, digest, attempt))
+        .await?
+    {
         Checked::Decided(report) => Ok(report),
         // The row's digest is bound to something else (a code sent before digests could be
         // bound to a key): a second statement, by id, with the digest the row has.
@@ -324,11 +425,11 @@ pub(super) async fn check(
                 None => DigestSubject::Verification(&id),
             };
             let digest = attempt.candidate.digest(subject);
-            let by_id = CheckLookup::ById {
-                account_id: lookup.account_id().clone(),
-                id,
-            };
-            match call_check(client, now, &by_id, &digest, attempt).await? {
+            let by_id = CheckLookup::ById { account_id, id };
+            match checks
+                .run(CheckRequest::new(now, by_id, digest, attempt))
+                .await?
+            {
                 Checked::Decided(report) => Ok(report),
                 Checked::Rebind { .. } => Err(Failure::Database(
                     "otpd_check asked twice for another digest".into(),
@@ -338,8 +439,51 @@ pub(super) async fn check(
     }
 }
 
+/// A check as its group takes it.
+pub(super) struct CheckRequest {
+    now: Option<i64>,
+    lookup: CheckLookup,
+    digest: CodeDigest,
+    recorded_code: Option<String>,
+    client_ip: Option<String>,
+    ip_limit: Option<IpLimit>,
+}
+
+impl CheckRequest {
+    fn new(
+        now: Option<i64>,
+        lookup: CheckLookup,
+        digest: CodeDigest,
+        attempt: &CheckAttempt,
+    ) -> Self {
+        Self {
+            now,
+            lookup,
+            digest,
+            recorded_code: (attempt.history == CheckHistory::WithCode)
+                .then(|| attempt.candidate.code().expose().to_owned()),
+            ip_limit: attempt.client_ip.as_ref().and(attempt.ip_limit),
+            client_ip: attempt.client_ip.clone(),
+        }
+    }
+
+    fn id(&self) -> Option<&str> {
+        match &self.lookup {
+            CheckLookup::ById { id, .. } => Some(id.as_str()),
+            CheckLookup::ByKey(_) => None,
+        }
+    }
+
+    fn key(&self) -> Option<&VerificationKey> {
+        match &self.lookup {
+            CheckLookup::ByKey(key) => Some(key),
+            CheckLookup::ById { .. } => None,
+        }
+    }
+}
+
 /// What one call of `otpd_check` answered.
-enum Checked {
+pub(super) enum Checked {
     Decided(CheckReport),
     /// Nothing was written: the row's digest is bound to its id, or (when `key` is set) to
     /// that key.
@@ -349,46 +493,78 @@ enum Checked {
     },
 }
 
-async fn call_check(
-    client: &ClientWrapper,
-    now: Option<i64>,
-    lookup: &CheckLookup,
-    digest: &CodeDigest,
-    attempt: &CheckAttempt,
-) -> Result<Checked, Failure> {
-    let statement = client
-        .prepare_cached(
-            "SELECT * FROM otpd_check($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .await?;
-    let account_id = lookup.account_id();
-    let (id, key) = match lookup {
-        CheckLookup::ByKey(key) => (None, Some(key)),
-        CheckLookup::ById { id, .. } => (Some(id), None),
-    };
-    let recorded_code =
-        (attempt.history == CheckHistory::WithCode).then(|| attempt.candidate.code().expose());
-    let ip_limit = attempt.client_ip.as_ref().and(attempt.ip_limit);
-    let row = client
-        .query_one(
-            &statement,
-            &[
-                &now,
-                &account_id.as_str(),
-                &id.map(VerifyId::as_str),
-                &key.map(|key| key.dialect.as_str()),
-                &key.map(|key| key.app.as_str()),
-                &key.map(|key| key.reference.as_str()),
-                &key.map(|key| key.destination.as_str()),
-                &digest.binding.as_str(),
-                &digest.bytes.as_slice(),
-                &recorded_code,
-                &attempt.client_ip,
-                &ip_limit.map(|limit| millis(limit.window)),
-                &ip_limit.map(|limit| i32::try_from(limit.max_failures).unwrap_or(i32::MAX)),
-            ],
-        )
-        .await?;
+/// Checks in groups: `otpd_check` once per check, all in one statement and one transaction.
+pub(super) struct Checks;
+
+impl GroupStatement for Checks {
+    type Request = CheckRequest;
+    type Answer = Checked;
+
+    async fn run(
+        client: &Object,
+        requests: &[CheckRequest],
+    ) -> Result<Vec<Result<Checked, Failure>>, tokio_postgres::Error> {
+        let statement = client
+            .prepare_cached(
+                "SELECT c.* FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                     $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[],
+                     $11::text[], $12::bigint[], $13::integer[])
+                     WITH ORDINALITY AS r(at_ms, account_id, id, dialect, app, reference,
+                         destination, bound_to, digest, record_code, client_ip, ip_window_ms,
+                         ip_max_failures, ordinal)
+                 CROSS JOIN LATERAL otpd_check(r.at_ms, r.account_id, r.id, r.dialect, r.app,
+                     r.reference, r.destination, r.bound_to, r.digest, r.record_code,
+                     r.client_ip, r.ip_window_ms, r.ip_max_failures) AS c
+                 ORDER BY r.ordinal",
+            )
+            .await?;
+        let now: Vec<Option<i64>> = column(requests, |r| r.now);
+        let account_id: Vec<&str> = column(requests, |r| r.lookup.account_id().as_str());
+        let id: Vec<Option<&str>> = column(requests, CheckRequest::id);
+        let dialect: Vec<Option<&str>> = column(requests, |r| r.key().map(|k| k.dialect.as_str()));
+        let app: Vec<Option<&str>> = column(requests, |r| r.key().map(|k| k.app.as_str()));
+        let reference: Vec<Option<&str>> =
+            column(requests, |r| r.key().map(|k| k.reference.as_str()));
+        let destination: Vec<Option<&str>> =
+            column(requests, |r| r.key().map(|k| k.destination.as_str()));
+        let bound_to: Vec<&str> = column(requests, |r| r.digest.binding.as_str());
+        let digest: Vec<&[u8]> = column(requests, |r| r.digest.bytes.as_slice());
+        let recorded_code: Vec<Option<&str>> = column(requests, |r| r.recorded_code.as_deref());
+        let client_ip: Vec<Option<&str>> = column(requests, |r| r.client_ip.as_deref());
+        let ip_window: Vec<Option<i64>> =
+            column(requests, |r| r.ip_limit.map(|l| millis(l.window)));
+        let ip_max_failures: Vec<Option<i32>> = column(requests, |r| {
+            r.ip_limit.map(|l| saturating_i32(l.max_failures))
+        });
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &now,
+                    &account_id,
+                    &id,
+                    &dialect,
+                    &app,
+                    &reference,
+                    &destination,
+                    &bound_to,
+                    &digest,
+                    &recorded_code,
+                    &client_ip,
+                    &ip_window,
+                    &ip_max_failures,
+                ],
+            )
+            .await?;
+        Ok(requests
+            .iter()
+            .zip(&rows)
+            .map(|(request, row)| checked(row, request.lookup.account_id()))
+            .collect())
+    }
+}
+
+fn checked(row: &Row, account_id: &AccountId) -> Result<Checked, Failure> {
     let outcome: &str = row.try_get(0)?;
     let message_id: Option<String> = row.try_get(1)?;
     if outcome != "rebind" {
@@ -399,18 +575,18 @@ async fn call_check(
             message_id,
         }));
     }
-    let key = match parsed(&row, 3, DigestBinding::parse)? {
+    let key = match parsed(row, 3, DigestBinding::parse)? {
         DigestBinding::VerifyId => None,
         DigestBinding::Key => Some(VerificationKey {
             account_id: account_id.clone(),
-            dialect: parsed(&row, 4, Dialect::parse)?,
+            dialect: parsed(row, 4, Dialect::parse)?,
             app: row.try_get(5)?,
             reference: row.try_get(6)?,
-            destination: parsed(&row, 7, |text| E164::parse(text).ok())?,
+            destination: parsed(row, 7, |text| E164::parse(text).ok())?,
         }),
     };
     Ok(Checked::Rebind {
-        id: parsed(&row, 2, VerifyId::parse)?,
+        id: parsed(row, 2, VerifyId::parse)?,
         key,
     })
 }

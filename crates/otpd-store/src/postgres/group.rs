@@ -1,0 +1,152 @@
+//! Group commit on PostgreSQL: the sends (and the checks) that arrive while the previous group
+//! is in the database go together as one statement over arrays, in one transaction and one
+//! commit. PostgreSQL spends most of a one-row statement on the round trip and the commit, not
+//! on the row: one statement per request cost 140-260 µs of the database's CPU per row, one
+//! statement for 16 rows 18 µs (pgbench, 2 cores, 2026-12-03).
+//!
+//! Each kind of statement has one group in flight per node at a time, as the SQLite writer
+//! does: within a node, two groups never hold each other's locks. A group that meets another
+//! node's group in a deadlock is rolled back by PostgreSQL and runs again. When one request of
+//! a group makes the statement fail, the transaction took its group-mates down with it; they
+//! then run one by one, so only that request fails.
+
+use std::future::Future;
+
+use deadpool_postgres::{Object, Pool};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+
+use super::pool_error;
+use crate::failure::Failure;
+
+/// Requests in one statement at most: a group of 64 concurrent clients fits in one.
+const MAX_GROUP: usize = 128;
+/// How many times a group rolled back by a deadlock runs again before its requests fail.
+const DEADLOCK_RETRIES: usize = 3;
+
+/// A statement that answers many requests at once.
+pub(super) trait GroupStatement: Send + Sync + 'static {
+    type Request: Send + Sync + 'static;
+    type Answer: Send + 'static;
+
+    /// Runs every request in one statement and answers them in order. `Err` is a failure of
+    /// the statement as a whole, which rolled back every request in it.
+    fn run(
+        client: &Object,
+        requests: &[Self::Request],
+    ) -> impl Future<Output = Result<Vec<Result<Self::Answer, Failure>>, tokio_postgres::Error>> + Send;
+}
+
+type Reply<S> = oneshot::Sender<Result<<S as GroupStatement>::Answer, Failure>>;
+
+/// The queue of one kind of statement, and the task that empties it group by group.
+pub(super) struct Group<S: GroupStatement> {
+    queue: mpsc::UnboundedSender<(S::Request, Reply<S>)>,
+}
+
+impl<S: GroupStatement> Clone for Group<S> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<S: GroupStatement> Group<S> {
+    /// Starts the task; it ends when the last clone of the store is dropped.
+    pub(super) fn start(pool: Pool) -> Self {
+        let (queue, requests) = mpsc::unbounded_channel();
+        tokio::spawn(drive::<S>(pool, requests));
+        Self { queue }
+    }
+
+    /// Runs `request` with whatever else is waiting. The request runs to its end even if the
+    /// caller stops waiting: a check that reserved an attempt must record it.
+    pub(super) async fn run(&self, request: S::Request) -> Result<S::Answer, Failure> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((request, reply))
+            .map_err(|_| Failure::WriterGone)?;
+        answer.await.map_err(|_| Failure::WriterGone)?
+    }
+}
+
+async fn drive<S: GroupStatement>(
+    pool: Pool,
+    mut queue: mpsc::UnboundedReceiver<(S::Request, Reply<S>)>,
+) {
+    let mut waiting = Vec::new();
+    while let Some(first) = queue.recv().await {
+        waiting.push(first);
+        // What arrives while a connection is found joins the group.
+        let client = pool.get().await;
+        while waiting.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => waiting.push(next),
+                Err(_) => break,
+            }
+        }
+        let (requests, replies): (Vec<_>, Vec<_>) = waiting.drain(..).unzip();
+        let answers = match client {
+            Ok(client) => answer::<S>(&client, &requests).await,
+            Err(error) => every(requests.len(), &pool_error(error)),
+        };
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            // A caller that stopped waiting has no use for its answer.
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+async fn answer<S: GroupStatement>(
+    client: &Object,
+    requests: &[S::Request],
+) -> Vec<Result<S::Answer, Failure>> {
+    let mut deadlocks = 0;
+    loop {
+        match S::run(client, requests).await {
+            Ok(answers) if answers.len() == requests.len() => return answers,
+            Ok(answers) => {
+                let failure = Failure::Database(format!(
+                    "{} answers to a group of {}",
+                    answers.len(),
+                    requests.len()
+                ));
+                return every(requests.len(), &failure);
+            }
+            Err(error)
+                if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                    && deadlocks < DEADLOCK_RETRIES =>
+            {
+                deadlocks += 1;
+                tracing::debug!(requests = requests.len(), "a group met a deadlock; again");
+            }
+            // The database refused the statement because of one request (or more): run each
+            // on its own so that only those fail.
+            Err(error) if error.as_db_error().is_some() && requests.len() > 1 => {
+                return one_by_one::<S>(client, requests).await;
+            }
+            Err(error) => return every(requests.len(), &error.into()),
+        }
+    }
+}
+
+async fn one_by_one<S: GroupStatement>(
+    client: &Object,
+    requests: &[S::Request],
+) -> Vec<Result<S::Answer, Failure>> {
+    let mut answers = Vec::with_capacity(requests.len());
+    for request in requests {
+        let answer = match S::run(client, std::slice::from_ref(request)).await {
+            Ok(mut one) if one.len() == 1 => one.remove(0),
+            Ok(_) => Err(Failure::Database("no answer to a group of one".into())),
+            Err(error) => Err(error.into()),
+        };
+        answers.push(answer);
+    }
+    answers
+}
+
+fn every<T>(count: usize, failure: &Failure) -> Vec<Result<T, Failure>> {
+    (0..count).map(|_| Err(failure.clone())).collect()
+}
