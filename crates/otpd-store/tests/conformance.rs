@@ -556,6 +556,51 @@ async fn a_failed_request_does_not_fail_its_batch_mates(backend: Backend) {
     }
 }
 
+/// Two sends with one id, among others sent at the same moment: the store refuses the second as
+/// a duplicate, and the others, which may share its transaction, are stored all the same.
+async fn a_duplicate_id_fails_alone(backend: Backend) {
+    let h = harness(backend).await;
+    let mut verifications: Vec<_> = (0..20)
+        .map(|i| {
+            let key = h.key_for(&format!("+3934812346{i:02}"));
+            h.new_verification(key, 3, Some(outbox_message())).0
+        })
+        .collect();
+    let (mut twin, _) = h.new_verification(h.key_for("+393481234699"), 3, Some(outbox_message()));
+    twin.id = verifications[7].id.clone();
+    verifications.insert(8, twin);
+    let results = futures_util::future::join_all(verifications.into_iter().map(|verification| {
+        let store = h.store.clone();
+        async move {
+            let id = verification.id.clone();
+            let destination = verification.key.destination.clone();
+            (
+                id,
+                destination,
+                store.create_verification(verification, UNLIMITED).await,
+            )
+        }
+    }))
+    .await;
+    let duplicates = results
+        .iter()
+        .filter(|(_, _, result)| matches!(result, Err(CreateError::Store(StoreError::Duplicate))))
+        .count();
+    assert_eq!(duplicates, 1, "{results:?}");
+    for (id, destination, result) in &results {
+        if result.is_ok() {
+            assert_eq!(&h.stored(id).await.key.destination, destination);
+        }
+    }
+    assert_eq!(
+        results
+            .iter()
+            .filter(|(_, _, result)| result.is_ok())
+            .count(),
+        20
+    );
+}
+
 async fn cancel_only_live_codes(backend: Backend) {
     let h = harness(backend).await;
     let (id, code) = h
@@ -1504,6 +1549,7 @@ on_every_backend!(
     credit_is_debited_per_part_and_never_overdrawn,
     parallel_sends_never_overdraw,
     a_failed_request_does_not_fail_its_batch_mates,
+    a_duplicate_id_fails_alone,
     cancel_only_live_codes,
     accounts_and_applications,
     data_survives_reopening,

@@ -207,10 +207,30 @@ async fn a_store_answers_errors_not_hangs_once_its_database_is_gone() {
             .expect("connect"),
     );
     store.ping().await.expect("ping");
+    let server_key = ServerKey::from_hex(&"55".repeat(32)).expect("key");
+    let key = VerificationKey {
+        account_id: AccountId::generate(),
+        dialect: Dialect::Amm,
+        app: String::new(),
+        reference: String::new(),
+        destination: E164::parse("+393481234567").expect("number"),
+    };
+    let id = VerifyId::generate();
+    let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+    let send = sandbox_send(&server_key, &id, key.clone(), &code, 300);
+    let attempt = CheckAttempt {
+        candidate: Candidate::new(Arc::new(server_key), code),
+        client_ip: None,
+        history: CheckHistory::Skip,
+        ip_limit: None,
+    };
     drop(database); // DROP DATABASE ... WITH (FORCE) ends every session
     let started = Instant::now();
     assert!(store.ping().await.is_err());
     assert!(store.list_accounts().await.is_err());
+    // Sends and checks go through their groups' queues, and fail as fast.
+    assert!(store.create_verification(send, GUARDS).await.is_err());
+    assert!(store.check(CheckLookup::ByKey(key), attempt).await.is_err());
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
@@ -305,4 +325,85 @@ async fn nodes_of_the_previous_release_can_share_the_database() {
         .await
         .expect("row");
     assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (true, true));
+}
+
+/// Checks of one node share a statement. When that group and another transaction wait for each
+/// other's rows, PostgreSQL rolls one of them back: here the group, which waited first. Its
+/// checks then run one by one, once the other has committed; every check is answered, each
+/// attempt counted once.
+#[tokio::test]
+async fn a_group_rolled_back_by_a_deadlock_is_answered() {
+    let database = scratch().await;
+    let store = PgStore::connect(options(database.url()))
+        .await
+        .expect("connect");
+    let account = create_account(&store).await;
+    let server_key = Arc::new(ServerKey::from_hex(&"44".repeat(32)).expect("key"));
+    let mut ids = Vec::new();
+    for destination in ["+393481234501", "+393481234502"] {
+        let key = VerificationKey {
+            account_id: account.clone(),
+            dialect: Dialect::Pinpoint,
+            app: "app".into(),
+            reference: "ref".into(),
+            destination: E164::parse(destination).expect("number"),
+        };
+        let id = VerifyId::generate();
+        let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+        store
+            .create_verification(sandbox_send(&server_key, &id, key, &code, 300), GUARDS)
+            .await
+            .expect("send");
+        ids.push(id);
+    }
+    let wrong_check = |id: &VerifyId| {
+        let lookup = CheckLookup::ById {
+            account_id: account.clone(),
+            id: id.clone(),
+        };
+        let attempt = CheckAttempt {
+            // Five digits never match a six-digit code.
+            candidate: Candidate::new(
+                server_key.clone(),
+                OtpCode::submitted("12345").expect("code"),
+            ),
+            client_ip: None,
+            history: CheckHistory::Skip,
+            ip_limit: None,
+        };
+        store.check(lookup, attempt)
+    };
+    let lock_sql = "SELECT 1 FROM verifications WHERE id = $1 FOR UPDATE";
+
+    let mut other = connect_raw(database.url()).await;
+    let transaction = other.transaction().await.expect("begin");
+    transaction
+        .execute(lock_sql, &[&ids[1].as_str()])
+        .await
+        .expect("lock the second row");
+    // Both checks go in one group (this runtime has one thread: both are queued before the
+    // group starts), which locks the first row and waits for the second.
+    let checks = async { tokio::join!(wrong_check(&ids[0]), wrong_check(&ids[1])) };
+    let close_the_circle = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let locked = transaction.execute(lock_sql, &[&ids[0].as_str()]).await;
+        (locked, transaction.commit().await)
+    };
+    let ((first, second), (locked, committed)) = tokio::join!(checks, close_the_circle);
+    locked.expect("the other transaction gets the first row once the group is rolled back");
+    committed.expect("commit");
+    for report in [first, second] {
+        assert_eq!(
+            report.expect("answered").outcome,
+            CheckOutcome::Mismatch { exhausted: false }
+        );
+    }
+    for id in &ids {
+        let stored = store
+            .find_verification(&account, id)
+            .await
+            .expect("find")
+            .expect("exists");
+        assert_eq!(stored.attempts_used, 1, "the rolled-back try left no trace");
+    }
 }

@@ -5,24 +5,21 @@
 //! statement for 16 rows 18 µs (pgbench, 2 cores, 2026-12-03).
 //!
 //! Each kind of statement has one group in flight per node at a time, as the SQLite writer
-//! does: within a node, two groups never hold each other's locks. A group that meets another
-//! node's group in a deadlock is rolled back by PostgreSQL and runs again. When one request of
-//! a group makes the statement fail, the transaction took its group-mates down with it; they
-//! then run one by one, so only that request fails.
+//! has one batch. When the database refuses a group's statement, its transaction took every
+//! request in it down: because of one request (a duplicate id), or because it waited in a circle
+//! with another transaction (another node's group) and PostgreSQL rolled it back. The requests
+//! then run one by one, so that only the request at fault fails.
 
 use std::future::Future;
 
 use deadpool_postgres::{Object, Pool};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::error::SqlState;
 
 use super::pool_error;
 use crate::failure::Failure;
 
 /// Requests in one statement at most: a group of 64 concurrent clients fits in one.
 const MAX_GROUP: usize = 128;
-/// How many times a group rolled back by a deadlock runs again before its requests fail.
-const DEADLOCK_RETRIES: usize = 3;
 
 /// A statement that answers many requests at once.
 pub(super) trait GroupStatement: Send + Sync + 'static {
@@ -102,32 +99,22 @@ async fn answer<S: GroupStatement>(
     client: &Object,
     requests: &[S::Request],
 ) -> Vec<Result<S::Answer, Failure>> {
-    let mut deadlocks = 0;
-    loop {
-        match S::run(client, requests).await {
-            Ok(answers) if answers.len() == requests.len() => return answers,
-            Ok(answers) => {
-                let failure = Failure::Database(format!(
-                    "{} answers to a group of {}",
-                    answers.len(),
-                    requests.len()
-                ));
-                return every(requests.len(), &failure);
-            }
-            Err(error)
-                if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
-                    && deadlocks < DEADLOCK_RETRIES =>
-            {
-                deadlocks += 1;
-                tracing::debug!(requests = requests.len(), "a group met a deadlock; again");
-            }
-            // The database refused the statement because of one request (or more): run each
-            // on its own so that only those fail.
-            Err(error) if error.as_db_error().is_some() && requests.len() > 1 => {
-                return one_by_one::<S>(client, requests).await;
-            }
-            Err(error) => return every(requests.len(), &error.into()),
+    match S::run(client, requests).await {
+        Ok(answers) if answers.len() == requests.len() => answers,
+        Ok(answers) => {
+            let failure = Failure::Database(format!(
+                "{} answers to a group of {}",
+                answers.len(),
+                requests.len()
+            ));
+            every(requests.len(), &failure)
         }
+        // Refused by the database, not lost on the way: run each on its own.
+        Err(error) if error.as_db_error().is_some() && requests.len() > 1 => {
+            tracing::debug!(%error, requests = requests.len(), "a group was refused; one by one");
+            one_by_one::<S>(client, requests).await
+        }
+        Err(error) => every(requests.len(), &error.into()),
     }
 }
 
