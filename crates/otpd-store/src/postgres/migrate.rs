@@ -19,6 +19,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_failed_messages.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_grouped_sends_and_checks.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.

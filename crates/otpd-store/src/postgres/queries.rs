@@ -251,9 +251,10 @@ pub(super) struct CreateRequest {
     pub guards: SendGuards,
 }
 
-/// Sends in groups: `otpd_create_verification` (in the migrations) applies the guards, retires
-/// the live code of the key and inserts the verification and its message, once per send, all
-/// in one statement and one transaction.
+/// Sends in groups: `otpd_create_verifications` (in the migrations) takes the group's locks and
+/// runs `otpd_create_verification` for each send, which applies the guards, retires the live
+/// code of the key and inserts the verification and its message; all in one statement and one
+/// transaction.
 pub(super) struct CreateVerifications;
 
 impl GroupStatement for CreateVerifications {
@@ -266,24 +267,9 @@ impl GroupStatement for CreateVerifications {
     ) -> Result<Vec<Result<(), Failure>>, tokio_postgres::Error> {
         let statement = client
             .prepare_cached(
-                "SELECT c.verdict FROM unnest($1::bigint[], $2::bigint[], $3::integer[],
-                     $4::integer[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-                     $10::text[], $11::text[], $12::bytea[], $13::text[], $14::bigint[],
-                     $15::integer[], $16::boolean[], $17::text[], $18::integer[], $19::text[],
-                     $20::bytea[], $21::text[], $22::integer[], $23::text[], $24::text[],
-                     $25::bigint[])
-                     WITH ORDINALITY AS r(at_ms, window_ms, max_sends, charge, id, account_id,
-                         dialect, app, reference, destination, sender, code_digest,
-                         code_bound_to, ttl_ms, max_attempts, sandbox, sandbox_code, parts,
-                         message_id, sealed_text, encoding, message_parts, entity_id,
-                         template_id, claim_ms, ordinal)
-                 CROSS JOIN LATERAL otpd_create_verification(r.at_ms, r.window_ms,
-                     r.max_sends, r.charge, r.id, r.account_id, r.dialect, r.app, r.reference,
-                     r.destination, r.sender, r.code_digest, r.code_bound_to, r.ttl_ms,
-                     r.max_attempts, r.sandbox, r.sandbox_code, r.parts, r.message_id,
-                     r.sealed_text, r.encoding, r.message_parts, r.entity_id, r.template_id,
-                     r.claim_ms) AS c(verdict)
-                 ORDER BY r.ordinal",
+                "SELECT verdict FROM otpd_create_verifications($1, $2, $3, $4, $5, $6, $7,
+                     $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
+                     $23, $24, $25)",
             )
             .await?;
         let now: Vec<Option<i64>> = column(requests, |r| r.now);
@@ -493,7 +479,8 @@ pub(super) enum Checked {
     },
 }
 
-/// Checks in groups: `otpd_check` once per check, all in one statement and one transaction.
+/// Checks in groups: `otpd_checks` (in the migrations) takes the group's locks and runs
+/// `otpd_check` for each check; all in one statement and one transaction.
 pub(super) struct Checks;
 
 impl GroupStatement for Checks {
@@ -506,16 +493,8 @@ impl GroupStatement for Checks {
     ) -> Result<Vec<Result<Checked, Failure>>, tokio_postgres::Error> {
         let statement = client
             .prepare_cached(
-                "SELECT c.* FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
-                     $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[],
-                     $11::text[], $12::bigint[], $13::integer[])
-                     WITH ORDINALITY AS r(at_ms, account_id, id, dialect, app, reference,
-                         destination, bound_to, digest, record_code, client_ip, ip_window_ms,
-                         ip_max_failures, ordinal)
-                 CROSS JOIN LATERAL otpd_check(r.at_ms, r.account_id, r.id, r.dialect, r.app,
-                     r.reference, r.destination, r.bound_to, r.digest, r.record_code,
-                     r.client_ip, r.ip_window_ms, r.ip_max_failures) AS c
-                 ORDER BY r.ordinal",
+                "SELECT * FROM otpd_checks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                     $12, $13)",
             )
             .await?;
         let now: Vec<Option<i64>> = column(requests, |r| r.now);
