@@ -407,3 +407,106 @@ async fn a_group_rolled_back_by_a_deadlock_is_answered() {
         assert_eq!(stored.attempts_used, 1, "the rolled-back try left no trace");
     }
 }
+
+/// Two nodes sending at once for one account with a credit limit, to the same destinations in
+/// opposite orders. Each send locks its destination and then the account's row until its
+/// group commits; the groups take all their destination locks first, so they queue on each
+/// other and never wait in a circle (which PostgreSQL would break after a second, and count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sending_for_one_account_never_deadlock() {
+    let database = scratch().await;
+    let nodes = [
+        PgStore::connect(options(database.url()))
+            .await
+            .expect("node a"),
+        PgStore::connect(options(database.url()))
+            .await
+            .expect("node b"),
+    ];
+    let account = AccountId::generate();
+    nodes[0]
+        .create_account(NewAccount {
+            id: account.clone(),
+            name: Name::parse("limited").expect("name"),
+            access_key_id: AccessKeyId::generate(),
+            sealed_secret: vec![1],
+            credits: Some(1_000),
+            default_sender: None,
+        })
+        .await
+        .expect("account");
+    let server_key = ServerKey::from_hex(&"66".repeat(32)).expect("key");
+    let destinations: Vec<String> = (0..40).map(|i| format!("+3934812345{i:02}")).collect();
+    let mut sends = Vec::new();
+    for round in 0..5 {
+        for (node, store) in nodes.iter().enumerate() {
+            let order: Vec<&String> = if node == 0 {
+                destinations.iter().collect()
+            } else {
+                destinations.iter().rev().collect()
+            };
+            for destination in order {
+                let key = VerificationKey {
+                    account_id: account.clone(),
+                    dialect: Dialect::Amm,
+                    app: String::new(),
+                    reference: format!("{round}"),
+                    destination: E164::parse(destination).expect("number"),
+                };
+                let id = VerifyId::generate();
+                let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+                let mut send = sandbox_send(&server_key, &id, key, &code, 300);
+                send.sandbox = false;
+                let store = store.clone();
+                sends.push(tokio::spawn(async move {
+                    store.create_verification(send, GUARDS).await
+                }));
+            }
+        }
+    }
+    for send in sends {
+        send.await.expect("join").expect("every send is accepted");
+    }
+    let client = connect_raw(database.url()).await;
+    let credits: i64 = client
+        .query_one(
+            "SELECT credits FROM accounts WHERE id = $1",
+            &[&account.as_str()],
+        )
+        .await
+        .expect("credits")
+        .get(0);
+    assert_eq!(credits, 1_000 - 400, "one part each");
+    // A backend's statistics reach pg_stat_database when it ends.
+    drop(nodes);
+    let deadlocks = wait_for_backends_to_end_then(
+        &client,
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .await;
+    assert_eq!(deadlocks, 0);
+}
+
+/// Waits until this is the database's only session, then reads one `bigint`.
+async fn wait_for_backends_to_end_then(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    for _ in 0..100 {
+        let others: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("sessions")
+            .get(0);
+        if others == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .execute("SELECT pg_stat_clear_snapshot()", &[])
+        .await
+        .expect("fresh statistics");
+    client.query_one(sql, &[]).await.expect("read").get(0)
+}
