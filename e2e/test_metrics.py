@@ -149,6 +149,22 @@ def test_the_sqlite_writer_shows_its_group_commits(otpd, traffic):
     assert 0 < value(found, "otpd_sqlite_commit_duration_seconds_sum") < commits
 
 
+@pytest.mark.skipif(BACKEND != "postgres", reason="the PostgreSQL store's own metrics")
+def test_the_postgres_store_shows_its_groups(otpd, traffic):
+    found = samples(scrape(otpd))
+    accepted = sum(
+        count for (name, labels), count in found.items() if name == "otpd_otp_sends_total" and ("result", "accepted") in labels
+    )
+    for statement in ["send", "check"]:
+        groups = value(found, "otpd_postgres_group_size_count", statement=statement)
+        grouped = value(found, "otpd_postgres_group_size_sum", statement=statement)
+        assert groups > 0 and grouped >= groups, "every group carries at least one request"
+        assert value(found, "otpd_postgres_group_size_bucket", statement=statement, le="+Inf") == groups
+        assert value(found, "otpd_postgres_group_duration_seconds_count", statement=statement) == groups
+        assert 0 < value(found, "otpd_postgres_group_duration_seconds_sum", statement=statement) < groups
+    assert value(found, "otpd_postgres_group_size_sum", statement="send") >= accepted > 0
+
+
 def test_nothing_names_a_caller_a_number_a_code_or_a_path(otpd, account, app_id, traffic):
     text = scrape(otpd)
     secrets = [account["access_key_id"], account["secret_access_key"], app_id, *traffic["codes"]]

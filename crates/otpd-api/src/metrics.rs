@@ -39,7 +39,7 @@ const DURATION_BUCKETS: &[f64] = &[
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 /// Buckets of every histogram named `..._size` (requests per SQLite group commit, up to the
-/// writer's 512).
+/// writer's 512, and per PostgreSQL group, up to 128).
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 /// How often the latencies recorded since are sorted into their buckets; until then each one is

@@ -11,6 +11,7 @@
 //! then run one by one, so that only the request at fault fails.
 
 use std::future::Future;
+use std::time::Instant;
 
 use deadpool_postgres::{Object, Pool};
 use tokio::sync::{mpsc, oneshot};
@@ -21,8 +22,29 @@ use crate::failure::Failure;
 /// Requests in one statement at most: a group of 64 concurrent clients fits in one.
 const MAX_GROUP: usize = 128;
 
+/// Requests per group, by statement: how well a node groups them.
+const GROUP_SIZE: &str = "otpd_postgres_group_size";
+/// From a group's first request leaving the queue to its answers: the round trip, the
+/// statement, its lock waits and the commit.
+const GROUP_DURATION: &str = "otpd_postgres_group_duration_seconds";
+
+fn describe_metrics() {
+    metrics::describe_histogram!(
+        GROUP_SIZE,
+        metrics::Unit::Count,
+        "Requests per PostgreSQL group statement (one transaction and one commit)"
+    );
+    metrics::describe_histogram!(
+        GROUP_DURATION,
+        metrics::Unit::Seconds,
+        "Time of one PostgreSQL group statement, from taking a connection to its commit"
+    );
+}
+
 /// A statement that answers many requests at once.
 pub(super) trait GroupStatement: Send + Sync + 'static {
+    /// The `statement` label of the group metrics.
+    const NAME: &'static str;
     type Request: Send + Sync + 'static;
     type Answer: Send + 'static;
 
@@ -53,6 +75,7 @@ impl<S: GroupStatement> Group<S> {
     /// Starts the task; it ends when the last clone of the store is dropped.
     pub(super) fn start(pool: Pool) -> Self {
         let (queue, requests) = mpsc::unbounded_channel();
+        describe_metrics();
         tokio::spawn(drive::<S>(pool, requests));
         Self { queue }
     }
@@ -72,9 +95,12 @@ async fn drive<S: GroupStatement>(
     pool: Pool,
     mut queue: mpsc::UnboundedReceiver<(S::Request, Reply<S>)>,
 ) {
+    let size = metrics::histogram!(GROUP_SIZE, "statement" => S::NAME);
+    let duration = metrics::histogram!(GROUP_DURATION, "statement" => S::NAME);
     let mut waiting = Vec::new();
     while let Some(first) = queue.recv().await {
         waiting.push(first);
+        let started = Instant::now();
         // What arrives while a connection is found joins the group.
         let client = pool.get().await;
         while waiting.len() < MAX_GROUP {
@@ -88,6 +114,8 @@ async fn drive<S: GroupStatement>(
             Ok(client) => answer::<S>(&client, &requests).await,
             Err(error) => every(requests.len(), &pool_error(error)),
         };
+        size.record(requests.len() as f64);
+        duration.record(started.elapsed().as_secs_f64());
         for (reply, answer) in replies.into_iter().zip(answers) {
             // A caller that stopped waiting has no use for its answer.
             let _ = reply.send(answer);

@@ -258,6 +258,7 @@ pub(super) struct CreateRequest {
 pub(super) struct CreateVerifications;
 
 impl GroupStatement for CreateVerifications {
+    const NAME: &'static str = "send";
     type Request = CreateRequest;
     type Answer = ();
 
@@ -484,6 +485,7 @@ pub(super) enum Checked {
 pub(super) struct Checks;
 
 impl GroupStatement for Checks {
+    const NAME: &'static str = "check";
     type Request = CheckRequest;
     type Answer = Checked;
 
