@@ -76,6 +76,19 @@ fn sandbox_send(
     }
 }
 
+/// A check of `submitted` with no address and no history, as a Pinpoint verify makes.
+fn attempt(server_key: &Arc<ServerKey>, submitted: &str) -> CheckAttempt {
+    CheckAttempt {
+        candidate: Candidate::new(
+            server_key.clone(),
+            OtpCode::submitted(submitted).expect("code"),
+        ),
+        client_ip: None,
+        history: CheckHistory::Skip,
+        ip_limit: None,
+    }
+}
+
 /// A plain connection, for what the store does not offer.
 async fn connect_raw(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -218,12 +231,7 @@ async fn a_store_answers_errors_not_hangs_once_its_database_is_gone() {
     let id = VerifyId::generate();
     let code = OtpCode::generate(CodeLength::new(6).expect("length"));
     let send = sandbox_send(&server_key, &id, key.clone(), &code, 300);
-    let attempt = CheckAttempt {
-        candidate: Candidate::new(Arc::new(server_key), code),
-        client_ip: None,
-        history: CheckHistory::Skip,
-        ip_limit: None,
-    };
+    let attempt = attempt(&Arc::new(server_key), code.expose());
     drop(database); // DROP DATABASE ... WITH (FORCE) ends every session
     let started = Instant::now();
     assert!(store.ping().await.is_err());
@@ -296,17 +304,11 @@ async fn nodes_of_the_previous_release_can_share_the_database() {
         .expect("the previous release's send")
         .get(0);
     assert_eq!(verdict, "ok");
-    let attempt = |submitted: &str| CheckAttempt {
-        candidate: Candidate::new(
-            server_key.clone(),
-            OtpCode::submitted(submitted).expect("code"),
-        ),
-        client_ip: None,
-        history: CheckHistory::Skip,
-        ip_limit: None,
-    };
     let report = store
-        .check(CheckLookup::ByKey(key.clone()), attempt(code.expose()))
+        .check(
+            CheckLookup::ByKey(key.clone()),
+            attempt(&server_key, code.expose()),
+        )
         .await
         .expect("check");
     assert_eq!(report.outcome, CheckOutcome::Verified);
@@ -361,16 +363,8 @@ async fn a_group_rolled_back_by_a_deadlock_is_answered() {
             account_id: account.clone(),
             id: id.clone(),
         };
-        let attempt = CheckAttempt {
-            // Five digits never match a six-digit code.
-            candidate: Candidate::new(
-                server_key.clone(),
-                OtpCode::submitted("12345").expect("code"),
-            ),
-            client_ip: None,
-            history: CheckHistory::Skip,
-            ip_limit: None,
-        };
+        // Five digits never match a six-digit code.
+        let attempt = attempt(&server_key, "12345");
         store.check(lookup, attempt)
     };
     let lock_sql = "SELECT 1 FROM verifications WHERE id = $1 FOR UPDATE";
