@@ -7,7 +7,8 @@
 //! Each kind of statement has one group in the database at a time per node, as the SQLite
 //! writer has one batch. Four at a time were measured too (2026-12-03, amm sends and checks at
 //! 16 and 64 connections): smaller groups, 20-80% more of PostgreSQL's CPU per request, and
-//! fewer requests a second in every row. The groups' locks are taken in one order (see
+//! fewer requests a second in every row; two at a time, the same rate within the noise at
+//! 20-40% more of PostgreSQL's CPU. The groups' locks are taken in one order (see
 //! migration 5), so in the common cases two nodes' groups queue on each other rather than wait
 //! in a circle. When the database refuses a group's statement, its transaction took every
 //! request in it down: because of one request (a duplicate id), or because it waited in a
