@@ -7,8 +7,8 @@ use std::time::Duration;
 use deadpool_postgres::{ClientWrapper, Object};
 use otpd_core::account::{Account, Application, NewAccount};
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, OutboxBacklog,
-    OutboxMessage, Receipt,
+    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, NewOutboxMessage,
+    OutboxBacklog, OutboxMessage, Receipt,
 };
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
@@ -251,6 +251,12 @@ pub(super) struct CreateRequest {
     pub guards: SendGuards,
 }
 
+impl CreateRequest {
+    fn message(&self) -> Option<&NewOutboxMessage> {
+        self.verification.outbox.as_ref()
+    }
+}
+
 /// Sends in groups: `otpd_create_verifications` (in the migrations) takes the group's locks and
 /// runs `otpd_create_verification` for each send, which applies the guards, retires the live
 /// code of the key and inserts the verification and its message; all in one statement and one
@@ -295,42 +301,22 @@ impl GroupStatement for CreateVerifications {
         let sandbox_code: Vec<Option<&str>> =
             column(requests, |r| r.verification.sandbox_code.as_deref());
         let parts: Vec<i32> = column(requests, |r| saturating_i32(r.verification.parts));
-        let message_id: Vec<Option<&str>> = column(requests, |r| {
-            r.verification.outbox.as_ref().map(|m| m.id.as_str())
-        });
-        let sealed: Vec<Option<&[u8]>> = column(requests, |r| {
-            r.verification
-                .outbox
-                .as_ref()
-                .map(|m| m.sealed_text.as_slice())
-        });
-        let encoding: Vec<Option<&str>> = column(requests, |r| {
-            r.verification.outbox.as_ref().map(|m| m.encoding.as_str())
-        });
-        let message_parts: Vec<Option<i32>> = column(requests, |r| {
-            r.verification
-                .outbox
-                .as_ref()
-                .map(|m| saturating_i32(m.parts))
-        });
+        let message_id: Vec<Option<&str>> =
+            column(requests, |r| r.message().map(|m| m.id.as_str()));
+        let sealed: Vec<Option<&[u8]>> =
+            column(requests, |r| r.message().map(|m| m.sealed_text.as_slice()));
+        let encoding: Vec<Option<&str>> =
+            column(requests, |r| r.message().map(|m| m.encoding.as_str()));
+        let message_parts: Vec<Option<i32>> =
+            column(requests, |r| r.message().map(|m| saturating_i32(m.parts)));
         let entity_id: Vec<Option<&str>> = column(requests, |r| {
-            r.verification
-                .outbox
-                .as_ref()
-                .and_then(|m| m.entity_id.as_deref())
+            r.message().and_then(|m| m.entity_id.as_deref())
         });
         let template_id: Vec<Option<&str>> = column(requests, |r| {
-            r.verification
-                .outbox
-                .as_ref()
-                .and_then(|m| m.template_id.as_deref())
+            r.message().and_then(|m| m.template_id.as_deref())
         });
         let claim: Vec<Option<i64>> = column(requests, |r| {
-            r.verification
-                .outbox
-                .as_ref()
-                .and_then(|m| m.claimed_for)
-                .map(millis)
+            r.message().and_then(|m| m.claimed_for).map(millis)
         });
         let rows = client
             .query(
