@@ -54,6 +54,27 @@ async fn create_account(store: &PgStore) -> AccountId {
     account
 }
 
+/// The key of a Pinpoint code (application `app`, `ReferenceId` `ref`) to `destination`.
+fn pinpoint_key(account: &AccountId, destination: &str) -> VerificationKey {
+    VerificationKey {
+        account_id: account.clone(),
+        dialect: Dialect::Pinpoint,
+        app: "app".into(),
+        reference: "ref".into(),
+        destination: E164::parse(destination).expect("number"),
+    }
+}
+
+/// The key of an amm code to `destination`.
+fn amm_key(account: &AccountId, destination: &str) -> VerificationKey {
+    VerificationKey {
+        dialect: Dialect::Amm,
+        app: String::new(),
+        reference: String::new(),
+        ..pinpoint_key(account, destination)
+    }
+}
+
 /// A sandbox send (no message to deliver) of `code` as this release stores it.
 fn sandbox_send(
     server_key: &ServerKey,
@@ -118,13 +139,7 @@ async fn times_come_from_the_database_clock() {
     let id = VerifyId::generate();
     let code = OtpCode::generate(CodeLength::new(6).expect("length"));
     let before = database_millis(database.url()).await;
-    let amm_key = VerificationKey {
-        account_id: account.clone(),
-        dialect: Dialect::Amm,
-        app: String::new(),
-        reference: String::new(),
-        destination: E164::parse("+393481234567").expect("number"),
-    };
+    let amm_key = amm_key(&account, "+393481234567");
     store
         .create_verification(sandbox_send(&key, &id, amm_key, &code, 60), GUARDS)
         .await
@@ -221,13 +236,7 @@ async fn a_store_answers_errors_not_hangs_once_its_database_is_gone() {
     );
     store.ping().await.expect("ping");
     let server_key = ServerKey::from_hex(&"55".repeat(32)).expect("key");
-    let key = VerificationKey {
-        account_id: AccountId::generate(),
-        dialect: Dialect::Amm,
-        app: String::new(),
-        reference: String::new(),
-        destination: E164::parse("+393481234567").expect("number"),
-    };
+    let key = amm_key(&AccountId::generate(), "+393481234567");
     let id = VerifyId::generate();
     let code = OtpCode::generate(CodeLength::new(6).expect("length"));
     let send = sandbox_send(&server_key, &id, key.clone(), &code, 300);
@@ -282,13 +291,7 @@ async fn nodes_of_the_previous_release_can_share_the_database() {
         .expect("connect");
     let account = create_account(&store).await;
     let server_key = Arc::new(ServerKey::from_hex(&"33".repeat(32)).expect("key"));
-    let key = VerificationKey {
-        account_id: account.clone(),
-        dialect: Dialect::Pinpoint,
-        app: "app".into(),
-        reference: "ref".into(),
-        destination: E164::parse("+393481234567").expect("number"),
-    };
+    let key = pinpoint_key(&account, "+393481234567");
     let id = VerifyId::generate();
     let code = OtpCode::generate(CodeLength::new(6).expect("length"));
     let old_digest = server_key.digest_code(DigestSubject::Verification(&id), &code);
@@ -343,13 +346,7 @@ async fn a_group_rolled_back_by_a_deadlock_is_answered() {
     let server_key = Arc::new(ServerKey::from_hex(&"44".repeat(32)).expect("key"));
     let mut ids = Vec::new();
     for destination in ["+393481234501", "+393481234502"] {
-        let key = VerificationKey {
-            account_id: account.clone(),
-            dialect: Dialect::Pinpoint,
-            app: "app".into(),
-            reference: "ref".into(),
-            destination: E164::parse(destination).expect("number"),
-        };
+        let key = pinpoint_key(&account, destination);
         let id = VerifyId::generate();
         let code = OtpCode::generate(CodeLength::new(6).expect("length"));
         store
@@ -441,11 +438,8 @@ async fn two_nodes_sending_for_one_account_never_deadlock() {
             };
             for destination in order {
                 let key = VerificationKey {
-                    account_id: account.clone(),
-                    dialect: Dialect::Amm,
-                    app: String::new(),
                     reference: format!("{round}"),
-                    destination: E164::parse(destination).expect("number"),
+                    ..amm_key(&account, destination)
                 };
                 let id = VerifyId::generate();
                 let code = OtpCode::generate(CodeLength::new(6).expect("length"));
