@@ -6,9 +6,13 @@
 //! ceiling at the same connection count. Each SQLite row is read between two readings of the
 //! batched-commit ceiling (its ratio divides by their mean): this machine's speed moves by a
 //! third from one few-second window to the next, and readings seconds apart move together far
-//! more than readings minutes apart. `cargo run --release -p otpd-bench`.
+//! more than readings minutes apart. On PostgreSQL the operations run on one node, then on two
+//! sharing the database, then (with a writable cgroup file system) on two nodes capped at a
+//! share of a core each, read between two one-node readings (see `cpu_cap`).
+//! `cargo run --release -p otpd-bench`.
 
 mod ceiling;
+mod cpu_cap;
 mod load;
 mod requests;
 mod server;
@@ -53,6 +57,12 @@ struct Args {
     /// Benchmark SQLite only.
     #[arg(long)]
     no_postgres: bool,
+    /// The share of one core each PostgreSQL node is capped at (a cgroup CPU quota) for the
+    /// capped rows, which compare one node with two where the nodes are what limits; they run
+    /// at the largest connection count only, and need a writable cgroup file system (root).
+    /// 0 skips them.
+    #[arg(long, default_value_t = 0.2, value_parser = share_of_a_core)]
+    node_cpu_share: f64,
     /// Benchmark this otpd binary instead of building the workspace's (for A/B comparisons of
     /// two builds, run one after the other).
     #[arg(long)]
@@ -109,6 +119,21 @@ struct Row {
     ratio_to_batched: Option<f64>,
     /// Two PostgreSQL nodes' throughput over one node's, same operation and connections.
     ratio_to_one_node: Option<f64>,
+    /// The one-node rates read right before and after this two-node row (capped rows):
+    /// `ratio_to_one_node` divides by their mean.
+    one_node_around: Option<[f64; 2]>,
+}
+
+/// A share of one core: 0 (none), or from 0.1 (the quota's 1 ms a 10 ms period) to 1.
+fn share_of_a_core(text: &str) -> Result<f64, String> {
+    let share: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if share == 0.0 || (0.1..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err("must be 0 or from 0.1 to 1".into())
+    }
 }
 
 /// A number of seconds up to an hour: more than zero, or (`zero_allowed`) zero too.
@@ -196,11 +221,22 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         match ScratchDatabase::create(&args.postgres, "bench").await {
             Ok(database) => {
                 let url = database.url().to_owned();
-                deployments.push(Deployment::Postgres {
-                    url: url.clone(),
-                    nodes: 1,
-                });
-                deployments.push(Deployment::Postgres { url, nodes: 2 });
+                for nodes in [1, 2] {
+                    deployments.push(Deployment::Postgres {
+                        url: url.clone(),
+                        nodes,
+                        cpu_share: None,
+                    });
+                }
+                match capped_share(&args) {
+                    Ok(Some(share)) => deployments.push(Deployment::Postgres {
+                        url: url.clone(),
+                        nodes: 2,
+                        cpu_share: Some(share),
+                    }),
+                    Ok(None) => {}
+                    Err(error) => println!("no capped PostgreSQL rows: {error:#}"),
+                }
                 scratch = Some(database);
             }
             Err(error) => println!(
@@ -238,7 +274,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             )?),
             Deployment::Postgres { .. } => None,
         };
-        rows.extend(run_operations(&args, &deployed, &store, paired.as_ref()).await?);
+        rows.extend(match deployment {
+            Deployment::Postgres {
+                cpu_share: Some(share),
+                ..
+            } => run_capped_scaling(&args, &deployed, *share).await?,
+            _ => run_operations(&args, &deployed, &store, paired.as_ref()).await?,
+        });
         drop(paired);
         drop(deployed);
         if index == 0 && measure_ceilings {
@@ -257,17 +299,24 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     print_drift(&ceiling_runs);
     print_paired_drift(&rows);
-    let one_node: HashMap<(String, usize), f64> = rows
+    let by_store: HashMap<(&str, &str, usize), f64> = rows
         .iter()
-        .filter(|row| row.store == Deployment::POSTGRES_ONE_NODE)
         .map(|row| {
             (
-                (row.operation.clone(), row.connections),
+                (row.store.as_str(), row.operation.as_str(), row.connections),
                 row.requests_per_second,
             )
         })
         .collect();
-    for row in &mut rows {
+    let one_node_ratios: Vec<Option<f64>> = rows
+        .iter()
+        .map(|row| {
+            let one_node = Deployment::one_node_label(&row.store)?;
+            let base = by_store.get(&(one_node, row.operation.as_str(), row.connections))?;
+            Some(row.requests_per_second / base)
+        })
+        .collect();
+    for (row, one_node_ratio) in rows.iter_mut().zip(one_node_ratios) {
         if is_ceiling(row) {
             continue;
         }
@@ -285,10 +334,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             ),
             None => ratio(ceiling::Ceiling::SqliteBatched),
         };
-        if row.store == Deployment::POSTGRES_TWO_NODES {
-            row.ratio_to_one_node = one_node
-                .get(&(row.operation.clone(), row.connections))
-                .map(|base| row.requests_per_second / base);
+        // The capped rows have theirs from the readings around them.
+        if row.ratio_to_one_node.is_none() {
+            row.ratio_to_one_node = one_node_ratio;
         }
     }
     print_table(&rows);
@@ -469,24 +517,52 @@ fn print_drift(runs: &BTreeMap<(String, usize), Vec<f64>>) {
     }
 }
 
-/// Where the otpd under test keeps its state, and how many nodes serve.
+/// Where the otpd under test keeps its state, how many nodes serve, and whether each node is
+/// held to a share of a core (see `cpu_cap`).
 enum Deployment {
     Sqlite,
-    Postgres { url: String, nodes: usize },
+    Postgres {
+        url: String,
+        nodes: usize,
+        cpu_share: Option<f64>,
+    },
 }
 
 impl Deployment {
-    const POSTGRES_ONE_NODE: &str = "postgres";
-    const POSTGRES_TWO_NODES: &str = "postgres, 2 nodes";
-
     fn label(&self) -> String {
         match self {
             Self::Sqlite => "sqlite".into(),
-            Self::Postgres { nodes: 1, .. } => Self::POSTGRES_ONE_NODE.into(),
-            Self::Postgres { nodes: 2, .. } => Self::POSTGRES_TWO_NODES.into(),
-            Self::Postgres { nodes, .. } => format!("postgres, {nodes} nodes"),
+            Self::Postgres {
+                nodes, cpu_share, ..
+            } => {
+                let mut label = String::from("postgres");
+                if *nodes > 1 {
+                    label.push_str(&format!(", {nodes} nodes"));
+                }
+                if let Some(share) = cpu_share {
+                    label.push_str(&format!(" at {:.0}% of a core each", share * 100.0));
+                }
+                label
+            }
         }
     }
+
+    /// The one-node deployment a several-node row is compared with: its label without the
+    /// node count ("postgres, 2 nodes" is compared with "postgres").
+    fn one_node_label(label: &str) -> Option<&str> {
+        let (store, nodes) = label.rsplit_once(", ")?;
+        nodes.strip_suffix(" nodes")?.parse::<usize>().ok()?;
+        Some(store)
+    }
+}
+
+/// The share each node of the capped rows gets, if they are to run and can.
+fn capped_share(args: &Args) -> anyhow::Result<Option<f64>> {
+    if args.node_cpu_share == 0.0 {
+        return Ok(None);
+    }
+    cpu_cap::CpuCap::probe()?;
+    Ok(Some(args.node_cpu_share))
 }
 
 /// Running otpd nodes, an account to drive them with, and the first node's SMS file.
@@ -501,9 +577,13 @@ struct Deployed {
 /// (started twice, the second start measuring a cold start on an existing database), any
 /// second one on the other core, sharing the first one's database and server key.
 fn deploy(otpd: &Path, work: &Path, deployment: &Deployment) -> anyhow::Result<Deployed> {
-    let (url, nodes) = match deployment {
-        Deployment::Sqlite => (None, 1),
-        Deployment::Postgres { url, nodes } => (Some(url.as_str()), *nodes),
+    let (url, nodes, cpu_share) = match deployment {
+        Deployment::Sqlite => (None, 1, None),
+        Deployment::Postgres {
+            url,
+            nodes,
+            cpu_share,
+        } => (Some(url.as_str()), *nodes, *cpu_share),
     };
     let base = work.join(deployment.label().replace([' ', ','], "-"));
     let node_dir = |n: usize| base.join(format!("node-{n}"));
@@ -546,7 +626,7 @@ fn deploy(otpd: &Path, work: &Path, deployment: &Deployment) -> anyhow::Result<D
         let mut args = global_args(n);
         args.extend(["serve", "--listen", "127.0.0.1:0", "--sms", &sms].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let server = Server::start(
+        let mut server = Server::start(
             core,
             otpd.to_str().unwrap_or_default(),
             &args,
@@ -554,6 +634,9 @@ fn deploy(otpd: &Path, work: &Path, deployment: &Deployment) -> anyhow::Result<D
             true,
         )?;
         let ready = server::wait_ready(server.address, since)?;
+        if let Some(share) = cpu_share {
+            server.cap_cpu(share)?;
+        }
         Ok((server, ready))
     };
     drop(start_node(0, server::SERVER_CORE)?);
@@ -641,11 +724,8 @@ async fn run_operations(
     store: &str,
     paired: Option<&CeilingServer>,
 ) -> anyhow::Result<Vec<Row>> {
-    let client = &deployed.client;
-    let first = &deployed.servers[0];
-    let selected = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
     let mut rows = Vec::new();
-    for operation in Operation::ALL.into_iter().filter(|op| selected(op.name())) {
+    for operation in selected_operations(args) {
         // Enough codes for the warm-up and the window at the rate the previous (smaller)
         // connection count reached, scaled by the step in connections, with room to spare.
         // From 1 to 16 connections verifies went 8.3-8.4 times as fast (2026-12-03, both
@@ -656,52 +736,9 @@ async fn run_operations(
         for &connections in &args.connections {
             if let Some((previous_connections, rate)) = previous {
                 let step = (connections as f64 / previous_connections as f64).clamp(1.0, 10.0);
-                let requests = rate * step * (args.warmup + args.duration) * 1.2;
-                let needed = (requests * operation.codes_per_request()) as u64;
-                pool = needed.clamp(args.pool, MAX_CODES_PER_RUN);
+                pool = codes_for(args, operation, rate * step);
             }
-            let c = client.clone();
-            let make: MakeRequest = match operation {
-                Operation::PinpointSend => {
-                    Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), None)))
-                }
-                Operation::AmmSend => {
-                    Arc::new(move |_| Some(c.amm_send(&next_destination(), None)))
-                }
-                Operation::PinpointVerifyRight | Operation::PinpointVerifyWrong => {
-                    let codes = prepare_pinpoint(first, client, &deployed.sms_file, pool).await?;
-                    let right = operation == Operation::PinpointVerifyRight;
-                    let per_code = if right { 1 } else { PINPOINT_WRONG_PER_CODE };
-                    Arc::new(move |n| {
-                        let (to, code) =
-                            code_for_guess(&codes, usize::try_from(n).ok()?, per_code)?;
-                        Some(if right {
-                            c.pinpoint_verify(to, code)
-                        } else {
-                            c.pinpoint_verify(to, &wrong(code))
-                        })
-                    })
-                }
-                Operation::AmmCheck => {
-                    let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
-                    Arc::new(move |n| {
-                        let (id, code) = codes.get(usize::try_from(n).ok()?)?;
-                        Some(c.amm_check(id, code))
-                    })
-                }
-                Operation::Mix => {
-                    let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
-                    Arc::new(move |n| {
-                        // 5 of every 11 requests send, 6 check (a wrong code: the user's typo).
-                        if n % 11 < 5 {
-                            return Some(c.amm_send(&next_destination(), None));
-                        }
-                        let check = usize::try_from(n / 11 * 6 + n % 11 - 5).ok()?;
-                        let (id, code) = code_for_guess(&codes, check, AMM_WRONG_PER_CODE)?;
-                        Some(c.amm_check(id, &wrong(code)))
-                    })
-                }
-            };
+            let make = workload(operation, deployed, pool).await?;
             let run = measure(
                 args,
                 &deployed.servers,
@@ -719,6 +756,110 @@ async fn run_operations(
         }
     }
     Ok(rows)
+}
+
+/// The operations `--only` selects, in table order.
+fn selected_operations(args: &Args) -> impl Iterator<Item = Operation> + '_ {
+    Operation::ALL.into_iter().filter(|operation| {
+        args.only
+            .as_deref()
+            .is_none_or(|only| operation.name().contains(only))
+    })
+}
+
+/// Codes for one run of `operation` expected to go at `rate` requests a second: its warm-up
+/// and window with a fifth to spare, and never fewer than `--pool`.
+fn codes_for(args: &Args, operation: Operation, rate: f64) -> u64 {
+    let requests = rate * (args.warmup + args.duration) * 1.2;
+    ((requests * operation.codes_per_request()) as u64).clamp(args.pool, MAX_CODES_PER_RUN)
+}
+
+/// The two-node comparison with the nodes as the scarce resource (see `cpu_cap`): `deployed`
+/// is two nodes, each capped at `share` of a core, and each operation runs at the largest
+/// connection count against the first node alone, then both, then the first alone again.
+/// The two-node row's "÷ one node" divides by the mean of the one-node readings around it, as
+/// the SQLite rows' ratios do with their ceiling: this machine's speed moves between windows.
+async fn run_capped_scaling(
+    args: &Args,
+    deployed: &Deployed,
+    share: f64,
+) -> anyhow::Result<Vec<Row>> {
+    let Some(&connections) = args.connections.iter().max() else {
+        return Ok(Vec::new());
+    };
+    let percent = share * 100.0;
+    let one_node = format!("postgres, 1 node at {percent:.0}% of a core");
+    let two_nodes = format!("postgres, 2 nodes at {percent:.0}% of a core each");
+    let mut rows = Vec::new();
+    for operation in selected_operations(args) {
+        let read = |nodes: usize, store: &str, pool: u64| {
+            let store = store.to_owned();
+            async move {
+                let make = workload(operation, deployed, pool).await?;
+                let servers = &deployed.servers[..nodes];
+                measure(args, servers, &store, operation.name(), connections, make).await
+            }
+        };
+        let before = read(1, &one_node, args.pool).await?;
+        let rate = before.requests_per_second;
+        let mut both = read(2, &two_nodes, codes_for(args, operation, rate * 2.0)).await?;
+        let after = read(1, &one_node, codes_for(args, operation, rate)).await?;
+        let around = [before.requests_per_second, after.requests_per_second];
+        both.ratio_to_one_node = Some(both.requests_per_second / ((around[0] + around[1]) / 2.0));
+        both.one_node_around = Some(around);
+        rows.extend([before, both]);
+    }
+    Ok(rows)
+}
+
+/// The requests of one run of `operation` against `deployed`; a verify or check run gets
+/// `pool` codes sent just before it.
+async fn workload(
+    operation: Operation,
+    deployed: &Deployed,
+    pool: u64,
+) -> anyhow::Result<MakeRequest> {
+    let client = &deployed.client;
+    let first = &deployed.servers[0];
+    let c = client.clone();
+    Ok(match operation {
+        Operation::PinpointSend => {
+            Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), None)))
+        }
+        Operation::AmmSend => Arc::new(move |_| Some(c.amm_send(&next_destination(), None))),
+        Operation::PinpointVerifyRight | Operation::PinpointVerifyWrong => {
+            let codes = prepare_pinpoint(first, client, &deployed.sms_file, pool).await?;
+            let right = operation == Operation::PinpointVerifyRight;
+            let per_code = if right { 1 } else { PINPOINT_WRONG_PER_CODE };
+            Arc::new(move |n| {
+                let (to, code) = code_for_guess(&codes, usize::try_from(n).ok()?, per_code)?;
+                Some(if right {
+                    c.pinpoint_verify(to, code)
+                } else {
+                    c.pinpoint_verify(to, &wrong(code))
+                })
+            })
+        }
+        Operation::AmmCheck => {
+            let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
+            Arc::new(move |n| {
+                let (id, code) = codes.get(usize::try_from(n).ok()?)?;
+                Some(c.amm_check(id, code))
+            })
+        }
+        Operation::Mix => {
+            let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
+            Arc::new(move |n| {
+                // 5 of every 11 requests send, 6 check (a wrong code: the user's typo).
+                if n % 11 < 5 {
+                    return Some(c.amm_send(&next_destination(), None));
+                }
+                let check = usize::try_from(n / 11 * 6 + n % 11 - 5).ok()?;
+                let (id, code) = code_for_guess(&codes, check, AMM_WRONG_PER_CODE)?;
+                Some(c.amm_check(id, &wrong(code)))
+            })
+        }
+    })
 }
 
 /// Builds the release otpd next to this binary and returns its path.
@@ -816,6 +957,7 @@ async fn measure(
         ratio_to_commit_each: None,
         ratio_to_batched: None,
         ratio_to_one_node: None,
+        one_node_around: None,
     };
     println!(
         "  {:<40} {:>3} conns {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>6.1} µs CPU/req{}  (load generator {:.1} µs/req){}",
@@ -963,6 +1105,42 @@ fn print_table(rows: &[Row]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_nodes_compare_with_one_node() {
+        let deployment = |nodes, cpu_share| Deployment::Postgres {
+            url: String::new(),
+            nodes,
+            cpu_share,
+        };
+        let labels: Vec<String> = [
+            deployment(1, None),
+            deployment(2, None),
+            deployment(2, Some(0.2)),
+        ]
+        .iter()
+        .map(Deployment::label)
+        .collect();
+        assert_eq!(
+            labels,
+            [
+                "postgres",
+                "postgres, 2 nodes",
+                "postgres, 2 nodes at 20% of a core each"
+            ]
+        );
+        assert_eq!(
+            Deployment::one_node_label("postgres, 2 nodes"),
+            Some("postgres")
+        );
+        for alone in [
+            "postgres",
+            "sqlite",
+            "postgres, 2 nodes at 20% of a core each",
+        ] {
+            assert_eq!(Deployment::one_node_label(alone), None, "{alone}");
+        }
+    }
 
     #[test]
     fn guesses_take_the_codes_in_turn_and_stop_when_each_had_its_share() {

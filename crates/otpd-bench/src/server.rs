@@ -7,12 +7,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::cpu_cap::CpuCap;
+
 pub const SERVER_CORE: &str = "0";
 pub const CLIENT_CORE: &str = "1";
 
 pub struct Server {
     child: Child,
     pub address: SocketAddr,
+    /// Dropped after the child is killed: its cgroup can only go once the child has.
+    cap: Option<CpuCap>,
 }
 
 impl Server {
@@ -58,7 +62,14 @@ impl Server {
         Ok(Self {
             child,
             address: SocketAddr::from(([127, 0, 0, 1], port)),
+            cap: None,
         })
+    }
+
+    /// Holds the server, from now on, to `share` of one core (see `cpu_cap`).
+    pub fn cap_cpu(&mut self, share: f64) -> anyhow::Result<()> {
+        self.cap = Some(CpuCap::apply(self.pid(), share)?);
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
