@@ -201,7 +201,17 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?
-        .block_on(bench(args))
+        .block_on(async {
+            // Interrupted, the run is dropped: its servers are killed, their cgroups removed
+            // and the scratch database dropped, rather than left behind.
+            tokio::select! {
+                finished = bench(args) => finished,
+                interrupted = tokio::signal::ctrl_c() => {
+                    interrupted?;
+                    anyhow::bail!("interrupted; the run's servers, cgroups, files and scratch database are gone")
+                }
+            }
+        })
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -214,8 +224,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Some(binary) => binary.clone(),
         None => build_otpd()?,
     };
-    let work = std::env::temp_dir().join(format!("otpd-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    let work = WorkDirectory::create()?;
+    let work = work.path();
 
     let mut deployments = vec![Deployment::Sqlite];
     let mut scratch = None;
@@ -253,13 +263,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let measure_ceilings = args.only.is_none();
     let mut rows = Vec::new();
     if measure_ceilings {
-        rows.extend(run_ceilings(&args, &work, Reading::Before).await?);
+        rows.extend(run_ceilings(&args, work, Reading::Before).await?);
     }
     let mut cold_starts = serde_json::Map::new();
     for (index, deployment) in deployments.iter().enumerate() {
         let store = deployment.label();
         println!("\n== otpd on {store}");
-        let deployed = deploy(&otpd, &work, deployment)?;
+        let deployed = deploy(&otpd, work, deployment)?;
         println!(
             "cold start of `otpd serve` to a ready /readyz on an existing database: {:.1} ms",
             deployed.cold_start.as_secs_f64() * 1000.0
@@ -271,7 +281,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         let paired = match deployment {
             Deployment::Sqlite => Some(CeilingServer::start(
                 ceiling::Ceiling::SqliteBatched,
-                &work,
+                work,
                 "paired",
             )?),
             Deployment::Postgres { .. } => None,
@@ -286,7 +296,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         drop(paired);
         drop(deployed);
         if index == 0 && measure_ceilings {
-            rows.extend(run_ceilings(&args, &work, Reading::After).await?);
+            rows.extend(run_ceilings(&args, work, Reading::After).await?);
         }
     }
     drop(scratch);
@@ -353,8 +363,29 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     });
     std::fs::write(&args.output, serde_json::to_vec_pretty(&report)?)?;
     println!("\nresults written to {}", args.output.display());
-    let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// The run's scratch directory (data directories, SMS files), removed when the run ends,
+/// interrupted or not.
+struct WorkDirectory(PathBuf);
+
+impl WorkDirectory {
+    fn create() -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(format!("otpd-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDirectory {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 const CEILINGS: [ceiling::Ceiling; 3] = [
