@@ -68,17 +68,7 @@ pub struct CpuCap {
 impl CpuCap {
     /// Caps process `pid`, every thread of it, at `share` of one core.
     pub fn apply(pid: u32, share: f64) -> anyhow::Result<Self> {
-        let controller = Controller::find()?;
-        let group = controller
-            .root()
-            .join(format!("otpd-bench-{}-{pid}", std::process::id()));
-        std::fs::create_dir(&group)
-            .with_context(|| format!("cannot create the cgroup {}", group.display()))?;
-        let cap = Self { group };
-        let quota = (share * PERIOD_MICROS as f64).round() as u64;
-        controller
-            .set_quota(&cap.group, quota.max(1_000))
-            .context("cannot set the cgroup's CPU quota")?;
+        let cap = Self::create(&pid.to_string(), share)?;
         std::fs::write(cap.group.join("cgroup.procs"), pid.to_string())
             .context("cannot move the server into its cgroup")?;
         Ok(cap)
@@ -86,15 +76,24 @@ impl CpuCap {
 
     /// Whether a process can be capped here: creates and removes an empty cgroup.
     pub fn probe() -> anyhow::Result<()> {
+        Self::create("probe", 1.0).map(drop)
+    }
+
+    /// An empty cgroup named after this run and `name`, its quota `share` of a core.
+    fn create(name: &str, share: f64) -> anyhow::Result<Self> {
         let controller = Controller::find()?;
         let group = controller
             .root()
-            .join(format!("otpd-bench-{}-probe", std::process::id()));
+            .join(format!("otpd-bench-{}-{name}", std::process::id()));
         std::fs::create_dir(&group)
             .with_context(|| format!("cannot create the cgroup {}", group.display()))?;
-        let set = controller.set_quota(&group, PERIOD_MICROS);
-        let _ = std::fs::remove_dir(&group);
-        set.context("cannot set a cgroup's CPU quota")
+        // From here on, dropping `cap` removes the cgroup.
+        let cap = Self { group };
+        let quota = (share * PERIOD_MICROS as f64).round() as u64;
+        controller
+            .set_quota(&cap.group, quota.max(1_000))
+            .context("cannot set the cgroup's CPU quota")?;
+        Ok(cap)
     }
 }
 
