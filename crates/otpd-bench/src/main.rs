@@ -126,7 +126,8 @@ struct Row {
     one_node_around: Option<[f64; 2]>,
 }
 
-/// A share of one core: 0 (none), or from 0.1 (the quota's 1 ms a 10 ms period) to 1.
+/// A share of one core: 0 (no capped rows), or from 0.1 (1 ms of each 10 ms period, the least
+/// quota the kernel takes) to 1.
 fn share_of_a_core(text: &str) -> Result<f64, String> {
     let share: f64 = text
         .parse()
