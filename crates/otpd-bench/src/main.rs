@@ -225,7 +225,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Some(binary) => binary.clone(),
         None => build_otpd()?,
     };
-    let work = WorkDirectory::create()?;
+    // Removed when the run ends, interrupted or not.
+    let work = tempfile::Builder::new().prefix("otpd-bench-").tempdir()?;
     let work = work.path();
 
     let mut deployments = vec![Deployment::Sqlite];
@@ -365,28 +366,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     std::fs::write(&args.output, serde_json::to_vec_pretty(&report)?)?;
     println!("\nresults written to {}", args.output.display());
     Ok(())
-}
-
-/// The run's scratch directory (data directories, SMS files), removed when the run ends,
-/// interrupted or not.
-struct WorkDirectory(PathBuf);
-
-impl WorkDirectory {
-    fn create() -> std::io::Result<Self> {
-        let path = std::env::temp_dir().join(format!("otpd-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDirectory {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 const CEILINGS: [ceiling::Ceiling; 3] = [
