@@ -33,6 +33,7 @@ const GROUP_SIZE: &str = "otpd_postgres_group_size";
 /// statement, its lock waits and the commit.
 const GROUP_DURATION: &str = "otpd_postgres_group_duration_seconds";
 
+/// Gives the metrics recorder installed now the help text of the group metrics.
 fn describe_metrics() {
     metrics::describe_histogram!(
         GROUP_SIZE,
@@ -42,7 +43,7 @@ fn describe_metrics() {
     metrics::describe_histogram!(
         GROUP_DURATION,
         metrics::Unit::Seconds,
-        "Time of one PostgreSQL group statement, from taking a connection to its commit"
+        "Time of one PostgreSQL group statement, from asking the pool for a connection to its commit"
     );
 }
 
