@@ -18,6 +18,7 @@ mod requests;
 mod server;
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -30,7 +31,8 @@ use load::{MakeRequest, Measured, Phases};
 use otpd_store::ScratchDatabase;
 use requests::{Client, next_destination, wrong};
 use serde::Serialize;
-use server::Server;
+use server::{MachineTimes, Server};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(about = "Benchmark otpd against its ceilings")]
@@ -124,6 +126,10 @@ struct Row {
     /// The one-node rates read right before and after this two-node row (capped rows):
     /// `ratio_to_one_node` divides by their mean.
     one_node_around: Option<[f64; 2]>,
+    /// The share of the machine's CPU time its hypervisor gave to others during the window
+    /// (steal time, in percent; absent where `/proc/stat` does not say): a row measured with
+    /// more than a few percent reads slow, its ceiling too.
+    steal_percent: Option<f64>,
 }
 
 /// A share of one core: 0 (no capped rows), or from 0.1 (1 ms of each 10 ms period, the least
@@ -188,28 +194,32 @@ fn main() -> anyhow::Result<()> {
             .block_on(ceiling::serve(*kind, 0, dir));
     }
     if std::env::var_os("OTPD_BENCH_PINNED").is_none() {
-        // Run the load generator itself on the client core.
-        let status = Command::new("taskset")
+        // Run the load generator itself on the client core, as this same process (so that a
+        // signal sent to it reaches the run, which then cleans up).
+        let failed = Command::new("taskset")
             .args(["-c", server::CLIENT_CORE])
             .arg(std::env::current_exe()?)
             .args(std::env::args_os().skip(1))
             .env("OTPD_BENCH_PINNED", "1")
-            .status()
-            .context("taskset is needed to pin cores (util-linux)")?;
-        std::process::exit(status.code().unwrap_or(1));
+            .exec();
+        return Err(failed).context("taskset is needed to pin cores (util-linux)");
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?
         .block_on(async {
-            // Interrupted, the run is dropped: its servers are killed, their cgroups removed
-            // and the scratch database dropped, rather than left behind.
+            // Interrupted or told to stop, the run is dropped: its servers are killed, their
+            // cgroups removed and the scratch database dropped, rather than left behind.
+            let mut terminate = signal(SignalKind::terminate())?;
             tokio::select! {
                 finished = bench(args) => finished,
                 interrupted = tokio::signal::ctrl_c() => {
                     interrupted?;
                     anyhow::bail!("interrupted; the run's servers, cgroups, files and scratch database are gone")
+                }
+                _ = terminate.recv() => {
+                    anyhow::bail!("terminated; the run's servers, cgroups, files and scratch database are gone")
                 }
             }
         })
@@ -931,12 +941,14 @@ async fn measure(
         cpu_time(),
         server::postgres_cpu_time(),
         server::own_cpu_time(),
+        MachineTimes::read(),
     );
     tokio::time::sleep_until(phases.measure_until.into()).await;
     let after = (
         cpu_time(),
         server::postgres_cpu_time(),
         server::own_cpu_time(),
+        MachineTimes::read(),
     );
     let measured: Measured = run.await??;
     let planned = phases.window();
@@ -971,9 +983,13 @@ async fn measure(
         ratio_to_batched: None,
         ratio_to_one_node: None,
         one_node_around: None,
+        steal_percent: before
+            .3
+            .zip(after.3)
+            .map(|(before, after)| after.steal_percent_since(&before)),
     };
     println!(
-        "  {:<40} {:>3} conns {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>6.1} µs CPU/req{}  (load generator {:.1} µs/req){}",
+        "  {:<40} {:>3} conns {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>6.1} µs CPU/req{}  (load generator {:.1} µs/req{}){}",
         row.operation,
         row.connections,
         row.requests_per_second,
@@ -984,6 +1000,9 @@ async fn measure(
             .map(|cpu| format!(" + {cpu:.1} µs in PostgreSQL"))
             .unwrap_or_default(),
         row.client_cpu_us_per_request,
+        row.steal_percent
+            .map(|steal| format!(", steal {steal:.1}%"))
+            .unwrap_or_default(),
         if row.errors > 0 {
             format!("  ({} errors)", row.errors)
         } else {
@@ -1083,10 +1102,10 @@ fn code_in(text: &str) -> Option<String> {
 fn print_table(rows: &[Row]) {
     let ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
     println!(
-        "\n| store | operation | conns | req/s | p50 ms | p99 ms | batched p99 ms | CPU µs/req | DB CPU µs/req | peak RSS MiB | ÷ JSON | ÷ commit-each | ÷ batched | ÷ one node |"
+        "\n| store | operation | conns | req/s | p50 ms | p99 ms | batched p99 ms | CPU µs/req | DB CPU µs/req | peak RSS MiB | ÷ JSON | ÷ commit-each | ÷ batched | ÷ one node | steal % |"
     );
     println!(
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for row in rows {
         let ceiling_p99 = row
@@ -1094,7 +1113,7 @@ fn print_table(rows: &[Row]) {
             .map(|[before, after]| format!("{:.2}", (before.p99_ms + after.p99_ms) / 2.0))
             .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} |",
             row.store,
             row.operation,
             row.connections,
@@ -1111,6 +1130,9 @@ fn print_table(rows: &[Row]) {
             ratio(row.ratio_to_commit_each),
             ratio(row.ratio_to_batched),
             ratio(row.ratio_to_one_node),
+            row.steal_percent
+                .map(|steal| format!("{steal:.1}"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
 }

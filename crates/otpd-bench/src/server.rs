@@ -132,6 +132,52 @@ pub fn postgres_cpu_time() -> Duration {
         .sum()
 }
 
+/// The whole machine's CPU time so far, from the `cpu` line of `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineTimes {
+    /// Every state: user, nice, system, idle, iowait, irq, softirq and steal.
+    total: u64,
+    /// Time the hypervisor ran something else while this machine had work (steal).
+    steal: u64,
+}
+
+impl MachineTimes {
+    pub fn read() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<Self> {
+        // guest and guest_nice, after steal, are already counted in user and nice.
+        let states: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let &[.., steal] = states.as_slice() else {
+            return None;
+        };
+        (states.len() == 8).then(|| Self {
+            total: states.iter().sum(),
+            steal,
+        })
+    }
+
+    /// Steal's share of the time elapsed since `earlier`, in percent.
+    pub fn steal_percent_since(&self, earlier: &Self) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        let steal = self.steal.saturating_sub(earlier.steal);
+        if total == 0 {
+            0.0
+        } else {
+            100.0 * steal as f64 / total as f64
+        }
+    }
+}
+
 /// This process's CPU time so far (the load generator's cost).
 pub fn own_cpu_time() -> Duration {
     cpu_time(std::process::id()).unwrap_or_default()
@@ -174,4 +220,27 @@ pub fn wait_ready(address: SocketAddr, since: Instant) -> anyhow::Result<Duratio
         std::thread::sleep(Duration::from_millis(1));
     }
     anyhow::bail!("otpd did not become ready")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_read_as_a_share_of_all_the_time_that_passed() {
+        let earlier = MachineTimes::parse("cpu  100 0 50 800 0 0 0 50 0 0\ncpu0 1 2 3\n")
+            .expect("a cpu line");
+        let later =
+            MachineTimes::parse("cpu  400 0 150 1200 0 0 0 250 30 0\n").expect("a cpu line");
+        // 1,000 ticks passed, 200 of them stolen; guest time is inside user already.
+        assert_eq!(later.steal_percent_since(&earlier), 20.0);
+        assert_eq!(later.steal_percent_since(&later), 0.0);
+    }
+
+    #[test]
+    fn a_stat_without_a_whole_cpu_line_says_nothing() {
+        assert_eq!(MachineTimes::parse("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(MachineTimes::parse("cpu  1 2 3 4\n"), None);
+        assert_eq!(MachineTimes::parse("cpu  1 2 x 4 5 6 7 8\n"), None);
+    }
 }
