@@ -56,9 +56,14 @@ struct Args {
     /// The PostgreSQL server to benchmark on (a scratch database is created and dropped).
     #[arg(long, env = "OTPD_TEST_POSTGRES_URL", default_value = otpd_store::DEFAULT_TEST_SERVER)]
     postgres: String,
-    /// Benchmark SQLite only.
+    /// Benchmark SQLite only (the same as `--stores sqlite`).
     #[arg(long)]
     no_postgres: bool,
+    /// Which deployments to benchmark: otpd on SQLite, on PostgreSQL with one node and with
+    /// two, and two PostgreSQL nodes capped to a share of a core against one (see
+    /// `--node-cpu-share`).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres,capped")]
+    stores: Vec<Stores>,
     /// The share of one core each PostgreSQL node is capped at (a cgroup CPU quota) for the
     /// capped rows, which compare one node with two where the nodes are what limits; they run
     /// at the largest connection count only, and need a writable cgroup file system (root).
@@ -80,6 +85,14 @@ struct Args {
     timeline: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Internal>,
+}
+
+/// A part of the table, by where otpd keeps its state and how many nodes it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Stores {
+    Sqlite,
+    Postgres,
+    Capped,
 }
 
 #[derive(Subcommand)]
@@ -239,18 +252,26 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("otpd-bench-").tempdir()?;
     let work = work.path();
 
-    let mut deployments = vec![Deployment::Sqlite];
+    let wanted = |stores: Stores| {
+        args.stores.contains(&stores) && (stores == Stores::Sqlite || !args.no_postgres)
+    };
+    let mut deployments = Vec::new();
+    if wanted(Stores::Sqlite) {
+        deployments.push(Deployment::Sqlite);
+    }
     let mut scratch = None;
-    if !args.no_postgres {
+    if wanted(Stores::Postgres) || wanted(Stores::Capped) {
         match ScratchDatabase::create(&args.postgres, "bench").await {
             Ok(database) => {
                 let url = database.url().to_owned();
-                for nodes in [1, 2] {
-                    deployments.push(Deployment::Postgres {
-                        url: url.clone(),
-                        nodes,
-                        cpu_share: None,
-                    });
+                if wanted(Stores::Postgres) {
+                    for nodes in [1, 2] {
+                        deployments.push(Deployment::Postgres {
+                            url: url.clone(),
+                            nodes,
+                            cpu_share: None,
+                        });
+                    }
                 }
                 match capped_share(&args) {
                     Ok(Some(share)) => deployments.push(Deployment::Postgres {
@@ -264,10 +285,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 scratch = Some(database);
             }
             Err(error) => println!(
-                "PostgreSQL is not reachable ({error}): SQLite only (scripts/ensure-postgres sets up the test server)"
+                "PostgreSQL is not reachable ({error}): no PostgreSQL rows (scripts/ensure-postgres sets up the test server)"
             ),
         }
     }
+
+    anyhow::ensure!(
+        !deployments.is_empty(),
+        "nothing to benchmark: --stores named no deployment that can run here"
+    );
 
     // The ceilings are measured before and after the SQLite rows, and the ratios taken against
     // their mean: this machine's speed drifts by a third within minutes, and a ceiling measured
@@ -581,7 +607,7 @@ impl Deployment {
 
 /// The share each node of the capped rows gets, if they are to run and can.
 fn capped_share(args: &Args) -> anyhow::Result<Option<f64>> {
-    if args.node_cpu_share == 0.0 {
+    if args.node_cpu_share == 0.0 || !args.stores.contains(&Stores::Capped) {
         return Ok(None);
     }
     cpu_cap::CpuCap::probe()?;
