@@ -2,6 +2,11 @@
 
 import json
 
+import pytest
+import requests
+
+from conftest import BACKEND
+
 
 def test_accounts_apps_and_credits(otpd):
     created = otpd.create_account("cli-co", credits=5)
@@ -46,3 +51,16 @@ def test_bad_arguments_exit_with_2_and_one_line(otpd):
     unknown = otpd.cli("frobnicate", check=False)
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("error: unrecognized subcommand 'frobnicate'")
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="PostgreSQL nodes share their database by design")
+def test_a_second_server_on_the_same_sqlite_database_is_refused(otpd):
+    second = otpd.cli("serve", "--listen", "127.0.0.1:0", check=False)
+    assert second.returncode == 1, second.stderr
+    pid = otpd.process.pid
+    assert second.stderr.startswith(
+        f"error: another otpd serve (pid {pid}) is using the database {otpd.data_dir / 'otpd.db'}"
+    ), second.stderr
+    assert second.stderr.strip().count("\n") == 0, second.stderr
+    # The first server is untouched and still answers.
+    assert requests.get(f"{otpd.url}/readyz", timeout=5).status_code == 200

@@ -69,7 +69,15 @@ impl DatabaseLocation {
 
     /// Whether one process owns the database (SQLite), so claims left at start are stale.
     pub fn is_single_process(&self) -> bool {
-        matches!(self, Self::Sqlite(_))
+        self.sqlite_path().is_some()
+    }
+
+    /// The SQLite database file, if that is the store.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite(path) => Some(path),
+            Self::Postgres { .. } => None,
+        }
     }
 
     pub async fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, CommandError> {

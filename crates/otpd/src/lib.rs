@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod retention;
+mod serve_lock;
 pub mod startup;
 pub mod telemetry;
 

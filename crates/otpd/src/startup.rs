@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::CommandError;
 use crate::cli::{GlobalOptions, ServeOptions};
 use crate::config::{self, DatabaseLocation};
+use crate::serve_lock::ServeLock;
 
 /// The parts a running otpd is made of.
 pub struct Components {
@@ -143,6 +144,8 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     // Before the store starts its threads, so that the help text of their metrics is recorded.
     let _installed = Metrics::install();
     let location = DatabaseLocation::from_options(global)?;
+    // Held until serving ends: one server per SQLite database (see `serve_lock`).
+    let _serving = location.sqlite_path().map(ServeLock::acquire).transpose()?;
     let key = config::server_key(global)?;
     let console = config::console_password(global, &options)?;
     let store = location.open(Arc::new(SystemClock)).await?;
