@@ -56,14 +56,14 @@ struct Args {
     /// The PostgreSQL server to benchmark on (a scratch database is created and dropped).
     #[arg(long, env = "OTPD_TEST_POSTGRES_URL", default_value = otpd_store::DEFAULT_TEST_SERVER)]
     postgres: String,
-    /// Benchmark SQLite only (the same as `--stores sqlite`).
+    /// Benchmark SQLite only (the same as `--deployments sqlite`).
     #[arg(long)]
     no_postgres: bool,
     /// Which deployments to benchmark: otpd on SQLite, on PostgreSQL with one node and with
     /// two, and two PostgreSQL nodes capped to a share of a core against one (see
     /// `--node-cpu-share`).
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres,capped")]
-    stores: Vec<Stores>,
+    deployments: Vec<Section>,
     /// The share of one core each PostgreSQL node is capped at (a cgroup CPU quota) for the
     /// capped rows, which compare one node with two where the nodes are what limits; they run
     /// at the largest connection count only, and need a writable cgroup file system (root).
@@ -87,9 +87,9 @@ struct Args {
     command: Option<Internal>,
 }
 
-/// A part of the table, by where otpd keeps its state and how many nodes it runs.
+/// A section of the table: where otpd keeps its state, and how many nodes run it how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Stores {
+enum Section {
     Sqlite,
     Postgres,
     Capped,
@@ -252,19 +252,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("otpd-bench-").tempdir()?;
     let work = work.path();
 
-    let wanted = |stores: Stores| {
-        args.stores.contains(&stores) && (stores == Stores::Sqlite || !args.no_postgres)
+    let wanted = |section: Section| {
+        args.deployments.contains(&section) && (section == Section::Sqlite || !args.no_postgres)
     };
     let mut deployments = Vec::new();
-    if wanted(Stores::Sqlite) {
+    if wanted(Section::Sqlite) {
         deployments.push(Deployment::Sqlite);
     }
     let mut scratch = None;
-    if wanted(Stores::Postgres) || wanted(Stores::Capped) {
+    if wanted(Section::Postgres) || wanted(Section::Capped) {
         match ScratchDatabase::create(&args.postgres, "bench").await {
             Ok(database) => {
                 let url = database.url().to_owned();
-                if wanted(Stores::Postgres) {
+                if wanted(Section::Postgres) {
                     for nodes in [1, 2] {
                         deployments.push(Deployment::Postgres {
                             url: url.clone(),
@@ -273,14 +273,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                         });
                     }
                 }
-                match capped_share(&args) {
-                    Ok(Some(share)) => deployments.push(Deployment::Postgres {
-                        url: url.clone(),
-                        nodes: 2,
-                        cpu_share: Some(share),
-                    }),
-                    Ok(None) => {}
-                    Err(error) => println!("no capped PostgreSQL rows: {error:#}"),
+                if wanted(Section::Capped) {
+                    match capped_share(&args) {
+                        Ok(Some(share)) => deployments.push(Deployment::Postgres {
+                            url: url.clone(),
+                            nodes: 2,
+                            cpu_share: Some(share),
+                        }),
+                        Ok(None) => {}
+                        Err(error) => println!("no capped PostgreSQL rows: {error:#}"),
+                    }
                 }
                 scratch = Some(database);
             }
@@ -292,7 +294,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
     anyhow::ensure!(
         !deployments.is_empty(),
-        "nothing to benchmark: --stores named no deployment that can run here"
+        "nothing to benchmark: --deployments named none that can run here"
     );
 
     // The ceilings are measured before and after the SQLite rows, and the ratios taken against
@@ -607,7 +609,7 @@ impl Deployment {
 
 /// The share each node of the capped rows gets, if they are to run and can.
 fn capped_share(args: &Args) -> anyhow::Result<Option<f64>> {
-    if args.node_cpu_share == 0.0 || !args.stores.contains(&Stores::Capped) {
+    if args.node_cpu_share == 0.0 {
         return Ok(None);
     }
     cpu_cap::CpuCap::probe()?;
