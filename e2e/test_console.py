@@ -201,3 +201,33 @@ def test_the_overview_lists_deliveries_given_up_on(tmp_path):
     finally:
         server.stop()
         gateway.stop()
+
+
+def test_an_address_that_guesses_wrong_too_often_is_refused_for_a_while(tmp_path):
+    server = Otpd(tmp_path)
+    server.start()
+    try:
+        console = f"{server.url}/console"
+        password = (tmp_path / "console.password").read_text().strip()
+        wrong = ("operator", "wrong-password-123456")
+        # The right password clears the count: nine wrong, one right, nine wrong again.
+        for _ in range(9):
+            assert requests.get(console, auth=wrong, timeout=10).status_code == 401
+        assert requests.get(console, auth=("operator", password), timeout=10).status_code == 200
+        for _ in range(9):
+            assert requests.get(console, auth=wrong, timeout=10).status_code == 401
+        # The tenth wrong one in a row uses them up: from then on even the right password waits.
+        assert requests.get(console, auth=wrong, timeout=10).status_code == 401
+        refused = requests.get(console, auth=("operator", password), timeout=10)
+        assert refused.status_code == 429
+        assert 880 <= int(refused.headers["retry-after"]) <= 900
+        assert "Try again in 15 minute(s)" in text_of(refused.text)
+        for name, value in HEADERS.items():
+            assert refused.headers[name] == value, name
+        assert requests.get(console, timeout=10).status_code == 429
+        wait_for(lambda: "too many wrong passwords from this address" in server.logs())
+        assert password not in server.logs()
+        # The APIs are not the console: they answer as before.
+        assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    finally:
+        server.stop()

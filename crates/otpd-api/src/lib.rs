@@ -35,8 +35,9 @@ pub struct Shared {
     pub settings: ApiSettings,
     pub signing_keys: SigningKeys,
     pub metrics: metrics::Metrics,
-    /// The web console's operator password; without one there is no console.
-    pub console: Option<console::ConsolePassword>,
+    /// The web console's operator password and sign-in throttle; without one there is no
+    /// console.
+    pub console: Option<console::ConsoleAccess>,
 }
 
 impl AppState {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use otpd_api::console::{ConsolePassword, OPERATOR};
+use otpd_api::console::{ConsoleAccess, ConsolePassword, OPERATOR};
 use otpd_api::metrics::Metrics;
 use otpd_api::pinpoint::sigv4::SigningKeys;
 use otpd_api::{ApiSettings, AppState, Shared};
@@ -63,7 +63,7 @@ impl Components {
             settings: self.api,
             signing_keys: SigningKeys::default(),
             metrics: Metrics::install(),
-            console: self.console,
+            console: self.console.map(ConsoleAccess::new),
         });
         (state, dispatcher)
     }

@@ -3,19 +3,24 @@
 //! record, as the command line shows them (never a code, a secret or a whole phone number).
 //!
 //! It is read-only and answers only the operator, by HTTP basic auth (user `operator`, the
-//! password the server was given); without a password it does not exist (404). Pages are
+//! password the server was given); without a password it does not exist (404). An address that
+//! gives a wrong password too often is refused for a while (`throttle`). Pages are
 //! rendered on the server with every value escaped, carry no script, and forbid the browser to
 //! load anything, frame them or cache them.
 
 mod pages;
+mod throttle;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Query, State};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, WWW_AUTHENTICATE,
-    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, RETRY_AFTER,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
@@ -27,6 +32,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
+use throttle::LoginThrottle;
 
 /// The only user name the console knows.
 pub const OPERATOR: &str = "operator";
@@ -58,6 +64,22 @@ impl ConsolePassword {
     }
 }
 
+/// The console's door: the operator's password, and the addresses that guessed it wrong.
+#[derive(Debug)]
+pub struct ConsoleAccess {
+    password: ConsolePassword,
+    throttle: LoginThrottle,
+}
+
+impl ConsoleAccess {
+    pub fn new(password: ConsolePassword) -> Self {
+        Self {
+            password,
+            throttle: LoginThrottle::default(),
+        }
+    }
+}
+
 fn digest(password: &str) -> [u8; 32] {
     Sha256::digest(password.as_bytes()).into()
 }
@@ -80,6 +102,10 @@ enum Refusal {
     /// The server has no console password.
     Disabled,
     Unauthorized,
+    /// The address gave too many wrong passwords; it may try again after this many seconds.
+    Throttled {
+        retry_after_secs: u64,
+    },
 }
 
 impl IntoResponse for Refusal {
@@ -94,6 +120,16 @@ impl IntoResponse for Refusal {
                 );
                 response
             }
+            Self::Throttled { retry_after_secs } => {
+                let mut response = secured(
+                    pages::throttled(retry_after_secs),
+                    StatusCode::TOO_MANY_REQUESTS,
+                );
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                response
+            }
         }
     }
 }
@@ -102,10 +138,33 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refusal> {
-        let password = state.console.as_ref().ok_or(Refusal::Disabled)?;
+        let access = state.console.as_ref().ok_or(Refusal::Disabled)?;
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip());
+        let now = Instant::now();
+        if let Some(wait) = access.throttle.wait(client, now) {
+            // Rounded up: a client that waits as told is let in.
+            let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(Refusal::Throttled { retry_after_secs });
+        }
         match crate::basic_auth::credentials(parts.headers.get(AUTHORIZATION)) {
-            Some((user, given)) if user == OPERATOR && password.admits(&given) => Ok(Operator),
-            _ => Err(Refusal::Unauthorized),
+            Some((user, given)) if user == OPERATOR && access.password.admits(&given) => {
+                access.throttle.succeeded(client);
+                Ok(Operator)
+            }
+            // A browser asks first without credentials: that is no guess.
+            None => Err(Refusal::Unauthorized),
+            Some(_) => {
+                if access.throttle.failed(client, now) {
+                    tracing::warn!(
+                        client = ?client,
+                        "console: too many wrong passwords from this address; refused for a while"
+                    );
+                }
+                Err(Refusal::Unauthorized)
+            }
         }
     }
 }

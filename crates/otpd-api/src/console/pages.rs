@@ -271,6 +271,14 @@ pub fn unauthorized() -> Markup {
     )
 }
 
+pub fn throttled(retry_after_secs: u64) -> Markup {
+    let minutes = retry_after_secs.div_ceil(60);
+    layout(
+        "Too many wrong passwords",
+        html! { p { "This address gave the wrong password too often. Try again in " (minutes) " minute(s)." } },
+    )
+}
+
 pub fn unavailable() -> Markup {
     layout(
         "The database does not answer",
