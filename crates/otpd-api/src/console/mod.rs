@@ -158,8 +158,9 @@ impl FromRequestParts<AppState> for Operator {
             None => Err(Refusal::Unauthorized),
             Some(_) => {
                 if access.throttle.failed(client, now) {
+                    let client = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
                     tracing::warn!(
-                        client = ?client,
+                        %client,
                         "console: too many wrong passwords from this address; refused for a while"
                     );
                 }
