@@ -2,7 +2,8 @@
 //! `MAX_FAILURES` times within `WINDOW` is refused until that window has passed, right password
 //! or not; a right password clears its count. At this server's speed an unthrottled guesser
 //! could try thousands of passwords a second, and an operator-chosen one may be a phrase from a
-//! dictionary. Counts live in memory, per node: a restart forgets them.
+//! dictionary. Counts live in memory, per node: a restart forgets them. An IPv6 client counts by
+//! its /64, which one host can send from whole.
 //!
 //! Behind a reverse proxy every browser has the proxy's address, so one guesser locks every
 //! operator behind that proxy out for the window: the price of not trusting a forwarded address
@@ -43,6 +44,7 @@ impl LoginThrottle {
 
     /// How long `client` must still wait, if it has used up its failures.
     pub fn wait(&self, client: Option<IpAddr>, now: Instant) -> Option<Duration> {
+        let client = client.map(guesser);
         let failures = self.failures();
         let failed = failures.get(&client)?;
         let elapsed = now.saturating_duration_since(failed.since);
@@ -51,14 +53,16 @@ impl LoginThrottle {
 
     /// Counts a wrong password; returns true when this one used up the address's failures.
     pub fn failed(&self, client: Option<IpAddr>, now: Instant) -> bool {
+        let client = client.map(guesser);
         let mut failures = self.failures();
         if failures.len() >= MAX_TRACKED && !failures.contains_key(&client) {
             failures.retain(|_, failed| now.saturating_duration_since(failed.since) < WINDOW);
-            let oldest = failures
-                .iter()
-                .min_by_key(|(_, failed)| failed.since)
-                .map(|(address, _)| *address);
-            if let (true, Some(oldest)) = (failures.len() >= MAX_TRACKED, oldest) {
+            if failures.len() >= MAX_TRACKED
+                && let Some(oldest) = failures
+                    .iter()
+                    .min_by_key(|(_, failed)| failed.since)
+                    .map(|(address, _)| *address)
+            {
                 failures.remove(&oldest);
             }
         }
@@ -78,13 +82,25 @@ impl LoginThrottle {
 
     /// The right password: the address starts afresh.
     pub fn succeeded(&self, client: Option<IpAddr>) {
-        self.failures().remove(&client);
+        self.failures().remove(&client.map(guesser));
+    }
+}
+
+/// Whom an address stands for. One IPv6 host usually holds a whole /64 and can send from any
+/// address in it, so its count is kept per /64; an IPv4 address mapped into IPv6 is itself.
+fn guesser(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
@@ -138,11 +154,40 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_network_counts_as_one_guesser() {
+        let throttle = LoginThrottle::default();
+        let now = Instant::now();
+        let host = |last: u16| {
+            Some(IpAddr::V6(Ipv6Addr::new(
+                0x2001, 0xdb8, 0, 7, 0, 0, 0, last,
+            )))
+        };
+        for n in 1..=MAX_FAILURES {
+            throttle.failed(host(n as u16), now);
+        }
+        assert!(
+            throttle.wait(host(999), now).is_some(),
+            "the whole /64 waits"
+        );
+        let neighbour = Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 8, 0, 0, 0, 1)));
+        assert_eq!(throttle.wait(neighbour, now), None, "the next /64 does not");
+        let mapped = Some(IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped()));
+        for _ in 0..MAX_FAILURES {
+            throttle.failed(mapped, now);
+        }
+        assert!(
+            throttle.wait(address(1), now).is_some(),
+            "a mapped address is its IPv4 one"
+        );
+        assert_eq!(throttle.wait(address(2), now), None);
+    }
+
+    #[test]
     fn the_map_stays_bounded_and_drops_the_oldest_count() {
         let throttle = LoginThrottle::default();
         let start = Instant::now();
         for n in 0..MAX_TRACKED {
-            let client = Some(IpAddr::from((n as u128).to_be_bytes()));
+            let client = Some(IpAddr::from(((n as u128) << 64).to_be_bytes()));
             throttle.failed(client, start + Duration::from_millis(n as u64));
         }
         let newcomer = address(9);
