@@ -6,7 +6,7 @@
 //! (as given: it only informs the log, it decides nothing).
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -93,6 +93,13 @@ pub fn record_outcome(outcome: &'static str) {
     record(|facts| facts.outcome = Some(outcome));
 }
 
+/// The address of the connection's other end (a load balancer's, behind one), when known.
+pub(crate) fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip())
+}
+
 pub async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = next_request_id();
@@ -103,10 +110,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| address.ip());
+    let peer = peer_ip(request.extensions());
     let forwarded_for = request
         .headers()
         .get("x-forwarded-for")

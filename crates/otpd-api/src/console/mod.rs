@@ -12,10 +12,9 @@ mod pages;
 mod throttle;
 
 use axum::Router;
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use http::header::{
@@ -139,10 +138,7 @@ impl FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refusal> {
         let access = state.console.as_ref().ok_or(Refusal::Disabled)?;
-        let client = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(address)| address.ip());
+        let client = crate::observe::peer_ip(&parts.extensions);
         let now = Instant::now();
         if let Some(wait) = access.throttle.wait(client, now) {
             // Rounded up: a client that waits as told is let in.
