@@ -6,6 +6,7 @@
 
 pub mod amm;
 mod basic_auth;
+mod body;
 pub mod console;
 pub mod health;
 mod iso8601;
@@ -22,6 +23,7 @@ use http::{StatusCode, Uri};
 use otpd_core::ports::Store;
 use otpd_core::service::{AccountService, VerificationService};
 use pinpoint::sigv4::SigningKeys;
+use tower_http::timeout::RequestBodyDeadlineLayer;
 
 /// Everything a handler may need. axum clones the state for every request, so it is one `Arc`
 /// (cloning and dropping the services' own `Arc`s one by one was 1-2% of a request's CPU).
@@ -65,6 +67,9 @@ pub struct ApiSettings {
     pub max_clock_skew: Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// How long a request's body may take to arrive, from the end of its headers: a client
+    /// trickling a body holds its connection no longer (408 in the dialect's format).
+    pub body_deadline: Duration,
 }
 
 impl Default for ApiSettings {
@@ -72,12 +77,14 @@ impl Default for ApiSettings {
         Self {
             max_clock_skew: Duration::from_secs(15 * 60),
             max_body_bytes: 64 * 1024,
+            body_deadline: Duration::from_secs(30),
         }
     }
 }
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
+    let body_deadline = state.settings.body_deadline;
     Router::new()
         .merge(health::router())
         .merge(metrics::router())
@@ -86,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(amm::router())
         .fallback(unknown_path)
         .with_state(state)
+        .layer(RequestBodyDeadlineLayer::new(body_deadline))
         .layer(axum::middleware::from_fn(observe::observe))
 }
 

@@ -88,6 +88,14 @@ pub struct ServeOptions {
     /// Keep it above the slowest hand-over to the SMS network.
     #[arg(long, env = "OTPD_OUTBOX_LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(5..=3600))]
     pub outbox_lease_seconds: u32,
+    /// Seconds a client has to send a request's headers (from connecting, or from the previous
+    /// response: an idle keep-alive connection is closed then too), and again its body.
+    #[arg(long, env = "OTPD_CLIENT_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub client_timeout_seconds: u32,
+    /// Connections served at once; at the limit, new clients wait to be accepted. Lowered to fit
+    /// the open files limit (raised to its hard limit at start) if that holds fewer.
+    #[arg(long, env = "OTPD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Log format.
     #[arg(long, env = "OTPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

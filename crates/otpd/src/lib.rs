@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod http_server;
 pub mod retention;
 mod serve_lock;
 pub mod startup;

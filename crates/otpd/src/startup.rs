@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::CommandError;
 use crate::cli::{GlobalOptions, ServeOptions};
 use crate::config::{self, DatabaseLocation};
+use crate::http_server::{self, ConnectionLimits};
 use crate::serve_lock::ServeLock;
 
 /// The parts a running otpd is made of.
@@ -32,6 +33,7 @@ pub struct Components {
     pub key: ServerKey,
     pub limits: Limits,
     pub api: ApiSettings,
+    pub connections: ConnectionLimits,
     pub dispatch: DispatchSettings,
     /// How long verifications are kept.
     pub retention: Duration,
@@ -72,6 +74,7 @@ impl Components {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    connections: ConnectionLimits,
     dispatcher: OutboxDispatcher,
     store: Arc<dyn Store>,
     retention: Duration,
@@ -86,10 +89,12 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let (store, retention) = (components.store.clone(), components.retention);
+        let connections = components.connections;
         let (state, dispatcher) = components.build();
         Ok(Self {
             listener,
             router: otpd_api::router(state),
+            connections,
             dispatcher,
             store,
             retention,
@@ -102,10 +107,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves: then stops accepting, finishes the requests in flight,
     /// and stops the dispatcher, which leaves undelivered messages in the outbox.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let until_stopped = move || {
             let mut stopped = stopped.clone();
@@ -119,19 +121,12 @@ impl Application {
             self.retention,
             until_stopped(),
         ));
-        let served = axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        http_server::serve(self.listener, self.router, self.connections, shutdown).await;
         let _ = stop.send(true);
         if let Err(error) = dispatcher.await {
             tracing::error!(%error, "the dispatcher stopped abnormally");
         }
         let _ = retention.await;
-        served
     }
 }
 
@@ -162,6 +157,17 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
             );
         }
     }
+    let client_timeout = Duration::from_secs(u64::from(options.client_timeout_seconds));
+    let open_file_limit = http_server::raise_open_file_limit();
+    let max_connections =
+        http_server::connections_within(options.max_connections as usize, open_file_limit);
+    if max_connections < options.max_connections as usize {
+        tracing::warn!(
+            max_connections,
+            open_file_limit,
+            "the open files limit holds fewer connections than --max-connections asks for"
+        );
+    }
     let components = Components {
         store: store.clone(),
         transport: spec
@@ -169,7 +175,14 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
             .map_err(|error| CommandError::Usage(error.to_string()))?,
         key,
         limits: Limits::default(),
-        api: ApiSettings::default(),
+        api: ApiSettings {
+            body_deadline: client_timeout,
+            ..ApiSettings::default()
+        },
+        connections: ConnectionLimits {
+            header_timeout: client_timeout,
+            max_connections,
+        },
         dispatch: DispatchSettings {
             lease: Duration::from_secs(u64::from(options.outbox_lease_seconds)),
             ..DispatchSettings::default()
@@ -188,10 +201,7 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
             file.display()
         );
     }
-    application
-        .run_until_stopped(shutdown_signal())
-        .await
-        .context("the server stopped with an error")?;
+    application.run_until_stopped(shutdown_signal()).await;
     tracing::info!("otpd stopped");
     Ok(())
 }

@@ -51,6 +51,10 @@ pub enum AmmError {
     /// 413: a body over the size limit.
     #[error("PAYLOAD_TOO_LARGE")]
     PayloadTooLarge,
+    /// 408: the body was not all there by the body deadline. Not in the provider's list,
+    /// which has no error for a client too slow to send its request.
+    #[error("REQUEST_TIMEOUT")]
+    RequestTimeout,
     /// 500: anything unexpected.
     #[error("GENERIC_ERROR")]
     Generic,
@@ -62,6 +66,7 @@ impl AmmError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Generic => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 
 use axum::extract::{FromRequest, Request};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
-use http_body_util::LengthLimitError;
+use http::header::AUTHORIZATION;
 use otpd_core::AccessKeyId;
 use otpd_core::account::Account;
 use subtle::ConstantTimeEq;
 
 use super::error::AmmError;
 use crate::AppState;
+use crate::body::{self, BodyError};
 
 /// An authenticated amm request with its parameters.
 pub struct AmmRequest {
@@ -60,26 +60,13 @@ impl FromRequest<AppState> for AmmRequest {
         // The body is read before anything can fail: a response sent with the body unread
         // makes the server close the keep-alive connection, and clients racing to reuse it
         // see a dropped connection instead of the answer (seen while the database was down).
-        let limit = state.settings.max_body_bytes;
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit as u64) {
-            return Err(AmmError::PayloadTooLarge);
-        }
-        let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
-            if error
-                .into_inner()
-                .downcast_ref::<LengthLimitError>()
-                .is_some()
-            {
-                AmmError::PayloadTooLarge
-            } else {
-                AmmError::Generic
-            }
-        })?;
+        let body = body::read(&parts, body, state.settings.max_body_bytes)
+            .await
+            .map_err(|error| match error {
+                BodyError::TooLarge => AmmError::PayloadTooLarge,
+                BodyError::TimedOut => AmmError::RequestTimeout,
+                BodyError::Unreadable => AmmError::Generic,
+            })?;
         let account = authenticate(state, parts.headers.get(AUTHORIZATION)).await?;
         Ok(Self {
             account,

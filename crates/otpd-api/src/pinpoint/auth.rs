@@ -5,13 +5,13 @@ use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
-use http_body_util::LengthLimitError;
+use http::header::AUTHORIZATION;
 use otpd_core::account::Account;
 
 use super::error::PinpointError;
 use super::sigv4::{self, Authorization, SignatureError};
 use crate::AppState;
+use crate::body::{self, BodyError};
 
 /// A request whose signature checked out, with its account, signing region and body.
 pub struct Signed {
@@ -32,25 +32,17 @@ impl FromRequest<AppState> for Signed {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.settings.max_body_bytes;
         let (parts, body) = request.into_parts();
-        let declared_length = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
-        if declared_length.is_some_and(|length| length > limit as u64) {
-            return Err(PinpointError::PayloadTooLarge(limit));
-        }
-        let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
-            if error
-                .into_inner()
-                .downcast_ref::<LengthLimitError>()
-                .is_some()
-            {
-                PinpointError::PayloadTooLarge(limit)
-            } else {
-                PinpointError::BadRequest("The request body could not be read".into())
-            }
-        })?;
+        let body = body::read(&parts, body, limit)
+            .await
+            .map_err(|error| match error {
+                BodyError::TooLarge => PinpointError::PayloadTooLarge(limit),
+                BodyError::TimedOut => {
+                    PinpointError::RequestTimeout(state.settings.body_deadline.as_secs())
+                }
+                BodyError::Unreadable => {
+                    PinpointError::BadRequest("The request body could not be read".into())
+                }
+            })?;
 
         let header = parts
             .headers

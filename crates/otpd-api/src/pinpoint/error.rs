@@ -20,6 +20,11 @@ pub enum PinpointError {
     MethodNotAllowed,
     #[error("The request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// Not in Pinpoint's model, which has no error for a client too slow to send its request;
+    /// AWS's front ends answer one so (408, `RequestTimeoutException`), and the SDKs read any
+    /// named exception.
+    #[error("The request body did not arrive within {0} seconds")]
+    RequestTimeout(u64),
     #[error("{0}")]
     TooManyRequests(String),
     #[error("An internal error occurred")]
@@ -34,6 +39,7 @@ impl PinpointError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -47,6 +53,7 @@ impl PinpointError {
             Self::NotFound(_) => "NotFoundException",
             Self::MethodNotAllowed => "MethodNotAllowedException",
             Self::PayloadTooLarge(_) => "PayloadTooLargeException",
+            Self::RequestTimeout(_) => "RequestTimeoutException",
             Self::TooManyRequests(_) => "TooManyRequestsException",
             Self::Internal => "InternalServerErrorException",
         }

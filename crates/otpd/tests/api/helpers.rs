@@ -9,6 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use otpd::http_server::ConnectionLimits;
 use otpd::startup::Components;
 use otpd_api::ApiSettings;
 use otpd_core::account::{Application, Name};
@@ -55,6 +56,7 @@ pub async fn spawn_app() -> TestApp {
         key,
         limits: Limits::default(),
         api: ApiSettings::default(),
+        connections: ConnectionLimits::default(),
         dispatch: DispatchSettings::default(),
         retention: std::time::Duration::from_secs(30 * 24 * 3600),
         console: None,

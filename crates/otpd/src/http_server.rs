@@ -1,0 +1,290 @@
+//! Accepting and serving HTTP connections, with the bounds a server facing unknown clients needs.
+//!
+//! `axum::serve` sets no timer and no limit: a client that connects and sends nothing, or sends
+//! a request's headers a byte at a time, or leaves a keep-alive connection idle, held its
+//! connection, a task and a file descriptor for as long as it liked, and enough such clients
+//! used up the process's descriptors, which the SQLite readers, the log and the SMPP link need
+//! too. Here:
+//! - a client has `header_timeout` to send a request's headers, counted from the connection's
+//!   start or the end of the previous response (hyper's header read timeout, which therefore
+//!   also closes idle keep-alive connections); its body has a deadline of its own (the
+//!   router's, see `otpd_api::ApiSettings`);
+//! - at most `max_connections` are served at once: at the limit, the server stops accepting
+//!   and new clients wait in the kernel's listen queue until a connection ends;
+//! - on shutdown, idle connections close at once, busy ones after their current request, and
+//!   whatever is still open after `DRAIN_TIMEOUT` is dropped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+/// How long a stopping server waits for its open connections before dropping them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server waits before accepting again after an error that is not one
+/// connection's (out of file descriptors, say), so that it does not spin on it.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Connections open now.
+const OPEN_CONNECTIONS: &str = "otpd_http_connections";
+/// Connections closed because the client did not send a request's headers in time.
+const TIMED_OUT_CONNECTIONS: &str = "otpd_http_connections_timed_out_total";
+
+/// What one client may hold, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time to send a request's headers, from the connection's start or the previous response.
+    pub header_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains the connections.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    describe_metrics();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let room = Arc::new(Semaphore::new(limits.max_connections));
+    let mut capacity = CapacityWarning::new(limits.max_connections);
+    let (stop, stopping) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (permit, accepted) = tokio::select! {
+            () = &mut shutdown => break,
+            Some(ended) = connections.join_next() => {
+                if let Err(error) = ended {
+                    tracing::error!(%error, "a connection's task failed");
+                }
+                continue;
+            }
+            accepted = accept_with_room(&listener, &room) => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                capacity.check(room.available_permits());
+                let connection = serve_connection(&http, stream, peer, router.clone());
+                connections.spawn(drive(connection, stopping.clone(), permit));
+            }
+            Err(error) if is_one_connections(&error) => {
+                tracing::debug!(%error, "a connection ended before it was accepted");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept connections; trying again in a second");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+    // New clients are refused from here on; the ones connected finish.
+    drop(listener);
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "closing connections still open {} s after the shutdown began",
+            DRAIN_TIMEOUT.as_secs()
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// Waits for room for one more connection, then for the connection. Dropped half-way (on
+/// shutdown), it gives the room back; `TcpListener::accept` loses no connection when dropped.
+async fn accept_with_room(
+    listener: &TcpListener,
+    room: &Arc<Semaphore>,
+) -> (
+    Option<OwnedSemaphorePermit>,
+    std::io::Result<(TcpStream, SocketAddr)>,
+) {
+    // The semaphore is never closed, so this always holds a permit.
+    let permit = room.clone().acquire_owned().await.ok();
+    (permit, listener.accept().await)
+}
+
+/// Errors that end one connection before it was accepted, not the listener.
+fn is_one_connections(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    )
+}
+
+/// An HTTP/1.1 connection (the only version otpd speaks) to `router`, which sees the client's
+/// address as axum's `ConnectInfo`, as it did under `axum::serve`. Nagle's algorithm stays on, as
+/// it was: each API response goes out in one write, so it delays none of them, and in eight
+/// alternating benchmark pairs with `TCP_NODELAY` set the sends read 12% more CPU per request
+/// (within this host's noise, but not shown to be nothing).
+fn serve_connection(
+    http: &http1::Builder,
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+) -> impl GracefulConnection<Error = hyper::Error> + Send + 'static {
+    let service = router.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
+    http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+}
+
+/// Runs one connection to its end, holding its room until then.
+async fn drive(
+    connection: impl GracefulConnection<Error = hyper::Error>,
+    mut stopping: watch::Receiver<bool>,
+    _room: Option<OwnedSemaphorePermit>,
+) {
+    let open = metrics::gauge!(OPEN_CONNECTIONS);
+    open.increment(1.0);
+    let mut connection = std::pin::pin!(connection);
+    let mut asked_to_stop = false;
+    let ended = loop {
+        tokio::select! {
+            ended = connection.as_mut() => break ended,
+            _ = stopping.changed(), if !asked_to_stop => {
+                asked_to_stop = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    open.decrement(1.0);
+    match ended {
+        Ok(()) => {}
+        Err(error) if error.is_timeout() => {
+            metrics::counter!(TIMED_OUT_CONNECTIONS).increment(1);
+            tracing::debug!("closed a connection whose client sent no request in time");
+        }
+        Err(error) => tracing::debug!(%error, "a connection ended with an error"),
+    }
+}
+
+/// One warning each time every connection is in use, rearmed once a tenth is free again.
+struct CapacityWarning {
+    max: usize,
+    warned: bool,
+}
+
+impl CapacityWarning {
+    fn new(max: usize) -> Self {
+        Self { max, warned: false }
+    }
+
+    fn check(&mut self, free: usize) {
+        if free == 0 && !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                max_connections = self.max,
+                "every connection is in use: new clients wait until one ends"
+            );
+        } else if free >= self.max.div_ceil(10) {
+            self.warned = false;
+        }
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_gauge!(OPEN_CONNECTIONS, "HTTP connections open");
+    metrics::describe_counter!(
+        TIMED_OUT_CONNECTIONS,
+        "HTTP connections closed because the client sent no complete request headers in time \
+         (idle keep-alive connections included)"
+    );
+}
+
+/// Raises the process's soft limit on open files to its hard limit, as far as allowed, and
+/// returns the limit now in force (`None`: unlimited or unknown). Every connection is a file.
+#[cfg(unix)]
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum && limit.current.is_some() {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return limit.maximum,
+            Err(error) => tracing::debug!(%error, "cannot raise the open files limit"),
+        }
+    }
+    limit.current
+}
+
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> Option<u64> {
+    None
+}
+
+/// Files a server needs besides its connections: the database and its readers, the log, the
+/// SMS link, the listener.
+const FILES_KEPT_FOR_THE_REST: u64 = 256;
+
+/// `wanted` connections, or fewer if the open files limit would not hold them and the files
+/// the rest of the server needs.
+pub fn connections_within(wanted: usize, open_file_limit: Option<u64>) -> usize {
+    let Some(limit) = open_file_limit else {
+        return wanted;
+    };
+    let room = limit.saturating_sub(FILES_KEPT_FOR_THE_REST).max(1);
+    wanted.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_leave_files_for_the_rest_of_the_server() {
+        assert_eq!(connections_within(10_000, None), 10_000);
+        assert_eq!(connections_within(10_000, Some(1_000_000)), 10_000);
+        assert_eq!(connections_within(10_000, Some(1_024)), 768);
+        assert_eq!(connections_within(10_000, Some(100)), 1);
+    }
+
+    #[test]
+    fn the_capacity_warning_is_given_once_until_a_tenth_is_free() {
+        let mut warning = CapacityWarning::new(100);
+        warning.check(0);
+        assert!(warning.warned);
+        warning.check(5);
+        assert!(warning.warned, "still nearly full: no new warning armed");
+        warning.check(10);
+        assert!(!warning.warned);
+        warning.check(0);
+        assert!(warning.warned);
+    }
+}
