@@ -1,7 +1,8 @@
 """Clients that hold on to a connection: one that sends nothing, half a request, or a body a little
 at a time is cut off after the client timeout (a trickled body with a 408 in its dialect's
 format), an idle keep-alive connection is closed then too, and past the connection limit new
-clients wait their turn instead of using up the server's files."""
+clients wait their turn instead of using up the server's files; headers longer than the read
+buffer are refused."""
 
 import base64
 import http.client
@@ -62,6 +63,18 @@ def test_half_sent_headers_are_cut_off_without_an_answer(server):
         waited, received = until_closed(sock)
     assert received == b""
     assert TIMEOUT * 0.8 <= waited < TIMEOUT + 4
+
+
+def test_headers_too_long_for_the_read_buffer_are_answered_431(server):
+    with connect(server) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: otpd\r\nX-Padding: " + b"a" * 20_000 + b"\r\n\r\n"
+        )
+        status, _, _ = response(sock)
+    assert status == 431
+    # Headers the size the SDKs send are served as before.
+    padded = requests.get(f"{server.url}/healthz", headers={"X-Padding": "a" * 4_000}, timeout=10)
+    assert padded.status_code == 200
 
 
 def test_a_keep_alive_connection_lasts_while_used_and_closes_when_idle(server):

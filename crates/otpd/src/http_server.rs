@@ -9,6 +9,8 @@
 //!   start or the end of the previous response (hyper's header read timeout, which therefore
 //!   also closes idle keep-alive connections); its body has a deadline of its own (the
 //!   router's, see `otpd_api::ApiSettings`);
+//! - a request's headers must fit in `READ_BUFFER_LIMIT`, so a client cannot make the server
+//!   hold more than that for it;
 //! - at most `max_connections` are served at once: at the limit, the server stops accepting
 //!   and new clients wait in the kernel's listen queue until a connection ends;
 //! - on shutdown, idle connections close at once, busy ones after their current request, and
@@ -30,6 +32,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+/// The most a connection's read buffer holds: a request's headers must fit (the SDKs' take
+/// under 2 KiB), and a body is read through it in pieces. hyper's default, about 400 KiB, let
+/// each slow client make the server hold that much, 4 GiB over 10,000 connections; this is 160
+/// MiB. Longer headers are answered 431.
+const READ_BUFFER_LIMIT: usize = 16 * 1024;
 /// How long a stopping server waits for its open connections before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server waits before accepting again after an error that is not one
@@ -69,7 +76,8 @@ pub async fn serve(
     describe_metrics();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(READ_BUFFER_LIMIT);
     let room = Arc::new(Semaphore::new(limits.max_connections));
     let mut capacity = CapacityWarning::new(limits.max_connections);
     let (stop, stopping) = watch::channel(false);
