@@ -100,10 +100,11 @@ pub async fn serve(
                 let connection = serve_connection(&http, stream, peer, router.clone());
                 connections.spawn(drive(connection, stopping.clone(), permit));
             }
-            Err(error) if is_one_connections(&error) => {
+            Err(error) if ends_one_connection(&error) => {
                 tracing::debug!(%error, "a connection ended before it was accepted");
             }
             Err(error) => {
+                drop(permit);
                 tracing::warn!(%error, "cannot accept connections; trying again in a second");
                 tokio::select! {
                     () = &mut shutdown => break,
@@ -143,8 +144,8 @@ async fn accept_with_room(
     (permit, listener.accept().await)
 }
 
-/// Errors that end one connection before it was accepted, not the listener.
-fn is_one_connections(error: &std::io::Error) -> bool {
+/// Errors that end one connection before it was accepted, and leave the listener as it was.
+fn ends_one_connection(error: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     matches!(
         error.kind(),
