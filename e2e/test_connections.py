@@ -2,12 +2,15 @@
 at a time is cut off after the client timeout (a trickled body with a 408 in its dialect's
 format), an idle keep-alive connection is closed then too, and past the connection limit new
 clients wait their turn instead of using up the server's files; headers longer than the read
-buffer are refused."""
+buffer are refused. A stop closes idle connections at once and answers the requests in flight."""
 
 import base64
 import http.client
+import http.server
 import json
+import re
 import socket
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -201,3 +204,69 @@ def test_stopping_closes_idle_connections_at_once(tmp_path):
     assert server.process.wait(timeout=10) == 0
     assert time.monotonic() - started < 5
     server.stop()
+
+
+class SlowProvider:
+    """An SMS provider's HTTP API that takes `delay` seconds to accept each message."""
+
+    def __init__(self, delay):
+        received = self.received = []
+
+        class Slow(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"id": "carrier-1"}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sms"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_stopping_answers_the_request_in_flight(tmp_path):
+    # A Pinpoint send waits for its first delivery attempt: against this provider, a second.
+    provider = SlowProvider(delay=1.0)
+    server = Otpd(tmp_path, sms=provider.url)
+    server.start()
+    try:
+        account = server.create_account()
+        app = server.create_app(account)
+        answers = []
+
+        def send():
+            answers.append(
+                server.pinpoint(account).send_otp_message(
+                    ApplicationId=app,
+                    SendOTPMessageRequestParameters={
+                        "Channel": "SMS",
+                        "BrandName": "Acme",
+                        "OriginationIdentity": "+12065550100",
+                        "DestinationIdentity": "+393481230009",
+                        "ReferenceId": "in-flight",
+                    },
+                )
+            )
+
+        sending = threading.Thread(target=send)
+        sending.start()
+        wait_for(lambda: provider.received)
+        server.process.terminate()
+        sending.join(timeout=15)
+        result = answers[0]["MessageResponse"]["Result"]["+393481230009"]
+        assert result["DeliveryStatus"] == "SUCCESSFUL"
+        assert re.fullmatch(r"[0-9a-f]{32}", result["MessageId"])
+        assert server.process.wait(timeout=15) == 0
+        assert len(provider.received) == 1
+    finally:
+        server.stop()
+        provider.stop()
