@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -261,6 +262,34 @@ class SendLoad:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+
+
+class SmsGateway:
+    """An SMS provider's HTTP API on a free port: it keeps every message it is given and answers
+    each, after `delay` seconds, with `status` and the JSON `answer`."""
+
+    def __init__(self, status=200, answer=b'{"id": "carrier-1"}', delay=0.0):
+        received = self.received = []
+
+        class Gateway(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers.get("content-length", 0)))))
+                time.sleep(delay)
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sms"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ buffer are refused. A stop closes idle connections at once and answers the reque
 
 import base64
 import http.client
-import http.server
 import json
 import re
 import socket
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from conftest import Otpd, wait_for
+from conftest import Otpd, SmsGateway, wait_for
 
 # OTPD_CLIENT_TIMEOUT_SECONDS of the module's server.
 TIMEOUT = 1
@@ -206,36 +205,9 @@ def test_stopping_closes_idle_connections_at_once(tmp_path):
     server.stop()
 
 
-class SlowProvider:
-    """An SMS provider's HTTP API that takes `delay` seconds to accept each message."""
-
-    def __init__(self, delay):
-        received = self.received = []
-
-        class Slow(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-                time.sleep(delay)
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"id": "carrier-1"}')
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sms"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_stopping_answers_the_request_in_flight(tmp_path):
     # A Pinpoint send waits for its first delivery attempt: against this provider, a second.
-    provider = SlowProvider(delay=1.0)
+    provider = SmsGateway(delay=1.0)
     server = Otpd(tmp_path, sms=provider.url)
     server.start()
     try:

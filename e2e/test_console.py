@@ -2,15 +2,13 @@
 the command line shows and nothing more (no code, no secret, no whole phone number), and every
 value is escaped."""
 
-import http.server
 import re
 import subprocess
-import threading
 
 import pytest
 import requests
 
-from conftest import BIN, Otpd, wait_for
+from conftest import BIN, Otpd, SmsGateway, wait_for
 
 TO = "393471239001"
 HEADERS = {
@@ -155,33 +153,9 @@ def test_a_short_password_is_refused_at_start(tmp_path):
     assert "letmein" not in result.stderr
 
 
-class RefusingGateway:
-    """An SMS provider's HTTP API that refuses every message for good (400)."""
-
-    def __init__(self):
-        class Refuse(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                self.send_response(400)
-                self.send_header("content-type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"error": "number not allowed"}')
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sms"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_the_overview_lists_deliveries_given_up_on(tmp_path):
-    gateway = RefusingGateway()
+    # A provider that refuses every message for good.
+    gateway = SmsGateway(status=400, answer=b'{"error": "number not allowed"}')
     server = Otpd(tmp_path, sms=gateway.url)
     server.start()
     try:
