@@ -8,7 +8,7 @@ use crate::account::{Account, Application, Name, NewAccount};
 use crate::code::{CodeLength, OtpCode};
 use crate::crypto::ServerKey;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, SecretAccessKey, VerifyId};
-use crate::metrics;
+use crate::metrics::VerificationMetrics;
 use crate::outbox::{MessageId, MessageText, NewOutboxMessage, OutboxMessage};
 use crate::policy::{MaxAttempts, Ttl};
 use crate::ports::{
@@ -103,6 +103,7 @@ pub struct VerificationService {
     dispatcher: Arc<dyn Dispatcher>,
     key: Arc<ServerKey>,
     limits: Limits,
+    metrics: Arc<VerificationMetrics>,
 }
 
 impl VerificationService {
@@ -119,6 +120,7 @@ impl VerificationService {
             dispatcher,
             key,
             limits,
+            metrics: Arc::default(),
         }
     }
 
@@ -132,54 +134,67 @@ impl VerificationService {
     pub async fn send(&self, request: SendRequest) -> Result<SendReceipt, SendError> {
         let dialect = request.key.dialect;
         let sent = self.send_and_deliver(request).await;
-        metrics::record_send(dialect, &sent);
+        self.metrics.record_send(dialect, &sent);
         sent
     }
 
     async fn send_and_deliver(&self, request: SendRequest) -> Result<SendReceipt, SendError> {
+        // The request's parts move into what is stored and what is delivered; only what both
+        // need is copied.
+        let SendRequest {
+            key,
+            sender,
+            body,
+            code_length,
+            ttl,
+            max_attempts,
+            sandbox,
+            entity_id,
+            template_id,
+        } = request;
+        let dialect = key.dialect;
+        let sender = sender.to_string();
         let verify_id = VerifyId::generate();
-        let code = OtpCode::generate(request.code_length);
-        let message = self.composer.compose(&request.body, &code)?;
-        let message_id = (!request.sandbox).then(MessageId::generate);
+        let code = OtpCode::generate(code_length);
+        let message = self.composer.compose(&body, &code)?;
+        let message_id = (!sandbox).then(MessageId::generate);
         let outbox = message_id.as_ref().map(|id| NewOutboxMessage {
             id: id.clone(),
             sealed_text: self.key.seal(message.text.as_bytes()),
             encoding: message.encoding,
             parts: message.parts,
-            entity_id: request.entity_id.clone(),
-            template_id: request.template_id.clone(),
+            entity_id: entity_id.clone(),
+            template_id: template_id.clone(),
             claimed_for: Some(self.dispatcher.claim()),
         });
-        let to_deliver = outbox.as_ref().map(|queued| OutboxMessage {
-            id: queued.id.clone(),
+        let to_deliver = message_id.as_ref().map(|id| OutboxMessage {
+            id: id.clone(),
             verify_id: verify_id.clone(),
-            to: request.key.destination.clone(),
-            from: request.sender.to_string(),
-            text: MessageText::Open(message.text.clone()),
-            encoding: queued.encoding,
-            parts: queued.parts,
-            entity_id: queued.entity_id.clone(),
-            template_id: queued.template_id.clone(),
+            to: key.destination.clone(),
+            from: sender.clone(),
+            text: MessageText::Open(message.text),
+            encoding: message.encoding,
+            parts: message.parts,
+            entity_id,
+            template_id,
             attempts: 0,
         });
         let verification = NewVerification {
             id: verify_id.clone(),
-            key: request.key.clone(),
-            sender: request.sender.to_string(),
-            digest: self
-                .key
-                .digest_code(request.key.digest_subject(&verify_id), &code),
-            ttl: request.ttl,
-            max_attempts: request.max_attempts,
-            sandbox: request.sandbox,
-            sandbox_code: request.sandbox.then(|| code.expose().to_owned()),
+            digest: self.key.digest_code(key.digest_subject(&verify_id), &code),
+            key,
+            sender,
+            ttl,
+            max_attempts,
+            sandbox,
+            sandbox_code: sandbox.then(|| code.expose().to_owned()),
             parts: message.parts,
             outbox,
         };
         let guards = SendGuards {
             max_sends_per_destination: self.limits.max_sends_per_destination,
             window: self.limits.antispam_window,
-            charge: if request.sandbox { 0 } else { message.parts },
+            charge: if sandbox { 0 } else { message.parts },
         };
         self.store.create_verification(verification, guards).await?;
         let (Some(message_id), Some(to_deliver)) = (message_id, to_deliver) else {
@@ -189,7 +204,7 @@ impl VerificationService {
                 delivery: None,
             });
         };
-        metrics::record_parts(request.key.dialect, message.parts);
+        self.metrics.record_parts(dialect, message.parts);
         let report = self
             .dispatcher
             .deliver(to_deliver, self.limits.first_attempt_wait)
@@ -233,7 +248,8 @@ impl VerificationService {
         };
         let dialect = lookup.dialect();
         let checked = self.store.check(lookup, attempt).await;
-        metrics::record_check(dialect, checked.as_ref().ok().map(|report| report.outcome));
+        self.metrics
+            .record_check(dialect, checked.as_ref().ok().map(|report| report.outcome));
         checked
     }
 
@@ -261,19 +277,20 @@ pub const LOOKUP_CACHE_TTL: Duration = Duration::from_secs(2);
 const LOOKUP_CACHE_MAX: usize = 10_000;
 
 /// A small time-bounded cache of found records (never of "not found": a new account must work
-/// at once).
+/// at once). Records are shared rather than copied: every request reads one, and copying an
+/// account or an application cost each request seven string allocations.
 struct LookupCache<K, V> {
-    entries: Mutex<HashMap<K, (Instant, V)>>,
+    entries: Mutex<HashMap<K, (Instant, Arc<V>)>>,
 }
 
-impl<K: std::hash::Hash + Eq + Clone, V: Clone> LookupCache<K, V> {
+impl<K: std::hash::Hash + Eq + Clone, V> LookupCache<K, V> {
     fn new() -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
         }
     }
 
-    fn get(&self, key: &K) -> Option<V> {
+    fn get(&self, key: &K) -> Option<Arc<V>> {
         let entries = self
             .entries
             .lock()
@@ -281,10 +298,10 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> LookupCache<K, V> {
         entries
             .get(key)
             .filter(|(at, _)| at.elapsed() < LOOKUP_CACHE_TTL)
-            .map(|(_, value)| value.clone())
+            .map(|(_, value)| Arc::clone(value))
     }
 
-    fn put(&self, key: K, value: V) {
+    fn put(&self, key: K, value: Arc<V>) {
         let mut entries = self
             .entries
             .lock()
@@ -303,12 +320,18 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> LookupCache<K, V> {
     }
 }
 
+/// An account found by its access key id, with its secret opened.
+pub struct Credentials {
+    pub account: Arc<Account>,
+    pub secret: SecretAccessKey,
+}
+
 /// Accounts and their credentials: creation with fresh keys, and lookup with the secret opened.
 #[derive(Clone)]
 pub struct AccountService {
     store: Arc<dyn Store>,
     key: Arc<ServerKey>,
-    credentials: Arc<LookupCache<AccessKeyId, (Account, SecretAccessKey)>>,
+    credentials: Arc<LookupCache<AccessKeyId, Credentials>>,
     applications: Arc<LookupCache<ApplicationId, Application>>,
 }
 
@@ -323,15 +346,19 @@ impl AccountService {
     }
 
     /// A Pinpoint application by id (cached for `LOOKUP_CACHE_TTL`).
-    pub async fn application(&self, id: &ApplicationId) -> Result<Option<Application>, StoreError> {
+    pub async fn application(
+        &self,
+        id: &ApplicationId,
+    ) -> Result<Option<Arc<Application>>, StoreError> {
         if let Some(application) = self.applications.get(id) {
             return Ok(Some(application));
         }
-        let found = self.store.find_application(id).await?;
-        if let Some(application) = &found {
-            self.applications.put(id.clone(), application.clone());
-        }
-        Ok(found)
+        let Some(application) = self.store.find_application(id).await? else {
+            return Ok(None);
+        };
+        let application = Arc::new(application);
+        self.applications.put(id.clone(), Arc::clone(&application));
+        Ok(Some(application))
     }
 
     pub async fn delete_application(&self, id: &ApplicationId) -> Result<bool, StoreError> {
@@ -369,7 +396,7 @@ impl AccountService {
     pub async fn credentials(
         &self,
         key: &AccessKeyId,
-    ) -> Result<Option<(Account, SecretAccessKey)>, StoreError> {
+    ) -> Result<Option<Arc<Credentials>>, StoreError> {
         if let Some(found) = self.credentials.get(key) {
             return Ok(Some(found));
         }
@@ -385,8 +412,11 @@ impl AccountService {
                     "an account secret does not open with this server key (was the key file replaced?)".into(),
                 )
             })?;
-        self.credentials
-            .put(key.clone(), (account.clone(), secret.clone()));
-        Ok(Some((account, secret)))
+        let found = Arc::new(Credentials {
+            account: Arc::new(account),
+            secret,
+        });
+        self.credentials.put(key.clone(), Arc::clone(&found));
+        Ok(Some(found))
     }
 }

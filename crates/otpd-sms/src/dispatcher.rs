@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use otpd_core::ServerKey;
 use otpd_core::crypto::fill_random;
+use otpd_core::metrics::AttemptMetrics;
 use otpd_core::outbox::{AttemptOutcome, MessageId, MessageText, OutboxMessage, RetryPolicy};
 use otpd_core::ports::{
     DeliveryReport, DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store,
@@ -61,6 +62,7 @@ struct Inner {
     in_flight: Mutex<HashSet<MessageId>>,
     idle: Notify,
     outcomes: Mutex<Outcomes>,
+    attempts: AttemptMetrics,
 }
 
 /// Attempt outcomes waiting to be stored, and whether some attempt is storing a batch now.
@@ -107,6 +109,7 @@ impl OutboxDispatcher {
                 in_flight: Mutex::new(HashSet::new()),
                 idle: Notify::new(),
                 outcomes: Mutex::new(Outcomes::default()),
+                attempts: AttemptMetrics::default(),
             }),
         }
     }
@@ -229,8 +232,19 @@ impl Dispatcher for OutboxDispatcher {
 /// One delivery attempt, start to stored outcome. The message was put in `in_flight` when it
 /// was claimed; it leaves when its outcome is stored.
 async fn attempt(inner: &Inner, message: OutboxMessage) {
-    let id = message.id.clone();
-    let text = match message.text {
+    let OutboxMessage {
+        id,
+        verify_id,
+        to,
+        from,
+        text,
+        encoding,
+        parts,
+        entity_id,
+        template_id,
+        attempts,
+    } = message;
+    let text = match text {
         MessageText::Open(text) => Some(text),
         MessageText::Sealed(sealed) => inner
             .key
@@ -240,18 +254,17 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
     let report = match text {
         Some(text) => {
             let sms = OutgoingSms {
-                message_id: message.id.clone(),
-                verify_id: message.verify_id.clone(),
-                to: message.to.clone(),
-                from: Sender::parse(&message.from)
-                    .unwrap_or_else(|| Sender::Alphanumeric(message.from.clone())),
+                message_id: id.clone(),
+                verify_id,
+                to,
+                from: Sender::parse(&from).unwrap_or(Sender::Alphanumeric(from)),
                 message: ComposedSms {
                     text,
-                    encoding: message.encoding,
-                    parts: message.parts,
+                    encoding,
+                    parts,
                 },
-                entity_id: message.entity_id.clone(),
-                template_id: message.template_id.clone(),
+                entity_id,
+                template_id,
             };
             inner.transport.send(&sms).await
         }
@@ -262,18 +275,15 @@ async fn attempt(inner: &Inner, message: OutboxMessage) {
             status_message: "the message does not open with this server key".into(),
         },
     };
-    let outcome = inner
-        .settings
-        .retry
-        .outcome(report, message.attempts + 1, jitter);
-    otpd_core::metrics::record_sms_attempt(&outcome);
+    let outcome = inner.settings.retry.outcome(report, attempts + 1, jitter);
+    inner.attempts.record(&outcome);
     match &outcome {
         // A first attempt's success is on its send request's log line.
-        AttemptOutcome::Accepted(_) if message.attempts == 0 => {
+        AttemptOutcome::Accepted(_) if attempts == 0 => {
             tracing::debug!(message_id = %id, "SMS handed to the carrier")
         }
         AttemptOutcome::Accepted(_) => {
-            tracing::info!(message_id = %id, attempt = message.attempts + 1, "SMS handed to the carrier")
+            tracing::info!(message_id = %id, attempt = attempts + 1, "SMS handed to the carrier")
         }
         AttemptOutcome::Retry { report, .. } => {
             tracing::warn!(message_id = %id, status = report.status.as_str(), reason = %report.status_message, "SMS attempt failed; will retry")

@@ -3,6 +3,7 @@
 //! (axum's `Form` would reject `sandbox=True` or an empty `code_len=` with a plain-text 422).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{FromRequest, Request};
 use http::header::AUTHORIZATION;
@@ -16,7 +17,7 @@ use crate::body::{self, BodyError};
 
 /// An authenticated amm request with its parameters.
 pub struct AmmRequest {
-    pub account: Account,
+    pub account: Arc<Account>,
     pub params: Params,
 }
 
@@ -79,10 +80,10 @@ impl FromRequest<AppState> for AmmRequest {
 async fn authenticate(
     state: &AppState,
     header: Option<&http::HeaderValue>,
-) -> Result<Account, AmmError> {
+) -> Result<Arc<Account>, AmmError> {
     let (key, secret) = crate::basic_auth::credentials(header).ok_or(AmmError::Unauthorized)?;
     let key = AccessKeyId::parse(&key).ok_or(AmmError::Unauthorized)?;
-    let (account, stored) = state
+    let found = state
         .accounts
         .credentials(&key)
         .await
@@ -91,8 +92,8 @@ async fn authenticate(
             AmmError::Generic
         })?
         .ok_or(AmmError::Unauthorized)?;
-    if bool::from(stored.expose().as_bytes().ct_eq(secret.as_bytes())) {
-        Ok(account)
+    if bool::from(found.secret.expose().as_bytes().ct_eq(secret.as_bytes())) {
+        Ok(Arc::clone(&found.account))
     } else {
         Err(AmmError::Unauthorized)
     }

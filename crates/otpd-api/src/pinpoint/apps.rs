@@ -44,7 +44,7 @@ pub async fn create(
     tracing::info!(application_id = %application.id, "application created");
     Ok((
         StatusCode::CREATED,
-        Json(ApplicationResponse::new(application, &signed.region)),
+        Json(ApplicationResponse::new(&application, &signed.region)),
     ))
 }
 
@@ -54,7 +54,7 @@ pub async fn get(
     signed: Signed,
 ) -> Result<Json<ApplicationResponse>, PinpointError> {
     let application = owned_application(&state, &signed.account, path).await?;
-    Ok(Json(ApplicationResponse::new(application, &signed.region)))
+    Ok(Json(ApplicationResponse::new(&application, &signed.region)))
 }
 
 pub async fn delete(
@@ -69,7 +69,7 @@ pub async fn delete(
         .await
         .map_err(internal)?;
     tracing::info!(application_id = %application.id, "application deleted");
-    Ok(Json(ApplicationResponse::new(application, &signed.region)))
+    Ok(Json(ApplicationResponse::new(&application, &signed.region)))
 }
 
 /// GetApps with `page-size` and `token` (the offset of the next page).
@@ -111,7 +111,7 @@ pub async fn list(
         .into_iter()
         .skip(offset)
         .take(page_size)
-        .map(|application| ApplicationResponse::new(application, &signed.region))
+        .map(|application| ApplicationResponse::new(&application, &signed.region))
         .collect();
     let next = offset.saturating_add(page_size);
     Ok(Json(ApplicationsResponse {

@@ -1,6 +1,7 @@
 //! The `Signed` extractor: reads the body (within the size limit) and accepts the request only
 //! if its SigV4 signature is the account's.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Bytes;
@@ -15,7 +16,7 @@ use crate::body::{self, BodyError};
 
 /// A request whose signature checked out, with its account, signing region and body.
 pub struct Signed {
-    pub account: Account,
+    pub account: Arc<Account>,
     pub region: String,
     pub body: Bytes,
 }
@@ -57,7 +58,7 @@ impl FromRequest<AppState> for Signed {
             SystemTime::now(),
             state.settings.max_clock_skew,
         )?;
-        let (account, secret) = state
+        let found = state
             .accounts
             .credentials(&authorization.access_key_id)
             .await
@@ -71,11 +72,11 @@ impl FromRequest<AppState> for Signed {
             &body,
             &authorization,
             stamp,
-            &secret,
+            &found.secret,
             &state.signing_keys,
         )?;
         Ok(Self {
-            account,
+            account: Arc::clone(&found.account),
             region: authorization.region,
             body,
         })

@@ -8,6 +8,8 @@ mod otp;
 pub mod sigv4;
 mod wire;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
@@ -81,7 +83,7 @@ async fn owned_application(
     state: &AppState,
     account: &Account,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Application, PinpointError> {
+) -> Result<Arc<Application>, PinpointError> {
     let not_found = || PinpointError::NotFound("Application not found".into());
     let Path(raw) = path.map_err(|_| not_found())?;
     let id = ApplicationId::parse(&raw).ok_or_else(not_found)?;

@@ -230,15 +230,15 @@ pub struct ApplicationResponse {
 }
 
 impl ApplicationResponse {
-    pub fn new(application: Application, region: &str) -> Self {
+    pub fn new(application: &Application, region: &str) -> Self {
         Self {
             arn: format!(
                 "arn:aws:mobiletargeting:{region}:{}:apps/{}",
                 application.account_id, application.id
             ),
             id: application.id.to_string(),
-            name: application.name,
-            tags: application.tags,
+            name: application.name.clone(),
+            tags: application.tags.clone(),
             creation_date: iso8601(application.created_at.millis()),
         }
     }
