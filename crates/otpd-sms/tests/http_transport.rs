@@ -1,5 +1,6 @@
-//! The HTTP transport against a local HTTP server that answers 200, 429, 500 and 400, and the
-//! dispatcher retrying through it until the provider recovers.
+//! The HTTP transport against a local HTTP server that answers 200, 429, 500 and 400 (or takes
+//! its time), the dispatcher retrying through it until the provider recovers, and a send's
+//! first attempt through it: answered, outlasting the send's wait, outliving the send.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,8 +11,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use otpd_core::account::{Name, NewAccount};
-use otpd_core::outbox::{MessageId, MessageState, NewOutboxMessage, RetryPolicy};
-use otpd_core::ports::{DeliveryStatus, OutgoingSms, SmsTransport, Store};
+use otpd_core::outbox::{
+    MessageId, MessageRecord, MessageState, MessageText, NewOutboxMessage, OutboxMessage,
+    RetryPolicy,
+};
+use otpd_core::ports::{DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store};
 use otpd_core::sms::{ComposedSms, Encoding, Sender};
 use otpd_core::verification::{Dialect, NewVerification, SendGuards, VerificationKey};
 use otpd_core::{
@@ -21,6 +25,9 @@ use otpd_core::{
 use otpd_sms::transport::{HttpSpec, HttpTransport};
 use otpd_sms::{DispatchSettings, OutboxDispatcher};
 use serde_json::{Value, json};
+
+/// How long the `/slow` route takes to accept a message.
+const SLOW_PROVIDER: Duration = Duration::from_millis(300);
 
 #[derive(Default)]
 struct Provider {
@@ -52,6 +59,13 @@ async fn provider() -> (String, Arc<Provider>) {
                 post(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
             )
             .route("/bad", post(|| async { StatusCode::BAD_REQUEST }))
+            .route(
+                "/slow",
+                post(|| async {
+                    tokio::time::sleep(SLOW_PROVIDER).await;
+                    (StatusCode::OK, Json(json!({"message_id": "slow-1"})))
+                }),
+            )
             .route(
                 "/flaky",
                 post(|State(s): State<Arc<Provider>>| async move {
@@ -148,15 +162,24 @@ async fn an_unreachable_provider_is_a_temporary_failure() {
     assert!(!report.status_message.contains("s3cret"));
 }
 
-#[tokio::test]
-async fn the_dispatcher_retries_until_the_provider_recovers() {
-    let (base, provider) = provider().await;
+/// A fresh SQLite store with one account, and the server key.
+fn store() -> (Arc<dyn Store>, Arc<ServerKey>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let store: Arc<dyn Store> = Arc::new(
         otpd_store::SqliteStore::open(&dir.path().join("otpd.db"), Arc::new(SystemClock))
             .expect("store"),
     );
     let key = Arc::new(ServerKey::from_hex(&"07".repeat(32)).expect("key"));
+    (store, key, dir)
+}
+
+/// Commits a verification and its message as a send does; `claimed_for` is the claim a send
+/// takes for its own first attempt (`None`: left to the outbox loop, as after a restart).
+async fn committed_message(
+    store: &Arc<dyn Store>,
+    key: &ServerKey,
+    claimed_for: Option<Duration>,
+) -> OutboxMessage {
     let account = AccountId::generate();
     store
         .create_account(NewAccount {
@@ -171,6 +194,7 @@ async fn the_dispatcher_retries_until_the_provider_recovers() {
         .expect("account");
     let verify_id = VerifyId::generate();
     let message_id = MessageId::generate();
+    let to = E164::parse("+393481234567").expect("number");
     store
         .create_verification(
             NewVerification {
@@ -180,7 +204,7 @@ async fn the_dispatcher_retries_until_the_provider_recovers() {
                     dialect: Dialect::Amm,
                     app: String::new(),
                     reference: String::new(),
-                    destination: E164::parse("+393481234567").expect("number"),
+                    destination: to.clone(),
                 },
                 sender: "Acme".into(),
                 digest: key.digest_code(
@@ -199,7 +223,7 @@ async fn the_dispatcher_retries_until_the_provider_recovers() {
                     parts: 1,
                     entity_id: None,
                     template_id: None,
-                    claimed_for: None,
+                    claimed_for,
                 }),
             },
             SendGuards {
@@ -210,6 +234,37 @@ async fn the_dispatcher_retries_until_the_provider_recovers() {
         )
         .await
         .expect("send");
+    OutboxMessage {
+        id: message_id,
+        verify_id,
+        to,
+        from: "Acme".into(),
+        text: MessageText::Open("Code 1234".into()),
+        encoding: Encoding::Gsm7,
+        parts: 1,
+        entity_id: None,
+        template_id: None,
+        attempts: 0,
+    }
+}
+
+/// The message's record once it is no longer pending, within two seconds.
+async fn settled(store: &Arc<dyn Store>, id: &MessageId) -> MessageRecord {
+    for _ in 0..100 {
+        let found = store.find_message(id).await.expect("find").expect("exists");
+        if found.state != MessageState::Pending {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("message {id} still pending");
+}
+
+#[tokio::test]
+async fn the_dispatcher_retries_until_the_provider_recovers() {
+    let (base, provider) = provider().await;
+    let (store, key, _dir) = store();
+    let message = committed_message(&store, &key, None).await;
     let settings = DispatchSettings {
         poll_interval: Duration::from_millis(20),
         retry: RetryPolicy {
@@ -227,21 +282,74 @@ async fn the_dispatcher_retries_until_the_provider_recovers() {
     );
     // Committed unclaimed, as after a restart: the outbox loop finds it.
     tokio::spawn(dispatcher.run(std::future::pending()));
-    let mut record = None;
-    for _ in 0..100 {
-        let found = store
-            .find_message(&message_id)
-            .await
-            .expect("find")
-            .expect("exists");
-        if found.state == MessageState::Sent {
-            record = Some(found);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let record = record.expect("delivered after the provider recovered");
+    let record = settled(&store, &message.id).await;
+    assert_eq!(record.state, MessageState::Sent);
     assert_eq!(record.attempts, 3);
     assert_eq!(record.carrier_message_id.as_deref(), Some("77"));
     assert_eq!(provider.flaky_calls.load(Ordering::SeqCst), 3);
+}
+
+fn dispatcher_to(
+    base: &str,
+    path: &str,
+    store: &Arc<dyn Store>,
+    key: Arc<ServerKey>,
+) -> OutboxDispatcher {
+    OutboxDispatcher::new(
+        store.clone(),
+        Arc::new(transport(base, path)),
+        key,
+        DispatchSettings::default(),
+    )
+}
+
+#[tokio::test]
+async fn a_send_gets_the_first_attempts_report_and_its_outcome_is_stored() {
+    let (base, _provider) = provider().await;
+    let (store, key, _dir) = store();
+    let message = committed_message(&store, &key, Some(Duration::from_secs(60))).await;
+    let dispatcher = dispatcher_to(&base, "/ok", &store, key);
+    let id = message.id.clone();
+    let report = dispatcher
+        .deliver(message, Duration::from_secs(5))
+        .await
+        .expect("a report within the wait");
+    assert_eq!(report.status, DeliveryStatus::Successful);
+    assert_eq!(report.message_id.as_deref(), Some("prov-1"));
+    let record = settled(&store, &id).await;
+    assert_eq!(record.state, MessageState::Sent);
+    assert_eq!(record.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_first_attempt_slower_than_the_wait_goes_on_after_the_send_is_answered() {
+    let (base, _provider) = provider().await;
+    let (store, key, _dir) = store();
+    let message = committed_message(&store, &key, Some(Duration::from_secs(60))).await;
+    let dispatcher = dispatcher_to(&base, "/slow", &store, key);
+    let id = message.id.clone();
+    let report = dispatcher.deliver(message, SLOW_PROVIDER / 6).await;
+    assert!(report.is_none(), "answered before the provider: {report:?}");
+    let record = settled(&store, &id).await;
+    assert_eq!(record.state, MessageState::Sent);
+    assert_eq!(record.carrier_message_id.as_deref(), Some("slow-1"));
+}
+
+#[tokio::test]
+async fn a_send_dropped_while_its_first_attempt_waits_does_not_cancel_the_attempt() {
+    let (base, _provider) = provider().await;
+    let (store, key, _dir) = store();
+    let message = committed_message(&store, &key, Some(Duration::from_secs(60))).await;
+    let dispatcher = dispatcher_to(&base, "/slow", &store, key);
+    let id = message.id.clone();
+    // The client hung up: the send's future is dropped half way through its wait.
+    let dropped = tokio::time::timeout(
+        SLOW_PROVIDER / 6,
+        dispatcher.deliver(message, Duration::from_secs(5)),
+    )
+    .await;
+    assert!(dropped.is_err(), "the provider had not answered yet");
+    let record = settled(&store, &id).await;
+    assert_eq!(record.state, MessageState::Sent);
+    assert_eq!(record.carrier_message_id.as_deref(), Some("slow-1"));
 }
