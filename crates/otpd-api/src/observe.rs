@@ -49,7 +49,9 @@ pub fn current_request_id() -> String {
 
 /// A fresh request id in UUID form: this process's random 64 bits, then a counter. Unique across
 /// nodes and restarts without a call to the OS random generator per request (a request id
-/// names a request; it guards nothing).
+/// names a request; it guards nothing). Called once per request and never inlined: `otpd-bench
+/// --instructions` counts requests by its calls.
+#[inline(never)]
 fn next_request_id() -> String {
     static PROCESS: LazyLock<u64> = LazyLock::new(|| {
         let mut bytes = [0u8; 8];

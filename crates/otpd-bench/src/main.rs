@@ -13,6 +13,7 @@
 
 mod ceiling;
 mod cpu_cap;
+mod instructions;
 mod load;
 mod requests;
 mod server;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::builder::TypedValueParser;
 use clap::{CommandFactory, Parser, Subcommand};
+use instructions::Callgrind;
 use load::{MakeRequest, Measured, Phases};
 use otpd_store::ScratchDatabase;
 use requests::{Client, next_destination, wrong};
@@ -83,6 +85,12 @@ struct Args {
     /// one CSV file per run in this directory (to see when the slow requests happened).
     #[arg(long)]
     timeline: Option<PathBuf>,
+    /// Count the server's instructions per request with callgrind instead of reading its
+    /// speed (needs valgrind): for comparing two builds on a machine too noisy for rates. One
+    /// operation (`--only`) at one `--connections` per run, on SQLite, without the ceilings;
+    /// the rates it prints are valgrind's, dozens of times slower.
+    #[arg(long)]
+    instructions: bool,
     #[command(subcommand)]
     command: Option<Internal>,
 }
@@ -143,6 +151,8 @@ struct Row {
     /// (steal time, in percent; absent where `/proc/stat` does not say): a row measured with
     /// more than a few percent reads slow, its ceiling too.
     steal_percent: Option<f64>,
+    /// The server's instructions per request by thread, largest first (`--instructions`).
+    thread_instructions_per_request: Option<Vec<f64>>,
 }
 
 /// A share of one core: 0 (no capped rows), or from 0.1 (1 ms of each 10 ms period, the least
@@ -252,8 +262,17 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("otpd-bench-").tempdir()?;
     let work = work.path();
 
+    let callgrind = args
+        .instructions
+        .then(|| {
+            instructions::check_one_row(selected_operations(&args).count(), &args.connections)?;
+            Callgrind::new(work).map(Arc::new)
+        })
+        .transpose()?;
+    // Instructions are counted on SQLite alone: the other deployments compare speeds.
     let wanted = |section: Section| {
-        args.deployments.contains(&section) && (section == Section::Sqlite || !args.no_postgres)
+        args.deployments.contains(&section)
+            && (section == Section::Sqlite || !(args.no_postgres || args.instructions))
     };
     let mut deployments = Vec::new();
     if wanted(Section::Sqlite) {
@@ -300,7 +319,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     // The ceilings are measured before and after the SQLite rows, and the ratios taken against
     // their mean: this machine's speed drifts by a third within minutes, and a ceiling measured
     // once, minutes away from the rows it divides, gave ratios off by a factor of two.
-    let measure_ceilings = args.only.is_none();
+    let measure_ceilings = args.only.is_none() && !args.instructions;
     let mut rows = Vec::new();
     if measure_ceilings {
         rows.extend(run_ceilings(&args, work, Reading::Before).await?);
@@ -309,7 +328,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     for (index, deployment) in deployments.iter().enumerate() {
         let store = deployment.label();
         println!("\n== otpd on {store}");
-        let deployed = deploy(&otpd, work, deployment)?;
+        let deployed = deploy(&otpd, work, deployment, callgrind.as_ref())?;
         println!(
             "cold start of `otpd serve` to a ready /readyz on an existing database: {:.1} ms",
             deployed.cold_start.as_secs_f64() * 1000.0
@@ -319,12 +338,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             (deployed.cold_start.as_secs_f64() * 1000.0).into(),
         );
         let paired = match deployment {
-            Deployment::Sqlite => Some(CeilingServer::start(
+            Deployment::Sqlite if !args.instructions => Some(CeilingServer::start(
                 ceiling::Ceiling::SqliteBatched,
                 work,
                 "paired",
             )?),
-            Deployment::Postgres { .. } => None,
+            Deployment::Sqlite | Deployment::Postgres { .. } => None,
         };
         rows.extend(match deployment {
             Deployment::Postgres {
@@ -627,7 +646,12 @@ struct Deployed {
 /// Creates an account and an application, then starts the nodes: the first on the server core
 /// (started twice, the second start measuring a cold start on an existing database), any
 /// second one on the other core, sharing the first one's database and server key.
-fn deploy(otpd: &Path, work: &Path, deployment: &Deployment) -> anyhow::Result<Deployed> {
+fn deploy(
+    otpd: &Path,
+    work: &Path,
+    deployment: &Deployment,
+    callgrind: Option<&Arc<Callgrind>>,
+) -> anyhow::Result<Deployed> {
     let (url, nodes, cpu_share) = match deployment {
         Deployment::Sqlite => (None, 1, None),
         Deployment::Postgres {
@@ -677,13 +701,25 @@ fn deploy(otpd: &Path, work: &Path, deployment: &Deployment) -> anyhow::Result<D
         let mut args = global_args(n);
         args.extend(["serve", "--listen", "127.0.0.1:0", "--sms", &sms].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let otpd = otpd.to_str().unwrap_or_default();
+        let (program, args) = match callgrind {
+            Some(callgrind) => callgrind.wrap(otpd, &args),
+            None => (
+                otpd.to_owned(),
+                args.iter().map(|arg| (*arg).to_owned()).collect(),
+            ),
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut server = Server::start(
             core,
-            otpd.to_str().unwrap_or_default(),
+            &program,
             &args,
             &[("OTPD_LOG", "warn,otpd=info")],
             true,
         )?;
+        if let Some(callgrind) = callgrind {
+            server.counted_by(Arc::clone(callgrind));
+        }
         let ready = server::wait_ready(server.address, since)?;
         if let Some(share) = cpu_share {
             server.cap_cpu(share)?;
@@ -965,6 +1001,10 @@ async fn measure(
     };
     let run = tokio::spawn(async move { load::run(&addresses, connections, phases, make).await });
     tokio::time::sleep_until(phases.measure_from.into()).await;
+    let counting = servers
+        .iter()
+        .filter_map(Server::start_counting)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let before = (
         cpu_time(),
         server::postgres_cpu_time(),
@@ -978,6 +1018,10 @@ async fn measure(
         server::own_cpu_time(),
         MachineTimes::read(),
     );
+    let counted = counting
+        .into_iter()
+        .map(instructions::Counting::finish)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let measured: Measured = run.await??;
     let planned = phases.window();
     if measured.window < planned.mul_f64(0.9) {
@@ -1015,7 +1059,13 @@ async fn measure(
             .3
             .zip(after.3)
             .map(|(before, after)| after.steal_percent_since(&before)),
+        thread_instructions_per_request: per_request_by_thread(&counted),
     };
+    if !counted.is_empty() && row.thread_instructions_per_request.is_none() {
+        println!(
+            "  note: no {operation} began in the window at {connections} connections: no instruction count (a verify or check run that used up its prepared codes in the warm-up needs a larger --pool)"
+        );
+    }
     println!(
         "  {:<40} {:>3} conns {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>6.1} µs CPU/req{}  (load generator {:.1} µs/req{}){}",
         row.operation,
@@ -1037,7 +1087,36 @@ async fn measure(
             String::new()
         }
     );
+    if let Some(threads) = &row.thread_instructions_per_request {
+        let each: Vec<String> = threads
+            .iter()
+            .filter(|&&count| count >= 1000.0)
+            .map(|count| format!("{:.1}k", count / 1000.0))
+            .collect();
+        println!(
+            "  {:<40} {:>3} conns {:>9.1}k instructions/req (threads: {})",
+            row.operation,
+            row.connections,
+            threads.iter().sum::<f64>() / 1000.0,
+            each.join(", ")
+        );
+    }
     Ok(row)
+}
+
+/// The servers' instructions per request by thread, largest first, when they ran under
+/// callgrind and began requests while it counted.
+fn per_request_by_thread(counted: &[instructions::Counted]) -> Option<Vec<f64>> {
+    let requests: u64 = counted.iter().map(|server| server.requests).sum();
+    (requests > 0).then(|| {
+        let mut threads: Vec<f64> = counted
+            .iter()
+            .flat_map(|server| &server.threads)
+            .map(|&count| count as f64 / requests as f64)
+            .collect();
+        threads.sort_unstable_by(|a, b| b.total_cmp(a));
+        threads
+    })
 }
 
 /// Sends `count` Pinpoint codes and reads them back from the file sink: (destination, code).
@@ -1130,10 +1209,10 @@ fn code_in(text: &str) -> Option<String> {
 fn print_table(rows: &[Row]) {
     let ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
     println!(
-        "\n| store | operation | conns | req/s | p50 ms | p99 ms | batched p99 ms | CPU µs/req | DB CPU µs/req | peak RSS MiB | ÷ JSON | ÷ commit-each | ÷ batched | ÷ one node | steal % |"
+        "\n| store | operation | conns | req/s | p50 ms | p99 ms | batched p99 ms | CPU µs/req | DB CPU µs/req | peak RSS MiB | ÷ JSON | ÷ commit-each | ÷ batched | ÷ one node | steal % | k instructions/req |"
     );
     println!(
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for row in rows {
         let ceiling_p99 = row
@@ -1141,7 +1220,7 @@ fn print_table(rows: &[Row]) {
             .map(|[before, after]| format!("{:.2}", (before.p99_ms + after.p99_ms) / 2.0))
             .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
             row.store,
             row.operation,
             row.connections,
@@ -1160,6 +1239,10 @@ fn print_table(rows: &[Row]) {
             ratio(row.ratio_to_one_node),
             row.steal_percent
                 .map(|steal| format!("{steal:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            row.thread_instructions_per_request
+                .as_ref()
+                .map(|threads| format!("{:.1}", threads.iter().sum::<f64>() / 1000.0))
                 .unwrap_or_else(|| "-".into()),
         );
     }

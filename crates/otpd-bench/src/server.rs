@@ -3,11 +3,13 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::cpu_cap::CpuCap;
+use crate::instructions::{Callgrind, Counting};
 
 pub const SERVER_CORE: &str = "0";
 pub const CLIENT_CORE: &str = "1";
@@ -17,6 +19,8 @@ pub struct Server {
     pub address: SocketAddr,
     /// Dropped after the child is killed: its cgroup can only go once the child has.
     cap: Option<CpuCap>,
+    /// Set when the server runs under callgrind (`--instructions`).
+    callgrind: Option<Arc<Callgrind>>,
 }
 
 impl Server {
@@ -63,7 +67,20 @@ impl Server {
             child,
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             cap: None,
+            callgrind: None,
         })
+    }
+
+    /// Says the server was started under `callgrind` (see `Callgrind::wrap`).
+    pub fn counted_by(&mut self, callgrind: Arc<Callgrind>) {
+        self.callgrind = Some(callgrind);
+    }
+
+    /// Switches instruction counting on, when the server runs under callgrind.
+    pub fn start_counting(&self) -> Option<anyhow::Result<Counting<'_>>> {
+        self.callgrind
+            .as_ref()
+            .map(|callgrind| callgrind.start(self.pid()))
     }
 
     /// Holds the server, from now on, to `share` of one core (see `cpu_cap`).
