@@ -289,26 +289,31 @@ async fn the_dispatcher_retries_until_the_provider_recovers() {
     assert_eq!(provider.flaky_calls.load(Ordering::SeqCst), 3);
 }
 
-fn dispatcher_to(
-    base: &str,
+/// A message committed as a send commits it (claimed for its first attempt), and a dispatcher
+/// that delivers through the provider's `path`.
+async fn send_through(
     path: &str,
-    store: &Arc<dyn Store>,
-    key: Arc<ServerKey>,
-) -> OutboxDispatcher {
-    OutboxDispatcher::new(
+) -> (
+    OutboxDispatcher,
+    OutboxMessage,
+    Arc<dyn Store>,
+    tempfile::TempDir,
+) {
+    let (base, _provider) = provider().await;
+    let (store, key, dir) = store();
+    let message = committed_message(&store, &key, Some(Duration::from_secs(60))).await;
+    let dispatcher = OutboxDispatcher::new(
         store.clone(),
-        Arc::new(transport(base, path)),
+        Arc::new(transport(&base, path)),
         key,
         DispatchSettings::default(),
-    )
+    );
+    (dispatcher, message, store, dir)
 }
 
 #[tokio::test]
 async fn a_send_gets_the_first_attempts_report_and_its_outcome_is_stored() {
-    let (base, _provider) = provider().await;
-    let (store, key, _dir) = store();
-    let message = committed_message(&store, &key, Some(Duration::from_secs(60))).await;
-    let dispatcher = dispatcher_to(&base, "/ok", &store, key);
+    let (dispatcher, message, store, _dir) = send_through("/ok").await;
     let id = message.id.clone();
     let report = dispatcher
         .deliver(message, Duration::from_secs(5))
@@ -323,10 +328,7 @@ async fn a_send_gets_the_first_attempts_report_and_its_outcome_is_stored() {
 
 #[tokio::test]
 async fn a_first_attempt_slower_than_the_wait_goes_on_after_the_send_is_answered() {
-    let (base, _provider) = provider().await;
-    let (store, key, _dir) = store();
-    let message = committed_message(&store, &key, Some(Duration::from_secs(60))).await;
-    let dispatcher = dispatcher_to(&base, "/slow", &store, key);
+    let (dispatcher, message, store, _dir) = send_through("/slow").await;
     let id = message.id.clone();
     let report = dispatcher.deliver(message, SLOW_PROVIDER / 6).await;
     assert!(report.is_none(), "answered before the provider: {report:?}");
@@ -337,10 +339,7 @@ async fn a_first_attempt_slower_than_the_wait_goes_on_after_the_send_is_answered
 
 #[tokio::test]
 async fn a_send_dropped_while_its_first_attempt_waits_does_not_cancel_the_attempt() {
-    let (base, _provider) = provider().await;
-    let (store, key, _dir) = store();
-    let message = committed_message(&store, &key, Some(Duration::from_secs(60))).await;
-    let dispatcher = dispatcher_to(&base, "/slow", &store, key);
+    let (dispatcher, message, store, _dir) = send_through("/slow").await;
     let id = message.id.clone();
     // The client hung up: the send's future is dropped half way through its wait.
     let dropped = tokio::time::timeout(
