@@ -25,10 +25,10 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
@@ -80,7 +80,7 @@ pub async fn serve(
         .max_buf_size(READ_BUFFER_LIMIT);
     let room = Arc::new(Semaphore::new(limits.max_connections));
     let mut capacity = CapacityWarning::new(limits.max_connections);
-    let (stop, stopping) = watch::channel(false);
+    let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -98,7 +98,7 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 capacity.check(room.available_permits());
                 let connection = serve_connection(&http, stream, peer, router.clone());
-                connections.spawn(drive(connection, stopping.clone(), permit));
+                connections.spawn(drive(graceful.watch(connection), permit));
             }
             Err(error) if ends_one_connection(&error) => {
                 tracing::debug!(%error, "a connection ended before it was accepted");
@@ -115,11 +115,7 @@ pub async fn serve(
     }
     // New clients are refused from here on; the ones connected finish.
     drop(listener);
-    let _ = stop.send(true);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
     if drained.is_err() {
         tracing::warn!(
             open = connections.len(),
@@ -171,25 +167,14 @@ fn serve_connection(
     http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
 }
 
-/// Runs one connection to its end, holding its room until then.
+/// Runs one connection (watched for shutdown) to its end, holding its room until then.
 async fn drive(
-    connection: impl GracefulConnection<Error = hyper::Error>,
-    mut stopping: watch::Receiver<bool>,
+    connection: impl Future<Output = Result<(), hyper::Error>>,
     _room: Option<OwnedSemaphorePermit>,
 ) {
     let open = metrics::gauge!(OPEN_CONNECTIONS);
     open.increment(1.0);
-    let mut connection = std::pin::pin!(connection);
-    let mut asked_to_stop = false;
-    let ended = loop {
-        tokio::select! {
-            ended = connection.as_mut() => break ended,
-            _ = stopping.changed(), if !asked_to_stop => {
-                asked_to_stop = true;
-                connection.as_mut().graceful_shutdown();
-            }
-        }
-    };
+    let ended = connection.await;
     open.decrement(1.0);
     match ended {
         Ok(()) => {}
