@@ -166,11 +166,16 @@ def test_the_postgres_store_shows_its_groups(otpd, traffic):
 
 
 def test_nothing_names_a_caller_a_number_a_code_or_a_path(otpd, account, app_id, traffic):
-    text = scrape(otpd)
+    # Only names, labels and help texts can name anything; a sample's value is a number that a
+    # 4-digit code may well appear in by chance (the start time 1796322348.4073555 held "3555").
+    named = "\n".join(
+        line if line.startswith("#") else line.rsplit(" ", 1)[0]
+        for line in scrape(otpd).splitlines()
+    )
     secrets = [account["access_key_id"], account["secret_access_key"], app_id, *traffic["codes"]]
     numbers = [PINPOINT_TO, AMM_TO, ANTISPAM_TO, POOR_TO, "/no/such/page"]
     for secret in secrets + numbers:
-        assert secret not in text
+        assert secret not in named
 
 
 def test_failed_deliveries_are_counted_as_retries(tmp_path):
