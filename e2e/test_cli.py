@@ -1,11 +1,12 @@
 """The command line contract: JSON on stdout, one-line errors with exit status 2."""
 
 import json
+from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import BACKEND
+from conftest import BACKEND, Otpd
 
 
 def test_accounts_apps_and_credits(otpd):
@@ -51,6 +52,9 @@ def test_bad_arguments_exit_with_2_and_one_line(otpd):
     unknown = otpd.cli("frobnicate", check=False)
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("error: unrecognized subcommand 'frobnicate'")
+    no_threads = otpd.cli("serve", "--worker-threads", "0", check=False)
+    assert no_threads.returncode == 2
+    assert no_threads.stderr.startswith("error: invalid value '0' for '--worker-threads")
 
 
 @pytest.mark.skipif(BACKEND != "sqlite", reason="PostgreSQL nodes share their database by design")
@@ -64,3 +68,55 @@ def test_a_second_server_on_the_same_sqlite_database_is_refused(otpd):
     assert second.stderr.strip().count("\n") == 0, second.stderr
     # The first server is untouched and still answers.
     assert requests.get(f"{otpd.url}/readyz", timeout=5).status_code == 200
+
+
+def pool_workers(server):
+    """The threads of tokio's work-stealing pool in the server's process."""
+    tasks = Path(f"/proc/{server.process.pid}/task").iterdir()
+    return sum((task / "comm").read_text().strip() == "tokio-rt-worker" for task in tasks)
+
+
+def test_one_worker_thread_serves_both_apis_on_the_single_threaded_scheduler(tmp_path):
+    server = Otpd(tmp_path)
+    server.env["OTPD_WORKER_THREADS"] = "1"
+    server.start()
+    try:
+        assert pool_workers(server) == 0
+        account = server.create_account("one-thread")
+        pinpoint, app = server.pinpoint(account), server.create_app(account)
+        to = "+393480000001"
+        sent = pinpoint.send_otp_message(
+            ApplicationId=app,
+            SendOTPMessageRequestParameters={
+                "Channel": "SMS", "BrandName": "Acme", "OriginationIdentity": "+12065550100",
+                "DestinationIdentity": to, "ReferenceId": "login",
+            },
+        )
+        assert sent["MessageResponse"]["Result"][to]["DeliveryStatus"] == "SUCCESSFUL"
+        verified = pinpoint.verify_otp_message(
+            ApplicationId=app,
+            VerifyOTPMessageRequestParameters={
+                "DestinationIdentity": to, "Otp": server.last_code(to), "ReferenceId": "login",
+            },
+        )
+        assert verified["VerificationResponse"]["Valid"] is True
+
+        verify_id, _ = server.amm_send(account, "393480000002")
+        code = server.last_code("+393480000002")
+        checked = server.amm(account).get(
+            f"{server.url}/sms/v2/verify/check", params={"verify_id": verify_id, "verify_code": code}
+        )
+        assert checked.json()["verify_status"] == "VERIFIED", checked.text
+    finally:
+        server.stop()
+
+
+def test_several_worker_threads_make_a_pool_of_that_many(tmp_path):
+    server = Otpd(tmp_path)
+    server.env["OTPD_WORKER_THREADS"] = "3"
+    server.start()
+    try:
+        assert pool_workers(server) == 3
+        assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
+    finally:
+        server.stop()

@@ -1,6 +1,7 @@
 //! The command line: a contract that tests and docs rely on (see DESIGN.md).
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::builder::TypedValueParser;
@@ -17,6 +18,18 @@ pub struct Cli {
     pub global: GlobalOptions,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The threads `serve` was told to use; the other commands take the default.
+    pub fn worker_threads(&self) -> Option<NonZeroUsize> {
+        match &self.command {
+            Command::Serve(options) => options
+                .worker_threads
+                .and_then(|threads| NonZeroUsize::new(usize::from(threads))),
+            _ => None,
+        }
+    }
 }
 
 /// Where otpd keeps its state; every command needs these.
@@ -96,6 +109,10 @@ pub struct ServeOptions {
     /// the open files limit (raised to its hard limit at start) if that holds fewer.
     #[arg(long, env = "OTPD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Threads serving requests (default: one per core the process may use). With 1, otpd runs
+    /// on a single-threaded scheduler, which costs less per request on one core.
+    #[arg(long, env = "OTPD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// Log format.
     #[arg(long, env = "OTPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod http_server;
 pub mod retention;
+pub mod runtime;
 mod serve_lock;
 pub mod startup;
 pub mod telemetry;
