@@ -1,6 +1,7 @@
 """The command line contract: JSON on stdout, one-line errors with exit status 2."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,7 @@ def test_one_worker_thread_serves_both_apis_on_the_single_threaded_scheduler(tmp
     server.start()
     try:
         assert pool_workers(server) == 0
+        assert re.search(r"listening on .* worker_threads=1\b", server.logs())
         account = server.create_account("one-thread")
         pinpoint, app = server.pinpoint(account), server.create_app(account)
         to = "+393480000001"
@@ -117,6 +119,7 @@ def test_several_worker_threads_make_a_pool_of_that_many(tmp_path):
     server.start()
     try:
         assert pool_workers(server) == 3
+        assert re.search(r"listening on .* worker_threads=3\b", server.logs())
         assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
     finally:
         server.stop()

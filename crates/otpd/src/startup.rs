@@ -194,7 +194,8 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     let address = application
         .address()
         .context("cannot read the bound address")?;
-    tracing::info!(%address, "otpd listening on http://{address}");
+    let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(%address, worker_threads, "otpd listening on http://{address}");
     if let Some((_, file)) = &console {
         tracing::info!(
             "web console at http://{address}/console: user {OPERATOR}, the password in {}",
