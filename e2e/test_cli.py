@@ -2,6 +2,7 @@
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -77,13 +78,22 @@ def pool_workers(server):
     return sum((task / "comm").read_text().strip() == "tokio-rt-worker" for task in tasks)
 
 
-def test_one_worker_thread_serves_both_apis_on_the_single_threaded_scheduler(tmp_path):
+@contextmanager
+def serving_with_worker_threads(tmp_path, threads):
+    """A server of its own, told by its environment to serve on `threads` worker threads."""
     server = Otpd(tmp_path)
-    server.env["OTPD_WORKER_THREADS"] = "1"
+    server.env["OTPD_WORKER_THREADS"] = str(threads)
     server.start()
     try:
+        assert re.search(rf"listening on .* worker_threads={threads}\b", server.logs())
+        yield server
+    finally:
+        server.stop()
+
+
+def test_one_worker_thread_serves_both_apis_on_the_single_threaded_scheduler(tmp_path):
+    with serving_with_worker_threads(tmp_path, 1) as server:
         assert pool_workers(server) == 0
-        assert re.search(r"listening on .* worker_threads=1\b", server.logs())
         account = server.create_account("one-thread")
         pinpoint, app = server.pinpoint(account), server.create_app(account)
         to = "+393480000001"
@@ -109,17 +119,9 @@ def test_one_worker_thread_serves_both_apis_on_the_single_threaded_scheduler(tmp
             f"{server.url}/sms/v2/verify/check", params={"verify_id": verify_id, "verify_code": code}
         )
         assert checked.json()["verify_status"] == "VERIFIED", checked.text
-    finally:
-        server.stop()
 
 
 def test_several_worker_threads_make_a_pool_of_that_many(tmp_path):
-    server = Otpd(tmp_path)
-    server.env["OTPD_WORKER_THREADS"] = "3"
-    server.start()
-    try:
+    with serving_with_worker_threads(tmp_path, 3) as server:
         assert pool_workers(server) == 3
-        assert re.search(r"listening on .* worker_threads=3\b", server.logs())
         assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
-    finally:
-        server.stop()
