@@ -36,10 +36,13 @@ def test_every_accepted_send_survives_kill_9(tmp_path):
     # Killed once it has accepted a few dozen sends, however long a busy machine takes to get
     # there (a fixed 1.5 s window saw none accepted when the tests shared the CPU with a build),
     # while the load is still running, so sends are in flight at the kill.
-    wait_for(lambda: len(load.accepted) >= 40, timeout=30)
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait()
-    load.stop()
+    try:
+        wait_for(lambda: len(load.accepted) >= 40, timeout=30)
+    finally:
+        # Also when the wait fails: the load's threads would otherwise send forever.
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        load.stop()
     assert len(load.accepted) >= 40
 
     server.start()
