@@ -7,13 +7,14 @@
 //! thread. Counting is switched on for the measuring window (`callgrind_control -i on`), then
 //! the counts are dumped and switched off again (once per server: with valgrind 3.19 the counts
 //! of a second window in the same process came out wrong, some just under 2^64, whether
-//! counting was switched on again or zeroed with `-z`; see `check_one_row`); each thread's total, divided by the requests
-//! the server began meanwhile (its calls to `otpd_api::observe::next_request_id`, once per
-//! request), is that thread's instructions per request. The server's own count, not the load
-//! generator's: under valgrind a request takes tens of milliseconds, and the control commands
-//! take effect a moment after they are sent, so the two windows differ. Work in the kernel (system calls, the WAL's writes and fsync) is not counted, and
-//! SHA-256 runs in software under valgrind, so SigV4 and code digests count several times what
-//! they cost natively.
+//! counting was switched on again or zeroed with `-z`; see `check_one_row`); each thread's
+//! total, divided by the requests the server began meanwhile (its calls to
+//! `otpd_api::observe::next_request_id`, once per request), is that thread's instructions per
+//! request. The server's own count, not the load generator's: under valgrind a request takes
+//! tens of milliseconds, and the control commands take effect a moment after they are sent, so
+//! the two windows differ. Work in the kernel (system calls, the WAL's writes and fsync) is not
+//! counted, and SHA-256 runs in software under valgrind, so SigV4 and code digests count several
+//! times what they cost natively.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,7 @@ impl Callgrind {
     }
 
     /// `program` and its `args` as valgrind runs them, counting nothing until told to.
-    pub fn wrap(&self, program: &str, args: &[&str]) -> (String, Vec<String>) {
+    pub fn wrap(&self, program: &str, args: Vec<String>) -> (String, Vec<String>) {
         let mut wrapped = vec![
             "--tool=callgrind".to_owned(),
             "--separate-threads=yes".to_owned(),
@@ -58,7 +59,7 @@ impl Callgrind {
             ),
             program.to_owned(),
         ];
-        wrapped.extend(args.iter().map(|arg| (*arg).to_owned()));
+        wrapped.extend(args);
         ("valgrind".to_owned(), wrapped)
     }
 

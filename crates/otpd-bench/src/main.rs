@@ -700,14 +700,10 @@ fn deploy(
         let sms = format!("file:{}", node_dir(n).join("sms.jsonl").display());
         let mut args = global_args(n);
         args.extend(["serve", "--listen", "127.0.0.1:0", "--sms", &sms].map(String::from));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let otpd = otpd.to_str().unwrap_or_default();
         let (program, args) = match callgrind {
-            Some(callgrind) => callgrind.wrap(otpd, &args),
-            None => (
-                otpd.to_owned(),
-                args.iter().map(|arg| (*arg).to_owned()).collect(),
-            ),
+            Some(callgrind) => callgrind.wrap(otpd, args),
+            None => (otpd.to_owned(), args),
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut server = Server::start(

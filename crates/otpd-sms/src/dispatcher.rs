@@ -191,9 +191,9 @@ impl Dispatcher for OutboxDispatcher {
 
     /// A transport that answers at once (a file, the console) is tried within the send's own
     /// poll: spawning every first attempt and waiting for its report cost 2.5% of a send's
-    /// instructions (callgrind). An attempt that has to wait (for a provider, for a free slot) goes on in a task of
-    /// its own, so that a client that hangs up cannot cancel it half way; the send waits for
-    /// its report at most `wait`.
+    /// instructions (callgrind). An attempt that has to wait (for a provider, for a free slot)
+    /// goes on in a task of its own, so that a client that hangs up cannot cancel it half way;
+    /// the send waits for its report at most `wait`.
     async fn deliver(&self, message: OutboxMessage, wait: Duration) -> Option<DeliveryReport> {
         self.inner.in_flight().insert(message.id.clone());
         let mut first = Box::pin(first_attempt(Arc::clone(&self.inner), message));
