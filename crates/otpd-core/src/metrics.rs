@@ -78,7 +78,9 @@ pub fn describe() {
 /// recorder's registry on every call: with three counters a send, that was 2-3% of a send's CPU
 /// (perf, 2026-12-03). A handle records with one atomic add. A handle belongs to the recorder
 /// installed when it was made, so a set lives in the service that records through it, and its
-/// handles are made at the first request, after the server installed its recorder.
+/// handles are made at the first request, after the server installed its recorder. (The HTTP
+/// series keep their handles the same way, in otpd-api's `RouteSeries`, per thread because
+/// their route labels are not `'static`.)
 struct Series<const N: usize> {
     name: &'static str,
     keys: [&'static str; N],
