@@ -62,6 +62,7 @@ impl Controller {
 /// A cgroup holding one process at a share of one core; removed when dropped (after the
 /// process has exited: a cgroup with a process in it cannot be removed).
 pub struct CpuCap {
+    controller: Controller,
     group: PathBuf,
 }
 
@@ -88,12 +89,17 @@ impl CpuCap {
         std::fs::create_dir(&group)
             .with_context(|| format!("cannot create the cgroup {}", group.display()))?;
         // From here on, dropping `cap` removes the cgroup.
-        let cap = Self { group };
-        let quota = (share * PERIOD_MICROS as f64).round() as u64;
-        controller
-            .set_quota(&cap.group, quota.max(1_000))
-            .context("cannot set the cgroup's CPU quota")?;
+        let cap = Self { controller, group };
+        cap.set_share(share)?;
         Ok(cap)
+    }
+
+    /// Holds the process to `share` of one core from now on.
+    pub fn set_share(&self, share: f64) -> anyhow::Result<()> {
+        let quota = (share * PERIOD_MICROS as f64).round() as u64;
+        self.controller
+            .set_quota(&self.group, quota.max(1_000))
+            .context("cannot set the cgroup's CPU quota")
     }
 }
 

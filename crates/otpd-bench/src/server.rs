@@ -89,6 +89,14 @@ impl Server {
         Ok(())
     }
 
+    /// Changes the share of a core a capped server is held to (see `cap_cpu`).
+    pub fn set_cpu_share(&self, share: f64) -> anyhow::Result<()> {
+        self.cap
+            .as_ref()
+            .context("the server has no CPU cap")?
+            .set_share(share)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
