@@ -891,16 +891,9 @@ async fn run_capped_scaling(
                 first.set_cpu_share(1.0)?;
                 let prepared = workload(operation, deployed, pool).await;
                 first.set_cpu_share(share)?;
+                let make = prepared?;
                 let servers = &deployed.servers[..nodes];
-                measure(
-                    args,
-                    servers,
-                    &store,
-                    operation.name(),
-                    connections,
-                    prepared?,
-                )
-                .await
+                measure(args, servers, &store, operation.name(), connections, make).await
             }
         };
         let before = read(1, &one_node, args.pool).await?;
