@@ -37,11 +37,16 @@ pub struct DispatchSettings {
     pub retry: RetryPolicy,
 }
 
+impl DispatchSettings {
+    /// `--outbox-lease-seconds` unless given.
+    pub const DEFAULT_LEASE_SECONDS: u32 = 60;
+}
+
 impl Default for DispatchSettings {
     fn default() -> Self {
         Self {
             concurrency: 64,
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(Self::DEFAULT_LEASE_SECONDS.into()),
             poll_interval: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use otpd_sms::DispatchSettings;
+
+use crate::http_server::ConnectionLimits;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,15 +102,15 @@ pub struct ServeOptions {
     /// Seconds a node holds a message it is sending before another node may take it over: how
     /// long a node that dies mid-send delays its messages on a shared PostgreSQL database.
     /// Keep it above the slowest hand-over to the SMS network.
-    #[arg(long, env = "OTPD_OUTBOX_LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(5..=3600))]
+    #[arg(long, env = "OTPD_OUTBOX_LEASE_SECONDS", default_value_t = DispatchSettings::DEFAULT_LEASE_SECONDS, value_parser = clap::value_parser!(u32).range(5..=3600))]
     pub outbox_lease_seconds: u32,
     /// Seconds a client has to send a request's headers (from connecting, or from the previous
     /// response: an idle keep-alive connection is closed then too), and again its body.
-    #[arg(long, env = "OTPD_CLIENT_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    #[arg(long, env = "OTPD_CLIENT_TIMEOUT_SECONDS", default_value_t = ConnectionLimits::DEFAULT_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub client_timeout_seconds: u32,
     /// Connections served at once; at the limit, new clients wait to be accepted. Lowered to fit
     /// the open files limit (raised to its hard limit at start) if that holds fewer.
-    #[arg(long, env = "OTPD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "OTPD_MAX_CONNECTIONS", default_value_t = ConnectionLimits::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Threads serving requests (default: one per core the process may use). With 1, otpd runs
     /// on a single-threaded scheduler, which costs less per request on one core.

@@ -57,11 +57,18 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+impl ConnectionLimits {
+    /// `--client-timeout-seconds` unless given.
+    pub const DEFAULT_TIMEOUT_SECONDS: u32 = 30;
+    /// `--max-connections` unless given.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+}
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
-            header_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
+            header_timeout: Duration::from_secs(Self::DEFAULT_TIMEOUT_SECONDS.into()),
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS as usize,
         }
     }
 }
