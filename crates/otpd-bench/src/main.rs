@@ -120,7 +120,7 @@ struct CeilingReading {
     p99_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct Row {
     /// The store otpd ran on (`-` for the ceilings).
     store: String,
@@ -370,6 +370,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     print_drift(&ceiling_runs);
     print_paired_drift(&rows);
+    print_stolen(&rows);
     let by_store: HashMap<(&str, &str, usize), f64> = rows
         .iter()
         .map(|row| {
@@ -564,6 +565,42 @@ fn print_paired_drift(rows: &[Row]) {
         "batched ceiling read around each SQLite row, after ÷ before: {low:.2} to {high:.2} over {} rows",
         drifts.len()
     );
+}
+
+/// Steal above which a row is named after the table: the host took that share of the machine
+/// during its window, and the row's rate and latency are the host's as much as otpd's.
+const STOLEN_PERCENT: f64 = 5.0;
+
+/// The rows read while the host took more than `STOLEN_PERCENT` of the machine.
+fn stolen(rows: &[Row]) -> Vec<&Row> {
+    rows.iter()
+        .filter(|row| {
+            row.steal_percent
+                .is_some_and(|steal| steal > STOLEN_PERCENT)
+        })
+        .collect()
+}
+
+/// Names the rows read with too much steal, so that nobody reads a ratio off one of them.
+fn print_stolen(rows: &[Row]) {
+    let stolen = stolen(rows);
+    if stolen.is_empty() {
+        return;
+    }
+    println!(
+        "\nrows read while the host took more than {STOLEN_PERCENT}% of the machine (steal): {} of {}",
+        stolen.len(),
+        rows.len()
+    );
+    for row in stolen {
+        println!(
+            "  {:<40} {:<40} {:>3} conns  steal {:.1}%",
+            row.store,
+            row.operation,
+            row.connections,
+            row.steal_percent.unwrap_or_default()
+        );
+    }
 }
 
 /// How far each ceiling moved between its two readings: the machine's drift during the run.
@@ -1303,6 +1340,26 @@ mod tests {
         ] {
             assert_eq!(Deployment::one_node_label(alone), None, "{alone}");
         }
+    }
+
+    #[test]
+    fn rows_with_more_than_a_little_steal_are_named() {
+        let row = |operation: &str, steal_percent| Row {
+            operation: operation.into(),
+            steal_percent,
+            ..Row::default()
+        };
+        let rows = [
+            row("quiet", Some(0.4)),
+            row("at the limit", Some(STOLEN_PERCENT)),
+            row("stolen", Some(33.2)),
+            row("unknown", None),
+        ];
+        let named: Vec<&str> = stolen(&rows)
+            .iter()
+            .map(|row| row.operation.as_str())
+            .collect();
+        assert_eq!(named, ["stolen"]);
     }
 
     #[test]
