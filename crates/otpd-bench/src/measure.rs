@@ -1,0 +1,145 @@
+//! One run: the load for a fixed window after a warm-up, and what the servers spent on it.
+
+use std::time::{Duration, Instant};
+
+use crate::cli::Args;
+use crate::instructions;
+use crate::load::{self, MakeRequest, Measured, Phases};
+use crate::report::{Row, write_timeline};
+use crate::server::{self, MachineTimes, Server};
+
+/// One run against `servers` (every node of a deployment): CPU is their sum, RSS their peak.
+pub async fn measure(
+    args: &Args,
+    servers: &[Server],
+    store: &str,
+    operation: &str,
+    connections: usize,
+    make: MakeRequest,
+) -> anyhow::Result<Row> {
+    let addresses: Vec<_> = servers.iter().map(|server| server.address).collect();
+    let cpu_time = || servers.iter().map(Server::cpu_time).sum::<Duration>();
+    let now = Instant::now();
+    let phases = Phases {
+        measure_from: now + Duration::from_secs_f64(args.warmup),
+        measure_until: now + Duration::from_secs_f64(args.warmup + args.duration),
+    };
+    let run = tokio::spawn(async move { load::run(&addresses, connections, phases, make).await });
+    tokio::time::sleep_until(phases.measure_from.into()).await;
+    let counting = servers
+        .iter()
+        .filter_map(Server::start_counting)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let before = (
+        cpu_time(),
+        server::postgres_cpu_time(),
+        server::own_cpu_time(),
+        MachineTimes::read(),
+    );
+    tokio::time::sleep_until(phases.measure_until.into()).await;
+    let after = (
+        cpu_time(),
+        server::postgres_cpu_time(),
+        server::own_cpu_time(),
+        MachineTimes::read(),
+    );
+    let counted = counting
+        .into_iter()
+        .map(instructions::Counting::finish)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let measured: Measured = run.await??;
+    let planned = phases.window();
+    if measured.window < planned.mul_f64(0.9) {
+        // Only a run of prepared codes ends early; the figures then cover a short window.
+        println!(
+            "  note: {operation} at {connections} connections used up its prepared codes {:.1} s into its {:.1} s window; --pool raises them",
+            measured.window.as_secs_f64(),
+            planned.as_secs_f64()
+        );
+    }
+    if let Some(directory) = &args.timeline {
+        write_timeline(directory, store, operation, connections, &measured.timeline)?;
+    }
+    let per_request = |spent: Duration| spent.as_secs_f64() * 1e6 / measured.requests.max(1) as f64;
+    let row = Row {
+        store: store.to_owned(),
+        operation: operation.to_owned(),
+        connections,
+        requests_per_second: measured.per_second(),
+        p50_ms: measured.percentile_ms(0.50),
+        p99_ms: measured.percentile_ms(0.99),
+        cpu_us_per_request: per_request(after.0.saturating_sub(before.0)),
+        database_cpu_us_per_request: (store.starts_with("postgres"))
+            .then(|| per_request(after.1.saturating_sub(before.1))),
+        client_cpu_us_per_request: per_request(after.2.saturating_sub(before.2)),
+        peak_rss_mib: servers.iter().map(Server::peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+        errors: measured.errors,
+        batched_ceiling_around: None,
+        ratio_to_json: None,
+        ratio_to_commit_each: None,
+        ratio_to_batched: None,
+        ratio_to_one_node: None,
+        one_node_around: None,
+        steal_percent: before
+            .3
+            .zip(after.3)
+            .map(|(before, after)| after.steal_percent_since(&before)),
+        thread_instructions_per_request: per_request_by_thread(&counted),
+    };
+    if !counted.is_empty() && row.thread_instructions_per_request.is_none() {
+        println!(
+            "  note: no {operation} began in the window at {connections} connections: no instruction count (a verify or check run that used up its prepared codes in the warm-up needs a larger --pool)"
+        );
+    }
+    println!(
+        "  {:<40} {:>3} conns {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>6.1} µs CPU/req{}  (load generator {:.1} µs/req{}){}",
+        row.operation,
+        row.connections,
+        row.requests_per_second,
+        row.p50_ms,
+        row.p99_ms,
+        row.cpu_us_per_request,
+        row.database_cpu_us_per_request
+            .map(|cpu| format!(" + {cpu:.1} µs in PostgreSQL"))
+            .unwrap_or_default(),
+        row.client_cpu_us_per_request,
+        row.steal_percent
+            .map(|steal| format!(", steal {steal:.1}%"))
+            .unwrap_or_default(),
+        if row.errors > 0 {
+            format!("  ({} errors)", row.errors)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(threads) = &row.thread_instructions_per_request {
+        let each: Vec<String> = threads
+            .iter()
+            .filter(|&&count| count >= 1000.0)
+            .map(|count| format!("{:.1}k", count / 1000.0))
+            .collect();
+        println!(
+            "  {:<40} {:>3} conns {:>9.1}k instructions/req (threads: {})",
+            row.operation,
+            row.connections,
+            threads.iter().sum::<f64>() / 1000.0,
+            each.join(", ")
+        );
+    }
+    Ok(row)
+}
+
+/// The servers' instructions per request by thread, largest first, when they ran under
+/// callgrind and began requests while it counted.
+fn per_request_by_thread(counted: &[instructions::Counted]) -> Option<Vec<f64>> {
+    let requests: u64 = counted.iter().map(|server| server.requests).sum();
+    (requests > 0).then(|| {
+        let mut threads: Vec<f64> = counted
+            .iter()
+            .flat_map(|server| &server.threads)
+            .map(|&count| count as f64 / requests as f64)
+            .collect();
+        threads.sort_unstable_by(|a, b| b.total_cmp(a));
+        threads
+    })
+}

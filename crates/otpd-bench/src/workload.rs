@@ -1,0 +1,253 @@
+//! The operations measured and the requests of each: the codes a verify or check run meets are
+//! sent just before it and read back from the file SMS sink.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::cli::Args;
+use crate::deployment::Deployed;
+use crate::load::{self, MakeRequest};
+use crate::requests::{Client, next_destination, wrong};
+use crate::server::Server;
+
+/// The operations measured, in table order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    PinpointSend,
+    PinpointVerifyRight,
+    PinpointVerifyWrong,
+    AmmSend,
+    AmmCheck,
+    Mix,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 6] = [
+        Self::PinpointSend,
+        Self::PinpointVerifyRight,
+        Self::PinpointVerifyWrong,
+        Self::AmmSend,
+        Self::AmmCheck,
+        Self::Mix,
+    ];
+
+    /// Prepared codes one request uses up.
+    fn codes_per_request(self) -> f64 {
+        match self {
+            Self::PinpointSend | Self::AmmSend => 0.0,
+            Self::PinpointVerifyRight | Self::AmmCheck => 1.0,
+            Self::PinpointVerifyWrong => 1.0 / PINPOINT_WRONG_PER_CODE as f64,
+            Self::Mix => 6.0 / 11.0 / AMM_WRONG_PER_CODE as f64,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PinpointSend => "pinpoint send",
+            Self::PinpointVerifyRight => "pinpoint verify (right code)",
+            Self::PinpointVerifyWrong => "pinpoint verify (wrong code)",
+            Self::AmmSend => "amm send",
+            Self::AmmCheck => "amm check",
+            Self::Mix => "mix (1 send : 1.2 checks)",
+        }
+    }
+}
+
+/// The most codes sent before one run (the send rate makes more take long to prepare).
+const MAX_CODES_PER_RUN: u64 = 250_000;
+
+/// Wrong guesses one prepared code takes while staying live: Pinpoint codes are sent with
+/// `AllowedAttempts` 5 and amm codes with `max_retry` 20.
+const PINPOINT_WRONG_PER_CODE: usize = 4;
+
+const AMM_WRONG_PER_CODE: usize = 19;
+
+/// The code the `n`th guess of a run uses, when each code takes `per_code` guesses: the codes
+/// are taken in turn, so the guesses of one code lie a whole pool apart (consecutive requests
+/// run at once on different connections, and real users do not race their own typos).
+fn code_for_guess<T>(codes: &[T], n: usize, per_code: usize) -> Option<&T> {
+    if n >= codes.len().saturating_mul(per_code) {
+        return None;
+    }
+    codes.get(n % codes.len())
+}
+
+/// The operations `--only` selects, in table order.
+pub fn selected_operations(args: &Args) -> impl Iterator<Item = Operation> + '_ {
+    Operation::ALL.into_iter().filter(|operation| {
+        args.only
+            .as_deref()
+            .is_none_or(|only| operation.name().contains(only))
+    })
+}
+
+/// Codes for one run of `operation` expected to go at `rate` requests a second: its warm-up
+/// and window with a fifth to spare, and never fewer than `--pool`.
+pub fn codes_for(args: &Args, operation: Operation, rate: f64) -> u64 {
+    let requests = rate * (args.warmup + args.duration) * 1.2;
+    ((requests * operation.codes_per_request()) as u64).clamp(args.pool, MAX_CODES_PER_RUN)
+}
+
+/// The requests of one run of `operation` against `deployed`; a verify or check run gets
+/// `pool` codes sent just before it.
+pub async fn workload(
+    operation: Operation,
+    deployed: &Deployed,
+    pool: u64,
+) -> anyhow::Result<MakeRequest> {
+    let client = &deployed.client;
+    let first = &deployed.servers[0];
+    let c = client.clone();
+    Ok(match operation {
+        Operation::PinpointSend => {
+            Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), None)))
+        }
+        Operation::AmmSend => Arc::new(move |_| Some(c.amm_send(&next_destination(), None))),
+        Operation::PinpointVerifyRight | Operation::PinpointVerifyWrong => {
+            let codes = prepare_pinpoint(first, client, &deployed.sms_file, pool).await?;
+            let right = operation == Operation::PinpointVerifyRight;
+            let per_code = if right { 1 } else { PINPOINT_WRONG_PER_CODE };
+            Arc::new(move |n| {
+                let (to, code) = code_for_guess(&codes, usize::try_from(n).ok()?, per_code)?;
+                Some(if right {
+                    c.pinpoint_verify(to, code)
+                } else {
+                    c.pinpoint_verify(to, &wrong(code))
+                })
+            })
+        }
+        Operation::AmmCheck => {
+            let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
+            Arc::new(move |n| {
+                let (id, code) = codes.get(usize::try_from(n).ok()?)?;
+                Some(c.amm_check(id, code))
+            })
+        }
+        Operation::Mix => {
+            let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
+            Arc::new(move |n| {
+                // 5 of every 11 requests send, 6 check (a wrong code: the user's typo).
+                if n % 11 < 5 {
+                    return Some(c.amm_send(&next_destination(), None));
+                }
+                let check = usize::try_from(n / 11 * 6 + n % 11 - 5).ok()?;
+                let (id, code) = code_for_guess(&codes, check, AMM_WRONG_PER_CODE)?;
+                Some(c.amm_check(id, &wrong(code)))
+            })
+        }
+    })
+}
+
+/// Sends `count` Pinpoint codes and reads them back from the file sink: (destination, code).
+async fn prepare_pinpoint(
+    server: &Server,
+    client: &Arc<Client>,
+    sms_file: &Path,
+    count: u64,
+) -> anyhow::Result<Arc<Vec<(String, String)>>> {
+    let before = file_length(sms_file);
+    let c = client.clone();
+    load::collect(
+        server.address,
+        16,
+        count,
+        Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), Some(5)))),
+    )
+    .await?;
+    let codes = sms_lines(sms_file, before)?
+        .into_iter()
+        .filter_map(|(to, text)| Some((to.trim_start_matches('+').to_owned(), code_in(&text)?)))
+        .collect();
+    Ok(Arc::new(codes))
+}
+
+/// Sends `count` amm codes: (verify_id, code).
+async fn prepare_amm(
+    server: &Server,
+    client: &Arc<Client>,
+    sms_file: &Path,
+    count: u64,
+) -> anyhow::Result<Arc<Vec<(String, String)>>> {
+    let before = file_length(sms_file);
+    let destinations: Arc<Vec<String>> = Arc::new((0..count).map(|_| next_destination()).collect());
+    let (c, d) = (client.clone(), destinations.clone());
+    let bodies = load::collect(
+        server.address,
+        16,
+        count,
+        Arc::new(move |n| Some(c.amm_send(&d[n as usize], Some(20)))),
+    )
+    .await?;
+    let code_by_destination: HashMap<String, String> = sms_lines(sms_file, before)?
+        .into_iter()
+        .filter_map(|(to, text)| Some((to.trim_start_matches('+').to_owned(), code_in(&text)?)))
+        .collect();
+    let mut codes = Vec::with_capacity(bodies.len());
+    for (n, body) in bodies {
+        let answer: serde_json::Value = serde_json::from_slice(&body)?;
+        let id = answer["verify_id"]
+            .as_str()
+            .context("verify_id")?
+            .to_owned();
+        if let Some(code) = code_by_destination.get(&destinations[n as usize]) {
+            codes.push((id, code.clone()));
+        }
+    }
+    Ok(Arc::new(codes))
+}
+
+fn file_length(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |meta| meta.len())
+}
+
+/// (to, text) of each message the file sink wrote after byte `offset`.
+fn sms_lines(path: &Path, offset: u64) -> anyhow::Result<Vec<(String, String)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_to_string(&mut text)?;
+    }
+    text.lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)?;
+            Ok((
+                value["to"].as_str().unwrap_or_default().to_owned(),
+                value["text"].as_str().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn code_in(text: &str) -> Option<String> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|word| (4..=8).contains(&word.len()))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guesses_take_the_codes_in_turn_and_stop_when_each_had_its_share() {
+        let codes = ["a", "b", "c"];
+        let used: Vec<_> = (0..7).map(|n| code_for_guess(&codes, n, 2)).collect();
+        assert_eq!(
+            used,
+            [
+                Some(&"a"),
+                Some(&"b"),
+                Some(&"c"),
+                Some(&"a"),
+                Some(&"b"),
+                Some(&"c"),
+                None
+            ]
+        );
+        assert_eq!(code_for_guess::<&str>(&[], 0, 4), None);
+    }
+}
