@@ -59,11 +59,13 @@ impl Operation {
 /// The most codes sent before one run (the send rate makes more take long to prepare).
 const MAX_CODES_PER_RUN: u64 = 250_000;
 
-/// Wrong guesses one prepared code takes while staying live: Pinpoint codes are sent with
-/// `AllowedAttempts` 5 and amm codes with `max_retry` 20.
-const PINPOINT_WRONG_PER_CODE: usize = 4;
+/// The attempts a prepared code is sent with: Pinpoint's `AllowedAttempts`, amm's `max_retry`.
+const PINPOINT_ATTEMPTS: u8 = 5;
+const AMM_ATTEMPTS: u8 = 20;
 
-const AMM_WRONG_PER_CODE: usize = 19;
+/// Wrong guesses one prepared code takes while staying live: all its attempts but one.
+const PINPOINT_WRONG_PER_CODE: usize = PINPOINT_ATTEMPTS as usize - 1;
+const AMM_WRONG_PER_CODE: usize = AMM_ATTEMPTS as usize - 1;
 
 /// The code the `n`th guess of a run uses, when each code takes `per_code` guesses: the codes
 /// are taken in turn, so the guesses of one code lie a whole pool apart (consecutive requests
@@ -141,6 +143,9 @@ pub async fn workload(
     })
 }
 
+/// Connections the codes of a run are sent on before it (not measured).
+const PREPARING_CONNECTIONS: usize = 16;
+
 /// Sends `count` Pinpoint codes and reads them back from the file sink: (destination, code).
 async fn prepare_pinpoint(
     server: &Server,
@@ -152,16 +157,12 @@ async fn prepare_pinpoint(
     let c = client.clone();
     load::collect(
         server.address,
-        16,
+        PREPARING_CONNECTIONS,
         count,
-        Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), Some(5)))),
+        Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), Some(PINPOINT_ATTEMPTS)))),
     )
     .await?;
-    let codes = sms_lines(sms_file, before)?
-        .into_iter()
-        .filter_map(|(to, text)| Some((to.trim_start_matches('+').to_owned(), code_in(&text)?)))
-        .collect();
-    Ok(Arc::new(codes))
+    Ok(Arc::new(codes_sent(sms_file, before)?))
 }
 
 /// Sends `count` amm codes: (verify_id, code).
@@ -176,15 +177,13 @@ async fn prepare_amm(
     let (c, d) = (client.clone(), destinations.clone());
     let bodies = load::collect(
         server.address,
-        16,
+        PREPARING_CONNECTIONS,
         count,
-        Arc::new(move |n| Some(c.amm_send(&d[n as usize], Some(20)))),
+        Arc::new(move |n| Some(c.amm_send(&d[n as usize], Some(AMM_ATTEMPTS)))),
     )
     .await?;
-    let code_by_destination: HashMap<String, String> = sms_lines(sms_file, before)?
-        .into_iter()
-        .filter_map(|(to, text)| Some((to.trim_start_matches('+').to_owned(), code_in(&text)?)))
-        .collect();
+    let code_by_destination: HashMap<String, String> =
+        codes_sent(sms_file, before)?.into_iter().collect();
     let mut codes = Vec::with_capacity(bodies.len());
     for (n, body) in bodies {
         let answer: serde_json::Value = serde_json::from_slice(&body)?;
@@ -199,8 +198,17 @@ async fn prepare_amm(
     Ok(Arc::new(codes))
 }
 
+/// Where the next message the file sink writes will start.
 fn file_length(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |meta| meta.len())
+}
+
+/// (destination without its `+`, code) of each code the file sink wrote after byte `offset`.
+fn codes_sent(path: &Path, offset: u64) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(sms_lines(path, offset)?
+        .into_iter()
+        .filter_map(|(to, text)| Some((to.trim_start_matches('+').to_owned(), code_in(&text)?)))
+        .collect())
 }
 
 /// (to, text) of each message the file sink wrote after byte `offset`.
@@ -222,6 +230,7 @@ fn sms_lines(path: &Path, offset: u64) -> anyhow::Result<Vec<(String, String)>> 
         .collect()
 }
 
+/// The code in a message's text: its first run of 4 to 8 digits.
 fn code_in(text: &str) -> Option<String> {
     text.split(|c: char| !c.is_ascii_digit())
         .find(|word| (4..=8).contains(&word.len()))
