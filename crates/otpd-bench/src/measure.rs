@@ -74,17 +74,13 @@ pub async fn measure(
         client_cpu_us_per_request: per_request(after.2.saturating_sub(before.2)),
         peak_rss_mib: servers.iter().map(Server::peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
         errors: measured.errors,
-        batched_ceiling_around: None,
-        ratio_to_json: None,
-        ratio_to_commit_each: None,
-        ratio_to_batched: None,
-        ratio_to_one_node: None,
-        one_node_around: None,
         steal_percent: before
             .3
             .zip(after.3)
             .map(|(before, after)| after.steal_percent_since(&before)),
         thread_instructions_per_request: per_request_by_thread(&counted),
+        // The ratios are the report's, once every row is in.
+        ..Row::default()
     };
     if !counted.is_empty() && row.thread_instructions_per_request.is_none() {
         println!(

@@ -6,12 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use bytes::Bytes;
 
 use crate::cli::Args;
 use crate::deployment::Deployed;
 use crate::load::{self, MakeRequest};
-use crate::requests::{Client, next_destination, wrong};
-use crate::server::Server;
+use crate::requests::{next_destination, wrong};
 
 /// The operations measured, in table order.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -100,16 +100,14 @@ pub async fn workload(
     deployed: &Deployed,
     pool: u64,
 ) -> anyhow::Result<MakeRequest> {
-    let client = &deployed.client;
-    let first = &deployed.servers[0];
-    let c = client.clone();
+    let c = deployed.client.clone();
     Ok(match operation {
         Operation::PinpointSend => {
             Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), None)))
         }
         Operation::AmmSend => Arc::new(move |_| Some(c.amm_send(&next_destination(), None))),
         Operation::PinpointVerifyRight | Operation::PinpointVerifyWrong => {
-            let codes = prepare_pinpoint(first, client, &deployed.sms_file, pool).await?;
+            let codes = prepare_pinpoint(deployed, pool).await?;
             let right = operation == Operation::PinpointVerifyRight;
             let per_code = if right { 1 } else { PINPOINT_WRONG_PER_CODE };
             Arc::new(move |n| {
@@ -122,14 +120,14 @@ pub async fn workload(
             })
         }
         Operation::AmmCheck => {
-            let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
+            let codes = prepare_amm(deployed, pool).await?;
             Arc::new(move |n| {
                 let (id, code) = codes.get(usize::try_from(n).ok()?)?;
                 Some(c.amm_check(id, code))
             })
         }
         Operation::Mix => {
-            let codes = prepare_amm(first, client, &deployed.sms_file, pool).await?;
+            let codes = prepare_amm(deployed, pool).await?;
             Arc::new(move |n| {
                 // 5 of every 11 requests send, 6 check (a wrong code: the user's typo).
                 if n % 11 < 5 {
@@ -148,44 +146,28 @@ const PREPARING_CONNECTIONS: usize = 16;
 
 /// Sends `count` Pinpoint codes and reads them back from the file sink: (destination, code).
 async fn prepare_pinpoint(
-    server: &Server,
-    client: &Arc<Client>,
-    sms_file: &Path,
+    deployed: &Deployed,
     count: u64,
 ) -> anyhow::Result<Arc<Vec<(String, String)>>> {
-    let before = file_length(sms_file);
-    let c = client.clone();
-    load::collect(
-        server.address,
-        PREPARING_CONNECTIONS,
-        count,
-        Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), Some(PINPOINT_ATTEMPTS)))),
-    )
-    .await?;
-    Ok(Arc::new(codes_sent(sms_file, before)?))
+    let c = deployed.client.clone();
+    let make: MakeRequest =
+        Arc::new(move |_| Some(c.pinpoint_send(&next_destination(), Some(PINPOINT_ATTEMPTS))));
+    let (_, codes) = send_codes(deployed, count, make).await?;
+    Ok(Arc::new(codes))
 }
 
 /// Sends `count` amm codes: (verify_id, code).
 async fn prepare_amm(
-    server: &Server,
-    client: &Arc<Client>,
-    sms_file: &Path,
+    deployed: &Deployed,
     count: u64,
 ) -> anyhow::Result<Arc<Vec<(String, String)>>> {
-    let before = file_length(sms_file);
     let destinations: Arc<Vec<String>> = Arc::new((0..count).map(|_| next_destination()).collect());
-    let (c, d) = (client.clone(), destinations.clone());
-    let bodies = load::collect(
-        server.address,
-        PREPARING_CONNECTIONS,
-        count,
-        Arc::new(move |n| Some(c.amm_send(&d[n as usize], Some(AMM_ATTEMPTS)))),
-    )
-    .await?;
-    let code_by_destination: HashMap<String, String> =
-        codes_sent(sms_file, before)?.into_iter().collect();
-    let mut codes = Vec::with_capacity(bodies.len());
-    for (n, body) in bodies {
+    let (c, d) = (deployed.client.clone(), destinations.clone());
+    let make: MakeRequest = Arc::new(move |n| Some(c.amm_send(&d[n as usize], Some(AMM_ATTEMPTS))));
+    let (answers, sent) = send_codes(deployed, count, make).await?;
+    let code_by_destination: HashMap<String, String> = sent.into_iter().collect();
+    let mut codes = Vec::with_capacity(answers.len());
+    for (n, body) in answers {
         let answer: serde_json::Value = serde_json::from_slice(&body)?;
         let id = answer["verify_id"]
             .as_str()
@@ -196,6 +178,19 @@ async fn prepare_amm(
         }
     }
     Ok(Arc::new(codes))
+}
+
+/// Sends `count` codes through the first node with `make` (not measured), and returns each
+/// request's answer by its number and the (destination, code) the file sink wrote meanwhile.
+async fn send_codes(
+    deployed: &Deployed,
+    count: u64,
+    make: MakeRequest,
+) -> anyhow::Result<(Vec<(u64, Bytes)>, Vec<(String, String)>)> {
+    let before = file_length(&deployed.sms_file);
+    let address = deployed.servers[0].address;
+    let answers = load::collect(address, PREPARING_CONNECTIONS, count, make).await?;
+    Ok((answers, codes_sent(&deployed.sms_file, before)?))
 }
 
 /// Where the next message the file sink writes will start.
