@@ -182,14 +182,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         let store = deployment.label();
         println!("\n== otpd on {store}");
         let deployed = deploy(&otpd, work, deployment, callgrind.as_ref())?;
+        let cold_start_ms = deployed.cold_start.as_secs_f64() * 1000.0;
         println!(
-            "cold start of `otpd serve` to a ready /readyz on an existing database: {:.1} ms",
-            deployed.cold_start.as_secs_f64() * 1000.0
+            "cold start of `otpd serve` to a ready /readyz on an existing database: {cold_start_ms:.1} ms"
         );
-        cold_starts.insert(
-            store.clone(),
-            (deployed.cold_start.as_secs_f64() * 1000.0).into(),
-        );
+        cold_starts.insert(store.clone(), cold_start_ms.into());
         let paired = match deployment {
             Deployment::Sqlite if !args.instructions => Some(CeilingServer::start(
                 ceiling::Ceiling::SqliteBatched,
@@ -202,7 +199,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             Deployment::Postgres {
                 cpu_share: Some(share),
                 ..
-            } => run_capped_scaling(&args, &deployed, *share).await?,
+            } => run_capped_scaling(&args, &deployed, &store, *share).await?,
             _ => run_operations(&args, &deployed, &store, paired.as_ref()).await?,
         });
         drop(paired);
@@ -403,22 +400,21 @@ async fn run_operations(
 const CAPPED_TWO_NODE_READINGS: usize = 2;
 
 /// The two-node comparison with the nodes as the scarce resource (see `cpu_cap`): `deployed`
-/// is two nodes, each capped at `share` of a core, and each operation runs at the largest
-/// connection count against the first node alone and both in turn, starting and ending with
-/// the first alone. Each two-node row's "÷ one node" divides by the mean of the one-node
+/// (labelled `two_nodes`) is two nodes, each capped at `share` of a core, and each operation
+/// runs at the largest connection count against the first node alone and both in turn,
+/// starting and ending with the first alone. Each two-node row's "÷ one node" divides by the mean of the one-node
 /// readings around it, as the SQLite rows' ratios do with their ceiling: this machine's speed
 /// moves between windows.
 async fn run_capped_scaling(
     args: &Args,
     deployed: &Deployed,
+    two_nodes: &str,
     share: f64,
 ) -> anyhow::Result<Vec<Row>> {
     let Some(&connections) = args.connections.iter().max() else {
         return Ok(Vec::new());
     };
-    let percent = share * 100.0;
-    let one_node = format!("postgres, 1 node at {percent:.0}% of a core");
-    let two_nodes = format!("postgres, 2 nodes at {percent:.0}% of a core each");
+    let one_node = format!("postgres, 1 node at {:.0}% of a core", share * 100.0);
     let first = &deployed.servers[0];
     let mut rows = Vec::new();
     for operation in selected_operations(args) {
@@ -440,7 +436,7 @@ async fn run_capped_scaling(
         let mut previous = rate;
         rows.push(before);
         for _ in 0..CAPPED_TWO_NODE_READINGS {
-            let mut both = read(2, &two_nodes, codes_for(args, operation, rate * 2.0)).await?;
+            let mut both = read(2, two_nodes, codes_for(args, operation, rate * 2.0)).await?;
             let next = read(1, &one_node, codes_for(args, operation, rate))
                 .await?
                 .requests_per_second;
