@@ -22,12 +22,20 @@ pub struct Client {
     basic: String,
 }
 
-/// A distinct destination for every send, as real traffic has.
+/// A distinct destination for every send, in no order, as real traffic has.
 static DESTINATIONS: AtomicU64 = AtomicU64::new(0);
 
 pub fn next_destination() -> String {
-    let i = DESTINATIONS.fetch_add(1, Ordering::Relaxed);
-    format!("3934{}{:07}", i / 10_000_000 % 10, i % 10_000_000)
+    destination(DESTINATIONS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `i`th destination: `i` times a multiplier prime to 10^8, modulo 10^8, so the first 10^8
+/// are distinct, and each lands far from the one before (the multiplier is 10^8 over the golden
+/// ratio). In send order the numbers were ascending, and every send added its entry to the
+/// destination index's last page: real traffic adds each to a page of its own.
+fn destination(i: u64) -> String {
+    const SPREAD: u64 = 61_803_399;
+    format!("3934{:08}", i % 100_000_000 * SPREAD % 100_000_000)
 }
 
 impl Client {
@@ -139,4 +147,21 @@ impl Client {
 pub fn wrong(code: &str) -> String {
     let first = if code.starts_with('1') { '2' } else { '1' };
     format!("{first}{}", &code[1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::destination;
+
+    #[test]
+    fn destinations_are_distinct_and_in_no_order() {
+        let first: Vec<String> = (0..200_000).map(destination).collect();
+        assert_eq!(first.iter().collect::<HashSet<_>>().len(), first.len());
+        assert!(first.iter().all(|number| number.len() == 12));
+        let ascending = first.windows(2).filter(|pair| pair[0] < pair[1]).count();
+        let share = ascending as f64 / (first.len() - 1) as f64;
+        assert!((0.3..0.7).contains(&share), "{share} of neighbours ascend");
+    }
 }
