@@ -75,6 +75,13 @@ fn wait_briefly(retries: i32) -> bool {
     retries < 100_000
 }
 
+/// The writer's page cache, in KiB. Every send adds an entry to the destination index at a
+/// place of its own (phone numbers arrive in no order), so the pages a send touches are spread
+/// over the whole index; in SQLite's default 2 MiB the writer read 1.4 pages a send back from
+/// the operating system, at 16 MiB 0.24, and a send cost about a tenth less CPU. The server's
+/// peak RSS under a send load rose from 32 to 47 MiB.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
@@ -107,6 +114,9 @@ impl SqliteStore {
             .map_err(unavailable)?;
         write_connection
             .pragma_update(None, "journal_size_limit", wal::WAL_SIZE_LIMIT)
+            .map_err(unavailable)?;
+        write_connection
+            .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(unavailable)?;
         let alive = Arc::new(());
         let log_reset = Arc::new(LogReset::default());
