@@ -29,7 +29,7 @@ pub fn next_destination() -> String {
     destination(DESTINATIONS.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The `i`th destination: `i` times a multiplier prime to 10^8, modulo 10^8, so the first 10^8
+/// The `i`th destination: `i` times a multiplier coprime with 10^8, modulo 10^8, so the first 10^8
 /// are distinct, and each lands far from the one before (the multiplier is 10^8 over the golden
 /// ratio). In send order the numbers were ascending, and every send added its entry to the
 /// destination index's last page: real traffic adds each to a page of its own.
