@@ -29,17 +29,23 @@ impl Deployment {
         match self {
             Self::Sqlite => "sqlite".into(),
             Self::Postgres {
-                nodes, cpu_share, ..
-            } => {
-                let mut label = String::from("postgres");
-                if *nodes > 1 {
-                    label.push_str(&format!(", {nodes} nodes"));
-                }
-                if let Some(share) = cpu_share {
-                    label.push_str(&format!(" at {:.0}% of a core each", share * 100.0));
-                }
-                label
-            }
+                nodes,
+                cpu_share: Some(share),
+                ..
+            } => Self::capped_label(*nodes, *share),
+            Self::Postgres { nodes: 1, .. } => "postgres".into(),
+            Self::Postgres { nodes, .. } => format!("postgres, {nodes} nodes"),
+        }
+    }
+
+    /// The label of `nodes` PostgreSQL nodes each held to `share` of a core; one such node is
+    /// what the capped rows compare two with.
+    pub fn capped_label(nodes: usize, share: f64) -> String {
+        let percent = share * 100.0;
+        if nodes == 1 {
+            format!("postgres, 1 node at {percent:.0}% of a core")
+        } else {
+            format!("postgres, {nodes} nodes at {percent:.0}% of a core each")
         }
     }
 
@@ -201,6 +207,10 @@ mod tests {
                 "postgres, 2 nodes",
                 "postgres, 2 nodes at 20% of a core each"
             ]
+        );
+        assert_eq!(
+            Deployment::capped_label(1, 0.15),
+            "postgres, 1 node at 15% of a core"
         );
         assert_eq!(
             Deployment::one_node_label("postgres, 2 nodes"),

@@ -402,9 +402,9 @@ const CAPPED_TWO_NODE_READINGS: usize = 2;
 /// The two-node comparison with the nodes as the scarce resource (see `cpu_cap`): `deployed`
 /// (labelled `two_nodes`) is two nodes, each capped at `share` of a core, and each operation
 /// runs at the largest connection count against the first node alone and both in turn,
-/// starting and ending with the first alone. Each two-node row's "÷ one node" divides by the mean of the one-node
-/// readings around it, as the SQLite rows' ratios do with their ceiling: this machine's speed
-/// moves between windows.
+/// starting and ending with the first alone. Each two-node row's "÷ one node" divides by the
+/// mean of the one-node readings around it, as the SQLite rows' ratios do with their ceiling:
+/// this machine's speed moves between windows.
 async fn run_capped_scaling(
     args: &Args,
     deployed: &Deployed,
@@ -414,7 +414,7 @@ async fn run_capped_scaling(
     let Some(&connections) = args.connections.iter().max() else {
         return Ok(Vec::new());
     };
-    let one_node = format!("postgres, 1 node at {:.0}% of a core", share * 100.0);
+    let one_node = Deployment::capped_label(1, share);
     let first = &deployed.servers[0];
     let mut rows = Vec::new();
     for operation in selected_operations(args) {

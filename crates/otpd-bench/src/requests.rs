@@ -31,8 +31,8 @@ pub fn next_destination() -> String {
 
 /// The `i`th destination: `i` times a multiplier coprime with 10^8, modulo 10^8, so the first 10^8
 /// are distinct, and each lands far from the one before (the multiplier is 10^8 over the golden
-/// ratio). In send order the numbers were ascending, and every send added its entry to the
-/// destination index's last page: real traffic adds each to a page of its own.
+/// ratio). Ascending numbers would put every send's entry on the destination index's last page;
+/// real traffic puts each on a page of its own.
 fn destination(i: u64) -> String {
     const SPREAD: u64 = 61_803_399;
     format!("3934{:08}", i % 100_000_000 * SPREAD % 100_000_000)
