@@ -68,6 +68,12 @@ impl ManualClock {
         let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
         self.millis.fetch_add(millis, Ordering::SeqCst);
     }
+
+    /// Steps the clock back, as NTP may step a system clock.
+    pub fn rewind(&self, by: Duration) {
+        let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.millis.fetch_sub(millis, Ordering::SeqCst);
+    }
 }
 
 impl Clock for ManualClock {

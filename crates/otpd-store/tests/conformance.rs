@@ -436,6 +436,50 @@ async fn a_new_send_cancels_the_live_code_for_the_same_key(backend: Backend) {
     );
 }
 
+/// The system clock may step back between two sends to one key: the second is still the
+/// key's live code, and the first is retired.
+async fn a_resend_after_the_clock_stepped_back_replaces_the_live_code(backend: Backend) {
+    let h = harness(backend).await;
+    let key = h.key_for("+393481234567");
+    let (first, first_code) = h.send(key.clone(), 3, UNLIMITED).await.expect("send");
+    h.clock.rewind(Duration::from_secs(5));
+    let (second, second_code) = h.send(key.clone(), 3, UNLIMITED).await.expect("resend");
+    assert_eq!(
+        h.check(h.by_id(&first), first_code.expose()).await,
+        CheckOutcome::Cancelled
+    );
+    assert_eq!(
+        h.check(CheckLookup::ByKey(key.clone()), second_code.expose())
+            .await,
+        CheckOutcome::Verified
+    );
+    // And a third send after that finds the second as the one to retire.
+    let (third, _) = h.send(key, 3, UNLIMITED).await.expect("third send");
+    assert_eq!(h.stored(&second).await.status, VerificationStatus::Verified);
+    assert_eq!(h.stored(&third).await.status, VerificationStatus::Pending);
+}
+
+/// The key's newest row is found among thousands of the destination's older rows, by key and
+/// by the next send (which must retire it).
+async fn a_key_with_many_old_codes_still_finds_its_live_one(backend: Backend) {
+    let h = harness(backend).await;
+    let key = h.key_for("+393481234567");
+    let mut sent = Vec::new();
+    for _ in 0..50 {
+        sent.push(h.send(key.clone(), 3, UNLIMITED).await.expect("send"));
+        h.clock.advance(Duration::from_secs(1));
+    }
+    let (last, last_code) = sent.pop().expect("fifty sends");
+    for (id, _) in &sent {
+        assert_eq!(h.stored(id).await.status, VerificationStatus::Cancelled);
+    }
+    assert_eq!(
+        h.check(CheckLookup::ByKey(key), last_code.expose()).await,
+        CheckOutcome::Verified
+    );
+    assert_eq!(h.stored(&last).await.status, VerificationStatus::Verified);
+}
+
 async fn other_keys_are_untouched_by_a_resend(backend: Backend) {
     let h = harness(backend).await;
     let (first, code) = h
@@ -1544,6 +1588,8 @@ on_every_backend!(
     parallel_wrong_guesses_from_one_address_never_exceed_its_limit,
     codes_expire_by_the_store_clock,
     a_new_send_cancels_the_live_code_for_the_same_key,
+    a_resend_after_the_clock_stepped_back_replaces_the_live_code,
+    a_key_with_many_old_codes_still_finds_its_live_one,
     other_keys_are_untouched_by_a_resend,
     the_antispam_window_allows_ten_sends_per_hour,
     credit_is_debited_per_part_and_never_overdrawn,

@@ -494,16 +494,53 @@ mod tests {
         );
     }
 
+    /// Every step of how SQLite would run `sql`, one per line.
+    fn full_query_plan(sql: &str, params: impl rusqlite::Params) -> String {
+        let (connection, _dir) = database_at(MIGRATIONS.len());
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("prepare");
+        let steps: Vec<String> = statement
+            .query_map(params, |row| row.get(3))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("steps");
+        steps.join("\n")
+    }
+
+    /// A destination that had thousands of codes must not make its sends and checks read them
+    /// all: the window's count reads the destination's index entries and nothing else, and the
+    /// key's newest row is one step down the index, without a sort.
     #[test]
-    fn the_send_guards_read_the_destination_index() {
-        let plan = query_plan(
+    fn the_send_guards_and_the_key_lookup_seek_the_keys_newest_row() {
+        let key_entries = "USING INDEX verifications_by_destination \
+            (account_id=? AND destination=? AND dialect=? AND app=? AND reference=?)";
+        let guards = full_query_plan(
             queries::SEND_GUARDS,
             params!["a", "+393481234567", 0, "pinpoint", "app", "ref"],
         );
         assert!(
-            plan.contains("USING INDEX verifications_by_destination"),
-            "the guards search the destination's entries: {plan}"
+            guards.contains(
+                "SEARCH verifications USING COVERING INDEX verifications_by_destination \
+                 (account_id=? AND destination=?)"
+            ),
+            "the window's count reads the destination's index entries alone:\n{guards}"
         );
+        assert!(
+            guards.contains(key_entries),
+            "the key's newest row is found in the index:\n{guards}"
+        );
+        let live = full_query_plan(
+            queries::LIVE_CODE_OF_KEY,
+            params!["a", "pinpoint", "app", "ref", "+393481234567"],
+        );
+        assert!(
+            live.contains(&key_entries.replace("USING INDEX", "USING COVERING INDEX")),
+            "the key's newest row is found in the index:\n{live}"
+        );
+        for plan in [guards, live] {
+            assert!(!plan.contains("TEMP B-TREE"), "no sort:\n{plan}");
+        }
     }
 
     #[test]
