@@ -472,14 +472,18 @@ mod tests {
         );
     }
 
-    /// How SQLite would run `sql` (the detail of its first step).
+    /// Every step of how SQLite would run `sql`, one per line.
     fn query_plan(sql: &str, params: impl rusqlite::Params) -> String {
         let (connection, _dir) = database_at(MIGRATIONS.len());
-        connection
-            .query_row(&format!("EXPLAIN QUERY PLAN {sql}"), params, |row| {
-                row.get(3)
-            })
-            .expect("plan")
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("prepare");
+        let steps: Vec<String> = statement
+            .query_map(params, |row| row.get(3))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("steps");
+        steps.join("\n")
     }
 
     #[test]
@@ -494,20 +498,6 @@ mod tests {
         );
     }
 
-    /// Every step of how SQLite would run `sql`, one per line.
-    fn full_query_plan(sql: &str, params: impl rusqlite::Params) -> String {
-        let (connection, _dir) = database_at(MIGRATIONS.len());
-        let mut statement = connection
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .expect("prepare");
-        let steps: Vec<String> = statement
-            .query_map(params, |row| row.get(3))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("steps");
-        steps.join("\n")
-    }
-
     /// A destination that had thousands of codes must not make its sends and checks read them
     /// all: the window's count reads the destination's index entries and nothing else, and the
     /// key's newest row is one step down the index, without a sort.
@@ -515,7 +505,7 @@ mod tests {
     fn the_send_guards_and_the_key_lookup_seek_the_keys_newest_row() {
         let key_entries = "USING INDEX verifications_by_destination \
             (account_id=? AND destination=? AND dialect=? AND app=? AND reference=?)";
-        let guards = full_query_plan(
+        let guards = query_plan(
             queries::SEND_GUARDS,
             params!["a", "+393481234567", 0, "pinpoint", "app", "ref"],
         );
@@ -530,7 +520,7 @@ mod tests {
             guards.contains(key_entries),
             "the key's newest row is found in the index:\n{guards}"
         );
-        let live = full_query_plan(
+        let live = query_plan(
             queries::LIVE_CODE_OF_KEY,
             params!["a", "pinpoint", "app", "ref", "+393481234567"],
         );
