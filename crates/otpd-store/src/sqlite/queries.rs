@@ -222,7 +222,8 @@ impl Guarded {
         let newest_of_key = match row.get::<_, Option<i64>>(1)? {
             Some(rowid) => Some(NewestOfKey {
                 rowid,
-                live: row.get::<_, String>(2)? == "pending",
+                live: parse_column(row, 2, VerificationStatus::parse)?
+                    == VerificationStatus::Pending,
                 created_at: Timestamp(row.get(3)?),
             }),
             None => None,
