@@ -13,13 +13,11 @@ impl Timestamp {
     }
 
     pub fn plus(self, duration: Duration) -> Timestamp {
-        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-        Timestamp(self.0.saturating_add(millis))
+        Timestamp(self.0.saturating_add(saturating_millis(duration)))
     }
 
     pub fn minus(self, duration: Duration) -> Timestamp {
-        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-        Timestamp(self.0.saturating_sub(millis))
+        Timestamp(self.0.saturating_sub(saturating_millis(duration)))
     }
 
     /// How long after `earlier` this is; zero if it is not after it.
@@ -47,7 +45,7 @@ impl Clock for SystemClock {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Timestamp(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+        Timestamp(saturating_millis(since_epoch))
     }
 }
 
@@ -65,15 +63,20 @@ impl ManualClock {
     }
 
     pub fn advance(&self, by: Duration) {
-        let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.millis.fetch_add(millis, Ordering::SeqCst);
+        self.millis
+            .fetch_add(saturating_millis(by), Ordering::SeqCst);
     }
 
     /// Steps the clock back, as NTP may step a system clock.
     pub fn rewind(&self, by: Duration) {
-        let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.millis.fetch_sub(millis, Ordering::SeqCst);
+        self.millis
+            .fetch_sub(saturating_millis(by), Ordering::SeqCst);
     }
+}
+
+/// A duration in whole milliseconds, the longest beyond `i64` held at its largest.
+fn saturating_millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Clock for ManualClock {
