@@ -189,20 +189,29 @@ pub(super) fn delete_application(
     Ok(connection.execute("DELETE FROM applications WHERE id = ?1", [id.as_str()])? > 0)
 }
 
-/// A destination's sends since a time, and the newest verification of one key: the only one of
-/// the key's that can be live, since every send retires the key's live code before it inserts
-/// its own. The newest is one step down the destination index, which ends in `created_at` (and,
-/// as every index does, the rowid). Counting the key's live rows instead read every row the key
-/// ever had, on the single writer: a number sent its 10 codes an hour for 30 days holds 7,200
-/// rows, and each send to it cost 13 ms.
-pub(super) const SEND_GUARDS: &str =
+/// The rowid of a key's newest verification, the only one of the key's that can be live: every
+/// send retires the key's live code before it inserts its own. One step down the destination
+/// index, which ends in `created_at` (and, as every index does, the rowid). Looking for the
+/// key's pending rows instead read every row the key ever had, on the single writer: a number
+/// sent its 10 codes an hour for 30 days holds 7,200 rows, and each send or check by key cost
+/// 13 ms. The key is `?1` account, `?2` dialect, `?3` app, `?4` reference, `?5` destination.
+macro_rules! newest_of_key {
+    () => {
+        "(SELECT rowid FROM verifications
+          WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4
+            AND destination = ?5
+          ORDER BY created_at DESC, rowid DESC LIMIT 1)"
+    };
+}
+
+/// A destination's sends since `?6`, and the key's newest verification (`newest_of_key`).
+pub(super) const SEND_GUARDS: &str = concat!(
     "SELECT recent.sends, newest.rowid, newest.status, newest.created_at
      FROM (SELECT COUNT(*) AS sends FROM verifications
-           WHERE account_id = ?1 AND destination = ?2 AND created_at > ?3) AS recent
-     LEFT JOIN (SELECT rowid, status, created_at FROM verifications
-                WHERE account_id = ?1 AND destination = ?2 AND dialect = ?4 AND app = ?5
-                  AND reference = ?6
-                ORDER BY created_at DESC, rowid DESC LIMIT 1) AS newest ON true";
+           WHERE account_id = ?1 AND destination = ?5 AND created_at > ?6) AS recent
+     LEFT JOIN verifications AS newest ON newest.rowid = ",
+    newest_of_key!()
+);
 
 /// What the guards found: the destination's sends in the window, and the key's newest row.
 struct Guarded {
@@ -252,11 +261,11 @@ pub(super) fn insert_verification(
     let guarded = connection.prepare_cached(SEND_GUARDS)?.query_row(
         params![
             key.account_id.as_str(),
-            key.destination.as_str(),
-            now.minus(guards.window).millis(),
             key.dialect.as_str(),
             key.app,
             key.reference,
+            key.destination.as_str(),
+            now.minus(guards.window).millis(),
         ],
         Guarded::from_row,
     )?;
@@ -264,7 +273,7 @@ pub(super) fn insert_verification(
         return Err(Failure::Rejected(SendRejected::TooManySends));
     }
     debit(connection, &key.account_id, guards.charge)?;
-    // The new row must be the key's newest for `SEND_GUARDS` and `LIVE_CODE_OF_KEY` to find it,
+    // The new row must be the key's newest for `newest_of_key` to find it,
     // even if the clock stepped back since the previous send: it is then dated with that one.
     let mut created_at = now;
     if let Some(newest) = &guarded.newest_of_key {
@@ -394,16 +403,14 @@ impl CheckedRow {
     }
 }
 
-/// A key's live code, for a check that names the key (Pinpoint's): its newest row, if that is
-/// still pending (see `SEND_GUARDS`).
-pub(super) const LIVE_CODE_OF_KEY: &str =
+/// A key's live code, for a check that names the key (Pinpoint's): its newest row
+/// (`newest_of_key`), if that is still pending.
+pub(super) const LIVE_CODE_OF_KEY: &str = concat!(
     "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id, code_bound_to
      FROM verifications
-     WHERE rowid = (SELECT rowid FROM verifications
-                    WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4
-                      AND destination = ?5
-                    ORDER BY created_at DESC, rowid DESC LIMIT 1)
-       AND status = 'pending'";
+     WHERE status = 'pending' AND rowid = ",
+    newest_of_key!()
+);
 
 /// The check step: read the state, run the state machine, write the result and the record.
 /// The writer runs one job at a time, so no other check can interleave.
