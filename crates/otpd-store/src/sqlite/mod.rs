@@ -80,7 +80,10 @@ fn wait_briefly(retries: i32) -> bool {
 /// over the whole index; in SQLite's default 2 MiB the writer read 1.4 pages a send back from
 /// the operating system, at 16 MiB 0.24, and a send cost about a tenth less CPU. 24 MiB bought
 /// nothing more (right-code verifies on 200,000 codes). The server's peak RSS under a send load
-/// rose from 32 to 47 MiB, within issue 6's 64.
+/// rose from 32 to 47 MiB, within issue 6's 64. A larger cache also makes SQLite walk more of it
+/// at the end of every commit that split an index page (docs/benchmark-history.md, "The
+/// writer's commit"): at 2, 4, 8 and 16 MiB sends ran at the same rate within this machine's
+/// noise, the walk costing what the reads saved.
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 impl SqliteStore {
