@@ -30,21 +30,32 @@ use writer::Writer;
 
 pub(crate) use crate::failure::Failure;
 
-const MIGRATIONS: &[M<'static>] = &[
-    M::up(include_str!("../../migrations/sqlite/0001_init.sql")),
-    M::up(include_str!(
-        "../../migrations/sqlite/0002_fewer_verification_indexes.sql"
-    )),
-    M::up(include_str!(
-        "../../migrations/sqlite/0003_failed_checks_by_client_ip.sql"
-    )),
-    M::up(include_str!(
-        "../../migrations/sqlite/0004_digest_binding.sql"
-    )),
-    M::up(include_str!(
-        "../../migrations/sqlite/0005_failed_messages.sql"
-    )),
-];
+/// The schema's versions, oldest first. A function rather than a constant: a migration that
+/// runs Rust code (a hook) cannot be built in a constant.
+fn migrations() -> Vec<M<'static>> {
+    vec![
+        M::up(include_str!("../../migrations/sqlite/0001_init.sql")),
+        M::up(include_str!(
+            "../../migrations/sqlite/0002_fewer_verification_indexes.sql"
+        )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0003_failed_checks_by_client_ip.sql"
+        )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0004_digest_binding.sql"
+        )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0005_failed_messages.sql"
+        )),
+        M::up_with_hook(
+            include_str!("../../migrations/sqlite/0006_key_hash.sql"),
+            queries::fill_key_hashes,
+        ),
+        M::up(include_str!(
+            "../../migrations/sqlite/0007_narrower_destination_index.sql"
+        )),
+    ]
+}
 const READERS: usize = 2;
 
 impl From<rusqlite::Error> for Failure {
@@ -98,7 +109,7 @@ impl SqliteStore {
         write_connection
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(unavailable)?;
-        Migrations::from_slice(MIGRATIONS)
+        Migrations::new(migrations())
             .to_latest(&mut write_connection)
             .map_err(|e| StoreError::Unavailable(format!("migrating the database failed: {e}")))?;
         let read_connections = (0..READERS)
@@ -402,11 +413,11 @@ mod tests {
 
     use super::*;
 
-    /// A database with the schema of the first `migrations` migrations.
-    fn database_at(migrations: usize) -> (Connection, tempfile::TempDir) {
+    /// A database with the schema of the first `count` migrations.
+    fn database_at(count: usize) -> (Connection, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("dir");
         let mut connection = Connection::open(dir.path().join("otpd.db")).expect("open");
-        Migrations::from_slice(&MIGRATIONS[..migrations])
+        Migrations::new(migrations().into_iter().take(count).collect())
             .to_latest(&mut connection)
             .expect("migrate");
         connection
@@ -444,7 +455,7 @@ mod tests {
 
     #[test]
     fn the_migrations_are_valid() {
-        Migrations::from_slice(MIGRATIONS)
+        Migrations::new(migrations())
             .validate()
             .expect("valid migrations");
     }
@@ -473,11 +484,76 @@ mod tests {
                 "verifications_by_destination"
             ]
         );
+        // The row from before the key's digest existed is found by its key.
+        let found: String = connection
+            .query_row(
+                queries::LIVE_CODE_OF_KEY,
+                params![
+                    "a",
+                    "amm",
+                    "",
+                    "v1",
+                    "+393481234567",
+                    queries::key_hash("amm", "", "v1")
+                ],
+                |row| row.get(0),
+            )
+            .expect("the live code of the upgraded row's key");
+        assert_eq!(found, "v1");
     }
+
+    /// The digest is stored, so a change to how it is computed would hide every stored row from
+    /// its key's lookup.
+    #[test]
+    fn the_key_digest_never_changes_and_keeps_the_parts_apart() {
+        assert_eq!(
+            queries::key_hash("pinpoint", "app", "ref"),
+            KEY_HASH_OF_PINPOINT_APP_REF
+        );
+        assert_ne!(
+            queries::key_hash("amm", "ab", "c"),
+            queries::key_hash("amm", "a", "bc")
+        );
+    }
+
+    /// Two keys with one digest (64 bits: never expected, so made here by hand) share the
+    /// index's entries, and the row tells them apart: the newer row, of the other key, is not
+    /// taken for this key's live code.
+    #[test]
+    fn a_key_is_confirmed_by_its_row_not_by_its_digest() {
+        let (connection, _dir) = database_at(migrations().len());
+        let digest = queries::key_hash("amm", "", "mine");
+        for (id, reference, created_at) in [("mine", "mine", 1_000), ("other", "other", 2_000)] {
+            connection
+                .execute(
+                    "INSERT INTO verifications (id, account_id, dialect, app, reference, destination,
+                         sender, code_digest, status, created_at, expires_at, max_attempts, sandbox,
+                         parts, key_hash)
+                     VALUES (?1, 'a', 'amm', '', ?2, '+393481234567', 'Acme', x'00', 'pending', ?3,
+                         ?3 + 300000, 3, 0, 1, ?4)",
+                    params![id, reference, created_at, digest],
+                )
+                .expect("verification");
+        }
+        let live_code_of = |reference: &str| -> String {
+            connection
+                .query_row(
+                    queries::LIVE_CODE_OF_KEY,
+                    params!["a", "amm", "", reference, "+393481234567", digest],
+                    |row| row.get(0),
+                )
+                .expect("a live code")
+        };
+        assert_eq!(live_code_of("mine"), "mine");
+        assert_eq!(live_code_of("other"), "other");
+    }
+
+    /// Computed apart, with Python's `hashlib`.
+    const KEY_HASH_OF_PINPOINT_APP_REF: i64 = 5_620_990_402_796_941_547;
 
     /// Every step of how SQLite would run `sql`, one per line.
     fn query_plan(sql: &str, params: impl rusqlite::Params) -> String {
-        let (connection, _dir) = database_at(MIGRATIONS.len());
+        let (connection, _dir) = database_at(migrations().len());
         let mut statement = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .expect("prepare");
@@ -506,11 +582,11 @@ mod tests {
     /// key's newest row is one step down the index, without a sort.
     #[test]
     fn the_send_guards_and_the_key_lookup_seek_the_keys_newest_row() {
-        let key_entries = "USING COVERING INDEX verifications_by_destination \
-            (account_id=? AND destination=? AND dialect=? AND app=? AND reference=?)";
+        let key_entries = "USING INDEX verifications_by_destination \
+            (account_id=? AND destination=? AND key_hash=?)";
         let guards = query_plan(
             queries::SEND_GUARDS,
-            params!["a", "pinpoint", "app", "ref", "+393481234567", 0],
+            params!["a", "pinpoint", "app", "ref", "+393481234567", 7, 0],
         );
         assert!(
             guards.contains(
@@ -525,7 +601,7 @@ mod tests {
         );
         let live = query_plan(
             queries::LIVE_CODE_OF_KEY,
-            params!["a", "pinpoint", "app", "ref", "+393481234567"],
+            params!["a", "pinpoint", "app", "ref", "+393481234567", 7],
         );
         assert!(
             live.contains(key_entries),
@@ -538,7 +614,7 @@ mod tests {
 
     #[test]
     fn retention_purges_the_old_head_and_stops_at_the_first_young_row() {
-        let (connection, _dir) = database_at(MIGRATIONS.len());
+        let (connection, _dir) = database_at(migrations().len());
         // Inserted in this order; the clock stepped back before the last one.
         for (id, created_at) in [
             ("old-1", 10),

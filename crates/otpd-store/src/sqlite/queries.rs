@@ -18,6 +18,8 @@ use otpd_core::{
     AccessKeyId, AccountId, ApplicationId, DigestBinding, DigestSubject, E164, Timestamp, VerifyId,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite_migration::HookResult;
+use sha2::{Digest, Sha256};
 
 use super::Failure;
 
@@ -191,24 +193,66 @@ pub(super) fn delete_application(
 
 /// The rowid of a key's newest verification, the only one of the key's that can be live: every
 /// send retires the key's live code before it inserts its own. One step down the destination
-/// index, which ends in `created_at` (and, as every index does, the rowid). Looking for the
-/// key's pending rows instead read every row the key ever had, on the single writer: a number
-/// sent its 10 codes an hour for 30 days holds 7,200 rows, and each send or check by key cost
-/// 13 ms. The key is `?1` account, `?2` dialect, `?3` app, `?4` reference, `?5` destination.
+/// index, which ends in the key's digest and `created_at` (and, as every index does, the
+/// rowid), then the row to confirm the key. Looking for the key's pending rows instead read
+/// every row the key ever had, on the single writer: a number sent its 10 codes an hour for 30
+/// days holds 7,200 rows, and each send or check by key cost 13 ms. The key is `?1` account,
+/// `?2` dialect, `?3` app, `?4` reference, `?5` destination, and `?6` its digest (`key_hash`).
 macro_rules! newest_of_key {
     () => {
         "(SELECT rowid FROM verifications
-          WHERE account_id = ?1 AND dialect = ?2 AND app = ?3 AND reference = ?4
-            AND destination = ?5
+          WHERE account_id = ?1 AND destination = ?5 AND key_hash = ?6
+            AND dialect = ?2 AND app = ?3 AND reference = ?4
           ORDER BY created_at DESC, rowid DESC LIMIT 1)"
     };
 }
 
-/// A destination's sends since `?6`, and the key's newest verification (`newest_of_key`).
+/// The digest of a key's dialect, app and reference that the destination index holds in their
+/// place (migration 0007). It is stored, so it must never change: the first 8 bytes of SHA-256
+/// over the three, each preceded by its length (so that no two keys run together alike).
+pub(super) fn key_hash(dialect: &str, app: &str, reference: &str) -> i64 {
+    let mut hasher = Sha256::new();
+    for part in [dialect, app, reference] {
+        hasher.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hasher.finalize()[..8]);
+    i64::from_le_bytes(first)
+}
+
+fn key_hash_of(key: &VerificationKey) -> i64 {
+    key_hash(key.dialect.as_str(), &key.app, &key.reference)
+}
+
+/// Migration 0006's hook: the digest of every verification already stored.
+pub(super) fn fill_key_hashes(transaction: &rusqlite::Transaction<'_>) -> HookResult {
+    let keys = transaction
+        .prepare("SELECT rowid, dialect, app, reference FROM verifications")?
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                key_hash(
+                    &row.get::<_, String>(1)?,
+                    &row.get::<_, String>(2)?,
+                    &row.get::<_, String>(3)?,
+                ),
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut update =
+        transaction.prepare("UPDATE verifications SET key_hash = ?2 WHERE rowid = ?1")?;
+    for (rowid, hash) in keys {
+        update.execute(params![rowid, hash])?;
+    }
+    Ok(())
+}
+
+/// A destination's sends since `?7`, and the key's newest verification (`newest_of_key`).
 pub(super) const SEND_GUARDS: &str = concat!(
     "SELECT recent.sends, newest.rowid, newest.status, newest.created_at
      FROM (SELECT COUNT(*) AS sends FROM verifications
-           WHERE account_id = ?1 AND destination = ?5 AND created_at > ?6) AS recent
+           WHERE account_id = ?1 AND destination = ?5 AND created_at > ?7) AS recent
      LEFT JOIN verifications AS newest ON newest.rowid = ",
     newest_of_key!()
 );
@@ -253,6 +297,7 @@ pub(super) fn insert_verification(
     now: Timestamp,
 ) -> Result<(), Failure> {
     let key = &verification.key;
+    let key_hash = key_hash_of(key);
     // One statement answers both questions asked before the insert: how many sends the
     // destination had in the window, and whether this key has a live code to retire. The
     // retiring UPDATE then runs only when there is one: run on every send, it cost the writer as
@@ -265,6 +310,7 @@ pub(super) fn insert_verification(
             key.app,
             key.reference,
             key.destination.as_str(),
+            key_hash,
             now.minus(guards.window).millis(),
         ],
         Guarded::from_row,
@@ -286,9 +332,9 @@ pub(super) fn insert_verification(
         .prepare_cached(
             "INSERT INTO verifications (id, account_id, dialect, app, reference, destination, sender,
                  code_digest, code_bound_to, status, created_at, expires_at, attempts_used,
-                 max_attempts, sandbox, sandbox_code, parts, message_id)
+                 max_attempts, sandbox, sandbox_code, parts, message_id, key_hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11, 0, ?12, ?13, ?14, ?15,
-                 ?16)",
+                 ?16, ?17)",
         )?
         .execute(params![
             verification.id.as_str(),
@@ -307,6 +353,7 @@ pub(super) fn insert_verification(
             verification.sandbox_code,
             verification.parts,
             verification.outbox.as_ref().map(|message| message.id.as_str()),
+            key_hash,
         ])?;
     if let Some(message) = &verification.outbox {
         connection
@@ -429,7 +476,8 @@ pub(super) fn check(
                     key.dialect.as_str(),
                     key.app,
                     key.reference,
-                    key.destination.as_str()
+                    key.destination.as_str(),
+                    key_hash_of(key)
                 ],
                 CheckedRow::from_row,
             )
