@@ -1,5 +1,6 @@
 //! One run: the load for a fixed window after a warm-up, and what the servers spent on it.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::cli::Args;
@@ -19,6 +20,13 @@ pub async fn measure(
 ) -> anyhow::Result<Row> {
     let addresses: Vec<_> = servers.iter().map(|server| server.address).collect();
     let cpu_time = || servers.iter().map(Server::cpu_time).sum::<Duration>();
+    let thread_cpu_times = || {
+        let mut times = BTreeMap::<String, Duration>::new();
+        for (name, time) in servers.iter().flat_map(Server::thread_cpu_times) {
+            *times.entry(name).or_default() += time;
+        }
+        times
+    };
     let now = Instant::now();
     let phases = Phases {
         measure_from: now + Duration::from_secs_f64(args.warmup),
@@ -30,6 +38,7 @@ pub async fn measure(
         .iter()
         .filter_map(Server::start_counting)
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let threads_before = thread_cpu_times();
     let before = (
         cpu_time(),
         server::postgres_cpu_time(),
@@ -37,6 +46,7 @@ pub async fn measure(
         MachineTimes::read(),
     );
     tokio::time::sleep_until(phases.measure_until.into()).await;
+    let threads_after = thread_cpu_times();
     let after = (
         cpu_time(),
         server::postgres_cpu_time(),
@@ -79,6 +89,13 @@ pub async fn measure(
             .zip(after.3)
             .map(|(before, after)| after.steal_percent_since(&before)),
         thread_instructions_per_request: per_request_by_thread(&counted),
+        thread_cpu_us_per_request: threads_after
+            .iter()
+            .filter_map(|(name, after)| {
+                let before = threads_before.get(name)?;
+                Some((name.clone(), per_request(after.saturating_sub(*before))))
+            })
+            .collect(),
         // The ratios are the report's, once every row is in.
         ..Row::default()
     };
@@ -108,6 +125,17 @@ pub async fn measure(
             String::new()
         }
     );
+    let busiest: Vec<String> = busiest_threads(&row.thread_cpu_us_per_request)
+        .map(|(name, us)| format!("{name} {us:.1}"))
+        .collect();
+    if !busiest.is_empty() {
+        println!(
+            "  {:<40} {:>3} conns  µs CPU/req by thread: {}",
+            row.operation,
+            row.connections,
+            busiest.join(", ")
+        );
+    }
     if let Some(threads) = &row.thread_instructions_per_request {
         let each: Vec<String> = threads
             .iter()
@@ -125,6 +153,17 @@ pub async fn measure(
     Ok(row)
 }
 
+/// The threads that took a tenth of a microsecond a request or more, busiest first.
+fn busiest_threads(threads: &BTreeMap<String, f64>) -> impl Iterator<Item = (&str, f64)> {
+    let mut busiest: Vec<(&str, f64)> = threads
+        .iter()
+        .filter(|&(_, &us)| us >= 0.1)
+        .map(|(name, &us)| (name.as_str(), us))
+        .collect();
+    busiest.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    busiest.into_iter()
+}
+
 /// The servers' instructions per request by thread, largest first, when they ran under
 /// callgrind and began requests while it counted.
 fn per_request_by_thread(counted: &[instructions::Counted]) -> Option<Vec<f64>> {
@@ -138,4 +177,24 @@ fn per_request_by_thread(counted: &[instructions::Counted]) -> Option<Vec<f64>> 
         threads.sort_unstable_by(|a, b| b.total_cmp(a));
         threads
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busiest_threads_come_first_and_idle_ones_are_left_out() {
+        let threads = BTreeMap::from([
+            ("main".to_owned(), 35.2),
+            ("otpd-metrics".to_owned(), 0.01),
+            ("otpd-sqlite-wri".to_owned(), 40.5),
+            ("otpd-log".to_owned(), 1.1),
+        ]);
+        let busiest: Vec<(&str, f64)> = busiest_threads(&threads).collect();
+        assert_eq!(
+            busiest,
+            [("otpd-sqlite-wri", 40.5), ("main", 35.2), ("otpd-log", 1.1)]
+        );
+    }
 }

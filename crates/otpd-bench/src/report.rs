@@ -50,6 +50,11 @@ pub struct Row {
     pub steal_percent: Option<f64>,
     /// The server's instructions per request by thread, largest first (`--instructions`).
     pub thread_instructions_per_request: Option<Vec<f64>>,
+    /// The servers' CPU microseconds per request by thread name (`main` runs the requests on
+    /// one core, `otpd-sqlite-wri` is the SQLite writer). The writer's over the main thread's
+    /// compares two builds' writers when the machine's speed moves too much for rates: the
+    /// main thread does the same work in both.
+    pub thread_cpu_us_per_request: BTreeMap<String, f64>,
 }
 
 fn is_ceiling(row: &Row) -> bool {

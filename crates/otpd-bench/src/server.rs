@@ -1,5 +1,6 @@
 //! Child servers pinned to the server core, and what the kernel says they used.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -106,6 +107,31 @@ impl Server {
         cpu_time(self.pid()).unwrap_or_default()
     }
 
+    /// CPU time so far of each of the server's threads, by name (`main` for the main thread,
+    /// which runs the requests on one core), from the scheduler's nanosecond counts. Threads of
+    /// one name (a pool's) are summed.
+    pub fn thread_cpu_times(&self) -> BTreeMap<String, Duration> {
+        let pid = self.pid();
+        let mut times = BTreeMap::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return times;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let read = |file: &str| std::fs::read_to_string(path.join(file)).ok();
+            let Some(nanos) = read("schedstat").as_deref().and_then(schedstat_nanos) else {
+                continue;
+            };
+            let name = if task.file_name().to_str() == Some(&pid.to_string()) {
+                "main".to_owned()
+            } else {
+                read("comm").map_or_else(String::new, |name| name.trim().to_owned())
+            };
+            *times.entry(name).or_default() += Duration::from_nanos(nanos);
+        }
+        times
+    }
+
     /// Peak resident set size in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
@@ -203,6 +229,11 @@ impl MachineTimes {
     }
 }
 
+/// A thread's time on a CPU in nanoseconds: the first field of `/proc/.../schedstat`.
+fn schedstat_nanos(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
+}
+
 /// This process's CPU time so far (the load generator's cost).
 pub fn own_cpu_time() -> Duration {
     cpu_time(std::process::id()).unwrap_or_default()
@@ -260,6 +291,13 @@ mod tests {
         // 1,000 ticks passed, 200 of them stolen; guest time is inside user already.
         assert_eq!(later.steal_percent_since(&earlier), 20.0);
         assert_eq!(later.steal_percent_since(&later), 0.0);
+    }
+
+    #[test]
+    fn schedstat_gives_its_first_field_in_nanoseconds() {
+        assert_eq!(schedstat_nanos("1234567 89 10\n"), Some(1_234_567));
+        assert_eq!(schedstat_nanos(""), None);
+        assert_eq!(schedstat_nanos("x 1 2"), None);
     }
 
     #[test]
