@@ -209,7 +209,8 @@ macro_rules! newest_of_key {
 
 /// The digest of a key's dialect, app and reference that the destination index holds in their
 /// place (migration 0007). It is stored, so it must never change: the first 8 bytes of SHA-256
-/// over the three, each preceded by its length (so that no two keys run together alike).
+/// over the three, each preceded by its length, so that no two keys give the same bytes
+/// ("ab", "c" and "a", "bc" differ).
 pub(super) fn key_hash(dialect: &str, app: &str, reference: &str) -> i64 {
     let mut hasher = Sha256::new();
     for part in [dialect, app, reference] {
