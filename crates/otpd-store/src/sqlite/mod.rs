@@ -548,6 +548,34 @@ mod tests {
         assert_eq!(live_code_of("other"), "other");
     }
 
+    /// The migration's hook reaches every row, however many batches they take.
+    #[test]
+    fn every_stored_row_gets_its_key_digest() {
+        let (mut connection, _dir) = database_at(migrations().len());
+        for (index, id) in ["v1", "v2", "v3", "v4", "v5"].into_iter().enumerate() {
+            insert_verification(&connection, id, 1_000 + index as i64);
+        }
+        let transaction = connection.transaction().expect("transaction");
+        queries::fill_key_hashes_in_batches(&transaction, 2).expect("fill");
+        transaction.commit().expect("commit");
+        let mut statement = connection
+            .prepare("SELECT reference, key_hash FROM verifications ORDER BY rowid")
+            .expect("prepare");
+        let stored: Vec<(String, i64)> = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(stored.len(), 5);
+        for (reference, hash) in stored {
+            assert_eq!(
+                hash,
+                queries::key_hash("amm", "", &reference),
+                "{reference}"
+            );
+        }
+    }
+
     /// Computed apart, with Python's `hashlib`.
     const KEY_HASH_OF_PINPOINT_APP_REF: i64 = 5_620_990_402_796_941_547;
 

@@ -228,25 +228,43 @@ fn key_hash_of(key: &VerificationKey) -> i64 {
 
 /// Migration 0006's hook: the digest of every verification already stored.
 pub(super) fn fill_key_hashes(transaction: &rusqlite::Transaction<'_>) -> HookResult {
-    let keys = transaction
-        .prepare("SELECT rowid, dialect, app, reference FROM verifications")?
-        .query_map([], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                key_hash(
-                    &row.get::<_, String>(1)?,
-                    &row.get::<_, String>(2)?,
-                    &row.get::<_, String>(3)?,
-                ),
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    fill_key_hashes_in_batches(transaction, 10_000)
+}
+
+/// The digests `batch` rows at a time, in rowid order, so that a large database is never
+/// held in memory whole.
+pub(super) fn fill_key_hashes_in_batches(
+    transaction: &rusqlite::Transaction<'_>,
+    batch: i64,
+) -> HookResult {
+    let mut select = transaction.prepare(
+        "SELECT rowid, dialect, app, reference FROM verifications
+         WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+    )?;
     let mut update =
         transaction.prepare("UPDATE verifications SET key_hash = ?2 WHERE rowid = ?1")?;
-    for (rowid, hash) in keys {
-        update.execute(params![rowid, hash])?;
+    let mut after = i64::MIN;
+    loop {
+        let hashes = select
+            .query_map(params![after, batch], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    key_hash(
+                        &row.get::<_, String>(1)?,
+                        &row.get::<_, String>(2)?,
+                        &row.get::<_, String>(3)?,
+                    ),
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let Some(&(last, _)) = hashes.last() else {
+            return Ok(());
+        };
+        for (rowid, hash) in hashes {
+            update.execute(params![rowid, hash])?;
+        }
+        after = last;
     }
-    Ok(())
 }
 
 /// A destination's sends since `?7`, and the key's newest verification (`newest_of_key`).
