@@ -126,6 +126,7 @@ pub async fn measure(
         }
     );
     let busiest: Vec<String> = busiest_threads(&row.thread_cpu_us_per_request)
+        .into_iter()
         .map(|(name, us)| format!("{name} {us:.1}"))
         .collect();
     if !busiest.is_empty() {
@@ -154,14 +155,14 @@ pub async fn measure(
 }
 
 /// The threads that took a tenth of a microsecond a request or more, busiest first.
-fn busiest_threads(threads: &BTreeMap<String, f64>) -> impl Iterator<Item = (&str, f64)> {
+fn busiest_threads(threads: &BTreeMap<String, f64>) -> Vec<(&str, f64)> {
     let mut busiest: Vec<(&str, f64)> = threads
         .iter()
         .filter(|&(_, &us)| us >= 0.1)
         .map(|(name, &us)| (name.as_str(), us))
         .collect();
     busiest.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-    busiest.into_iter()
+    busiest
 }
 
 /// The servers' instructions per request by thread, largest first, when they ran under
@@ -191,9 +192,8 @@ mod tests {
             ("otpd-sqlite-wri".to_owned(), 40.5),
             ("otpd-log".to_owned(), 1.1),
         ]);
-        let busiest: Vec<(&str, f64)> = busiest_threads(&threads).collect();
         assert_eq!(
-            busiest,
+            busiest_threads(&threads),
             [("otpd-sqlite-wri", 40.5), ("main", 35.2), ("otpd-log", 1.1)]
         );
     }
