@@ -535,6 +535,32 @@ async fn credit_is_debited_per_part_and_never_overdrawn(backend: Backend) {
     assert_eq!(h.credits().await, Some(1));
 }
 
+/// An account deleted between its request's authentication and the send: the store refuses
+/// the send, on an account with a credit limit and on one without, and keeps nothing of it.
+async fn a_send_for_a_deleted_account_is_refused(backend: Backend) {
+    for credits in [None, Some(5)] {
+        let h = harness_with_credits(backend, credits).await;
+        assert!(h.store.delete_account(&h.access_key).await.expect("delete"));
+        let (verification, _) = h.new_verification(h.key_for("+393481234567"), 3, None);
+        let id = verification.id.clone();
+        let refused = h.store.create_verification(verification, UNLIMITED).await;
+        assert!(
+            matches!(
+                refused,
+                Err(CreateError::Rejected(SendRejected::UnknownAccount))
+            ),
+            "credits {credits:?}: {refused:?}"
+        );
+        assert!(
+            h.store
+                .find_verification(&h.account, &id)
+                .await
+                .expect("find")
+                .is_none()
+        );
+    }
+}
+
 async fn parallel_sends_never_overdraw(backend: Backend) {
     let h = harness_with_credits(backend, Some(25)).await;
     let sends = (0..60).map(|i| {
@@ -1590,6 +1616,7 @@ on_every_backend!(
     other_keys_are_untouched_by_a_resend,
     the_antispam_window_allows_ten_sends_per_hour,
     credit_is_debited_per_part_and_never_overdrawn,
+    a_send_for_a_deleted_account_is_refused,
     parallel_sends_never_overdraw,
     a_failed_request_does_not_fail_its_batch_mates,
     a_duplicate_id_fails_alone,
