@@ -541,7 +541,9 @@ async fn a_send_for_a_deleted_account_is_refused(backend: Backend) {
     for credits in [None, Some(5)] {
         let h = harness_with_credits(backend, credits).await;
         assert!(h.store.delete_account(&h.access_key).await.expect("delete"));
-        let (verification, _) = h.new_verification(h.key_for("+393481234567"), 3, None);
+        let message = outbox_message();
+        let message_id = message.id.clone();
+        let (verification, _) = h.new_verification(h.key_for("+393481234567"), 3, Some(message));
         let id = verification.id.clone();
         let refused = h.store.create_verification(verification, UNLIMITED).await;
         assert!(
@@ -557,6 +559,14 @@ async fn a_send_for_a_deleted_account_is_refused(backend: Backend) {
                 .await
                 .expect("find")
                 .is_none()
+        );
+        assert!(
+            h.store
+                .find_message(&message_id)
+                .await
+                .expect("find")
+                .is_none(),
+            "no message is queued for it"
         );
     }
 }
