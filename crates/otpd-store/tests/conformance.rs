@@ -186,6 +186,15 @@ impl Harness {
         Ok((id, code))
     }
 
+    /// Whether the account's verification `id` is in the store.
+    async fn is_stored(&self, id: &VerifyId) -> bool {
+        self.store
+            .find_verification(&self.account, id)
+            .await
+            .expect("find")
+            .is_some()
+    }
+
     fn attempt(&self, code: &str) -> CheckAttempt {
         CheckAttempt {
             candidate: Candidate::new(self.key.clone(), OtpCode::submitted(code).expect("code")),
@@ -553,13 +562,7 @@ async fn a_send_for_a_deleted_account_is_refused(backend: Backend) {
             ),
             "credits {credits:?}: {refused:?}"
         );
-        assert!(
-            h.store
-                .find_verification(&h.account, &id)
-                .await
-                .expect("find")
-                .is_none()
-        );
+        assert!(!h.is_stored(&id).await);
         assert!(
             h.store
                 .find_message(&message_id)
@@ -795,11 +798,7 @@ async fn accounts_and_applications(backend: Backend) {
             .is_none()
     );
     assert!(
-        h.store
-            .find_verification(&h.account, &verification)
-            .await
-            .expect("find")
-            .is_none(),
+        !h.is_stored(&verification).await,
         "an account's verifications go with it"
     );
     assert!(
@@ -1414,21 +1413,9 @@ async fn retention_purges_old_verifications_in_batches(backend: Backend) {
         0
     );
     for id in old {
-        assert!(
-            h.store
-                .find_verification(&h.account, &id)
-                .await
-                .expect("find")
-                .is_none()
-        );
+        assert!(!h.is_stored(&id).await);
     }
-    assert!(
-        h.store
-            .find_verification(&h.account, &recent)
-            .await
-            .expect("find")
-            .is_some()
-    );
+    assert!(h.is_stored(&recent).await);
     // Their messages went with them; the recent one's stays.
     assert_eq!(
         h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
