@@ -214,7 +214,7 @@ macro_rules! newest_of_key {
 pub(super) fn key_hash(dialect: &str, app: &str, reference: &str) -> i64 {
     let mut hasher = Sha256::new();
     for part in [dialect, app, reference] {
-        hasher.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_le_bytes());
+        hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }
     let mut first = [0u8; 8];
