@@ -7,6 +7,7 @@ mod group;
 mod migrate;
 mod queries;
 mod scratch;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::failure::Failure;
 use group::Group;
+use tls::Security;
 
 pub use scratch::{DEFAULT_TEST_SERVER, ScratchDatabase};
 
@@ -91,9 +93,7 @@ impl PgStore {
     /// Opens a pool and brings the schema up to date (several nodes starting at once take
     /// turns: the migration holds an advisory lock).
     pub async fn connect(options: PgStoreOptions) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = options
-            .url
-            .parse()
+        let (mut config, security) = tls::read_url(&options.url)
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
         let session_options = match config.get_options() {
             Some(own) => format!("{own} {SESSION_OPTIONS}"),
@@ -104,13 +104,17 @@ impl PgStore {
             .application_name("otpd")
             .connect_timeout(CONNECTION_WAIT)
             .keepalives_idle(Duration::from_secs(30));
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &security {
+            Security::Plain => Manager::from_config(config, NoTls, manager_config),
+            Security::Verified(roots) => {
+                let connector =
+                    tls::connector(roots).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Manager::from_config(config, connector, manager_config)
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
