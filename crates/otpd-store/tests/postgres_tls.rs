@@ -66,6 +66,15 @@ async fn server_certificate(url: &str) -> ServerCertificate {
     ServerCertificate { path, name }
 }
 
+/// A scratch database, and the certificate of the server it is on.
+async fn scratch_and_certificate() -> (ScratchDatabase, ServerCertificate) {
+    let database = ScratchDatabase::create(&ScratchDatabase::server_url(), "tls")
+        .await
+        .expect("PostgreSQL must be running: run scripts/ensure-postgres");
+    let certificate = server_certificate(database.url()).await;
+    (database, certificate)
+}
+
 /// `url` addressed by `name` (so that TLS checks the certificate against it) while still
 /// connecting to the same address, with `parameters` added.
 fn addressed_by(url: &str, name: &str, parameters: &[(&str, &str)]) -> String {
@@ -81,10 +90,7 @@ fn addressed_by(url: &str, name: &str, parameters: &[(&str, &str)]) -> String {
 
 #[tokio::test]
 async fn a_store_speaks_tls_to_a_server_its_root_file_vouches_for() {
-    let database = ScratchDatabase::create(&ScratchDatabase::server_url(), "tls")
-        .await
-        .expect("PostgreSQL must be running: run scripts/ensure-postgres");
-    let certificate = server_certificate(database.url()).await;
+    let (database, certificate) = scratch_and_certificate().await;
     let root_file = certificate.path.to_string_lossy();
     let url = addressed_by(
         database.url(),
@@ -122,10 +128,7 @@ async fn a_store_speaks_tls_to_a_server_its_root_file_vouches_for() {
 
 #[tokio::test]
 async fn a_store_refuses_a_server_it_cannot_verify() {
-    let database = ScratchDatabase::create(&ScratchDatabase::server_url(), "tls")
-        .await
-        .expect("PostgreSQL must be running: run scripts/ensure-postgres");
-    let certificate = server_certificate(database.url()).await;
+    let (database, certificate) = scratch_and_certificate().await;
     let root_file = certificate.path.to_string_lossy();
     let unrelated_root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/unrelated-ca.pem");
     let refused = [
