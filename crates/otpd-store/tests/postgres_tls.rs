@@ -28,10 +28,7 @@ struct ServerCertificate {
 }
 
 async fn server_certificate(url: &str) -> ServerCertificate {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL must be running: run scripts/ensure-postgres");
-    tokio::spawn(connection);
+    let client = connect_plain(url).await;
     let setting = |name: &'static str| {
         let client = &client;
         async move {
@@ -66,13 +63,13 @@ async fn server_certificate(url: &str) -> ServerCertificate {
     ServerCertificate { path, name }
 }
 
-/// A scratch database, and the certificate of the server it is on.
-async fn scratch_and_certificate() -> (ScratchDatabase, ServerCertificate) {
-    let database = ScratchDatabase::create(&ScratchDatabase::server_url(), "tls")
+/// A plain connection to the test server.
+async fn connect_plain(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("PostgreSQL must be running: run scripts/ensure-postgres");
-    let certificate = server_certificate(database.url()).await;
-    (database, certificate)
+    tokio::spawn(connection);
+    client
 }
 
 /// `url` addressed by `name` (so that TLS checks the certificate against it) while still
@@ -90,29 +87,33 @@ fn addressed_by(url: &str, name: &str, parameters: &[(&str, &str)]) -> String {
 
 #[tokio::test]
 async fn a_store_speaks_tls_to_a_server_its_root_file_vouches_for() {
-    let (database, certificate) = scratch_and_certificate().await;
+    let server = ScratchDatabase::server_url();
+    let certificate = server_certificate(&server).await;
     let root_file = certificate.path.to_string_lossy();
-    let url = addressed_by(
-        database.url(),
+    let tls_server = addressed_by(
+        &server,
         &certificate.name,
         &[("sslmode", "verify-full"), ("sslrootcert", &root_file)],
     );
-    let store = PgStore::connect(options(&url))
+    // The scratch database is made over TLS too, as the benchmark makes its own.
+    let database = ScratchDatabase::create(&tls_server, "tls")
+        .await
+        .expect("a database made over TLS");
+    let store = PgStore::connect(options(database.url()))
         .await
         .expect("TLS to a server whose certificate is in the root file");
     store.ping().await.expect("ping");
     assert!(store.list_accounts().await.expect("accounts").is_empty());
 
-    // The server says how its otpd sessions are protected.
-    let (client, connection) = tokio_postgres::connect(database.url(), tokio_postgres::NoTls)
+    // The server says how the store's sessions are protected.
+    let url = url::Url::parse(database.url()).expect("url");
+    let name = url.path().trim_start_matches('/');
+    let sessions: Vec<bool> = connect_plain(&server)
         .await
-        .expect("connect");
-    tokio::spawn(connection);
-    let sessions: Vec<bool> = client
         .query(
             "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-             WHERE a.application_name = 'otpd' AND a.datname = current_database()",
-            &[],
+             WHERE a.application_name = 'otpd' AND a.datname = $1",
+            &[&name],
         )
         .await
         .expect("pg_stat_ssl")
@@ -128,7 +129,10 @@ async fn a_store_speaks_tls_to_a_server_its_root_file_vouches_for() {
 
 #[tokio::test]
 async fn a_store_refuses_a_server_it_cannot_verify() {
-    let (database, certificate) = scratch_and_certificate().await;
+    let database = ScratchDatabase::create(&ScratchDatabase::server_url(), "tls")
+        .await
+        .expect("PostgreSQL must be running: run scripts/ensure-postgres");
+    let certificate = server_certificate(database.url()).await;
     let root_file = certificate.path.to_string_lossy();
     let unrelated_root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/unrelated-ca.pem");
     let refused = [
