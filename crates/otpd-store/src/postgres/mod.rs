@@ -72,7 +72,8 @@ pub(crate) fn describe(error: &dyn std::error::Error) -> String {
 /// What `PgStore::connect` needs.
 #[derive(Clone)]
 pub struct PgStoreOptions {
-    /// A `postgres://` URL (libpq's key=value form works too).
+    /// A `postgres://` URL, with libpq's `sslmode` and `sslrootcert` for TLS (see `tls`);
+    /// libpq's key=value form works too, with `sslmode=require` its only TLS setting.
     pub url: String,
     /// Connections this node keeps open at most.
     pub pool_size: usize,
