@@ -25,12 +25,10 @@ use otpd_core::verification::{
     Verification,
 };
 use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, Timestamp, VerifyId};
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::failure::Failure;
 use group::Group;
-use tls::Security;
 
 pub use scratch::{DEFAULT_TEST_SERVER, ScratchDatabase};
 
@@ -94,7 +92,7 @@ impl PgStore {
     /// Opens a pool and brings the schema up to date (several nodes starting at once take
     /// turns: the migration holds an advisory lock).
     pub async fn connect(options: PgStoreOptions) -> Result<Self, StoreError> {
-        let (mut config, security) = tls::read_url(&options.url)
+        let (mut config, connector) = tls::connection(&options.url)
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
         let session_options = match config.get_options() {
             Some(own) => format!("{own} {SESSION_OPTIONS}"),
@@ -105,17 +103,13 @@ impl PgStore {
             .application_name("otpd")
             .connect_timeout(CONNECTION_WAIT)
             .keepalives_idle(Duration::from_secs(30));
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = match &security {
-            Security::Plain => Manager::from_config(config, NoTls, manager_config),
-            Security::Verified(roots) => {
-                let connector =
-                    tls::connector(roots).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                Manager::from_config(config, connector, manager_config)
-            }
-        };
+        let manager = Manager::from_config(
+            config,
+            connector,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)

@@ -2,10 +2,8 @@
 //! from a server URL and dropped again afterwards.
 
 use otpd_core::ports::StoreError;
-use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::{NoTls, Socket};
 
-use super::tls::{self, Security};
+use super::tls;
 
 /// The server tests and the benchmark use unless `OTPD_TEST_POSTGRES_URL` names another.
 /// `scripts/ensure-postgres` creates this role.
@@ -78,29 +76,17 @@ async fn execute_on(server_url: &str, sql: &str) -> Result<(), StoreError> {
     let unavailable = |cause: String| {
         StoreError::Unavailable(format!("PostgreSQL at {}: {cause}", redact(server_url)))
     };
-    let (config, security) = tls::read_url(server_url).map_err(|e| unavailable(e.to_string()))?;
-    let executed = match security {
-        Security::Plain => execute_with(config, NoTls, sql).await,
-        Security::Verified(roots) => {
-            let connector = tls::connector(&roots).map_err(|e| unavailable(e.to_string()))?;
-            execute_with(config, connector, sql).await
-        }
-    };
-    executed.map_err(|e| unavailable(super::describe(&e)))
-}
-
-async fn execute_with<T>(
-    config: tokio_postgres::Config,
-    tls: T,
-    sql: &str,
-) -> Result<(), tokio_postgres::Error>
-where
-    T: MakeTlsConnect<Socket>,
-    T::Stream: Send + 'static,
-{
-    let (client, connection) = config.connect(tls).await?;
+    let (config, connector) =
+        tls::connection(server_url).map_err(|e| unavailable(e.to_string()))?;
+    let (client, connection) = config
+        .connect(connector)
+        .await
+        .map_err(|e| unavailable(super::describe(&e)))?;
     let driver = tokio::spawn(connection);
-    let result = client.batch_execute(sql).await;
+    let result = client
+        .batch_execute(sql)
+        .await
+        .map_err(|e| unavailable(super::describe(&e)));
     drop(client);
     let _ = driver.await;
     result

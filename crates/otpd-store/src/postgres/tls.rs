@@ -23,7 +23,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How the connection to the database is protected.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Security {
+enum Security {
     /// Plain text: `sslmode` `disable`, `allow` or `prefer`, or none.
     Plain,
     /// TLS, the server's certificate checked against these roots and its name against the host:
@@ -33,7 +33,7 @@ pub(super) enum Security {
 
 /// Whom a verified connection trusts to vouch for the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Roots {
+enum Roots {
     /// The operating system's trusted roots (no `sslrootcert`, or `sslrootcert=system`).
     System,
     /// The certificates in a PEM file (`sslrootcert=PATH`), such as a private CA's.
@@ -56,10 +56,25 @@ pub(super) enum TlsSettingError {
     Tls(#[from] rustls::Error),
 }
 
-/// Reads a database URL (a `postgres://` URL, or libpq's key=value form) into tokio-postgres'
-/// settings and the protection it asks for. The `sslmode` set on the result is the one otpd
-/// acts on: `require` when it will speak TLS, `disable` otherwise.
-pub(super) fn read_url(url: &str) -> Result<(tokio_postgres::Config, Security), TlsSettingError> {
+/// tokio-postgres' settings for a database URL (a `postgres://` URL, or libpq's key=value
+/// form), and the connector to connect with. Plain-text connections get a connector too, one
+/// that trusts nobody, so that every caller connects one way: with the `sslmode=disable` set
+/// on them, tokio-postgres never calls it.
+pub(super) fn connection(
+    url: &str,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), TlsSettingError> {
+    let (config, security) = read_url(url)?;
+    let roots = match security {
+        Security::Plain => None,
+        Security::Verified(roots) => Some(roots),
+    };
+    Ok((config, connector(roots.as_ref())?))
+}
+
+/// Reads a database URL into tokio-postgres' settings and the protection it asks for. The
+/// `sslmode` set on the result is the one otpd acts on: `require` when it will speak TLS,
+/// `disable` otherwise.
+fn read_url(url: &str) -> Result<(tokio_postgres::Config, Security), TlsSettingError> {
     let (rest, asked) = take_tls_parameters(url)?;
     let mut config: tokio_postgres::Config = rest
         .parse()
@@ -114,15 +129,18 @@ fn take_tls_parameters(url: &str) -> Result<(String, Option<Security>), TlsSetti
     Ok((rest, Some(security)))
 }
 
-/// The TLS connector for verified connections: ring for the cryptography, as for the HTTP SMS
-/// transport.
-pub(super) fn connector(roots: &Roots) -> Result<MakeRustlsConnect, TlsSettingError> {
+/// A TLS connector trusting `roots` (nobody for `None`), with ring for the cryptography, as for
+/// the HTTP SMS transport.
+fn connector(roots: Option<&Roots>) -> Result<MakeRustlsConnect, TlsSettingError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
     let config = match roots {
-        Roots::System => builder.with_platform_verifier()?.with_no_client_auth(),
-        Roots::File(path) => builder
+        None => builder
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth(),
+        Some(Roots::System) => builder.with_platform_verifier()?.with_no_client_auth(),
+        Some(Roots::File(path)) => builder
             .with_root_certificates(read_roots(path)?)
             .with_no_client_auth(),
     };
@@ -221,13 +239,13 @@ mod tests {
     #[test]
     fn a_root_file_that_is_missing_or_holds_no_certificate_is_refused() {
         let missing = Roots::File("/nonexistent/otpd-ca.pem".into());
-        let error = connector(&missing).err().expect("refused");
+        let error = connector(Some(&missing)).err().expect("refused");
         assert!(
             error.to_string().contains("/nonexistent/otpd-ca.pem"),
             "{error}"
         );
         let empty = tempfile::NamedTempFile::new().expect("temp file");
-        let error = connector(&Roots::File(empty.path().to_owned()))
+        let error = connector(Some(&Roots::File(empty.path().to_owned())))
             .err()
             .expect("refused");
         assert!(error.to_string().contains("no PEM certificate"), "{error}");
