@@ -517,10 +517,30 @@ async fn the_antispam_window_allows_ten_sends_per_hour(backend: Backend) {
         refused,
         Err(CreateError::Rejected(SendRejected::TooManySends))
     ));
-    // Another destination is not affected, and the window slides.
+    // Another destination is not affected, nor is another account's count for this one.
     h.send(h.key_for("+393481234568"), 3, guards)
         .await
         .expect("other destination");
+    let other_account = AccountId::generate();
+    h.store
+        .create_account(NewAccount {
+            id: other_account.clone(),
+            name: Name::parse("other").expect("name"),
+            access_key_id: AccessKeyId::generate(),
+            sealed_secret: vec![4, 5, 6],
+            credits: None,
+            default_sender: None,
+        })
+        .await
+        .expect("create the other account");
+    let same_number_elsewhere = VerificationKey {
+        account_id: other_account,
+        ..h.key_for("+393481234567")
+    };
+    h.send(same_number_elsewhere, 3, guards)
+        .await
+        .expect("another account's first send to the number");
+    // And the window slides.
     h.clock.advance(Duration::from_secs(3600));
     h.send(h.key_for("+393481234567"), 3, guards)
         .await

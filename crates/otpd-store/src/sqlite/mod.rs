@@ -1,6 +1,7 @@
 //! The embedded SQLite store: WAL, `synchronous=FULL`, one group-committing writer thread and a
 //! few reader threads.
 
+mod digests;
 mod queries;
 mod readers;
 mod wal;
@@ -49,11 +50,15 @@ fn migrations() -> Vec<M<'static>> {
         )),
         M::up_with_hook(
             include_str!("../../migrations/sqlite/0006_key_hash.sql"),
-            queries::fill_key_hashes,
+            digests::fill_key_hashes,
         ),
         M::up(include_str!(
             "../../migrations/sqlite/0007_narrower_destination_index.sql"
         )),
+        M::up_with_hook(
+            include_str!("../../migrations/sqlite/0008_destination_hash.sql"),
+            digests::fill_destination_hashes,
+        ),
     ]
 }
 const READERS: usize = 2;
@@ -409,8 +414,9 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use otpd_core::SystemClock;
-    use rusqlite::params;
+    use rusqlite::{OptionalExtension, params};
 
+    use super::digests::{IndexDigests, StoredDigest};
     use super::*;
 
     /// A database with the schema of the first `count` migrations.
@@ -486,86 +492,132 @@ mod tests {
                 "verifications_by_destination"
             ]
         );
-        // The row from before the key's digest existed is found by its key.
-        let found: String = connection
+        // The row from before the digests existed is found by its key.
+        assert_eq!(live_code_of(&connection, "v1").as_deref(), Some("v1"));
+    }
+
+    /// The live code of the test rows' key whose reference is `reference`, by the query the
+    /// writer runs.
+    fn live_code_of(connection: &Connection, reference: &str) -> Option<String> {
+        let digests = IndexDigests {
+            key: digests::key_hash("amm", "", reference),
+            destination: digests::destination_hash("a", "+393481234567"),
+        };
+        live_code_with(connection, reference, digests)
+    }
+
+    fn live_code_with(
+        connection: &Connection,
+        reference: &str,
+        digests: IndexDigests,
+    ) -> Option<String> {
+        connection
             .query_row(
                 queries::LIVE_CODE_OF_KEY,
                 params![
                     "a",
                     "amm",
                     "",
-                    "v1",
+                    reference,
                     "+393481234567",
-                    queries::key_hash("amm", "", "v1")
+                    digests.key,
+                    digests.destination
                 ],
                 |row| row.get(0),
             )
-            .expect("the live code of the upgraded row's key");
-        assert_eq!(found, "v1");
+            .optional()
+            .expect("the lookup runs")
     }
 
-    /// The digest is stored, so a change to how it is computed would hide every stored row from
-    /// its key's lookup.
+    /// The digests are stored, so a change to how they are computed would hide every stored row
+    /// from its key's lookup and from its destination's count.
     #[test]
-    fn the_key_digest_never_changes_and_keeps_the_parts_apart() {
+    fn the_index_digests_never_change_and_keep_their_parts_apart() {
         assert_eq!(
-            queries::key_hash("pinpoint", "app", "ref"),
+            digests::key_hash("pinpoint", "app", "ref"),
             KEY_HASH_OF_PINPOINT_APP_REF
         );
+        assert_eq!(
+            digests::destination_hash("a", "+393481234567"),
+            DESTINATION_HASH_OF_A_ITALIAN_NUMBER
+        );
         assert_ne!(
-            queries::key_hash("amm", "ab", "c"),
-            queries::key_hash("amm", "a", "bc")
+            digests::key_hash("amm", "ab", "c"),
+            digests::key_hash("amm", "a", "bc")
+        );
+        assert_ne!(
+            digests::destination_hash("a1", "+393481234567"),
+            digests::destination_hash("a", "1+393481234567")
         );
     }
 
-    /// Two keys with one digest (64 bits: never expected, so made here by hand) share the
-    /// index's entries, and the row tells them apart: the newer row, of the other key, is not
-    /// taken for this key's live code.
+    /// Two keys with one pair of digests (64 bits each: never expected, so made here by hand)
+    /// share the index's entries, and the row tells them apart: the newer row, of another
+    /// key, is not taken for this key's live code, nor is a row of another destination.
     #[test]
-    fn a_key_is_confirmed_by_its_row_not_by_its_digest() {
+    fn a_key_is_confirmed_by_its_row_not_by_its_digests() {
         let (connection, _dir) = database_at(migrations().len());
-        let digest = queries::key_hash("amm", "", "mine");
         insert_verification(&connection, "mine", 1_000);
         insert_verification(&connection, "other", 2_000);
-        connection
-            .execute("UPDATE verifications SET key_hash = ?1", [digest])
-            .expect("one digest for both");
-        let live_code_of = |reference: &str| -> String {
-            connection
-                .query_row(
-                    queries::LIVE_CODE_OF_KEY,
-                    params!["a", "amm", "", reference, "+393481234567", digest],
-                    |row| row.get(0),
-                )
-                .expect("a live code")
+        insert_verification(&connection, "elsewhere", 3_000);
+        let shared = IndexDigests {
+            key: digests::key_hash("amm", "", "mine"),
+            destination: digests::destination_hash("a", "+393481234567"),
         };
-        assert_eq!(live_code_of("mine"), "mine");
-        assert_eq!(live_code_of("other"), "other");
+        connection
+            .execute(
+                "UPDATE verifications SET key_hash = ?1, destination_hash = ?2",
+                params![shared.key, shared.destination],
+            )
+            .expect("one pair of digests for all");
+        connection
+            .execute(
+                "UPDATE verifications SET destination = '+393489999999', reference = 'mine'
+                 WHERE id = 'elsewhere'",
+                [],
+            )
+            .expect("another destination");
+        assert_eq!(
+            live_code_with(&connection, "mine", shared).as_deref(),
+            Some("mine")
+        );
+        assert_eq!(
+            live_code_with(&connection, "other", shared).as_deref(),
+            Some("other")
+        );
     }
 
-    /// The migration's hook reaches every row, however many batches they take.
+    /// The migrations' hooks reach every row, however many batches they take.
     #[test]
-    fn every_stored_row_gets_its_key_digest() {
+    fn every_stored_row_gets_its_digests() {
         let (mut connection, _dir) = database_at(migrations().len());
         for (index, id) in ["v1", "v2", "v3", "v4", "v5"].into_iter().enumerate() {
             insert_verification(&connection, id, 1_000 + index as i64);
         }
         let transaction = connection.transaction().expect("transaction");
-        queries::fill_key_hashes_in_batches(&transaction, 2).expect("fill");
+        for column in [StoredDigest::Key, StoredDigest::Destination] {
+            digests::fill_in_batches(&transaction, column, 2).expect("fill");
+        }
         transaction.commit().expect("commit");
         let mut statement = connection
-            .prepare("SELECT reference, key_hash FROM verifications ORDER BY rowid")
+            .prepare(
+                "SELECT reference, key_hash, destination_hash FROM verifications ORDER BY rowid",
+            )
             .expect("prepare");
-        let stored: Vec<(String, i64)> = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        let stored: Vec<(String, i64, i64)> = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
             .expect("query")
             .collect::<rusqlite::Result<_>>()
             .expect("rows");
         assert_eq!(stored.len(), 5);
-        for (reference, hash) in stored {
+        for (reference, key_hash, destination_hash) in stored {
             assert_eq!(
-                hash,
-                queries::key_hash("amm", "", &reference),
+                key_hash,
+                digests::key_hash("amm", "", &reference),
+                "{reference}"
+            );
+            assert_eq!(
+                destination_hash, DESTINATION_HASH_OF_A_ITALIAN_NUMBER,
                 "{reference}"
             );
         }
@@ -573,6 +625,7 @@ mod tests {
 
     /// Computed apart, with Python's `hashlib`.
     const KEY_HASH_OF_PINPOINT_APP_REF: i64 = 5_620_990_402_796_941_547;
+    const DESTINATION_HASH_OF_A_ITALIAN_NUMBER: i64 = -2_424_282_725_844_500_022;
 
     /// Every step of how SQLite would run `sql`, one per line.
     fn query_plan(sql: &str, params: impl rusqlite::Params) -> String {
@@ -606,15 +659,15 @@ mod tests {
     #[test]
     fn the_send_guards_and_the_key_lookup_seek_the_keys_newest_row() {
         let key_entries = "USING INDEX verifications_by_destination \
-            (account_id=? AND destination=? AND key_hash=?)";
+            (destination_hash=? AND key_hash=?)";
         let guards = query_plan(
             queries::SEND_GUARDS,
-            params!["a", "pinpoint", "app", "ref", "+393481234567", 7, 0],
+            params!["a", "pinpoint", "app", "ref", "+393481234567", 7, 8, 0],
         );
         assert!(
             guards.contains(
                 "SEARCH verifications USING COVERING INDEX verifications_by_destination \
-                 (account_id=? AND destination=?)"
+                 (destination_hash=?)"
             ),
             "the window's count reads the destination's index entries alone:\n{guards}"
         );
@@ -624,7 +677,7 @@ mod tests {
         );
         let live = query_plan(
             queries::LIVE_CODE_OF_KEY,
-            params!["a", "pinpoint", "app", "ref", "+393481234567", 7],
+            params!["a", "pinpoint", "app", "ref", "+393481234567", 7, 8],
         );
         assert!(
             live.contains(key_entries),

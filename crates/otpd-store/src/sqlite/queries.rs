@@ -18,10 +18,9 @@ use otpd_core::{
     AccessKeyId, AccountId, ApplicationId, DigestBinding, DigestSubject, E164, Timestamp, VerifyId,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use rusqlite_migration::HookResult;
-use sha2::{Digest, Sha256};
 
 use super::Failure;
+use super::digests::IndexDigests;
 
 const ACCOUNT_COLUMNS: &str =
     "id, name, access_key_id, sealed_secret, credits, default_sender, created_at";
@@ -193,85 +192,28 @@ pub(super) fn delete_application(
 
 /// The rowid of a key's newest verification, the only one of the key's that can be live: every
 /// send retires the key's live code before it inserts its own. One step down the destination
-/// index, which ends in the key's digest and `created_at` (and, as every index does, the
-/// rowid), then the row to confirm the key. Looking for the key's pending rows instead read
-/// every row the key ever had, on the single writer: a number sent its 10 codes an hour for 30
-/// days holds 7,200 rows, and each send or check by key cost 13 ms. The key is `?1` account,
-/// `?2` dialect, `?3` app, `?4` reference, `?5` destination, and `?6` its digest (`key_hash`).
+/// index, which holds the destination's and the key's digests and `created_at` (and, as every
+/// index does, the rowid), then the row to confirm the key. Looking for the key's pending rows
+/// instead read every row the key ever had, on the single writer: a number sent its 10 codes an
+/// hour for 30 days holds 7,200 rows, and each send or check by key cost 13 ms. The key is `?1`
+/// account, `?2` dialect, `?3` app, `?4` reference and `?5` destination; `?6` and `?7` are its
+/// digests (`IndexDigests`: the key's, then the destination's).
 macro_rules! newest_of_key {
     () => {
         "(SELECT rowid FROM verifications
-          WHERE account_id = ?1 AND destination = ?5 AND key_hash = ?6
+          WHERE destination_hash = ?7 AND key_hash = ?6
+            AND account_id = ?1 AND destination = ?5
             AND dialect = ?2 AND app = ?3 AND reference = ?4
           ORDER BY created_at DESC, rowid DESC LIMIT 1)"
     };
 }
 
-/// The digest of a key's dialect, app and reference that the destination index holds in their
-/// place (migration 0007). It is stored, so it must never change: the first 8 bytes of SHA-256
-/// over the three, each preceded by its length, so that no two keys give the same bytes
-/// ("ab", "c" and "a", "bc" differ).
-pub(super) fn key_hash(dialect: &str, app: &str, reference: &str) -> i64 {
-    let mut hasher = Sha256::new();
-    for part in [dialect, app, reference] {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
-    }
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&hasher.finalize()[..8]);
-    i64::from_le_bytes(first)
-}
-
-fn key_hash_of(key: &VerificationKey) -> i64 {
-    key_hash(key.dialect.as_str(), &key.app, &key.reference)
-}
-
-/// Migration 0006's hook: the digest of every verification already stored.
-pub(super) fn fill_key_hashes(transaction: &rusqlite::Transaction<'_>) -> HookResult {
-    fill_key_hashes_in_batches(transaction, 10_000)
-}
-
-/// The digests `batch` rows at a time, in rowid order, so that a large database is never
-/// held in memory whole.
-pub(super) fn fill_key_hashes_in_batches(
-    transaction: &rusqlite::Transaction<'_>,
-    batch: i64,
-) -> HookResult {
-    let mut select = transaction.prepare(
-        "SELECT rowid, dialect, app, reference FROM verifications
-         WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-    )?;
-    let mut update =
-        transaction.prepare("UPDATE verifications SET key_hash = ?2 WHERE rowid = ?1")?;
-    let mut after = i64::MIN;
-    loop {
-        let hashes = select
-            .query_map(params![after, batch], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    key_hash(
-                        &row.get::<_, String>(1)?,
-                        &row.get::<_, String>(2)?,
-                        &row.get::<_, String>(3)?,
-                    ),
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let Some(&(last, _)) = hashes.last() else {
-            return Ok(());
-        };
-        for (rowid, hash) in hashes {
-            update.execute(params![rowid, hash])?;
-        }
-        after = last;
-    }
-}
-
-/// A destination's sends since `?7`, and the key's newest verification (`newest_of_key`).
+/// A destination's sends since `?8`, counted in the destination index by its digest, and the
+/// key's newest verification (`newest_of_key`).
 pub(super) const SEND_GUARDS: &str = concat!(
     "SELECT recent.sends, newest.rowid, newest.status, newest.created_at
      FROM (SELECT COUNT(*) AS sends FROM verifications
-           WHERE account_id = ?1 AND destination = ?5 AND created_at > ?7) AS recent
+           WHERE destination_hash = ?7 AND created_at > ?8) AS recent
      LEFT JOIN verifications AS newest ON newest.rowid = ",
     newest_of_key!()
 );
@@ -316,7 +258,7 @@ pub(super) fn insert_verification(
     now: Timestamp,
 ) -> Result<(), Failure> {
     let key = &verification.key;
-    let key_hash = key_hash_of(key);
+    let digests = IndexDigests::of(key);
     // One statement answers both questions asked before the insert: how many sends the
     // destination had in the window, and whether this key has a live code to retire. The
     // retiring UPDATE then runs only when there is one: run on every send, it cost the writer as
@@ -329,7 +271,8 @@ pub(super) fn insert_verification(
             key.app,
             key.reference,
             key.destination.as_str(),
-            key_hash,
+            digests.key,
+            digests.destination,
             now.minus(guards.window).millis(),
         ],
         Guarded::from_row,
@@ -351,9 +294,9 @@ pub(super) fn insert_verification(
         .prepare_cached(
             "INSERT INTO verifications (id, account_id, dialect, app, reference, destination, sender,
                  code_digest, code_bound_to, status, created_at, expires_at, attempts_used,
-                 max_attempts, sandbox, sandbox_code, parts, message_id, key_hash)
+                 max_attempts, sandbox, sandbox_code, parts, message_id, key_hash, destination_hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11, 0, ?12, ?13, ?14, ?15,
-                 ?16, ?17)",
+                 ?16, ?17, ?18)",
         )?
         .execute(params![
             verification.id.as_str(),
@@ -372,7 +315,8 @@ pub(super) fn insert_verification(
             verification.sandbox_code,
             verification.parts,
             verification.outbox.as_ref().map(|message| message.id.as_str()),
-            key_hash,
+            digests.key,
+            digests.destination,
         ])?;
     if let Some(message) = &verification.outbox {
         connection
@@ -487,7 +431,9 @@ pub(super) fn check(
     now: Timestamp,
 ) -> Result<CheckReport, Failure> {
     let found = match lookup {
-        CheckLookup::ByKey(key) => connection
+        CheckLookup::ByKey(key) => {
+            let digests = IndexDigests::of(key);
+            connection
             .prepare_cached(LIVE_CODE_OF_KEY)?
             .query_row(
                 params![
@@ -496,11 +442,13 @@ pub(super) fn check(
                     key.app,
                     key.reference,
                     key.destination.as_str(),
-                    key_hash_of(key)
+                    digests.key,
+                    digests.destination,
                 ],
                 CheckedRow::from_row,
             )
-            .optional()?,
+            .optional()?
+        }
         CheckLookup::ById { account_id, id } => connection
             .prepare_cached(
                 "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
