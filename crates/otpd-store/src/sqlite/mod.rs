@@ -539,7 +539,7 @@ mod tests {
         );
         assert_eq!(
             digests::destination_hash("a", "+393481234567"),
-            DESTINATION_HASH_OF_A_ITALIAN_NUMBER
+            DESTINATION_HASH_OF_A_393481234567
         );
         assert_ne!(
             digests::key_hash("amm", "ab", "c"),
@@ -617,7 +617,7 @@ mod tests {
                 "{reference}"
             );
             assert_eq!(
-                destination_hash, DESTINATION_HASH_OF_A_ITALIAN_NUMBER,
+                destination_hash, DESTINATION_HASH_OF_A_393481234567,
                 "{reference}"
             );
         }
@@ -625,7 +625,7 @@ mod tests {
 
     /// Computed apart, with Python's `hashlib`.
     const KEY_HASH_OF_PINPOINT_APP_REF: i64 = 5_620_990_402_796_941_547;
-    const DESTINATION_HASH_OF_A_ITALIAN_NUMBER: i64 = -2_424_282_725_844_500_022;
+    const DESTINATION_HASH_OF_A_393481234567: i64 = -2_424_282_725_844_500_022;
 
     /// Every step of how SQLite would run `sql`, one per line.
     fn query_plan(sql: &str, params: impl rusqlite::Params) -> String {
