@@ -558,10 +558,9 @@ fn addressed_by(url: &str, name: &str, parameters: &[(&str, &str)]) -> String {
     let mut url = url::Url::parse(url).expect("url");
     let address = url.host_str().expect("a host").to_owned();
     url.set_host(Some(name)).expect("a host name");
-    url.query_pairs_mut().append_pair("hostaddr", &address);
-    for (key, value) in parameters {
-        url.query_pairs_mut().append_pair(key, value);
-    }
+    url.query_pairs_mut()
+        .append_pair("hostaddr", &address)
+        .extend_pairs(parameters);
     url.to_string()
 }
 

@@ -64,11 +64,7 @@ pub(super) fn connection(
     url: &str,
 ) -> Result<(tokio_postgres::Config, MakeRustlsConnect), TlsSettingError> {
     let (config, security) = read_url(url)?;
-    let roots = match security {
-        Security::Plain => None,
-        Security::Verified(roots) => Some(roots),
-    };
-    Ok((config, connector(roots.as_ref())?))
+    Ok((config, connector(&security)?))
 }
 
 /// Reads a database URL into tokio-postgres' settings and the protection it asks for. The
@@ -129,18 +125,20 @@ fn take_tls_parameters(url: &str) -> Result<(String, Option<Security>), TlsSetti
     Ok((rest, Some(security)))
 }
 
-/// A TLS connector trusting `roots` (nobody for `None`), with ring for the cryptography, as for
-/// the HTTP SMS transport.
-fn connector(roots: Option<&Roots>) -> Result<MakeRustlsConnect, TlsSettingError> {
+/// A TLS connector for `security`, with ring for the cryptography, as for the HTTP SMS
+/// transport. For plain text it trusts nobody: it is never called.
+fn connector(security: &Security) -> Result<MakeRustlsConnect, TlsSettingError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
-    let config = match roots {
-        None => builder
+    let config = match security {
+        Security::Plain => builder
             .with_root_certificates(RootCertStore::empty())
             .with_no_client_auth(),
-        Some(Roots::System) => builder.with_platform_verifier()?.with_no_client_auth(),
-        Some(Roots::File(path)) => builder
+        Security::Verified(Roots::System) => {
+            builder.with_platform_verifier()?.with_no_client_auth()
+        }
+        Security::Verified(Roots::File(path)) => builder
             .with_root_certificates(read_roots(path)?)
             .with_no_client_auth(),
     };
@@ -238,14 +236,14 @@ mod tests {
 
     #[test]
     fn a_root_file_that_is_missing_or_holds_no_certificate_is_refused() {
-        let missing = Roots::File("/nonexistent/otpd-ca.pem".into());
-        let error = connector(Some(&missing)).err().expect("refused");
+        let missing = Security::Verified(Roots::File("/nonexistent/otpd-ca.pem".into()));
+        let error = connector(&missing).err().expect("refused");
         assert!(
             error.to_string().contains("/nonexistent/otpd-ca.pem"),
             "{error}"
         );
         let empty = tempfile::NamedTempFile::new().expect("temp file");
-        let error = connector(Some(&Roots::File(empty.path().to_owned())))
+        let error = connector(&Security::Verified(Roots::File(empty.path().to_owned())))
             .err()
             .expect("refused");
         assert!(error.to_string().contains("no PEM certificate"), "{error}");
