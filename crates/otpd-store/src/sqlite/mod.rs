@@ -59,6 +59,9 @@ fn migrations() -> Vec<M<'static>> {
             include_str!("../../migrations/sqlite/0008_destination_hash.sql"),
             digests::fill_destination_hashes,
         ),
+        M::up(include_str!(
+            "../../migrations/sqlite/0009_messages_in_verifications.sql"
+        )),
     ]
 }
 const READERS: usize = 2;
@@ -489,11 +492,122 @@ mod tests {
             indexes,
             [
                 "sqlite_autoindex_verifications_1",
-                "verifications_by_destination"
+                "verifications_by_carrier_id",
+                "verifications_by_destination",
+                "verifications_by_message_id",
+                "verifications_due_messages",
+                "verifications_failed_messages",
             ]
         );
         // The row from before the digests existed is found by its key.
         assert_eq!(live_code_of(&connection, "v1").as_deref(), Some("v1"));
+    }
+
+    /// A message of the first schema's outbox, for the verification `verification_id`.
+    fn insert_outbox_message(
+        connection: &Connection,
+        id: &str,
+        verification_id: &str,
+        state: &str,
+    ) {
+        connection
+            .execute(
+                "UPDATE verifications SET message_id = ?1 WHERE id = ?2",
+                params![id, verification_id],
+            )
+            .expect("the verification names its message");
+        connection
+            .execute(
+                "INSERT INTO outbox (id, verification_id, account_id, destination, sender,
+                     sealed_text, encoding, parts, state, attempts, next_attempt_at, created_at,
+                     updated_at, sent_at, delivery_status, status_code, status_message,
+                     carrier_message_id)
+                 VALUES (?1, ?2, 'a', '+393481234567', 'Acme', x'0102', 'gsm7', 1, ?3, 1, 5000,
+                     1000, 2000, 2000, 'SUCCESSFUL', 200, 'accepted', 'carrier-' || ?1)",
+                params![id, verification_id, state],
+            )
+            .expect("message");
+    }
+
+    /// Every message of the outbox moves into its verification's row with all it recorded; the
+    /// sealed text, which holds the code, stays only where the message still waits.
+    #[test]
+    fn the_outbox_moves_into_the_verifications() {
+        let (connection, dir) = database_at(8);
+        insert_verification(&connection, "v1", 1_000);
+        insert_verification(&connection, "v2", 1_000);
+        insert_verification(&connection, "v3", 1_000);
+        let sent = "0000000000000000000000000000000a";
+        let waiting = "0000000000000000000000000000000b";
+        insert_outbox_message(&connection, sent, "v1", "sent");
+        insert_outbox_message(&connection, waiting, "v2", "pending");
+        drop(connection);
+        let path = dir.path().join("otpd.db");
+        drop(SqliteStore::open(&path, Arc::new(SystemClock)).expect("open and upgrade"));
+        let connection = Connection::open(&path).expect("reopen");
+
+        // The test rows' account id is not one `find_message` would parse: read the columns.
+        let record: (String, String, u32, Option<i64>, String, String, String) = connection
+            .query_row(
+                "SELECT id, message_state, delivery_attempts, sent_at, delivery_status,
+                        status_message, carrier_message_id
+                 FROM verifications WHERE message_id = ?1",
+                [sent],
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                    ))
+                },
+            )
+            .expect("the sent message is found by its id");
+        assert_eq!(
+            record,
+            (
+                "v1".into(),
+                "sent".into(),
+                1,
+                Some(2_000),
+                "SUCCESSFUL".into(),
+                "accepted".into(),
+                format!("carrier-{sent}")
+            )
+        );
+        let sealed = |id: &str| -> Option<Vec<u8>> {
+            connection
+                .query_row(
+                    "SELECT sealed_text FROM verifications WHERE id = ?1",
+                    [id],
+                    |row| row.get(0),
+                )
+                .expect("row")
+        };
+        assert_eq!(sealed("v1"), None, "a delivered message keeps no text");
+        assert_eq!(
+            sealed("v2"),
+            Some(vec![1, 2]),
+            "a waiting one keeps its text"
+        );
+        assert_eq!(
+            sealed("v3"),
+            None,
+            "a verification without a message has none"
+        );
+        let backlog = queries::outbox_backlog(&connection, Timestamp(3_000)).expect("backlog");
+        assert_eq!(backlog.pending, 1, "the waiting message is still due");
+        assert!(
+            !connection
+                .prepare("SELECT name FROM sqlite_schema WHERE name = 'outbox'")
+                .expect("prepare")
+                .exists([])
+                .expect("query"),
+            "the outbox table is gone"
+        );
     }
 
     /// The live code of the test rows' key whose reference is `reference`, by the query the
@@ -685,6 +799,46 @@ mod tests {
         );
         for plan in [guards, live] {
             assert!(!plan.contains("TEMP B-TREE"), "no sort:\n{plan}");
+        }
+    }
+
+    /// The messages live in the verifications' rows, among millions of others: each of their
+    /// queries must search one of the small indexes made for it, never read the table through.
+    #[test]
+    fn the_message_queries_search_their_indexes() {
+        for (sql, params, index) in [
+            (
+                queries::DUE_MESSAGES,
+                params![0, 10].to_vec(),
+                "verifications_due_messages (next_attempt_at<?)",
+            ),
+            (
+                queries::FINISH_ATTEMPT,
+                params!["m", "sent", 0, 0, "SUCCESSFUL", 200, "ok", "c"].to_vec(),
+                "verifications_by_message_id (message_id=?)",
+            ),
+            (
+                queries::RECORD_RECEIPT,
+                params!["c", "DELIVRD", 0, 0].to_vec(),
+                "verifications_by_carrier_id (carrier_message_id=?)",
+            ),
+            (
+                queries::MESSAGE_BY_ID,
+                params!["m"].to_vec(),
+                "verifications_by_message_id (message_id=?)",
+            ),
+            (
+                queries::FAILED_MESSAGES,
+                params![10].to_vec(),
+                "verifications_failed_messages",
+            ),
+        ] {
+            let plan = query_plan(sql, params.as_slice());
+            assert!(
+                plan.contains(&format!("USING INDEX {index}")),
+                "{sql}\n{plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "no sort: {sql}\n{plan}");
         }
     }
 

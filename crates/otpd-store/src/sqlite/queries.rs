@@ -290,13 +290,16 @@ pub(super) fn insert_verification(
         }
         created_at = created_at.max(newest.created_at);
     }
+    let message = verification.outbox.as_ref();
     connection
         .prepare_cached(
             "INSERT INTO verifications (id, account_id, dialect, app, reference, destination, sender,
                  code_digest, code_bound_to, status, created_at, expires_at, attempts_used,
-                 max_attempts, sandbox, sandbox_code, parts, message_id, key_hash, destination_hash)
+                 max_attempts, sandbox, sandbox_code, parts, message_id, key_hash, destination_hash,
+                 sealed_text, encoding, entity_id, template_id, message_state, next_attempt_at,
+                 message_updated_at, lease_until, delivery_attempts)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11, 0, ?12, ?13, ?14, ?15,
-                 ?16, ?17, ?18)",
+                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?24, ?25, ?26)",
         )?
         .execute(params![
             verification.id.as_str(),
@@ -314,34 +317,20 @@ pub(super) fn insert_verification(
             verification.sandbox,
             verification.sandbox_code,
             verification.parts,
-            verification.outbox.as_ref().map(|message| message.id.as_str()),
+            message.map(|message| message.id.as_str()),
             digests.key,
             digests.destination,
+            message.map(|message| message.sealed_text.as_slice()),
+            message.map(|message| message.encoding.as_str()),
+            message.and_then(|message| message.entity_id.as_deref()),
+            message.and_then(|message| message.template_id.as_deref()),
+            message.map(|_| MessageState::Pending.as_str()),
+            message.map(|_| now.millis()),
+            message
+                .and_then(|message| message.claimed_for)
+                .map_or(0, |lease| now.plus(lease).millis()),
+            message.map_or(0, |message| u32::from(message.claimed_for.is_some())),
         ])?;
-    if let Some(message) = &verification.outbox {
-        connection
-            .prepare_cached(
-                "INSERT INTO outbox (id, verification_id, account_id, destination, sender, sealed_text,
-                     encoding, parts, entity_id, template_id, state, next_attempt_at, created_at, updated_at,
-                     lease_until, attempts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11, ?11, ?11, ?12, ?13)",
-            )?
-            .execute(params![
-                message.id.as_str(),
-                verification.id.as_str(),
-                key.account_id.as_str(),
-                key.destination.as_str(),
-                verification.sender,
-                message.sealed_text,
-                message.encoding.as_str(),
-                message.parts,
-                message.entity_id,
-                message.template_id,
-                now.millis(),
-                message.claimed_for.map_or(0, |lease| now.plus(lease).millis()),
-                u32::from(message.claimed_for.is_some()),
-            ])?;
-    }
     Ok(())
 }
 
@@ -587,9 +576,9 @@ pub(super) fn find_verification(
         .prepare_cached(
             "SELECT v.id, v.account_id, v.dialect, v.app, v.reference, v.destination, v.sender, v.status,
                     v.created_at, v.expires_at, v.attempts_used, v.max_attempts, v.sandbox, v.sandbox_code, v.message_id,
-                    COALESCE(o.receipt_state, o.delivery_status), COALESCE(o.receipt_at, o.sent_at, o.updated_at),
-                    v.parts
-             FROM verifications v LEFT JOIN outbox o ON o.id = v.message_id
+                    COALESCE(v.receipt_state, v.delivery_status),
+                    COALESCE(v.receipt_at, v.sent_at, v.message_updated_at), v.parts
+             FROM verifications v
              WHERE v.id = ?1 AND v.account_id = ?2",
         )?
         .query_row(params![id.as_str(), account_id.as_str()], |row| {
@@ -638,6 +627,15 @@ pub(super) fn find_verification(
     Ok(Some(verification))
 }
 
+/// Up to `?2` messages due at `?1` and not claimed, the longest due first, with what their
+/// verification says of the code.
+pub(super) const DUE_MESSAGES: &str =
+    "SELECT message_id, id, destination, sender, sealed_text, encoding, parts, entity_id,
+            template_id, delivery_attempts, status, expires_at, rowid
+     FROM verifications
+     WHERE message_state = 'pending' AND next_attempt_at <= ?1 AND lease_until <= ?1
+     ORDER BY next_attempt_at LIMIT ?2";
+
 /// Claims due messages: drops those whose code is no longer live, leases the rest.
 pub(super) fn claim_outbox(
     connection: &Connection,
@@ -645,13 +643,7 @@ pub(super) fn claim_outbox(
     lease: Duration,
     now: Timestamp,
 ) -> Result<Vec<OutboxMessage>, Failure> {
-    let mut statement = connection.prepare_cached(
-        "SELECT o.id, o.verification_id, o.destination, o.sender, o.sealed_text, o.encoding, o.parts,
-                o.entity_id, o.template_id, o.attempts, v.status, v.expires_at
-         FROM outbox o JOIN verifications v ON v.id = o.verification_id
-         WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 AND o.lease_until <= ?1
-         ORDER BY o.next_attempt_at LIMIT ?2",
-    )?;
+    let mut statement = connection.prepare_cached(DUE_MESSAGES)?;
     let rows = statement
         .query_map(
             params![now.millis(), i64::try_from(limit).unwrap_or(i64::MAX)],
@@ -670,45 +662,57 @@ pub(super) fn claim_outbox(
                 };
                 let status: String = row.get(10)?;
                 let expires_at: i64 = row.get(11)?;
-                Ok((message, status == "pending" && now.millis() < expires_at))
+                let rowid: i64 = row.get(12)?;
+                Ok((
+                    message,
+                    rowid,
+                    status == "pending" && now.millis() < expires_at,
+                ))
             },
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut claimed = Vec::with_capacity(rows.len());
-    for (message, live) in rows {
+    for (message, rowid, live) in rows {
         if live {
             connection
                 .prepare_cached(
-                    "UPDATE outbox SET lease_until = ?2, attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
+                    "UPDATE verifications
+                     SET lease_until = ?2, delivery_attempts = delivery_attempts + 1,
+                         message_updated_at = ?3
+                     WHERE rowid = ?1",
                 )?
-                .execute(params![message.id.as_str(), now.plus(lease).millis(), now.millis()])?;
+                .execute(params![rowid, now.plus(lease).millis(), now.millis()])?;
             claimed.push(message);
         } else {
             connection
                 .prepare_cached(
-                    "UPDATE outbox SET state = 'dropped', updated_at = ?2,
+                    "UPDATE verifications
+                     SET message_state = 'dropped', message_updated_at = ?2, sealed_text = NULL,
                          status_message = 'not sent: the code expired or was cancelled first'
-                     WHERE id = ?1",
+                     WHERE rowid = ?1",
                 )?
-                .execute(params![message.id.as_str(), now.millis()])?;
+                .execute(params![rowid, now.millis()])?;
         }
     }
     Ok(claimed)
 }
+
+/// An attempt's outcome; a message that is final keeps no text (its code is no longer needed).
+pub(super) const FINISH_ATTEMPT: &str =
+    "UPDATE verifications SET message_state = ?2, lease_until = 0, message_updated_at = ?3,
+         next_attempt_at = COALESCE(?4, next_attempt_at),
+         sent_at = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_at END,
+         delivery_status = ?5, status_code = ?6, status_message = ?7,
+         carrier_message_id = COALESCE(?8, carrier_message_id),
+         sealed_text = CASE WHEN ?2 = 'pending' THEN sealed_text END
+     WHERE message_id = ?1";
 
 pub(super) fn finish_attempts(
     connection: &Connection,
     outcomes: &[(MessageId, AttemptOutcome)],
     now: Timestamp,
 ) -> Result<(), Failure> {
-    let mut statement = connection.prepare_cached(
-        "UPDATE outbox SET state = ?2, lease_until = 0, updated_at = ?3,
-             next_attempt_at = COALESCE(?4, next_attempt_at),
-             sent_at = CASE WHEN ?2 = 'sent' THEN ?3 ELSE sent_at END,
-             delivery_status = ?5, status_code = ?6, status_message = ?7,
-             carrier_message_id = COALESCE(?8, carrier_message_id)
-         WHERE id = ?1",
-    )?;
+    let mut statement = connection.prepare_cached(FINISH_ATTEMPT)?;
     for (id, outcome) in outcomes {
         let report = outcome.report();
         statement.execute(params![
@@ -725,21 +729,21 @@ pub(super) fn finish_attempts(
     Ok(())
 }
 
+pub(super) const RECORD_RECEIPT: &str =
+    "UPDATE verifications SET receipt_state = ?2, receipt_at = ?3, message_updated_at = ?4
+     WHERE carrier_message_id = ?1";
+
 pub(super) fn record_receipt(
     connection: &Connection,
     receipt: &Receipt,
     now: Timestamp,
 ) -> Result<bool, Failure> {
-    let updated = connection
-        .prepare_cached(
-            "UPDATE outbox SET receipt_state = ?2, receipt_at = ?3, updated_at = ?4 WHERE carrier_message_id = ?1",
-        )?
-        .execute(params![
-            receipt.carrier_message_id,
-            receipt.state,
-            receipt.at.millis(),
-            now.millis()
-        ])?;
+    let updated = connection.prepare_cached(RECORD_RECEIPT)?.execute(params![
+        receipt.carrier_message_id,
+        receipt.state,
+        receipt.at.millis(),
+        now.millis()
+    ])?;
     Ok(updated > 0)
 }
 
@@ -748,7 +752,9 @@ pub(super) fn outbox_backlog(
     now: Timestamp,
 ) -> Result<OutboxBacklog, Failure> {
     let (pending, oldest) = connection
-        .prepare_cached("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE state = 'pending'")?
+        .prepare_cached(
+            "SELECT COUNT(*), MIN(created_at) FROM verifications WHERE message_state = 'pending'",
+        )?
         .query_row([], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
         })?;
@@ -761,15 +767,18 @@ pub(super) fn outbox_backlog(
 
 pub(super) fn release_claims(connection: &Connection) -> Result<u64, Failure> {
     let released = connection.execute(
-        "UPDATE outbox SET lease_until = 0 WHERE state = 'pending' AND lease_until > 0",
+        "UPDATE verifications SET lease_until = 0
+         WHERE message_state = 'pending' AND lease_until > 0",
         [],
     )?;
     Ok(released as u64)
 }
 
 pub(super) fn release_messages(connection: &Connection, ids: &[MessageId]) -> Result<u64, Failure> {
-    let mut statement = connection
-        .prepare_cached("UPDATE outbox SET lease_until = 0 WHERE id = ?1 AND state = 'pending'")?;
+    let mut statement = connection.prepare_cached(
+        "UPDATE verifications SET lease_until = 0
+             WHERE message_id = ?1 AND message_state = 'pending'",
+    )?;
     let mut released = 0;
     for id in ids {
         released += statement.execute([id.as_str()])? as u64;
@@ -778,9 +787,22 @@ pub(super) fn release_messages(connection: &Connection, ids: &[MessageId]) -> Re
 }
 
 /// The columns `message_record` reads, in its order.
-const MESSAGE_COLUMNS: &str = "id, verification_id, account_id, destination, sender, encoding, parts, state, \
-     attempts, created_at, sent_at, delivery_status, status_message, carrier_message_id, \
-     receipt_state, receipt_at";
+macro_rules! message_columns {
+    () => {
+        "SELECT message_id, id, account_id, destination, sender, encoding, parts, message_state,
+                delivery_attempts, created_at, sent_at, delivery_status, status_message,
+                carrier_message_id, receipt_state, receipt_at
+         FROM verifications"
+    };
+}
+
+pub(super) const MESSAGE_BY_ID: &str = concat!(message_columns!(), " WHERE message_id = ?1");
+
+/// The newest `?1` messages given up on.
+pub(super) const FAILED_MESSAGES: &str = concat!(
+    message_columns!(),
+    " WHERE message_state = 'failed' ORDER BY message_updated_at DESC LIMIT ?1"
+);
 
 fn message_record(row: &Row) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {
@@ -808,9 +830,7 @@ pub(super) fn find_message(
     id: &MessageId,
 ) -> Result<Option<MessageRecord>, Failure> {
     Ok(connection
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE id = ?1"
-        ))?
+        .prepare_cached(MESSAGE_BY_ID)?
         .query_row([id.as_str()], message_record)
         .optional()?)
 }
@@ -820,10 +840,7 @@ pub(super) fn failed_messages(
     limit: usize,
 ) -> Result<Vec<MessageRecord>, Failure> {
     Ok(connection
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE state = 'failed'
-             ORDER BY updated_at DESC LIMIT ?1"
-        ))?
+        .prepare_cached(FAILED_MESSAGES)?
         .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], message_record)?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
