@@ -832,6 +832,16 @@ mod tests {
                 params![10].to_vec(),
                 "verifications_failed_messages",
             ),
+            (
+                queries::BACKLOG,
+                params![].to_vec(),
+                "verifications_due_messages",
+            ),
+            (
+                queries::RELEASE_CLAIMS,
+                params![].to_vec(),
+                "verifications_due_messages",
+            ),
         ] {
             let plan = query_plan(sql, params.as_slice());
             assert!(

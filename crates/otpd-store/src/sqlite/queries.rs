@@ -747,14 +747,16 @@ pub(super) fn record_receipt(
     Ok(updated > 0)
 }
 
+/// The messages waiting and the oldest's commit time; `/metrics` asks at every scrape.
+pub(super) const BACKLOG: &str =
+    "SELECT COUNT(*), MIN(created_at) FROM verifications WHERE message_state = 'pending'";
+
 pub(super) fn outbox_backlog(
     connection: &Connection,
     now: Timestamp,
 ) -> Result<OutboxBacklog, Failure> {
     let (pending, oldest) = connection
-        .prepare_cached(
-            "SELECT COUNT(*), MIN(created_at) FROM verifications WHERE message_state = 'pending'",
-        )?
+        .prepare_cached(BACKLOG)?
         .query_row([], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
         })?;
@@ -765,12 +767,12 @@ pub(super) fn outbox_backlog(
     ))
 }
 
+/// At start, every claim a process that died left behind.
+pub(super) const RELEASE_CLAIMS: &str =
+    "UPDATE verifications SET lease_until = 0 WHERE message_state = 'pending' AND lease_until > 0";
+
 pub(super) fn release_claims(connection: &Connection) -> Result<u64, Failure> {
-    let released = connection.execute(
-        "UPDATE verifications SET lease_until = 0
-         WHERE message_state = 'pending' AND lease_until > 0",
-        [],
-    )?;
+    let released = connection.execute(RELEASE_CLAIMS, [])?;
     Ok(released as u64)
 }
 
