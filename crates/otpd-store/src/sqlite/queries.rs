@@ -755,11 +755,9 @@ pub(super) fn outbox_backlog(
     connection: &Connection,
     now: Timestamp,
 ) -> Result<OutboxBacklog, Failure> {
-    let (pending, oldest) = connection
-        .prepare_cached(BACKLOG)?
-        .query_row([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
-        })?;
+    let (pending, oldest) = connection.prepare_cached(BACKLOG)?.query_row([], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+    })?;
     Ok(OutboxBacklog::at(
         now,
         u64::try_from(pending).unwrap_or(0),
