@@ -786,7 +786,7 @@ pub(super) fn release_messages(connection: &Connection, ids: &[MessageId]) -> Re
     Ok(released)
 }
 
-/// The columns `message_record` reads, in its order.
+/// A message's columns, in the order `message_record` reads them, from its verification's row.
 macro_rules! message_columns {
     () => {
         "SELECT message_id, id, account_id, destination, sender, encoding, parts, message_state,
