@@ -574,12 +574,12 @@ pub(super) fn find_verification(
 ) -> Result<Option<Verification>, Failure> {
     let verification = connection
         .prepare_cached(
-            "SELECT v.id, v.account_id, v.dialect, v.app, v.reference, v.destination, v.sender, v.status,
-                    v.created_at, v.expires_at, v.attempts_used, v.max_attempts, v.sandbox, v.sandbox_code, v.message_id,
-                    COALESCE(v.receipt_state, v.delivery_status),
-                    COALESCE(v.receipt_at, v.sent_at, v.message_updated_at), v.parts
-             FROM verifications v
-             WHERE v.id = ?1 AND v.account_id = ?2",
+            "SELECT id, account_id, dialect, app, reference, destination, sender, status,
+                    created_at, expires_at, attempts_used, max_attempts, sandbox, sandbox_code,
+                    message_id, COALESCE(receipt_state, delivery_status),
+                    COALESCE(receipt_at, sent_at, message_updated_at), parts
+             FROM verifications
+             WHERE id = ?1 AND account_id = ?2",
         )?
         .query_row(params![id.as_str(), account_id.as_str()], |row| {
             let state = CheckState {
