@@ -1,13 +1,15 @@
-//! The embedded SQLite store: WAL, `synchronous=FULL`, one group-committing writer thread and a
-//! few reader threads.
+//! The embedded SQLite store: WAL, one group-committing writer thread whose commits a thread of
+//! their own flushes to disk before anyone is told of them (`log_sync`), and a few reader
+//! threads.
 
 mod digests;
+mod log_sync;
 mod queries;
 mod readers;
 mod wal;
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, Timestamp, VerifyI
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
+use log_sync::LogSync;
 use readers::Readers;
 use wal::LogReset;
 use writer::Writer;
@@ -78,6 +81,8 @@ impl From<rusqlite::Error> for Failure {
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Writer,
+    /// Whether the writer's commits can still be made durable.
+    log_sync: LogSync,
     readers: Readers,
     clock: Arc<dyn Clock>,
     /// The checkpointer runs while any clone of the store is alive.
@@ -141,6 +146,20 @@ impl SqliteStore {
         write_connection
             .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(unavailable)?;
+        // The writer's commits are flushed to disk by `log_sync`, which answers their callers
+        // once they are durable.
+        write_connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unavailable)?;
+        let log_path = match write_connection.path() {
+            Some(database) if !database.is_empty() => PathBuf::from(format!("{database}-wal")),
+            _ => {
+                return Err(StoreError::Unavailable(
+                    "the database has no file for its write-ahead log".into(),
+                ));
+            }
+        };
+        let log_sync = LogSync::spawn(log_path).map_err(spawn_failed)?;
         let alive = Arc::new(());
         let log_reset = Arc::new(LogReset::default());
         wal::spawn_checkpointer(
@@ -151,7 +170,9 @@ impl SqliteStore {
         .map_err(spawn_failed)?;
         Ok(Self {
             _alive: alive,
-            writer: Writer::spawn(write_connection, log_reset).map_err(spawn_failed)?,
+            writer: Writer::spawn(write_connection, log_sync.clone(), log_reset)
+                .map_err(spawn_failed)?,
+            log_sync,
             readers: Readers::spawn(read_connections).map_err(spawn_failed)?,
             clock,
         })
@@ -404,6 +425,11 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.log_sync.failed() {
+            return Err(StoreError::Unavailable(
+                "the write-ahead log could not be flushed to disk; restart otpd".into(),
+            ));
+        }
         Ok(self
             .read(|connection, _| {
                 connection
@@ -462,6 +488,39 @@ mod tests {
             .expect("query")
             .collect::<rusqlite::Result<_>>()
             .expect("rows")
+    }
+
+    fn new_account() -> NewAccount {
+        NewAccount {
+            id: AccountId::generate(),
+            name: otpd_core::account::Name::parse("acme").expect("name"),
+            access_key_id: AccessKeyId::generate(),
+            sealed_secret: vec![1],
+            credits: None,
+            default_sender: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_ahead_log_that_cannot_be_flushed_stops_writes_and_readiness() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("otpd.db");
+        let store = SqliteStore::open(&path, Arc::new(SystemClock)).expect("open");
+        store.create_account(new_account()).await.expect("durable");
+        store.ping().await.expect("ready");
+        // The log's file is gone from under the store: nothing can be made durable any more.
+        std::fs::remove_file(dir.path().join("otpd.db-wal")).expect("remove the log");
+        let lost = store.create_account(new_account()).await;
+        assert!(
+            matches!(&lost, Err(StoreError::Unavailable(message)) if message.contains("flushed")),
+            "{lost:?}"
+        );
+        let refused = store.create_account(new_account()).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(message)) if message.contains("refused")),
+            "{refused:?}"
+        );
+        assert!(store.ping().await.is_err(), "not ready");
     }
 
     #[test]

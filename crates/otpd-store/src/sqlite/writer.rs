@@ -1,6 +1,6 @@
 //! The single writer: one thread owns the write connection and commits whatever requests are
-//! waiting as one transaction with one fsync (group commit). Nobody is answered before the
-//! commit is durable.
+//! waiting as one transaction (group commit). Nobody is answered before the commit is durable:
+//! `log_sync` flushes the log and answers, while the writer goes on with the next batch.
 //!
 //! A request that fails before it changed anything (a refusal such as ANTISPAM, a duplicate key)
 //! fails alone: SQLite undoes the failing statement itself. One that fails after changing rows
@@ -17,6 +17,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::Failure;
+use super::log_sync::LogSync;
 use super::wal::LogReset;
 
 /// The largest batch one commit carries; bounds the latency of the first request in it.
@@ -24,7 +25,7 @@ const MAX_BATCH: usize = 512;
 
 /// Requests per group commit: how well the writer groups them.
 const COMMIT_SIZE: &str = "otpd_sqlite_commit_size";
-/// From a batch's `BEGIN` to its durable `COMMIT`: the disk's fsync time shows here first.
+/// From a batch's `BEGIN` to its `COMMIT`, the log's flush not included (see `log_sync`).
 const COMMIT_DURATION: &str = "otpd_sqlite_commit_duration_seconds";
 
 /// Gives the metrics recorder installed now the help text of the writer's metrics.
@@ -37,7 +38,7 @@ fn describe_metrics() {
     metrics::describe_histogram!(
         COMMIT_DURATION,
         metrics::Unit::Seconds,
-        "Time of one SQLite group commit, its fsync included"
+        "Time of one SQLite group commit, from BEGIN to COMMIT, before its flush to disk"
     );
 }
 
@@ -54,7 +55,8 @@ struct Ran {
     answer: Answer,
 }
 
-type Answer = Box<dyn FnOnce(Result<(), Failure>) + Send>;
+/// Told whether the transaction is durable.
+pub(super) type Answer = Box<dyn FnOnce(Result<(), Failure>) + Send>;
 
 /// A job gets the connection inside an open transaction, or the reason there is none (it then
 /// answers its caller with that reason and returns `None`).
@@ -66,14 +68,18 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread; between batches it lets the log start over when `log_reset`
-    /// asks (see `wal`).
-    pub(super) fn spawn(connection: Connection, log_reset: Arc<LogReset>) -> std::io::Result<Self> {
+    /// Starts the writer thread, which hands each committed batch to `log_sync`; between
+    /// batches it lets the log start over when `log_reset` asks (see `wal`).
+    pub(super) fn spawn(
+        connection: Connection,
+        log_sync: LogSync,
+        log_reset: Arc<LogReset>,
+    ) -> std::io::Result<Self> {
         let (jobs, queue) = flume::unbounded::<Job>();
         describe_metrics();
         thread::Builder::new()
             .name("otpd-sqlite-writer".into())
-            .spawn(move || run(connection, queue, &log_reset))?;
+            .spawn(move || run(connection, queue, &log_sync, &log_reset))?;
         Ok(Self { jobs })
     }
 
@@ -108,7 +114,12 @@ impl Writer {
     }
 }
 
-fn run(connection: Connection, queue: flume::Receiver<Job>, log_reset: &LogReset) {
+fn run(
+    connection: Connection,
+    queue: flume::Receiver<Job>,
+    log_sync: &LogSync,
+    log_reset: &LogReset,
+) {
     // Blocks for the first job, then takes everything else already waiting.
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::with_capacity(16);
@@ -119,14 +130,22 @@ fn run(connection: Connection, queue: flume::Receiver<Job>, log_reset: &LogReset
                 Err(_) => break,
             }
         }
+        if log_sync.failed() {
+            for job in batch {
+                job(Err(Failure::Database(
+                    "writes are refused since the write-ahead log could not be flushed to disk; restart otpd".into(),
+                )));
+            }
+            continue;
+        }
         let (requests, started) = (batch.len(), Instant::now());
-        run_batch(&connection, batch);
+        run_batch(&connection, batch, log_sync);
         record_commit(requests, started.elapsed());
         log_reset.finish_if_wanted(&connection);
     }
 }
 
-fn run_batch(connection: &Connection, batch: Vec<Job>) {
+fn run_batch(connection: &Connection, batch: Vec<Job>, log_sync: &LogSync) {
     let mut pending: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut in_transaction = execute(connection, "BEGIN IMMEDIATE").map_err(Failure::from);
     for job in batch {
@@ -157,15 +176,16 @@ fn run_batch(connection: &Connection, batch: Vec<Job>) {
         } else if ran.keep {
             pending.push(ran.answer);
         } else {
-            // Nothing was changed: the job's own error is its answer, now.
-            (ran.answer)(Ok(()));
+            // Nothing was changed: the job's own error is its answer, given with the batch's
+            // so that no answer rests on what is not yet durable.
+            pending.push(Box::new(move |_| (ran.answer)(Ok(()))));
         }
     }
     if in_transaction.is_err() {
         return;
     }
     match execute(connection, "COMMIT") {
-        Ok(()) => pending.into_iter().for_each(|answer| answer(Ok(()))),
+        Ok(()) => log_sync.answer_when_durable(pending),
         Err(error) => {
             let _ = execute(connection, "ROLLBACK");
             answer_all(&mut pending, Failure::from(error));
@@ -193,15 +213,19 @@ mod tests {
 
     fn writer() -> (Writer, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("dir");
-        let connection = Connection::open(dir.path().join("writer.db")).expect("open");
+        let path = dir.path().join("writer.db");
+        let connection = Connection::open(&path).expect("open");
         connection
             .execute_batch(
-                "CREATE TABLE items (id INTEGER PRIMARY KEY);
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 CREATE TABLE items (id INTEGER PRIMARY KEY);
                  INSERT INTO items (id) VALUES (1);",
             )
             .expect("schema");
+        let log_sync = LogSync::spawn(dir.path().join("writer.db-wal")).expect("flusher");
         (
-            Writer::spawn(connection, Arc::default()).expect("spawn"),
+            Writer::spawn(connection, log_sync, Arc::default()).expect("spawn"),
             dir,
         )
     }
@@ -240,6 +264,28 @@ mod tests {
             })
             .await
             .expect("read")
+    }
+
+    #[tokio::test]
+    async fn once_the_log_cannot_be_flushed_every_write_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let connection = Connection::open(dir.path().join("writer.db")).expect("open");
+        connection
+            .execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY);")
+            .expect("schema");
+        // A log file that is not there cannot be flushed.
+        let log_sync = LogSync::spawn(dir.path().join("elsewhere-wal")).expect("flusher");
+        let writer = Writer::spawn(connection, log_sync, Arc::default()).expect("spawn");
+        let first = writer.write(|connection| insert(connection, 1)).await;
+        assert!(
+            matches!(&first, Err(Failure::Database(message)) if message.contains("flushed")),
+            "{first:?}"
+        );
+        let next = writer.write(|connection| insert(connection, 2)).await;
+        assert!(
+            matches!(&next, Err(Failure::Database(message)) if message.contains("refused")),
+            "{next:?}"
+        );
     }
 
     #[tokio::test]
