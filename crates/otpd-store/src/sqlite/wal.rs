@@ -42,7 +42,7 @@ use rusqlite::Connection;
 /// gave a verify p99 of 3.2-5.2 ms against 2.7-2.8. How soon the log starts over does not
 /// depend on this (see `WalLimits`).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// What a reset log file is truncated to: a little more than `WalLimits::DEFAULT` lets it grow,
+/// What a reset log file is truncated to: a little more than `RESET_AFTER_BYTES` lets it grow,
 /// so that a busy log is not shrunk and grown again.
 pub(super) const WAL_SIZE_LIMIT: i64 = 160 * 1024 * 1024;
 
@@ -56,12 +56,18 @@ pub(super) struct WalLimits {
 }
 
 impl WalLimits {
-    /// 128 MiB of 4 KiB pages, and four times that.
-    pub(super) const DEFAULT: Self = Self {
-        reset_after: 32_768,
-        restart_after: 4 * 32_768,
-    };
+    /// 128 MiB of pages of `page_size` bytes, and four times that.
+    pub(super) fn for_page_size(page_size: i64) -> Self {
+        let reset_after = RESET_AFTER_BYTES / page_size.max(512);
+        Self {
+            reset_after,
+            restart_after: 4 * reset_after,
+        }
+    }
 }
+
+/// How long the log grows before the writer is asked to let it start over.
+const RESET_AFTER_BYTES: i64 = 128 * 1024 * 1024;
 
 /// How long the writer held every request to let the log start over (see the module docs).
 const WAL_RESET_DURATION: &str = "otpd_sqlite_wal_reset_duration_seconds";
@@ -128,9 +134,16 @@ pub(super) fn spawn_checkpointer(
         .name("otpd-sqlite-checkpoint".into())
         .spawn(move || {
             lower_own_priority();
+            let limits = match connection.query_row("PRAGMA page_size", [], |row| row.get(0)) {
+                Ok(page_size) => WalLimits::for_page_size(page_size),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the page size; assuming 4 KiB");
+                    WalLimits::for_page_size(4096)
+                }
+            };
             while alive.upgrade().is_some() {
                 std::thread::sleep(CHECKPOINT_INTERVAL);
-                if let Err(error) = checkpoint(&connection, &reset, WalLimits::DEFAULT) {
+                if let Err(error) = checkpoint(&connection, &reset, limits) {
                     tracing::warn!(%error, "WAL checkpoint failed");
                 }
             }
@@ -247,6 +260,15 @@ mod tests {
         let pass = checkpoint(checkpointer, reset, LIMITS).expect("checkpoint");
         writer.execute_batch("COMMIT").expect("commit");
         pass
+    }
+
+    #[test]
+    fn the_log_starts_over_after_the_same_bytes_whatever_the_page_size() {
+        let small = WalLimits::for_page_size(2048);
+        let large = WalLimits::for_page_size(4096);
+        assert_eq!(small.reset_after * 2048, RESET_AFTER_BYTES);
+        assert_eq!(large.reset_after * 4096, RESET_AFTER_BYTES);
+        assert_eq!(small.restart_after, 4 * small.reset_after);
     }
 
     fn frames(checkpointer: &Connection) -> i64 {
