@@ -12,6 +12,11 @@
 //! What SQLite flushes itself under `NORMAL` it still does: the log's header when the log starts
 //! over, and the log before a checkpoint copies it into the database.
 //!
+//! The readers see a commit as soon as it is written, before it is flushed: for the length of a
+//! flush (a millisecond or two under load) a search may show a send whose caller has not been
+//! answered yet, and which a power cut would undo. Every write and every check goes through the
+//! writer, so none is answered on the strength of such a row.
+//!
 //! A flush that fails leaves the writes it should have made durable in doubt (after a failed
 //! `fsync` Linux may have dropped the pages it could not write, and a later `fsync` succeeds).
 //! The store then refuses every write until otpd is restarted, which recovers the database from
