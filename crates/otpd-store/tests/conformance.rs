@@ -56,6 +56,36 @@ impl Location {
         }
     }
 
+    /// A message's sealed text as stored, read past the store: the store never hands it out
+    /// for a message that is no longer waiting.
+    async fn sealed_text(&self, message: &MessageId) -> Option<Vec<u8>> {
+        match &self.scratch {
+            None => rusqlite::Connection::open(self.dir.path().join("otpd.db"))
+                .expect("open")
+                .query_row(
+                    "SELECT sealed_text FROM verifications WHERE message_id = ?1",
+                    [message.as_str()],
+                    |row| row.get(0),
+                )
+                .expect("the message's row"),
+            Some(scratch) => {
+                let (client, connection) =
+                    tokio_postgres::connect(scratch.url(), tokio_postgres::NoTls)
+                        .await
+                        .expect("connect");
+                tokio::spawn(connection);
+                client
+                    .query_one(
+                        "SELECT sealed_text FROM outbox WHERE id = $1",
+                        &[&message.as_str()],
+                    )
+                    .await
+                    .expect("the message's row")
+                    .get(0)
+            }
+        }
+    }
+
     async fn open(&self, clock: Arc<ManualClock>) -> Arc<dyn Store> {
         match &self.scratch {
             None => Arc::new(
@@ -1111,6 +1141,56 @@ async fn expired_or_cancelled_codes_are_never_handed_out(backend: Backend) {
     }
 }
 
+/// The sealed text holds the code: it is kept only while the message may still be sent.
+async fn a_final_message_keeps_no_sealed_text(backend: Backend) {
+    let h = harness(backend).await;
+    let claimed = h.three_messages_claimed().await;
+    let (expiring, _) = h
+        .send(h.key_for("+393481234570"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let expiring = h.message_of(&expiring).await;
+    assert_eq!(
+        h.location.sealed_text(&expiring).await.as_deref(),
+        Some(&b"sealed"[..]),
+        "a message waiting for its first attempt keeps its text"
+    );
+    let report = |status| DeliveryReport {
+        status,
+        message_id: None,
+        status_code: 200,
+        status_message: "ok".into(),
+    };
+    h.store
+        .finish_attempts(vec![
+            (claimed[0].id.clone(), accepted("carrier-1")),
+            (
+                claimed[1].id.clone(),
+                AttemptOutcome::Retry {
+                    report: report(DeliveryStatus::Throttled),
+                    retry_after: Duration::from_secs(5),
+                },
+            ),
+            (
+                claimed[2].id.clone(),
+                AttemptOutcome::Failed(report(DeliveryStatus::PermanentFailure)),
+            ),
+        ])
+        .await
+        .expect("finish");
+    assert_eq!(h.location.sealed_text(&claimed[0].id).await, None, "sent");
+    assert_eq!(
+        h.location.sealed_text(&claimed[1].id).await.as_deref(),
+        Some(&b"sealed"[..]),
+        "a message to retry keeps its text"
+    );
+    assert_eq!(h.location.sealed_text(&claimed[2].id).await, None, "failed");
+    // The fourth code expires before its message is tried: the message is dropped.
+    h.clock.advance(Duration::from_secs(300));
+    h.store.claim_outbox(10, LEASE).await.expect("claim");
+    assert_eq!(h.location.sealed_text(&expiring).await, None, "dropped");
+}
+
 async fn releasing_claims_after_a_crash(backend: Backend) {
     let h = harness(backend).await;
     h.send(h.key_for("+393481234567"), 3, UNLIMITED)
@@ -1648,6 +1728,7 @@ on_every_backend!(
     releasing_claims_after_a_crash,
     a_stopping_node_gives_its_claims_back,
     outcomes_are_stored_in_batches,
+    a_final_message_keeps_no_sealed_text,
     receipts_update_the_delivery_status,
     a_message_committed_for_immediate_delivery_is_claimed_from_the_start,
     the_backlog_counts_what_waits_for_delivery,

@@ -23,6 +23,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         5,
         include_str!("../../migrations/postgres/0005_grouped_sends_and_checks.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_sealed_text_only_while_pending.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.

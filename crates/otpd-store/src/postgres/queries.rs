@@ -684,7 +684,7 @@ pub(super) async fn claim_outbox(
                  FOR UPDATE OF o SKIP LOCKED
              ),
              dropped AS (
-                 UPDATE outbox SET state = 'dropped', updated_at = clock.now,
+                 UPDATE outbox SET state = 'dropped', updated_at = clock.now, sealed_text = NULL,
                      status_message = 'not sent: the code expired or was cancelled first'
                  FROM due, clock WHERE outbox.id = due.id AND NOT due.live
              )
@@ -751,7 +751,8 @@ async fn finish_in_one_transaction(
                  next_attempt_at = COALESCE(clock.now + $4, next_attempt_at),
                  sent_at = CASE WHEN $3 = 'sent' THEN clock.now ELSE sent_at END,
                  delivery_status = $5, status_code = $6, status_message = $7,
-                 carrier_message_id = COALESCE($8, carrier_message_id)
+                 carrier_message_id = COALESCE($8, carrier_message_id),
+                 sealed_text = CASE WHEN $3 = 'pending' THEN sealed_text END
              FROM clock WHERE id = $2"
         ))
         .await?;
