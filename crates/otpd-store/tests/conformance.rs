@@ -957,6 +957,16 @@ fn accepted(carrier_id: &str) -> AttemptOutcome {
     })
 }
 
+/// A carrier's answer to a message it did not take.
+fn unsent(status: DeliveryStatus) -> DeliveryReport {
+    DeliveryReport {
+        status,
+        message_id: None,
+        status_code: 200,
+        status_message: "ok".into(),
+    }
+}
+
 const LEASE: Duration = Duration::from_secs(30);
 
 impl Harness {
@@ -1155,25 +1165,19 @@ async fn a_final_message_keeps_no_sealed_text(backend: Backend) {
         Some(&b"sealed"[..]),
         "a message waiting for its first attempt keeps its text"
     );
-    let report = |status| DeliveryReport {
-        status,
-        message_id: None,
-        status_code: 200,
-        status_message: "ok".into(),
-    };
     h.store
         .finish_attempts(vec![
             (claimed[0].id.clone(), accepted("carrier-1")),
             (
                 claimed[1].id.clone(),
                 AttemptOutcome::Retry {
-                    report: report(DeliveryStatus::Throttled),
+                    report: unsent(DeliveryStatus::Throttled),
                     retry_after: Duration::from_secs(5),
                 },
             ),
             (
                 claimed[2].id.clone(),
-                AttemptOutcome::Failed(report(DeliveryStatus::PermanentFailure)),
+                AttemptOutcome::Failed(unsent(DeliveryStatus::PermanentFailure)),
             ),
         ])
         .await
