@@ -96,6 +96,16 @@ fn run(mut log: LogFile, queue: &flume::Receiver<Vec<Answer>>, failed: &AtomicBo
             answers.extend(more);
             commits += 1;
         }
+        if failed.load(Ordering::Relaxed) {
+            // These frames follow ones that may never reach the disk, and a crash keeps only
+            // the log up to the first missing frame: no later flush can make them durable.
+            for answer in answers {
+                answer(Err(Failure::Database(
+                    "the write-ahead log could not be flushed to disk earlier; restart otpd".into(),
+                )));
+            }
+            continue;
+        }
         let started = Instant::now();
         let flushed = log.flush();
         metrics::histogram!(LOG_FLUSH_DURATION).record(started.elapsed().as_secs_f64());
@@ -193,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn a_log_that_cannot_be_flushed_fails_its_batches_and_marks_the_store() {
+    fn a_log_that_cannot_be_flushed_fails_its_batches_and_every_later_one() {
         let dir = tempfile::tempdir().expect("dir");
         let log_sync = LogSync::spawn(dir.path().join("missing.db-wal")).expect("flusher");
         let (results, answered) = flume::unbounded();
@@ -206,6 +216,17 @@ mod tests {
             "{outcome:?}"
         );
         assert!(log_sync.failed());
+        // The log is there now, and a flush would succeed, but what follows the frames that
+        // were lost cannot be recovered: later batches fail too.
+        std::fs::write(dir.path().join("missing.db-wal"), b"frames").expect("log");
+        log_sync.answer_when_durable(vec![answer_into(&results)]);
+        let later = answered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("answered");
+        assert!(
+            matches!(&later, Err(Failure::Database(message)) if message.contains("earlier")),
+            "{later:?}"
+        );
     }
 
     #[test]
