@@ -87,6 +87,14 @@ impl LogSync {
     }
 }
 
+/// The answer to every write once a flush has failed, until otpd is restarted.
+pub(super) fn refused() -> Failure {
+    Failure::Database(
+        "writes are refused: the write-ahead log could not be flushed to disk earlier; restart otpd"
+            .into(),
+    )
+}
+
 fn run(mut log: LogFile, queue: &flume::Receiver<Vec<Answer>>, failed: &AtomicBool) {
     while let Ok(first) = queue.recv() {
         let mut answers = first;
@@ -100,9 +108,7 @@ fn run(mut log: LogFile, queue: &flume::Receiver<Vec<Answer>>, failed: &AtomicBo
             // These frames follow ones that may never reach the disk, and a crash keeps only
             // the log up to the first missing frame: no later flush can make them durable.
             for answer in answers {
-                answer(Err(Failure::Database(
-                    "the write-ahead log could not be flushed to disk earlier; restart otpd".into(),
-                )));
+                answer(Err(refused()));
             }
             continue;
         }
@@ -145,28 +151,26 @@ impl LogFile {
     /// keeps its readers open, but were the log ever made anew, flushing the old one would
     /// make nothing durable.
     fn flush(&mut self) -> std::io::Result<()> {
-        if self.file.is_none() || !self.still_at_path()? {
+        let file = match self.file.take() {
+            Some(file) if self.is_at_path(&file)? => file,
             // Appending only: this handle must never overwrite a frame.
-            self.file = Some(File::options().append(true).open(&self.path)?);
-        }
-        match &self.file {
-            Some(file) => file.sync_data(),
-            None => Ok(()),
-        }
+            _ => File::options().append(true).open(&self.path)?,
+        };
+        file.sync_data()?;
+        self.file = Some(file);
+        Ok(())
     }
 
     #[cfg(unix)]
-    fn still_at_path(&self) -> std::io::Result<bool> {
+    fn is_at_path(&self, file: &File) -> std::io::Result<bool> {
         use std::os::unix::fs::MetadataExt;
-        let Some(file) = &self.file else {
-            return Ok(false);
-        };
         let (open, named) = (file.metadata()?, std::fs::metadata(&self.path)?);
         Ok(open.dev() == named.dev() && open.ino() == named.ino())
     }
 
+    /// Elsewhere the log is opened anew for every flush.
     #[cfg(not(unix))]
-    fn still_at_path(&self) -> std::io::Result<bool> {
+    fn is_at_path(&self, _file: &File) -> std::io::Result<bool> {
         Ok(false)
     }
 }
@@ -184,6 +188,12 @@ mod tests {
         })
     }
 
+    fn next_answer(answered: &flume::Receiver<Result<(), Failure>>) -> Result<(), Failure> {
+        answered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("answered")
+    }
+
     #[test]
     fn batches_are_answered_once_the_log_is_flushed() {
         let dir = tempfile::tempdir().expect("dir");
@@ -194,9 +204,7 @@ mod tests {
         log_sync.answer_when_durable(vec![answer_into(&results), answer_into(&results)]);
         log_sync.answer_when_durable(vec![answer_into(&results)]);
         for _ in 0..3 {
-            let outcome = answered
-                .recv_timeout(Duration::from_secs(5))
-                .expect("answered");
+            let outcome = next_answer(&answered);
             assert!(outcome.is_ok(), "{outcome:?}");
         }
         assert!(!log_sync.failed());
@@ -208,9 +216,7 @@ mod tests {
         let log_sync = LogSync::spawn(dir.path().join("missing.db-wal")).expect("flusher");
         let (results, answered) = flume::unbounded();
         log_sync.answer_when_durable(vec![answer_into(&results)]);
-        let outcome = answered
-            .recv_timeout(Duration::from_secs(5))
-            .expect("answered");
+        let outcome = next_answer(&answered);
         assert!(
             matches!(&outcome, Err(Failure::Database(message)) if message.contains("flushed")),
             "{outcome:?}"
@@ -220,11 +226,9 @@ mod tests {
         // were lost cannot be recovered: later batches fail too.
         std::fs::write(dir.path().join("missing.db-wal"), b"frames").expect("log");
         log_sync.answer_when_durable(vec![answer_into(&results)]);
-        let later = answered
-            .recv_timeout(Duration::from_secs(5))
-            .expect("answered");
+        let later = next_answer(&answered);
         assert!(
-            matches!(&later, Err(Failure::Database(message)) if message.contains("earlier")),
+            matches!(&later, Err(Failure::Database(message)) if message.contains("refused")),
             "{later:?}"
         );
     }
@@ -238,8 +242,12 @@ mod tests {
         log.flush().expect("first flush");
         std::fs::remove_file(&path).expect("remove");
         std::fs::write(&path, b"second").expect("log made anew");
-        assert!(!log.still_at_path().expect("stat"));
+        let at_path = |log: &LogFile| {
+            let file = log.file.as_ref().expect("opened by the flush");
+            log.is_at_path(file).expect("stat")
+        };
+        assert!(!at_path(&log));
         log.flush().expect("flush of the new log");
-        assert!(log.still_at_path().expect("stat"));
+        assert!(at_path(&log));
     }
 }

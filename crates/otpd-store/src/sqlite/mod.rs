@@ -29,7 +29,7 @@ use rusqlite_migration::{M, Migrations};
 
 use log_sync::LogSync;
 use readers::Readers;
-use wal::LogReset;
+use wal::{LogReset, WalLimits};
 use writer::Writer;
 
 pub(crate) use crate::failure::Failure;
@@ -176,8 +176,13 @@ impl SqliteStore {
         let log_sync = LogSync::spawn(log_path).map_err(spawn_failed)?;
         let alive = Arc::new(());
         let log_reset = Arc::new(LogReset::default());
+        // A database made before `PAGE_SIZE` keeps its own.
+        let page_size: i64 = write_connection
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(unavailable)?;
         wal::spawn_checkpointer(
             connect(path, OpenFlags::default())?,
+            WalLimits::for_page_size(page_size),
             Arc::downgrade(&alive),
             log_reset.clone(),
         )
@@ -440,9 +445,7 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         if self.log_sync.failed() {
-            return Err(StoreError::Unavailable(
-                "the write-ahead log could not be flushed to disk; restart otpd".into(),
-            ));
+            return Err(log_sync::refused().into());
         }
         Ok(self
             .read(|connection, _| {

@@ -123,9 +123,11 @@ impl LogReset {
     }
 }
 
-/// Starts the checkpointer thread; it runs while `alive` can be upgraded.
+/// Starts the checkpointer thread, which asks for the log to start over past `limits`; it runs
+/// while `alive` can be upgraded.
 pub(super) fn spawn_checkpointer(
     connection: Connection,
+    limits: WalLimits,
     alive: Weak<()>,
     reset: Arc<LogReset>,
 ) -> std::io::Result<()> {
@@ -134,13 +136,6 @@ pub(super) fn spawn_checkpointer(
         .name("otpd-sqlite-checkpoint".into())
         .spawn(move || {
             lower_own_priority();
-            let limits = match connection.query_row("PRAGMA page_size", [], |row| row.get(0)) {
-                Ok(page_size) => WalLimits::for_page_size(page_size),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the page size; assuming 4 KiB");
-                    WalLimits::for_page_size(4096)
-                }
-            };
             while alive.upgrade().is_some() {
                 std::thread::sleep(CHECKPOINT_INTERVAL);
                 if let Err(error) = checkpoint(&connection, &reset, limits) {

@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::Failure;
-use super::log_sync::LogSync;
+use super::log_sync::{self, LogSync};
 use super::wal::LogReset;
 
 /// The largest batch one commit carries; bounds the latency of the first request in it.
@@ -132,9 +132,7 @@ fn run(
         }
         if log_sync.failed() {
             for job in batch {
-                job(Err(Failure::Database(
-                    "writes are refused since the write-ahead log could not be flushed to disk; restart otpd".into(),
-                )));
+                job(Err(log_sync::refused()));
             }
             continue;
         }
