@@ -77,7 +77,7 @@ impl FromRequest<AppState> for Signed {
         )?;
         Ok(Self {
             account: Arc::clone(&found.account),
-            region: authorization.region,
+            region: authorization.region.to_owned(),
             body,
         })
     }

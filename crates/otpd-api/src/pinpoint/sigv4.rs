@@ -10,6 +10,7 @@
 mod canonical;
 mod keys;
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use http::request::Parts;
@@ -49,18 +50,20 @@ pub enum SignatureError {
     Mismatch,
 }
 
-/// The parsed `Authorization` header.
+/// The parsed `Authorization` header, borrowing its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authorization {
+pub struct Authorization<'header> {
     pub access_key_id: AccessKeyId,
-    pub date: String,
-    pub region: String,
-    pub signed_headers: Vec<String>,
-    pub signature: String,
+    pub date: &'header str,
+    pub region: &'header str,
+    /// Lowercase, in the order given (the SDKs send them lowercase already).
+    pub signed_headers: Vec<Cow<'header, str>>,
+    /// Lowercase hex.
+    pub signature: [u8; 64],
 }
 
-impl Authorization {
-    pub fn parse(header: &str) -> Result<Self, SignatureError> {
+impl<'header> Authorization<'header> {
+    pub fn parse(header: &'header str) -> Result<Self, SignatureError> {
         let rest = header
             .strip_prefix(ALGORITHM)
             .and_then(|rest| rest.strip_prefix(' '))
@@ -83,32 +86,47 @@ impl Authorization {
             (Some(c), Some(h), Some(s)) => (c, h, s),
             _ => return Err(SignatureError::Malformed),
         };
-        let scope: Vec<&str> = credential.split('/').collect();
-        let [key, date, region, service, terminator] = scope.as_slice() else {
+        let mut scope = credential.split('/');
+        let (Some(key), Some(date), Some(region), Some(service), Some(terminator), None) = (
+            scope.next(),
+            scope.next(),
+            scope.next(),
+            scope.next(),
+            scope.next(),
+            scope.next(),
+        ) else {
             return Err(SignatureError::BadScope);
         };
-        if *service != SERVICE
-            || *terminator != "aws4_request"
+        if service != SERVICE
+            || terminator != "aws4_request"
             || date.len() != 8
             || region.is_empty()
         {
             return Err(SignatureError::BadScope);
         }
-        let signature_ok =
-            signature.len() == 64 && signature.bytes().all(|b| b.is_ascii_hexdigit());
-        if !signature_ok {
+        let signature: [u8; 64] = signature
+            .as_bytes()
+            .try_into()
+            .map_err(|_| SignatureError::Malformed)?;
+        if !signature.iter().all(u8::is_ascii_hexdigit) {
             return Err(SignatureError::Malformed);
         }
         Ok(Self {
             access_key_id: AccessKeyId::parse(key).ok_or(SignatureError::UnknownKey)?,
-            date: (*date).to_owned(),
-            region: (*region).to_owned(),
-            signed_headers: signed_headers
-                .split(';')
-                .map(str::to_ascii_lowercase)
-                .collect(),
-            signature: signature.to_ascii_lowercase(),
+            date,
+            region,
+            signed_headers: signed_headers.split(';').map(lowercase).collect(),
+            signature: signature.map(|byte| byte.to_ascii_lowercase()),
         })
+    }
+}
+
+/// `text` in lowercase, copied only if it has an uppercase letter.
+fn lowercase(text: &str) -> Cow<'_, str> {
+    if text.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
@@ -116,7 +134,7 @@ impl Authorization {
 /// within the allowed skew of `now`. Returns it as written, for the string to sign.
 pub fn check_request_time<'a>(
     parts: &'a Parts,
-    authorization: &Authorization,
+    authorization: &Authorization<'_>,
     now: SystemTime,
     max_skew: Duration,
 ) -> Result<&'a str, SignatureError> {
@@ -129,7 +147,7 @@ pub fn check_request_time<'a>(
         .get("x-amz-date")
         .and_then(|value| value.to_str().ok())
         .ok_or(SignatureError::MissingDate)?;
-    if !stamp.starts_with(&authorization.date) {
+    if !stamp.starts_with(authorization.date) {
         return Err(SignatureError::BadScope);
     }
     let time = parse_amz_date(stamp).ok_or(SignatureError::MissingDate)?;
@@ -148,7 +166,7 @@ pub fn check_request_time<'a>(
 pub fn verify(
     parts: &Parts,
     body: &[u8],
-    authorization: &Authorization,
+    authorization: &Authorization<'_>,
     stamp: &str,
     secret: &SecretAccessKey,
     keys: &SigningKeys,
@@ -167,19 +185,15 @@ pub fn verify(
     let key = keys.key_for(
         &authorization.access_key_id,
         secret,
-        &authorization.date,
-        &authorization.region,
+        authorization.date,
+        authorization.region,
     );
     let mut expected = String::with_capacity(64);
     push_hex(
         &mut expected,
         &hmac_sha256(key.as_slice(), string_to_sign.as_bytes()),
     );
-    if bool::from(
-        expected
-            .as_bytes()
-            .ct_eq(authorization.signature.as_bytes()),
-    ) {
+    if bool::from(expected.as_bytes().ct_eq(&authorization.signature)) {
         Ok(())
     } else {
         Err(SignatureError::Mismatch)
@@ -386,6 +400,38 @@ mod tests {
             parsed.signed_headers,
             ["content-type", "host", "x-amz-date"]
         );
+    }
+
+    #[test]
+    fn header_names_and_the_signature_are_read_in_lowercase() {
+        let shouted = HEADER
+            .replace(
+                "content-type;host;x-amz-date",
+                "Content-Type;HOST;x-amz-date",
+            )
+            .replace("0123456789abcdef0123", "0123456789ABCDEF0123");
+        let parsed = Authorization::parse(&shouted).expect("parses");
+        assert_eq!(
+            parsed.signed_headers,
+            ["content-type", "host", "x-amz-date"]
+        );
+        assert_eq!(parsed, Authorization::parse(HEADER).expect("parses"));
+    }
+
+    #[test]
+    fn a_signature_of_another_length_is_malformed() {
+        for signature in [
+            "0123456789abcdef".repeat(4)[1..].to_owned(),
+            "0".repeat(65),
+            String::new(),
+        ] {
+            let header = HEADER.replace(&"0123456789abcdef".repeat(4), &signature);
+            assert_eq!(
+                Authorization::parse(&header),
+                Err(SignatureError::Malformed),
+                "{signature}"
+            );
+        }
     }
 
     #[test]
