@@ -223,30 +223,41 @@ fn json_line(mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
     let metadata = event.metadata();
     let mut timestamp = String::with_capacity(32);
     write_timestamp(&mut Writer::new(&mut timestamp))?;
-    let mut object = serde_json::Map::new();
-    object.insert("timestamp".into(), timestamp.into());
-    object.insert("level".into(), metadata.level().as_str().into());
-    object.insert("target".into(), metadata.target().into());
+    let mut members = JsonFields(vec![
+        ("timestamp", timestamp.into()),
+        ("level", metadata.level().as_str().into()),
+        ("target", metadata.target().into()),
+    ]);
     if let Some(id) = otpd_api::observe::request_id() {
-        object.insert("request_id".into(), id.to_string().into());
+        members.0.push(("request_id", id.to_string().into()));
     }
-    event.record(&mut JsonFields(&mut object));
-    let line = serde_json::Value::Object(object).to_string();
-    writer.write_str(&line)?;
-    writeln!(writer)
+    event.record(&mut members);
+    writer.write_char('{')?;
+    for (index, (name, value)) in members.0.iter().enumerate() {
+        if index > 0 {
+            writer.write_char(',')?;
+        }
+        // `Value`'s `Display` writes it as compact JSON, strings quoted and escaped.
+        write!(writer, "{}:{value}", serde_json::Value::from(*name))?;
+    }
+    writer.write_str("}\n")
 }
 
-/// An event's fields as members of a JSON object: numbers and booleans as themselves,
-/// everything else as text.
-struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+/// The members of a line's JSON object, in order: the line's own, then the event's fields,
+/// numbers and booleans as themselves and everything else as text. A field named like a
+/// member already there is left out, so no name appears twice and no field can stand in for
+/// the line's time, level, target or request id.
+struct JsonFields(Vec<(&'static str, serde_json::Value)>);
 
-impl JsonFields<'_> {
+impl JsonFields {
     fn put(&mut self, field: &Field, value: impl Into<serde_json::Value>) {
-        self.0.insert(field.name().to_owned(), value.into());
+        if self.0.iter().all(|(name, _)| *name != field.name()) {
+            self.0.push((field.name(), value.into()));
+        }
     }
 }
 
-impl Visit for JsonFields<'_> {
+impl Visit for JsonFields {
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.put(field, value);
     }
@@ -337,6 +348,7 @@ mod tests {
                         delivered = false,
                         carrier = "Acme \"SMS\"\nforged=1",
                         route = "eu-1",
+                        level = "forged",
                         "the carrier is slow"
                     );
                     "done"
@@ -366,7 +378,8 @@ mod tests {
         assert!(!lines[0].contains("request_id"), "{}", lines[0]);
         let warning = format!(
             "WARN otpd::telemetry::tests: request_id={id} the carrier is slow attempts=3 \
-             delivered=false carrier=\"Acme \\\"SMS\\\"\\nforged=1\" route=\"eu-1\""
+             delivered=false carrier=\"Acme \\\"SMS\\\"\\nforged=1\" route=\"eu-1\" \
+             level=\"forged\""
         );
         assert!(lines[1].contains(&warning), "{}", lines[1]);
         let handled = format!("INFO otpd_api::observe: request handled request_id={id} status=200");
@@ -391,6 +404,10 @@ mod tests {
             .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
             .collect();
         assert_eq!(objects.len(), 3);
+        for line in &lines {
+            assert!(line.starts_with(r#"{"timestamp":"#), "{line}");
+        }
+        assert!(lines[1].contains(r#""target":"otpd::telemetry::tests","request_id":"#));
         assert_eq!(objects[0]["message"], "outside any request");
         assert_eq!(objects[0]["port"], 8080);
         assert!(objects[0].get("request_id").is_none());
