@@ -224,7 +224,9 @@ fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
     // Room for every statement the store uses, so none is ever prepared twice.
     connection.set_prepared_statement_cache_capacity(64);
-    // FULL: a commit is on disk before anyone is told it happened.
+    // FULL: a commit is on disk before anyone is told it happened. That holds for the
+    // migrations and the checkpointer, which commit on their own; the writer, once migrated,
+    // commits with NORMAL and leaves the flush to `log_sync`, which answers only after it.
     connection
         .execute_batch(
             "PRAGMA synchronous = FULL;
