@@ -142,10 +142,10 @@ impl ServerKey {
         Some(opened)
     }
 
-    /// ChaCha20-Poly1305 (RFC 8439) under the sealing key. ring's rather than RustCrypto's: for
-    /// the 60-byte messages a send seals, its assembly took 0.26 µs against 2.1 (whose AVX2
-    /// Poly1305 is made for long inputs), 3% of a send's CPU. The format is the same, so what
-    /// either sealed the other opens.
+    /// ChaCha20-Poly1305 (RFC 8439) under the sealing key, from ring rather than the
+    /// chacha20poly1305 crate: ring's assembly seals a send's 60-byte message in 0.26 µs, the
+    /// crate took 2.1 (its AVX2 Poly1305 is built for long inputs), 3% of a send's CPU. Both
+    /// write the same format, so what either sealed the other opens.
     fn sealing_key(&self) -> LessSafeKey {
         match UnboundKey::new(&CHACHA20_POLY1305, self.secret_sealing_key.as_ref()) {
             Ok(key) => LessSafeKey::new(key),
