@@ -9,7 +9,7 @@ mod basic_auth;
 mod body;
 pub mod console;
 pub mod health;
-mod iso8601;
+pub mod iso8601;
 pub mod metrics;
 pub mod observe;
 pub mod pinpoint;

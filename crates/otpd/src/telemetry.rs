@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal};
 
+use otpd_api::iso8601::ToTheSecond;
 use time::OffsetDateTime;
 
 use tracing::field::{Field, Visit};
@@ -133,16 +134,7 @@ fn write_timestamp(writer: &mut Writer<'_>) -> std::fmt::Result {
                 .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
             text.clear();
-            write!(
-                text,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-                time.year(),
-                u8::from(time.month()),
-                time.day(),
-                time.hour(),
-                time.minute(),
-                time.second()
-            )?;
+            write!(text, "{}", ToTheSecond(time))?;
             *second = seconds;
         }
         writer.write_str(text)
