@@ -16,12 +16,12 @@ use otpd_api::{ApiSettings, AppState, Shared};
 use otpd_core::ports::{SmsTransport, Store};
 use otpd_core::service::{AccountService, Limits, VerificationService};
 use otpd_core::{ServerKey, SystemClock};
-use otpd_sms::transport::TransportSpec;
+use otpd_sms::transport::{ConsoleStyle, TransportSpec};
 use otpd_sms::{DispatchSettings, OutboxDispatcher, SmsComposer};
 use tokio::net::TcpListener;
 
 use crate::CommandError;
-use crate::cli::{GlobalOptions, ServeOptions};
+use crate::cli::{GlobalOptions, LogFormat, ServeOptions};
 use crate::config::{self, DatabaseLocation};
 use crate::http_server::{self, ConnectionLimits};
 use crate::serve_lock::ServeLock;
@@ -171,7 +171,11 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     let components = Components {
         store: store.clone(),
         transport: spec
-            .build(options.sms_http_header.as_deref(), store.clone())
+            .build(
+                options.sms_http_header.as_deref(),
+                console_style(options.log_format),
+                store.clone(),
+            )
             .map_err(|error| CommandError::Usage(error.to_string()))?,
         key,
         limits: Limits::default(),
@@ -205,6 +209,14 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     application.run_until_stopped(shutdown_signal()).await;
     tracing::info!("otpd stopped");
     Ok(())
+}
+
+/// The console sink prints messages on standard error beside the log, in the log's format.
+fn console_style(log_format: LogFormat) -> ConsoleStyle {
+    match log_format {
+        LogFormat::Text => ConsoleStyle::Text,
+        LogFormat::Json => ConsoleStyle::Json,
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

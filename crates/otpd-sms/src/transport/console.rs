@@ -1,29 +1,147 @@
-//! The development default: each message printed on standard error.
+//! The development default: each message printed on standard error, where otpd's log goes too.
+
+use std::io::Write;
 
 use async_trait::async_trait;
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
 
+use super::JsonMessage;
+
+/// How a message is printed: as a sentence for a developer reading a terminal, or, when the log
+/// is JSON (`--log-format json`), as one JSON object, so that every line a collector reads from
+/// standard error parses.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleStyle {
+    #[default]
+    Text,
+    Json,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ConsoleTransport;
+pub struct ConsoleTransport {
+    style: ConsoleStyle,
+}
+
+impl ConsoleTransport {
+    pub fn new(style: ConsoleStyle) -> Self {
+        Self { style }
+    }
+
+    /// The message's line, newline included. This is the SMS itself, not a log line: a
+    /// developer reads the code from here.
+    fn line(&self, sms: &OutgoingSms) -> Vec<u8> {
+        let mut line = match self.style {
+            ConsoleStyle::Text => format!(
+                "SMS {} to {} from {} ({}, {} part(s)): {}",
+                sms.message_id,
+                sms.to,
+                sms.from,
+                sms.message.encoding.as_str(),
+                sms.message.parts,
+                sms.message.text
+            )
+            .into_bytes(),
+            ConsoleStyle::Json => {
+                serde_json::to_vec(&ConsoleLine {
+                    sms: JsonMessage::from(sms),
+                })
+                // Serialising string and number fields cannot fail.
+                .unwrap_or_default()
+            }
+        };
+        line.push(b'\n');
+        line
+    }
+}
+
+/// A JSON line names what it is, beside the log's events on the same stream.
+#[derive(serde::Serialize)]
+struct ConsoleLine<'a> {
+    sms: JsonMessage<'a>,
+}
 
 #[async_trait]
 impl SmsTransport for ConsoleTransport {
     async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
-        let message_id = sms.message_id.to_string();
-        // This is the SMS itself, not a log line: a developer reads the code from here.
-        eprintln!(
-            "SMS {message_id} to {} from {} ({}, {} part(s)): {}",
-            sms.to,
-            sms.from,
-            sms.message.encoding.as_str(),
-            sms.message.parts,
-            sms.message.text
-        );
-        DeliveryReport {
-            status: DeliveryStatus::Successful,
-            message_id: Some(message_id),
-            status_code: 200,
-            status_message: "printed to the console".into(),
+        // One `write` for the whole line: `eprintln!` writes its pieces one by one, and the log's
+        // own thread could write between them.
+        match std::io::stderr().lock().write_all(&self.line(sms)) {
+            Ok(()) => DeliveryReport {
+                status: DeliveryStatus::Successful,
+                message_id: Some(sms.message_id.to_string()),
+                status_code: 200,
+                status_message: "printed to the console".into(),
+            },
+            Err(error) => {
+                tracing::error!(%error, "cannot print the SMS on standard error");
+                DeliveryReport {
+                    status: DeliveryStatus::TemporaryFailure,
+                    message_id: None,
+                    status_code: 500,
+                    status_message: "standard error cannot be written".into(),
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otpd_core::outbox::MessageId;
+    use otpd_core::sms::{ComposedSms, Encoding, Sender};
+    use otpd_core::{E164, VerifyId};
+
+    fn sms() -> OutgoingSms {
+        OutgoingSms {
+            message_id: MessageId::generate(),
+            verify_id: VerifyId::generate(),
+            to: E164::parse("+393481234567").expect("number"),
+            from: Sender::parse("Acme").expect("sender"),
+            message: ComposedSms {
+                text: "Your code is \"123456\"\nfrom Acme".into(),
+                encoding: Encoding::Gsm7,
+                parts: 1,
+            },
+            entity_id: None,
+            template_id: None,
+        }
+    }
+
+    #[test]
+    fn a_text_line_reads_as_a_sentence() {
+        let sms = sms();
+        let line = ConsoleTransport::new(ConsoleStyle::Text).line(&sms);
+        assert_eq!(
+            String::from_utf8(line).expect("utf-8"),
+            format!(
+                "SMS {} to +393481234567 from Acme (GSM7, 1 part(s)): Your code is \"123456\"\nfrom Acme\n",
+                sms.message_id
+            )
+        );
+    }
+
+    #[test]
+    fn a_json_line_is_one_object_on_one_line() {
+        let sms = sms();
+        let line = ConsoleTransport::new(ConsoleStyle::Json).line(&sms);
+        let text = String::from_utf8(line).expect("utf-8");
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(text.ends_with('\n'));
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(value["sms"]["message_id"], sms.message_id.as_str());
+        assert_eq!(value["sms"]["to"], "+393481234567");
+        assert_eq!(value["sms"]["from"], "Acme");
+        assert_eq!(value["sms"]["text"], "Your code is \"123456\"\nfrom Acme");
+        assert_eq!(value["sms"]["encoding"], "GSM7");
+        assert_eq!(value["sms"]["parts"], 1);
+    }
+
+    #[tokio::test]
+    async fn printing_reports_the_message_handed_over() {
+        let sms = sms();
+        let report = ConsoleTransport::default().send(&sms).await;
+        assert_eq!(report.status, DeliveryStatus::Successful);
+        assert_eq!(report.message_id.as_deref(), Some(sms.message_id.as_str()));
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use otpd_core::ports::{SmsTransport, Store};
 
-pub use console::ConsoleTransport;
+pub use console::{ConsoleStyle, ConsoleTransport};
 pub use file::FileTransport;
 pub use http::{HttpSpec, HttpSpecError, HttpTransport};
 pub use smpp::{SmppSpec, SmppSpecError, SmppTransport, parse_receipt};
@@ -69,14 +69,16 @@ impl std::str::FromStr for TransportSpec {
 
 impl TransportSpec {
     /// Builds the transport; `http_header` is the optional `Name: value` for HTTP providers;
-    /// `store` receives SMPP delivery receipts. Must run inside the Tokio runtime.
+    /// `console` is how the console prints; `store` receives SMPP delivery receipts. Must run
+    /// inside the Tokio runtime.
     pub fn build(
         &self,
         http_header: Option<&str>,
+        console: ConsoleStyle,
         store: Arc<dyn Store>,
     ) -> Result<Arc<dyn SmsTransport>, SpecError> {
         Ok(match self {
-            Self::Console => Arc::new(ConsoleTransport),
+            Self::Console => Arc::new(ConsoleTransport::new(console)),
             Self::File(path) => Arc::new(FileTransport::new(path.clone())),
             Self::Http(url) => Arc::new(
                 HttpTransport::new(HttpSpec::new(url, http_header)?)
