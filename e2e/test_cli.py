@@ -127,56 +127,57 @@ def test_several_worker_threads_make_a_pool_of_that_many(tmp_path):
         assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
 
 
-def console_sink_server(tmp_path, log_format):
-    """A server printing SMS to the console (its standard error, kept in its log file)."""
+@contextmanager
+def serving_to_the_console(tmp_path, log_format):
+    """A server printing SMS to the console: its standard error, kept in its log file."""
     server = Otpd(tmp_path, sms="console")
     server.env["OTPD_LOG_FORMAT"] = log_format
-    return server
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def amm_send_and_check(server, to, printed_code):
+    """An amm send to `to`, checked with the code that `printed_code(amm, verify_id)` reads off
+    the console."""
+    amm = server.amm(server.create_account(f"console-{to}"))
+    sent = amm.post(f"{server.url}/sms/v2/verify/send", data={"to": to, "text": "Code ${verify_code}"})
+    assert sent.status_code == 200, sent.text
+    verify_id = sent.json()["verify_id"]
+    checked = amm.get(f"{server.url}/sms/v2/verify/check",
+                      params={"verify_id": verify_id, "verify_code": printed_code(amm, verify_id)})
+    assert checked.json()["verify_status"] == "VERIFIED", checked.text
 
 
 def test_the_console_sink_prints_the_code_for_a_developer(tmp_path):
-    server = console_sink_server(tmp_path, "text")
-    server.start()
-    try:
-        account = server.create_account("console-text")
-        amm = server.amm(account)
-        sent = amm.post(f"{server.url}/sms/v2/verify/send", data={"to": "393480000003", "text": "Code ${verify_code}"})
-        assert sent.status_code == 200, sent.text
+    def printed_code(amm, verify_id):
         line = wait_for(lambda: re.search(r"^SMS (\S+) to \+393480000003 from \S+ \(GSM7, 1 part\(s\)\): Code (\d+)$",
                                           server.logs(), re.MULTILINE))
-        checked = amm.get(f"{server.url}/sms/v2/verify/check",
-                          params={"verify_id": sent.json()["verify_id"], "verify_code": line.group(2)})
-        assert checked.json()["verify_status"] == "VERIFIED", checked.text
-    finally:
-        server.stop()
+        return line.group(2)
+
+    with serving_to_the_console(tmp_path, "text") as server:
+        amm_send_and_check(server, "393480000003", printed_code)
 
 
 def test_with_json_logs_every_line_on_standard_error_is_json_the_sms_included(tmp_path):
-    server = console_sink_server(tmp_path, "json")
-    server.start()
-    try:
-        account = server.create_account("console-json")
-        amm = server.amm(account)
-        sent = amm.post(f"{server.url}/sms/v2/verify/send", data={"to": "393480000004", "text": "Code ${verify_code}"})
-        assert sent.status_code == 200, sent.text
+    def printed():
+        written = server.logs()
+        complete = written[: written.rfind("\n") + 1]  # a line may be on its way
+        lines = [json.loads(line) for line in complete.splitlines()]
+        return [line["sms"] for line in lines if "sms" in line]
 
-        def printed():
-            written = server.logs()
-            complete = written[: written.rfind("\n") + 1]  # a line may be on its way
-            lines = [json.loads(line) for line in complete.splitlines()]
-            return [line["sms"] for line in lines if "sms" in line]
-
+    def printed_code(amm, verify_id):
         [sms] = wait_for(printed)
         assert sms["to"] == "+393480000004"
         assert sms["encoding"] == "GSM7" and sms["parts"] == 1
-        code = re.fullmatch(r"Code (\d+)", sms["text"]).group(1)
-        found = amm.get(f"{server.url}/sms/v2/verify/search", params={"verify_id": sent.json()["verify_id"]})
+        found = amm.get(f"{server.url}/sms/v2/verify/search", params={"verify_id": verify_id})
         assert found.json()["id_sms"] == sms["message_id"], found.text
-        checked = amm.get(f"{server.url}/sms/v2/verify/check",
-                          params={"verify_id": sent.json()["verify_id"], "verify_code": code})
-        assert checked.json()["verify_status"] == "VERIFIED", checked.text
-    finally:
-        server.stop()
+        return re.fullmatch(r"Code (\d+)", sms["text"]).group(1)
+
+    with serving_to_the_console(tmp_path, "json") as server:
+        amm_send_and_check(server, "393480000004", printed_code)
     # The log lines around it (start, the request, stop) are JSON objects too.
     lines = [json.loads(line) for line in server.logs().splitlines()]
     assert any("listening on" in line.get("message", "") for line in lines), lines

@@ -88,24 +88,10 @@ impl SmsTransport for ConsoleTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otpd_core::outbox::MessageId;
-    use otpd_core::sms::{ComposedSms, Encoding, Sender};
-    use otpd_core::{E164, VerifyId};
+    use crate::transport::test_sms;
 
     fn sms() -> OutgoingSms {
-        OutgoingSms {
-            message_id: MessageId::generate(),
-            verify_id: VerifyId::generate(),
-            to: E164::parse("+393481234567").expect("number"),
-            from: Sender::parse("Acme").expect("sender"),
-            message: ComposedSms {
-                text: "Your code is \"123456\"\nfrom Acme".into(),
-                encoding: Encoding::Gsm7,
-                parts: 1,
-            },
-            entity_id: None,
-            template_id: None,
-        }
+        test_sms("Your code is \"123456\"\nfrom Acme")
     }
 
     #[test]

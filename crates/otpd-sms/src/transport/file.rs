@@ -81,25 +81,7 @@ impl SmsTransport for FileTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otpd_core::outbox::MessageId;
-    use otpd_core::sms::{ComposedSms, Encoding, Sender};
-    use otpd_core::{E164, VerifyId};
-
-    fn sms(text: &str) -> OutgoingSms {
-        OutgoingSms {
-            message_id: MessageId::generate(),
-            verify_id: VerifyId::generate(),
-            to: E164::parse("+393481234567").expect("number"),
-            from: Sender::parse("Acme").expect("sender"),
-            message: ComposedSms {
-                text: text.into(),
-                encoding: Encoding::Gsm7,
-                parts: 1,
-            },
-            entity_id: None,
-            template_id: None,
-        }
-    }
+    use crate::transport::test_sms as sms;
 
     #[tokio::test]
     async fn appends_one_json_line_per_message() {

@@ -120,6 +120,28 @@ impl<'a> From<&'a otpd_core::ports::OutgoingSms> for JsonMessage<'a> {
     }
 }
 
+/// A message for the transports' unit tests: to +393481234567 from "Acme", one GSM 7-bit part.
+#[cfg(test)]
+pub(crate) fn test_sms(text: &str) -> otpd_core::ports::OutgoingSms {
+    use otpd_core::outbox::MessageId;
+    use otpd_core::sms::{ComposedSms, Encoding, Sender};
+    use otpd_core::{E164, VerifyId};
+
+    otpd_core::ports::OutgoingSms {
+        message_id: MessageId::generate(),
+        verify_id: VerifyId::generate(),
+        to: E164::parse("+393481234567").expect("number"),
+        from: Sender::parse("Acme").expect("sender"),
+        message: ComposedSms {
+            text: text.into(),
+            encoding: Encoding::Gsm7,
+            parts: 1,
+        },
+        entity_id: None,
+        template_id: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

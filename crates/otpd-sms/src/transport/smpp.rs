@@ -446,28 +446,16 @@ pub fn parse_receipt(text: &[u8], now: Timestamp) -> Option<Receipt> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otpd_core::E164;
-    use otpd_core::outbox::MessageId;
-    use otpd_core::sms::ComposedSms;
 
     fn spec() -> SmppSpec {
         "smpp://otpd:secret@127.0.0.1:2775".parse().expect("spec")
     }
 
     fn sms(text: &str, encoding: Encoding, from: &str) -> OutgoingSms {
-        OutgoingSms {
-            message_id: MessageId::generate(),
-            verify_id: otpd_core::VerifyId::generate(),
-            to: E164::parse("+393481234567").expect("number"),
-            from: Sender::parse(from).expect("sender"),
-            message: ComposedSms {
-                text: text.into(),
-                encoding,
-                parts: 1,
-            },
-            entity_id: None,
-            template_id: None,
-        }
+        let mut sms = crate::transport::test_sms(text);
+        sms.message.encoding = encoding;
+        sms.from = Sender::parse(from).expect("sender");
+        sms
     }
 
     #[test]
