@@ -158,6 +158,8 @@ def test_the_console_sink_prints_the_code_for_a_developer(tmp_path):
         return line.group(2)
 
     with serving_to_the_console(tmp_path, "text") as server:
+        assert re.search(r"WARN otpd::startup: SMS are printed on standard error, codes and phone numbers "
+                         r"included, and reach no phone: for development only", server.logs()), server.logs()
         amm_send_and_check(server, "393480000003", printed_code)
 
 
@@ -180,5 +182,14 @@ def test_with_json_logs_every_line_on_standard_error_is_json_the_sms_included(tm
         amm_send_and_check(server, "393480000004", printed_code)
     # The log lines around it (start, the request, stop) are JSON objects too.
     lines = [json.loads(line) for line in server.logs().splitlines()]
+    warnings = [line["message"] for line in lines if line.get("level") == "WARN"]
+    assert any(message.startswith("SMS are printed on standard error") for message in warnings), lines
     assert any("listening on" in line.get("message", "") for line in lines), lines
     assert any(line.get("message") == "otpd stopped" for line in lines), lines
+
+
+def test_a_server_whose_sms_reach_no_phone_says_so_at_start(otpd):
+    """The end-to-end servers write SMS to a file, codes included: fine for tests, a leak in
+    production, so the start-up log warns (a provider's URL gives no warning: test_metrics)."""
+    assert re.search(rf"WARN otpd::startup: SMS are written to a file, codes and phone numbers included, "
+                     rf"and reach no phone: .* path={re.escape(str(otpd.sms_file))}", otpd.logs()), otpd.logs()

@@ -183,6 +183,7 @@ def test_failed_deliveries_are_counted_as_retries(tmp_path):
     server = Otpd(tmp_path, sms="http://127.0.0.1:9/sms")
     server.start()
     try:
+        assert "reach no phone" not in server.logs(), "a provider's URL is no development sink"
         server.amm_send(server.create_account(), AMM_TO)
 
         def retried():

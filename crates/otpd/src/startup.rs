@@ -194,6 +194,7 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         retention: Duration::from_secs(u64::from(options.retention_days) * 24 * 3600),
         console: console.as_ref().map(|(password, _)| password.clone()),
     };
+    warn_of_a_development_sink(&spec);
     let application = Application::build(options.listen, components).await?;
     let address = application
         .address()
@@ -209,6 +210,23 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     application.run_until_stopped(shutdown_signal()).await;
     tracing::info!("otpd stopped");
     Ok(())
+}
+
+/// The console and file sinks keep every code and phone number where the operator's log and
+/// files are: right for development, a leak in production, and the console is the default.
+fn warn_of_a_development_sink(spec: &TransportSpec) {
+    match spec {
+        TransportSpec::Console => tracing::warn!(
+            "SMS are printed on standard error, codes and phone numbers included, and reach no \
+             phone: for development only; give --sms an smpp:// or https:// provider"
+        ),
+        TransportSpec::File(path) => tracing::warn!(
+            path = %path.display(),
+            "SMS are written to a file, codes and phone numbers included, and reach no phone: \
+             for tests and demos only; give --sms an smpp:// or https:// provider"
+        ),
+        TransportSpec::Http(_) | TransportSpec::Smpp(_) => {}
+    }
 }
 
 /// The console sink prints messages on standard error beside the log, in the log's format.
