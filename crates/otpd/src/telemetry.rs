@@ -19,8 +19,9 @@ use otpd_api::iso8601::ToTheSecond;
 use time::OffsetDateTime;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::Writer;
@@ -85,15 +86,43 @@ where
         writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
+        // A record from the `log` crate (rusqlite_migration's, say) arrives as an event of the
+        // target `log`, its own target, module, file and line in `log.*` fields: shown as
+        // tracing-subscriber shows it, with its own target and without those fields.
+        let normalized = event.normalized_metadata();
+        let origin = match &normalized {
+            Some(metadata) => Origin {
+                metadata,
+                from_log: true,
+            },
+            None => Origin {
+                metadata: event.metadata(),
+                from_log: false,
+            },
+        };
         match self.format {
-            LogFormat::Text => text_line(writer, event),
-            LogFormat::Json => json_line(writer, event),
+            LogFormat::Text => text_line(writer, event, origin),
+            LogFormat::Json => json_line(writer, event, origin),
         }
     }
 }
 
-fn text_line(mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
-    let metadata = event.metadata();
+/// Where an event comes from: its level and target, and whether it is a `log` record, whose
+/// `log.*` fields only repeat where it comes from.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    metadata: &'a Metadata<'a>,
+    from_log: bool,
+}
+
+impl Origin<'_> {
+    fn shows(&self, field: &Field) -> bool {
+        !(self.from_log && field.name().starts_with("log."))
+    }
+}
+
+fn text_line(mut writer: Writer<'_>, event: &Event<'_>, origin: Origin<'_>) -> std::fmt::Result {
+    let metadata = origin.metadata;
     write_timestamp(&mut writer)?;
     let level = metadata.level();
     if writer.has_ansi_escapes() {
@@ -108,6 +137,7 @@ fn text_line(mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
     }
     let mut fields = TextFields {
         writer: &mut writer,
+        origin,
         written: Ok(()),
     };
     event.record(&mut fields);
@@ -148,12 +178,13 @@ fn write_timestamp(writer: &mut Writer<'_>) -> std::fmt::Result {
 /// directly where the value needs no escaping.
 struct TextFields<'a, 'writer> {
     writer: &'a mut Writer<'writer>,
+    origin: Origin<'a>,
     written: std::fmt::Result,
 }
 
 impl TextFields<'_, '_> {
     fn write(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> std::fmt::Result) {
-        if self.written.is_ok() {
+        if self.written.is_ok() && self.origin.shows(field) {
             self.written = self.writer.write_char(' ').and_then(|()| {
                 if field.name() != "message" {
                     self.writer.write_str(field.name())?;
@@ -211,21 +242,24 @@ fn level_colour(level: Level) -> u8 {
     }
 }
 
-fn json_line(mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
-    let metadata = event.metadata();
+fn json_line(mut writer: Writer<'_>, event: &Event<'_>, origin: Origin<'_>) -> std::fmt::Result {
+    let metadata = origin.metadata;
     let mut timestamp = String::with_capacity(32);
     write_timestamp(&mut Writer::new(&mut timestamp))?;
-    let mut members = JsonFields(vec![
-        ("timestamp", timestamp.into()),
-        ("level", metadata.level().as_str().into()),
-        ("target", metadata.target().into()),
-    ]);
+    let mut members = JsonFields {
+        members: vec![
+            ("timestamp", timestamp.into()),
+            ("level", metadata.level().as_str().into()),
+            ("target", metadata.target().into()),
+        ],
+        origin,
+    };
     if let Some(id) = otpd_api::observe::request_id() {
-        members.0.push(("request_id", id.to_string().into()));
+        members.members.push(("request_id", id.to_string().into()));
     }
     event.record(&mut members);
     writer.write_char('{')?;
-    for (index, (name, value)) in members.0.iter().enumerate() {
+    for (index, (name, value)) in members.members.iter().enumerate() {
         if index > 0 {
             writer.write_char(',')?;
         }
@@ -239,17 +273,20 @@ fn json_line(mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
 /// numbers and booleans as themselves and everything else as text. A field named like a
 /// member already there is left out, so no name appears twice and no field can stand in for
 /// the line's time, level, target or request id.
-struct JsonFields(Vec<(&'static str, serde_json::Value)>);
+struct JsonFields<'a> {
+    members: Vec<(&'static str, serde_json::Value)>,
+    origin: Origin<'a>,
+}
 
-impl JsonFields {
+impl JsonFields<'_> {
     fn put(&mut self, field: &Field, value: impl Into<serde_json::Value>) {
-        if self.0.iter().all(|(name, _)| *name != field.name()) {
-            self.0.push((field.name(), value.into()));
+        if self.origin.shows(field) && self.members.iter().all(|(name, _)| *name != field.name()) {
+            self.members.push((field.name(), value.into()));
         }
     }
 }
 
-impl Visit for JsonFields {
+impl Visit for JsonFields<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.put(field, value);
     }
@@ -418,6 +455,62 @@ mod tests {
             timestamp.ends_with('Z') && timestamp.contains('T'),
             "{timestamp}"
         );
+    }
+
+    /// What the logger writes for a record of the `log` crate, as rusqlite_migration logs.
+    fn log_a_log_record(format: LogFormat) -> Vec<String> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let logger = subscriber(
+            format,
+            EnvFilter::new("info"),
+            move || writer.clone(),
+            false,
+        );
+        tracing::subscriber::with_default(logger, || {
+            tracing_log::format_trace(
+                &log::Record::builder()
+                    .args(format_args!("Database migrated to version {}", 9))
+                    .level(log::Level::Info)
+                    .target("rusqlite_migration")
+                    .module_path_static(Some("rusqlite_migration"))
+                    .file_static(Some("/registry/rusqlite_migration-2.6.0/src/lib.rs"))
+                    .line(Some(741))
+                    .build(),
+            )
+            .expect("dispatched");
+        });
+        captured.lines()
+    }
+
+    #[test]
+    fn a_log_record_keeps_its_own_target_and_no_log_fields() {
+        let [text] = log_a_log_record(LogFormat::Text)
+            .try_into()
+            .expect("one line");
+        assert!(
+            text.ends_with(" INFO rusqlite_migration: Database migrated to version 9"),
+            "{text}"
+        );
+        let [json] = log_a_log_record(LogFormat::Json)
+            .try_into()
+            .expect("one line");
+        let object: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let members: Vec<&str> = object
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        // serde_json's map lists its members by name.
+        assert_eq!(
+            members,
+            ["level", "message", "target", "timestamp"],
+            "{json}"
+        );
+        assert_eq!(object["level"], "INFO");
+        assert_eq!(object["target"], "rusqlite_migration");
+        assert_eq!(object["message"], "Database migrated to version 9");
     }
 
     #[test]
