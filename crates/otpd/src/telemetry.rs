@@ -355,9 +355,8 @@ mod tests {
         }
     }
 
-    /// Serves one request through the request logger, whose handler logs a warning, and an
-    /// event outside any request; returns the request's id and what was logged.
-    async fn log_a_request(format: LogFormat) -> (String, Vec<String>) {
+    /// A logger writing `format` at level info, and what it wrote.
+    fn capturing(format: LogFormat) -> (Captured, impl Subscriber + Send + Sync + 'static) {
         let captured = Captured::default();
         let writer = captured.clone();
         let logger = subscriber(
@@ -366,6 +365,13 @@ mod tests {
             move || writer.clone(),
             false,
         );
+        (captured, logger)
+    }
+
+    /// Serves one request through the request logger, whose handler logs a warning, and an
+    /// event outside any request; returns the request's id and what was logged.
+    async fn log_a_request(format: LogFormat) -> (String, Vec<String>) {
+        let (captured, logger) = capturing(format);
         let _installed = tracing::subscriber::set_default(logger);
         tracing::info!(port = 8080_u64, "outside any request");
         let app = Router::new()
@@ -459,14 +465,7 @@ mod tests {
 
     /// What the logger writes for a record of the `log` crate, as rusqlite_migration logs.
     fn log_a_log_record(format: LogFormat) -> Vec<String> {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let logger = subscriber(
-            format,
-            EnvFilter::new("info"),
-            move || writer.clone(),
-            false,
-        );
+        let (captured, logger) = capturing(format);
         tracing::subscriber::with_default(logger, || {
             tracing_log::format_trace(
                 &log::Record::builder()
