@@ -21,6 +21,7 @@ mod measure;
 mod report;
 mod requests;
 mod server;
+mod targets;
 mod workload;
 
 use std::os::unix::process::CommandExt;
@@ -177,7 +178,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if measure_ceilings {
         rows.extend(run_ceilings(&args, work, Reading::Before).await?);
     }
-    let mut cold_starts = serde_json::Map::new();
+    let mut cold_starts = Vec::new();
     for (index, deployment) in deployments.iter().enumerate() {
         let store = deployment.label();
         println!("\n== otpd on {store}");
@@ -186,7 +187,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         println!(
             "cold start of `otpd serve` to a ready /readyz on an existing database: {cold_start_ms:.1} ms"
         );
-        cold_starts.insert(store.clone(), cold_start_ms.into());
+        cold_starts.push((store.clone(), cold_start_ms));
         let paired = match deployment {
             Deployment::Sqlite if !args.instructions => Some(CeilingServer::start(
                 ceiling::Ceiling::SqliteBatched,
@@ -215,14 +216,21 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     report::print_stolen(&rows);
     report::add_ratios(&mut rows);
     print_table(&rows);
+    let assessments = targets::assess(&rows, &cold_starts);
+    targets::print(&assessments);
     if let Some(parent) = args.output.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    let cold_start_ms: serde_json::Map<String, serde_json::Value> = cold_starts
+        .into_iter()
+        .map(|(store, ms)| (store, ms.into()))
+        .collect();
     let report = serde_json::json!({
-        "cold_start_ms": cold_starts,
+        "cold_start_ms": cold_start_ms,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "rows": rows,
+        "targets": assessments,
     });
     std::fs::write(&args.output, serde_json::to_vec_pretty(&report)?)?;
     println!("\nresults written to {}", args.output.display());

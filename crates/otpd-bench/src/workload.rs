@@ -13,6 +13,14 @@ use crate::deployment::Deployed;
 use crate::load::{self, MakeRequest};
 use crate::requests::{next_destination, wrong};
 
+/// What an operation is, for issue 6's targets (the mix is neither a send nor a verify).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Send,
+    Verify,
+    Mix,
+}
+
 /// The operations measured, in table order.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -41,6 +49,14 @@ impl Operation {
             Self::PinpointVerifyRight | Self::AmmCheck => 1.0,
             Self::PinpointVerifyWrong => 1.0 / PINPOINT_WRONG_PER_CODE as f64,
             Self::Mix => 6.0 / 11.0 / AMM_WRONG_PER_CODE as f64,
+        }
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Self::PinpointSend | Self::AmmSend => Kind::Send,
+            Self::PinpointVerifyRight | Self::PinpointVerifyWrong | Self::AmmCheck => Kind::Verify,
+            Self::Mix => Kind::Mix,
         }
     }
 
