@@ -57,7 +57,8 @@ pub struct Row {
     pub thread_cpu_us_per_request: BTreeMap<String, f64>,
 }
 
-fn is_ceiling(row: &Row) -> bool {
+/// A ceiling's row (its store is `- (before)` or `- (after)`), not otpd's.
+pub fn is_ceiling(row: &Row) -> bool {
     row.store.starts_with('-')
 }
 

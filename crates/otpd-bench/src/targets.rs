@@ -3,13 +3,12 @@
 
 use serde::Serialize;
 
-use crate::report::Row;
+use crate::deployment::Deployment;
+use crate::report::{Row, is_ceiling};
 use crate::workload::{Kind, Operation};
 
-/// The connection count the ratio, latency and CPU targets are read at.
+/// The connection count the ratio, latency and CPU targets are read at, on SQLite.
 const AT_CONNECTIONS: usize = 64;
-/// The store the ratio, latency and CPU targets are set for.
-const ON_STORE: &str = "sqlite";
 
 /// One target and the readings it applies to.
 #[derive(Debug, Serialize, PartialEq)]
@@ -49,10 +48,10 @@ impl Assessment {
     }
 }
 
-/// The kind of operation a row measured, if it is one of otpd's on the targets' store and
+/// The kind of operation a row measured, if it is one of otpd's on SQLite at the targets'
 /// connection count.
 fn targeted_kind(row: &Row) -> Option<Kind> {
-    if row.store != ON_STORE || row.connections != AT_CONNECTIONS {
+    if row.store != Deployment::Sqlite.label() || row.connections != AT_CONNECTIONS {
         return None;
     }
     Operation::ALL
@@ -107,7 +106,7 @@ pub fn assess(rows: &[Row], cold_starts: &[(String, f64)]) -> Vec<Assessment> {
     let p99 = |row: &Row| Some(row.p99_ms);
     let cpu = |row: &Row| Some(row.cpu_us_per_request);
     let mut peak_rss: Vec<(String, f64)> = Vec::new();
-    for row in rows.iter().filter(|row| !row.store.starts_with('-')) {
+    for row in rows.iter().filter(|row| !is_ceiling(row)) {
         match peak_rss.iter_mut().find(|(store, _)| *store == row.store) {
             Some((_, peak)) => *peak = peak.max(row.peak_rss_mib),
             None => peak_rss.push((row.store.clone(), row.peak_rss_mib)),
@@ -193,7 +192,7 @@ pub fn print(assessments: &[Assessment]) {
         return;
     }
     println!(
-        "\nissue 6's targets (ratios, p99 and CPU on {ON_STORE} at {AT_CONNECTIONS} connections; \
+        "\nissue 6's targets (ratios, p99 and CPU on SQLite at {AT_CONNECTIONS} connections; \
          a row read with steal, named above, gives no verdict to trust):"
     );
     for assessment in assessments {
