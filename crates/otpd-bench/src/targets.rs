@@ -28,6 +28,16 @@ struct Reading {
     meets: bool,
 }
 
+impl Reading {
+    fn new(name: String, value: f64, unit: Unit, meets: impl Fn(f64) -> bool) -> Self {
+        Self {
+            name,
+            figure: unit.write(value),
+            meets: meets(value),
+        }
+    }
+}
+
 impl Assessment {
     fn of(target: &'static str, readings: Vec<Reading>) -> Option<Self> {
         if readings.is_empty() {
@@ -60,12 +70,13 @@ fn targeted_kind(row: &Row) -> Option<Kind> {
         .map(Operation::kind)
 }
 
-/// How a figure is written: a ratio, milliseconds or microseconds, as the table writes them.
+/// How a figure is written, as the table writes it.
 #[derive(Clone, Copy)]
 enum Unit {
     Ratio,
     Milliseconds,
     Microseconds,
+    Mebibytes,
 }
 
 impl Unit {
@@ -74,6 +85,7 @@ impl Unit {
             Self::Ratio => format!("{value:.2}"),
             Self::Milliseconds => format!("{value:.2} ms"),
             Self::Microseconds => format!("{value:.1} µs"),
+            Self::Mebibytes => format!("{value:.1} MiB"),
         }
     }
 }
@@ -89,12 +101,12 @@ fn read(
     rows.iter()
         .filter(|row| targeted_kind(row).is_some_and(|found| kind.is_none_or(|k| k == found)))
         .filter_map(|row| {
-            let value = figure(row)?;
-            Some(Reading {
-                name: row.operation.clone(),
-                figure: unit.write(value),
-                meets: meets(value),
-            })
+            Some(Reading::new(
+                row.operation.clone(),
+                figure(row)?,
+                unit,
+                &meets,
+            ))
         })
         .collect()
 }
@@ -117,11 +129,12 @@ pub fn assess(rows: &[Row], cold_starts: &[(String, f64)]) -> Vec<Assessment> {
         .filter(|row| row.one_node_around.is_some())
         .filter_map(|row| {
             let ratio = row.ratio_to_one_node?;
-            Some(Reading {
-                name: row.operation.clone(),
-                figure: format!("{ratio:.2}"),
-                meets: ratio >= 1.6,
-            })
+            Some(Reading::new(
+                row.operation.clone(),
+                ratio,
+                Unit::Ratio,
+                |r| r >= 1.6,
+            ))
         })
         .collect();
     [
@@ -161,21 +174,15 @@ pub fn assess(rows: &[Row], cold_starts: &[(String, f64)]) -> Vec<Assessment> {
             "peak RSS < 64 MiB",
             peak_rss
                 .into_iter()
-                .map(|(store, mib)| Reading {
-                    name: store,
-                    figure: format!("{mib:.1} MiB"),
-                    meets: mib < 64.0,
-                })
+                .map(|(store, mib)| Reading::new(store, mib, Unit::Mebibytes, |mib| mib < 64.0))
                 .collect(),
         ),
         Assessment::of(
             "cold start < 100 ms",
             cold_starts
                 .iter()
-                .map(|(store, ms)| Reading {
-                    name: store.clone(),
-                    figure: format!("{ms:.1} ms"),
-                    meets: *ms < 100.0,
+                .map(|(store, ms)| {
+                    Reading::new(store.clone(), *ms, Unit::Milliseconds, |ms| ms < 100.0)
                 })
                 .collect(),
         ),
