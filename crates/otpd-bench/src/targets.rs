@@ -29,13 +29,28 @@ struct Reading {
 }
 
 impl Reading {
+    /// The figure is written as the table writes it, with more decimals where that rounding
+    /// would cross the limit (a send at 0.2986 of the ceiling reads 0.299, not a missed 0.30).
     fn new(name: String, value: f64, unit: Unit, meets: impl Fn(f64) -> bool) -> Self {
+        let verdict = meets(value);
+        let mut decimals = unit.decimals();
+        while decimals < MAX_DECIMALS && meets(round_to(value, decimals)) != verdict {
+            decimals += 1;
+        }
         Self {
             name,
-            figure: unit.write(value),
-            meets: meets(value),
+            figure: unit.write(value, decimals),
+            meets: verdict,
         }
     }
+}
+
+/// Enough to tell any figure a run measures from its limit.
+const MAX_DECIMALS: usize = 6;
+
+fn round_to(value: f64, decimals: usize) -> f64 {
+    let scale = 10_f64.powi(decimals as i32);
+    (value * scale).round() / scale
 }
 
 impl Assessment {
@@ -80,13 +95,21 @@ enum Unit {
 }
 
 impl Unit {
-    fn write(self, value: f64) -> String {
+    fn decimals(self) -> usize {
         match self {
-            Self::Ratio => format!("{value:.2}"),
-            Self::Milliseconds => format!("{value:.2} ms"),
-            Self::Microseconds => format!("{value:.1} µs"),
-            Self::Mebibytes => format!("{value:.1} MiB"),
+            Self::Ratio | Self::Milliseconds => 2,
+            Self::Microseconds | Self::Mebibytes => 1,
         }
+    }
+
+    fn write(self, value: f64, decimals: usize) -> String {
+        let suffix = match self {
+            Self::Ratio => "",
+            Self::Milliseconds => " ms",
+            Self::Microseconds => " µs",
+            Self::Mebibytes => " MiB",
+        };
+        format!("{value:.decimals$}{suffix}")
     }
 }
 
@@ -336,6 +359,29 @@ mod tests {
                 "postgres, 2 nodes at 15% of a core each: 0.0 MiB",
                 "postgres, 2 nodes: 0.0 MiB",
             ]
+        );
+    }
+
+    #[test]
+    fn a_figure_next_to_its_limit_is_written_with_the_decimals_that_tell_it_apart() {
+        let rows = vec![
+            at_64(Operation::PinpointSend, 0.2986, 4.998, 100.04),
+            at_64(Operation::AmmSend, 0.3004, 5.001, 99.96),
+        ];
+        let assessments = assess(&rows, &[]);
+        // Where the table's rounding gives the same verdict (5.00 is not under 5 ms, 100.0 is
+        // within 100 µs), the figure keeps the table's decimals.
+        assert_eq!(
+            found(&assessments, "send ≥ 0.3 of the batched ceiling").readings,
+            ["pinpoint send: 0.299 (missed)", "amm send: 0.30"]
+        );
+        assert_eq!(
+            found(&assessments, "p99 < 5 ms, every operation").readings,
+            ["pinpoint send: 4.998 ms", "amm send: 5.00 ms (missed)"]
+        );
+        assert_eq!(
+            found(&assessments, "CPU ≤ 100 µs a send").readings,
+            ["pinpoint send: 100.04 µs (missed)", "amm send: 100.0 µs"]
         );
     }
 
