@@ -139,7 +139,16 @@ fn read(
 pub fn assess(rows: &[Row], cold_starts: &[(String, f64)]) -> Vec<Assessment> {
     let ratio = |row: &Row| row.ratio_to_batched;
     let p99 = |row: &Row| Some(row.p99_ms);
-    let cpu = |row: &Row| Some(row.cpu_us_per_request);
+    let cpu_within = |kind: Kind, limit: f64| {
+        let cpu = |row: &Row| Some(row.cpu_us_per_request);
+        read(
+            rows,
+            Some(kind),
+            cpu,
+            move |us| us <= limit,
+            Unit::Microseconds,
+        )
+    };
     let mut peak_rss: Vec<(String, f64)> = Vec::new();
     for row in rows.iter().filter(|row| !is_ceiling(row)) {
         match peak_rss.iter_mut().find(|(store, _)| *store == row.store) {
@@ -173,26 +182,8 @@ pub fn assess(rows: &[Row], cold_starts: &[(String, f64)]) -> Vec<Assessment> {
             "p99 < 5 ms, every operation",
             read(rows, None, p99, |ms| ms < 5.0, Unit::Milliseconds),
         ),
-        Assessment::of(
-            "CPU ≤ 50 µs a verify",
-            read(
-                rows,
-                Some(Kind::Verify),
-                cpu,
-                |us| us <= 50.0,
-                Unit::Microseconds,
-            ),
-        ),
-        Assessment::of(
-            "CPU ≤ 100 µs a send",
-            read(
-                rows,
-                Some(Kind::Send),
-                cpu,
-                |us| us <= 100.0,
-                Unit::Microseconds,
-            ),
-        ),
+        Assessment::of("CPU ≤ 50 µs a verify", cpu_within(Kind::Verify, 50.0)),
+        Assessment::of("CPU ≤ 100 µs a send", cpu_within(Kind::Send, 100.0)),
         Assessment::of(
             "peak RSS < 64 MiB",
             peak_rss
