@@ -150,13 +150,13 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let spawn_failed =
             |e: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {e}"));
+        // A database made before `PAGE_SIZE` keeps its own.
+        let page_size: i64 = write_connection
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(unavailable)?;
+        let wal_limits = WalLimits::for_page_size(page_size);
         // The writer checkpoints only when the checkpointer asks it to (see `wal`).
-        write_connection
-            .pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(unavailable)?;
-        write_connection
-            .pragma_update(None, "journal_size_limit", wal::WAL_SIZE_LIMIT)
-            .map_err(unavailable)?;
+        wal::configure_writer(&write_connection, wal_limits).map_err(unavailable)?;
         write_connection
             .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(unavailable)?;
@@ -176,13 +176,9 @@ impl SqliteStore {
         let log_sync = LogSync::spawn(log_path).map_err(spawn_failed)?;
         let alive = Arc::new(());
         let log_reset = Arc::new(LogReset::default());
-        // A database made before `PAGE_SIZE` keeps its own.
-        let page_size: i64 = write_connection
-            .query_row("PRAGMA page_size", [], |row| row.get(0))
-            .map_err(unavailable)?;
         wal::spawn_checkpointer(
             connect(path, OpenFlags::default())?,
-            WalLimits::for_page_size(page_size),
+            wal_limits,
             Arc::downgrade(&alive),
             log_reset.clone(),
         )

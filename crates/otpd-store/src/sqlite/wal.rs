@@ -11,14 +11,16 @@
 //! commit starts the log over. Whoever does it, letting the log start over makes the writer
 //! wait for a checkpoint's two fsyncs, whether done by the writer or, as before, by a RESTART
 //! checkpoint that holds the write lock: up to 8 ms when first measured, 28-36 ms under a full
-//! send load on 2026-12-03 even with fewer than 200 frames left to copy (the fsyncs' time, not
-//! the copy's). What can be chosen is how often: every 16 MiB of log made that stall every half
-//! second under sends, and it was most of their p99. Every 128 MiB it comes every 2-3 s under a
-//! full send load. The log file is kept at up to `WAL_SIZE_LIMIT` on disk rather than shrunk
-//! to nothing and grown again; under a full send load the checkpointer's passes take 0.6-1 s,
-//! so the log can reach 170-270 MiB before the writer resets it, and is cut back then. A
-//! RESTART stays as the fallback for a log that grew far longer all the same (a reader held on
-//! to old frames); the writer runs it too, when asked.
+//! send load on 2026-12-03 even with fewer than 200 frames left to copy. Traced on 2026-12-05
+//! under a full send load, it was the copy of what the checkpointer's last pass left (28-45 ms),
+//! the database's fsync (25-68 ms) and, until the log file kept its length, cutting that file
+//! back (41-75 ms). What can be chosen is how often: every 16 MiB of log made that stall every
+//! half second under sends, and it was most of their p99. Every 128 MiB it comes every 2-3 s
+//! under a full send load. Under such a load the checkpointer's passes take 0.6-1 s, so the log
+//! reaches 170-270 MiB of file before the writer resets it; the file keeps that length rather
+//! than being cut back and grown again (see `WalLimits::file_size_limit`). A RESTART stays as
+//! the fallback for a log that grew far longer all the same (a reader held on to old frames);
+//! the writer runs it too, when asked, and only such a log's file is cut back.
 //!
 //! The checkpointer runs at the lowest CPU priority. Its copy is a burst of CPU once a pass
 //! (about 15 ms a second under a full send load on the 2-core test machine), and at normal
@@ -42,28 +44,46 @@ use rusqlite::Connection;
 /// gave a verify p99 of 3.2-5.2 ms against 2.7-2.8. How soon the log starts over does not
 /// depend on this (see `WalLimits`).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// What a reset log file is truncated to: a little more than `RESET_AFTER_BYTES` lets it grow,
-/// so that a busy log is not shrunk and grown again.
-pub(super) const WAL_SIZE_LIMIT: i64 = 160 * 1024 * 1024;
+/// A log file's own header, and each frame's header before its page (SQLite's WAL format).
+const LOG_HEADER_BYTES: i64 = 32;
+const FRAME_HEADER_BYTES: i64 = 24;
 
-/// When the log is long enough to start over, in frames (one page each).
-#[derive(Debug, Clone, Copy)]
+/// When the log is long enough to start over, in frames (one page each), and how long its file
+/// is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct WalLimits {
     /// The writer is asked to let the log start over.
     pub(super) reset_after: i64,
     /// The checkpointer forces it with a RESTART checkpoint.
     pub(super) restart_after: i64,
+    /// What a log file longer than this is cut back to when the log starts over, in bytes: a
+    /// log of `restart_after` frames. Under load the log runs past `reset_after` while the
+    /// checkpointer finishes its pass (170-270 MiB of file for 128 MiB of pages), and cutting
+    /// such a file back at every reset held the writer, and every request, for 40-75 ms more
+    /// than the reset itself (2026-12-05, a full send load); the next round grew it again.
+    /// Only a log that a reader kept from starting over is cut.
+    pub(super) file_size_limit: i64,
 }
 
 impl WalLimits {
     /// 128 MiB of pages of `page_size` bytes, and four times that.
     pub(super) fn for_page_size(page_size: i64) -> Self {
-        let reset_after = RESET_AFTER_BYTES / page_size.max(512);
+        let page_size = page_size.max(512);
+        let reset_after = RESET_AFTER_BYTES / page_size;
+        let restart_after = 4 * reset_after;
         Self {
             reset_after,
-            restart_after: 4 * reset_after,
+            restart_after,
+            file_size_limit: LOG_HEADER_BYTES + restart_after * (FRAME_HEADER_BYTES + page_size),
         }
     }
+}
+
+/// Hands the log's upkeep to the checkpointer and the writer: the write connection never
+/// checkpoints by itself at commit, and a reset log file keeps its length up to `limits`.
+pub(super) fn configure_writer(connection: &Connection, limits: WalLimits) -> rusqlite::Result<()> {
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+    connection.pragma_update(None, "journal_size_limit", limits.file_size_limit)
 }
 
 /// How long the log grows before the writer is asked to let it start over.
@@ -212,10 +232,18 @@ fn passive_checkpoint(connection: &Connection) -> rusqlite::Result<Checkpointed>
 mod tests {
     use super::*;
 
-    const LIMITS: WalLimits = WalLimits {
-        reset_after: 20,
-        restart_after: 1_000,
-    };
+    /// The test databases' page size, SQLite's default.
+    const PAGE_SIZE: i64 = 4096;
+
+    const LIMITS: WalLimits = limits(20, 1_000);
+
+    const fn limits(reset_after: i64, restart_after: i64) -> WalLimits {
+        WalLimits {
+            reset_after,
+            restart_after,
+            file_size_limit: LOG_HEADER_BYTES + restart_after * (FRAME_HEADER_BYTES + PAGE_SIZE),
+        }
+    }
 
     /// A database in WAL mode, the writer's connection (which never checkpoints by itself) and
     /// the checkpointer's.
@@ -226,10 +254,10 @@ mod tests {
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
-                 PRAGMA wal_autocheckpoint = 0;
                  CREATE TABLE items (id INTEGER PRIMARY KEY, body BLOB);",
             )
             .expect("schema");
+        configure_writer(&writer, LIMITS).expect("configure");
         let checkpointer = Connection::open(&path).expect("open");
         (writer, checkpointer, dir)
     }
@@ -264,6 +292,18 @@ mod tests {
         assert_eq!(small.reset_after * 2048, RESET_AFTER_BYTES);
         assert_eq!(large.reset_after * 4096, RESET_AFTER_BYTES);
         assert_eq!(small.restart_after, 4 * small.reset_after);
+        assert_eq!(
+            small.file_size_limit,
+            32 + small.restart_after * (24 + 2048),
+            "the file of a log of `restart_after` frames"
+        );
+        assert_eq!(large, limits(large.reset_after, large.restart_after));
+    }
+
+    fn log_file_bytes(dir: &tempfile::TempDir) -> u64 {
+        std::fs::metadata(dir.path().join("wal.db-wal"))
+            .expect("the log file")
+            .len()
     }
 
     fn frames(checkpointer: &Connection) -> i64 {
@@ -278,7 +318,7 @@ mod tests {
 
     #[test]
     fn under_load_a_long_log_grows_until_the_writer_finishes_the_checkpoint() {
-        let (writer, checkpointer, _dir) = database();
+        let (writer, checkpointer, dir) = database();
         let reset = LogReset::default();
         commit_rows(&writer, 40);
         assert_eq!(
@@ -289,12 +329,18 @@ mod tests {
         let long = frames(&checkpointer);
         assert!(long > 40, "the log kept growing: {long} frames");
 
+        let file_before = log_file_bytes(&dir);
         reset.finish_if_wanted(&writer);
         commit_rows(&writer, 1);
         let after = frames(&checkpointer);
         assert!(
             after < 5,
             "the next commit wrote from the start: {after} frames"
+        );
+        assert_eq!(
+            log_file_bytes(&dir),
+            file_before,
+            "the file keeps its length for the next round"
         );
         assert_eq!(rows(&writer), 47);
     }
@@ -339,14 +385,13 @@ mod tests {
     }
 
     #[test]
-    fn a_log_far_too_long_is_restarted_by_the_writer() {
-        let (writer, checkpointer, _dir) = database();
+    fn a_log_far_too_long_is_restarted_by_the_writer_and_its_file_cut_back() {
+        let (writer, checkpointer, dir) = database();
         let reset = LogReset::default();
+        let limits = limits(5, 20);
+        configure_writer(&writer, limits).expect("configure");
         commit_rows(&writer, 40);
-        let limits = WalLimits {
-            reset_after: 5,
-            restart_after: 20,
-        };
+        assert!(log_file_bytes(&dir) > limits.file_size_limit as u64);
         assert_eq!(
             checkpoint(&checkpointer, &reset, limits).expect("checkpoint"),
             Pass::AskedRestart
@@ -356,6 +401,7 @@ mod tests {
         assert!(!reset.restart_wanted.load(Ordering::Relaxed), "asked once");
         commit_rows(&writer, 1);
         assert!(frames(&checkpointer) < 5);
+        assert_eq!(log_file_bytes(&dir), limits.file_size_limit as u64);
         assert_eq!(rows(&writer), 41);
     }
 
