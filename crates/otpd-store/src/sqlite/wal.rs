@@ -50,7 +50,7 @@ const FRAME_HEADER_BYTES: i64 = 24;
 
 /// When the log is long enough to start over, in frames (one page each), and how long its file
 /// is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct WalLimits {
     /// The writer is asked to let the log start over.
     pub(super) reset_after: i64,
@@ -70,7 +70,11 @@ impl WalLimits {
     pub(super) fn for_page_size(page_size: i64) -> Self {
         let page_size = page_size.max(512);
         let reset_after = RESET_AFTER_BYTES / page_size;
-        let restart_after = 4 * reset_after;
+        Self::new(reset_after, 4 * reset_after, page_size)
+    }
+
+    /// Limits in frames of `page_size` bytes each.
+    const fn new(reset_after: i64, restart_after: i64, page_size: i64) -> Self {
         Self {
             reset_after,
             restart_after,
@@ -232,18 +236,8 @@ fn passive_checkpoint(connection: &Connection) -> rusqlite::Result<Checkpointed>
 mod tests {
     use super::*;
 
-    /// The test databases' page size, SQLite's default.
-    const PAGE_SIZE: i64 = 4096;
-
-    const LIMITS: WalLimits = limits(20, 1_000);
-
-    const fn limits(reset_after: i64, restart_after: i64) -> WalLimits {
-        WalLimits {
-            reset_after,
-            restart_after,
-            file_size_limit: LOG_HEADER_BYTES + restart_after * (FRAME_HEADER_BYTES + PAGE_SIZE),
-        }
-    }
+    /// In frames of the test databases' pages (SQLite's default size, 4 KiB).
+    const LIMITS: WalLimits = WalLimits::new(20, 1_000, 4096);
 
     /// A database in WAL mode, the writer's connection (which never checkpoints by itself) and
     /// the checkpointer's.
@@ -295,9 +289,12 @@ mod tests {
         assert_eq!(
             small.file_size_limit,
             32 + small.restart_after * (24 + 2048),
-            "the file of a log of `restart_after` frames"
+            "the file of a log of `restart_after` frames, each with its header"
         );
-        assert_eq!(large, limits(large.reset_after, large.restart_after));
+        assert_eq!(
+            large.file_size_limit,
+            32 + large.restart_after * (24 + 4096)
+        );
     }
 
     fn log_file_bytes(dir: &tempfile::TempDir) -> u64 {
@@ -388,7 +385,7 @@ mod tests {
     fn a_log_far_too_long_is_restarted_by_the_writer_and_its_file_cut_back() {
         let (writer, checkpointer, dir) = database();
         let reset = LogReset::default();
-        let limits = limits(5, 20);
+        let limits = WalLimits::new(5, 20, 4096);
         configure_writer(&writer, limits).expect("configure");
         commit_rows(&writer, 40);
         assert!(log_file_bytes(&dir) > limits.file_size_limit as u64);
