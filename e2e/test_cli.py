@@ -72,6 +72,42 @@ def test_a_second_server_on_the_same_sqlite_database_is_refused(otpd):
     assert requests.get(f"{otpd.url}/readyz", timeout=5).status_code == 200
 
 
+@pytest.mark.skipif(BACKEND != "sqlite", reason="the SQLite database's own files")
+def test_a_stopped_server_and_each_command_leave_the_sqlite_database_as_one_file(tmp_path):
+    """SQLite keeps recent commits in a write-ahead log beside the database while it runs; a
+    clean stop copies them in and removes it, so that the database file alone is whole."""
+    def files():
+        """The database and its log's two files (not the serve lock's file)."""
+        return sorted(path.name for path in tmp_path.iterdir()
+                      if path.name in ("otpd.db", "otpd.db-shm", "otpd.db-wal"))
+
+    server = Otpd(tmp_path)
+    server.start()
+    try:
+        account = server.create_account("one-file")
+        assert files() == ["otpd.db", "otpd.db-shm", "otpd.db-wal"]
+        pinpoint, app = server.pinpoint(account), server.create_app(account)
+        sent = pinpoint.send_otp_message(
+            ApplicationId=app,
+            SendOTPMessageRequestParameters={"Channel": "SMS", "BrandName": "Acme", "OriginationIdentity": "Acme",
+                                             "DestinationIdentity": "+393480000011", "ReferenceId": "one-file"},
+        )
+        assert sent["MessageResponse"]["Result"]["+393480000011"]["DeliveryStatus"] == "SUCCESSFUL"
+    finally:
+        server.stop()
+    assert server.process.returncode == 0
+    assert "otpd stopped" in server.logs()
+    assert files() == ["otpd.db"]
+    # An admin command run on the stopped server's database closes it the same way, and the
+    # database alone holds what the server wrote.
+    listed = json.loads(server.cli("accounts", "list").stdout)
+    assert [a["access_key_id"] for a in listed] == [account["access_key_id"]]
+    assert files() == ["otpd.db"]
+    refused = server.cli("apps", "create", "--account", "OTPDNOSUCHKEY0000000", "x", check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert files() == ["otpd.db"]
+
+
 def pool_workers(server):
     """The threads of tokio's work-stealing pool in the server's process."""
     tasks = Path(f"/proc/{server.process.pid}/task").iterdir()

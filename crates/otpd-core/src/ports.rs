@@ -134,6 +134,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Closes the database when the process is done with it, once what was asked before is
+    /// done; calls made after fail with `StoreError::Unavailable`.
+    async fn close(&self);
 }
 
 /// Turns a message body and a code into the final text, encoded and counted.

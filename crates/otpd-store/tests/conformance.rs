@@ -861,15 +861,39 @@ async fn accounts_and_applications(backend: Backend) {
     h.store.ping().await.expect("ping");
 }
 
-async fn data_survives_reopening(backend: Backend) {
-    let h = harness_with_credits(backend, Some(7)).await;
+/// The harness account's credits, read through the database opened anew.
+async fn credits_after_reopening(h: &Harness) -> Option<i64> {
     let reopened = h.location.open(h.clock.clone()).await;
     let account = reopened
         .find_account_by_key(&h.access_key)
         .await
         .expect("find")
         .expect("exists");
-    assert_eq!(account.credits, Some(7));
+    account.credits
+}
+
+async fn data_survives_reopening(backend: Backend) {
+    let h = harness_with_credits(backend, Some(7)).await;
+    assert_eq!(credits_after_reopening(&h).await, Some(7));
+}
+
+async fn a_closed_store_refuses_calls_and_keeps_its_data(backend: Backend) {
+    let h = harness_with_credits(backend, Some(7)).await;
+    h.store.close().await;
+    let refused = [
+        h.store.ping().await,
+        h.store.find_account_by_key(&h.access_key).await.map(|_| ()),
+        h.store.add_credits(&h.access_key, 1).await.map(|_| ()),
+    ];
+    for outcome in refused {
+        assert!(
+            matches!(outcome, Err(StoreError::Unavailable(_))),
+            "{backend:?}: {outcome:?}"
+        );
+    }
+    // Closing again is harmless.
+    h.store.close().await;
+    assert_eq!(credits_after_reopening(&h).await, Some(7));
 }
 
 async fn one_ip_address_gets_a_bounded_number_of_wrong_checks(backend: Backend) {
@@ -1724,6 +1748,7 @@ on_every_backend!(
     cancel_only_live_codes,
     accounts_and_applications,
     data_survives_reopening,
+    a_closed_store_refuses_calls_and_keeps_its_data,
     one_ip_address_gets_a_bounded_number_of_wrong_checks,
     checks_report_the_message_id,
     the_outbox_hands_out_each_message_once_per_lease,

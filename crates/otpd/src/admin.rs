@@ -14,10 +14,18 @@ use crate::CommandError;
 use crate::cli::{AccountsCommand, AppsCommand, CreditsCommand, GlobalOptions, MessagesCommand};
 use crate::config::{self, DatabaseLocation};
 
-async fn open_store(global: &GlobalOptions) -> Result<Arc<dyn Store>, CommandError> {
-    DatabaseLocation::from_options(global)?
+/// Opens the store, runs `command` on it and closes it whatever the outcome, so that a SQLite
+/// database is left without its write-ahead log beside it.
+async fn on_store(
+    global: &GlobalOptions,
+    command: impl AsyncFnOnce(&Arc<dyn Store>) -> Result<(), CommandError>,
+) -> Result<(), CommandError> {
+    let store = DatabaseLocation::from_options(global)?
         .open(Arc::new(SystemClock))
-        .await
+        .await?;
+    let outcome = command(&store).await;
+    store.close().await;
+    outcome
 }
 
 fn print(value: &Value) {
@@ -69,153 +77,163 @@ pub async fn accounts(
     global: &GlobalOptions,
     command: AccountsCommand,
 ) -> Result<(), CommandError> {
-    let store = open_store(global).await?;
-    match command {
-        AccountsCommand::Create {
-            name,
-            credits,
-            sender,
-        } => {
-            let name = Name::parse(&name).ok_or_else(|| {
-                CommandError::Usage("an account name is 1 to 64 characters".into())
-            })?;
-            if credits.is_some_and(|credits| credits < 0) {
-                return Err(CommandError::Usage("--credits cannot be negative".into()));
-            }
-            let sender = sender
-                .map(|sender| {
-                    Sender::parse(&sender).ok_or_else(|| {
-                        CommandError::Usage(format!(
-                            "{sender:?} is not a sender: use a phone number, a short code or up to 11 letters and digits"
-                        ))
+    on_store(global, async |store| {
+        match command {
+            AccountsCommand::Create {
+                name,
+                credits,
+                sender,
+            } => {
+                let name = Name::parse(&name).ok_or_else(|| {
+                    CommandError::Usage("an account name is 1 to 64 characters".into())
+                })?;
+                if credits.is_some_and(|credits| credits < 0) {
+                    return Err(CommandError::Usage("--credits cannot be negative".into()));
+                }
+                let sender = sender
+                    .map(|sender| {
+                        Sender::parse(&sender).ok_or_else(|| {
+                            CommandError::Usage(format!(
+                                "{sender:?} is not a sender: use a phone number, a short code or up to 11 letters and digits"
+                            ))
+                        })
                     })
-                })
-                .transpose()?;
-            let key = config::server_key(global)?;
-            let created = AccountService::new(store, Arc::new(key))
-                .create_account(name, credits, sender)
-                .await
-                .map_err(failed)?;
-            let mut value = account_json(&created.account);
-            value["secret_access_key"] = json!(created.secret_access_key.expose());
-            print(&value);
-        }
-        AccountsCommand::List => {
-            let accounts = store.list_accounts().await.map_err(failed)?;
-            print(&Value::Array(accounts.iter().map(account_json).collect()));
-        }
-        AccountsCommand::Delete { access_key_id } => {
-            let key = access_key(&access_key_id)?;
-            if !store.delete_account(&key).await.map_err(failed)? {
-                return Err(CommandError::Usage(format!(
-                    "no account has the access key id {access_key_id}"
-                )));
+                    .transpose()?;
+                let key = config::server_key(global)?;
+                let created = AccountService::new(store.clone(), Arc::new(key))
+                    .create_account(name, credits, sender)
+                    .await
+                    .map_err(failed)?;
+                let mut value = account_json(&created.account);
+                value["secret_access_key"] = json!(created.secret_access_key.expose());
+                print(&value);
             }
-            print(&json!({"deleted": access_key_id}));
+            AccountsCommand::List => {
+                let accounts = store.list_accounts().await.map_err(failed)?;
+                print(&Value::Array(accounts.iter().map(account_json).collect()));
+            }
+            AccountsCommand::Delete { access_key_id } => {
+                let key = access_key(&access_key_id)?;
+                if !store.delete_account(&key).await.map_err(failed)? {
+                    return Err(CommandError::Usage(format!(
+                        "no account has the access key id {access_key_id}"
+                    )));
+                }
+                print(&json!({"deleted": access_key_id}));
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 pub async fn apps(global: &GlobalOptions, command: AppsCommand) -> Result<(), CommandError> {
-    let store = open_store(global).await?;
-    match command {
-        AppsCommand::Create { account, name } => {
-            let account = account_by_key(&store, &account).await?;
-            let name = Name::parse(&name).ok_or_else(|| {
-                CommandError::Usage("an application name is 1 to 64 characters".into())
-            })?;
-            let application = store
-                .create_application(Application::new(account.id, name, Default::default()))
-                .await
-                .map_err(failed)?;
-            print(&application_json(&application));
-        }
-        AppsCommand::List { account } => {
-            let account = match account {
-                Some(key) => Some(account_by_key(&store, &key).await?),
-                None => None,
-            };
-            let applications = store
-                .list_applications(account.as_ref().map(|account| &account.id))
-                .await
-                .map_err(failed)?;
-            print(&Value::Array(
-                applications.iter().map(application_json).collect(),
-            ));
-        }
-        AppsCommand::Delete { application_id } => {
-            let id = ApplicationId::parse(&application_id).ok_or_else(|| {
-                CommandError::Usage(format!("{application_id:?} is not an application id"))
-            })?;
-            if !store.delete_application(&id).await.map_err(failed)? {
-                return Err(CommandError::Usage(format!(
-                    "no application has the id {application_id}"
-                )));
+    on_store(global, async |store| {
+        match command {
+            AppsCommand::Create { account, name } => {
+                let account = account_by_key(store, &account).await?;
+                let name = Name::parse(&name).ok_or_else(|| {
+                    CommandError::Usage("an application name is 1 to 64 characters".into())
+                })?;
+                let application = store
+                    .create_application(Application::new(account.id, name, Default::default()))
+                    .await
+                    .map_err(failed)?;
+                print(&application_json(&application));
             }
-            print(&json!({"deleted": application_id}));
+            AppsCommand::List { account } => {
+                let account = match account {
+                    Some(key) => Some(account_by_key(store, &key).await?),
+                    None => None,
+                };
+                let applications = store
+                    .list_applications(account.as_ref().map(|account| &account.id))
+                    .await
+                    .map_err(failed)?;
+                print(&Value::Array(
+                    applications.iter().map(application_json).collect(),
+                ));
+            }
+            AppsCommand::Delete { application_id } => {
+                let id = ApplicationId::parse(&application_id).ok_or_else(|| {
+                    CommandError::Usage(format!("{application_id:?} is not an application id"))
+                })?;
+                if !store.delete_application(&id).await.map_err(failed)? {
+                    return Err(CommandError::Usage(format!(
+                        "no application has the id {application_id}"
+                    )));
+                }
+                print(&json!({"deleted": application_id}));
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 pub async fn credits(global: &GlobalOptions, command: CreditsCommand) -> Result<(), CommandError> {
-    let store = open_store(global).await?;
-    match command {
-        CreditsCommand::Add {
-            access_key_id,
-            credits,
-        } => {
-            let key = access_key(&access_key_id)?;
-            let account = store
-                .add_credits(&key, credits)
-                .await
-                .map_err(failed)?
-                .ok_or_else(|| {
-                    CommandError::Usage(format!("no account has the access key id {access_key_id}"))
-                })?;
-            print(&account_json(&account));
+    on_store(global, async |store| {
+        match command {
+            CreditsCommand::Add {
+                access_key_id,
+                credits,
+            } => {
+                let key = access_key(&access_key_id)?;
+                let account = store
+                    .add_credits(&key, credits)
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(|| {
+                        CommandError::Usage(format!(
+                            "no account has the access key id {access_key_id}"
+                        ))
+                    })?;
+                print(&account_json(&account));
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 pub async fn messages(
     global: &GlobalOptions,
     command: MessagesCommand,
 ) -> Result<(), CommandError> {
-    let store = open_store(global).await?;
-    match command {
-        MessagesCommand::Show { message_id } => {
-            let id = MessageId::parse(&message_id).ok_or_else(|| {
-                CommandError::Usage(format!("{message_id:?} is not a message id"))
-            })?;
-            let message = store
-                .find_message(&id)
-                .await
-                .map_err(failed)?
-                .ok_or_else(|| {
-                    CommandError::Usage(format!("no message has the id {message_id}"))
+    on_store(global, async |store| {
+        match command {
+            MessagesCommand::Show { message_id } => {
+                let id = MessageId::parse(&message_id).ok_or_else(|| {
+                    CommandError::Usage(format!("{message_id:?} is not a message id"))
                 })?;
-            print(&json!({
-                "message_id": message.id.as_str(),
-                "verify_id": message.verify_id.as_str(),
-                "account_id": message.account_id.as_str(),
-                "to": message.to.as_str(),
-                "from": message.from,
-                "encoding": message.encoding.as_str(),
-                "parts": message.parts,
-                "state": message.state.as_str(),
-                "attempts": message.attempts,
-                "created_at": message.created_at.millis(),
-                "sent_at": message.sent_at.map(|at| at.millis()),
-                "delivery_status": message.delivery_status,
-                "status_message": message.status_message,
-                "carrier_message_id": message.carrier_message_id,
-                "receipt_state": message.receipt_state,
-                "receipt_at": message.receipt_at.map(|at| at.millis()),
-            }));
+                let message = store
+                    .find_message(&id)
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(|| {
+                        CommandError::Usage(format!("no message has the id {message_id}"))
+                    })?;
+                print(&json!({
+                    "message_id": message.id.as_str(),
+                    "verify_id": message.verify_id.as_str(),
+                    "account_id": message.account_id.as_str(),
+                    "to": message.to.as_str(),
+                    "from": message.from,
+                    "encoding": message.encoding.as_str(),
+                    "parts": message.parts,
+                    "state": message.state.as_str(),
+                    "attempts": message.attempts,
+                    "created_at": message.created_at.millis(),
+                    "sent_at": message.sent_at.map(|at| at.millis()),
+                    "delivery_status": message.delivery_status,
+                    "status_message": message.status_message,
+                    "carrier_message_id": message.carrier_message_id,
+                    "receipt_state": message.receipt_state,
+                    "receipt_at": message.receipt_at.map(|at| at.millis()),
+                }));
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }

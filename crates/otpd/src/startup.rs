@@ -208,6 +208,7 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         );
     }
     application.run_until_stopped(shutdown_signal()).await;
+    store.close().await;
     tracing::info!("otpd stopped");
     Ok(())
 }

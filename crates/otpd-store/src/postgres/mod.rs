@@ -371,6 +371,11 @@ impl Store for PgStore {
             .await?)
     }
 
+    /// Closes the pool's idle connections now and each busy one when it is given back.
+    async fn close(&self) {
+        self.pool.close();
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(self
             .with_client(|client, _| async move {

@@ -81,6 +81,15 @@ impl LogSync {
         }
     }
 
+    /// Returns once every batch handed over before has been flushed (or refused).
+    pub(super) fn wait_until_flushed(&self) {
+        let (flushed, wait) = std::sync::mpsc::sync_channel(1);
+        self.answer_when_durable(vec![Box::new(move |_| {
+            let _ = flushed.send(());
+        })]);
+        let _ = wait.recv();
+    }
+
     /// Whether a flush has failed: nothing written since can be trusted to be durable.
     pub(super) fn failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)

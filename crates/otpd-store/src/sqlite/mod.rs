@@ -29,7 +29,7 @@ use rusqlite_migration::{M, Migrations};
 
 use log_sync::LogSync;
 use readers::Readers;
-use wal::{LogReset, WalLimits};
+use wal::{Checkpointer, LogReset, WalLimits};
 use writer::Writer;
 
 pub(crate) use crate::failure::Failure;
@@ -85,8 +85,8 @@ pub struct SqliteStore {
     log_sync: LogSync,
     readers: Readers,
     clock: Arc<dyn Clock>,
-    /// The checkpointer runs while any clone of the store is alive.
-    _alive: Arc<()>,
+    /// Runs while any clone of the store is alive, or until `close`.
+    checkpointer: Arc<Checkpointer>,
 }
 
 /// What every connection does when the database is locked: look again every 50 µs, 100,000
@@ -174,17 +174,15 @@ impl SqliteStore {
             }
         };
         let log_sync = LogSync::spawn(log_path).map_err(spawn_failed)?;
-        let alive = Arc::new(());
         let log_reset = Arc::new(LogReset::default());
-        wal::spawn_checkpointer(
+        let checkpointer = Checkpointer::spawn(
             connect(path, OpenFlags::default())?,
             wal_limits,
-            Arc::downgrade(&alive),
             log_reset.clone(),
         )
         .map_err(spawn_failed)?;
         Ok(Self {
-            _alive: alive,
+            checkpointer: Arc::new(checkpointer),
             writer: Writer::spawn(write_connection, log_sync.clone(), log_reset)
                 .map_err(spawn_failed)?,
             log_sync,
@@ -233,6 +231,14 @@ fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
         .busy_handler(Some(wait_briefly))
         .map_err(unavailable)?;
     Ok(connection)
+}
+
+/// Closes a connection, saying so in the log when SQLite cannot: the file is then closed when
+/// the process ends, and the next start recovers whatever log it left.
+fn close(connection: Connection, which: &str) {
+    if let Err((_, error)) = connection.close() {
+        tracing::warn!(%error, "cannot close {which} to the SQLite database");
+    }
 }
 
 fn unavailable(error: rusqlite::Error) -> StoreError {
@@ -441,6 +447,14 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    /// The write connection closes last: SQLite then copies the log into the database and
+    /// deletes it, with the shared-memory index, so a stopped otpd leaves one file behind.
+    async fn close(&self) {
+        self.readers.close().await;
+        self.checkpointer.close().await;
+        self.writer.close().await;
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.log_sync.failed() {
             return Err(log_sync::refused().into());
@@ -514,6 +528,89 @@ mod tests {
             credits: None,
             default_sender: None,
         }
+    }
+
+    /// The files beside the database that SQLite's log leaves while a connection is open.
+    fn log_files(path: &Path) -> Vec<PathBuf> {
+        ["-wal", "-shm"]
+            .iter()
+            .map(|suffix| PathBuf::from(format!("{}{suffix}", path.display())))
+            .filter(|file| file.exists())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_leaves_its_database_whole_and_no_log_beside_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("otpd.db");
+        let store = SqliteStore::open(&path, Arc::new(SystemClock)).expect("open");
+        let account = store.create_account(new_account()).await.expect("durable");
+        assert_eq!(
+            log_files(&path).len(),
+            2,
+            "an open store writes through its log"
+        );
+
+        store.close().await;
+        assert_eq!(log_files(&path), Vec::<PathBuf>::new());
+        // Closed, it answers every call with an error rather than hanging or panicking.
+        let refused = [
+            store.create_account(new_account()).await.map(|_| ()),
+            store.ping().await,
+        ];
+        for outcome in refused {
+            assert!(
+                matches!(outcome, Err(StoreError::Unavailable(ref reason)) if reason.contains("shutting down")),
+                "{outcome:?}"
+            );
+        }
+        // A second close has nothing left to do.
+        store.close().await;
+        drop(store);
+
+        let reopened = SqliteStore::open(&path, Arc::new(SystemClock)).expect("reopen");
+        let found = reopened
+            .find_account_by_key(&account.access_key_id)
+            .await
+            .expect("read");
+        assert_eq!(found.map(|found| found.id), Some(account.id));
+    }
+
+    #[tokio::test]
+    async fn closing_waits_for_the_writes_queued_before_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("otpd.db");
+        let store = Arc::new(SqliteStore::open(&path, Arc::new(SystemClock)).expect("open"));
+        let writes: Vec<_> = (0..50)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.create_account(new_account()).await })
+            })
+            .collect();
+        // Most spawned writes are queued by the time the close is: those must be committed,
+        // the others refused.
+        tokio::task::yield_now().await;
+        store.close().await;
+        let mut committed = 0;
+        for write in writes {
+            match write.await.expect("joined") {
+                Ok(_) => committed += 1,
+                // A write queued after the close is refused, never left unanswered.
+                Err(StoreError::Unavailable(reason)) => assert!(reason.contains("shutting down")),
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        drop(store);
+        let reopened = SqliteStore::open(&path, Arc::new(SystemClock)).expect("reopen");
+        let stored = reopened.list_accounts().await.expect("read").len();
+        assert_eq!(
+            stored, committed,
+            "every write answered as done is in the database"
+        );
+        assert!(
+            committed > 0,
+            "the writes queued before the close were committed"
+        );
     }
 
     #[tokio::test]

@@ -30,11 +30,12 @@
 //! while they wait (for a commit, for the network). It never holds a lock that the writer waits
 //! for: a PASSIVE checkpoint takes none, and the one that does, the RESTART, is the writer's.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+use tokio::sync::oneshot;
 
 /// How often the checkpointer copies the log into the database, off the writer's path. A page
 /// the writer keeps changing (an index's last leaf, the page a row was just added to) is in the
@@ -147,27 +148,53 @@ impl LogReset {
     }
 }
 
-/// Starts the checkpointer thread, which asks for the log to start over past `limits`; it runs
-/// while `alive` can be upgraded.
-pub(super) fn spawn_checkpointer(
-    connection: Connection,
-    limits: WalLimits,
-    alive: Weak<()>,
-    reset: Arc<LogReset>,
-) -> std::io::Result<()> {
-    describe_metrics();
-    std::thread::Builder::new()
-        .name("otpd-sqlite-checkpoint".into())
-        .spawn(move || {
-            lower_own_priority();
-            while alive.upgrade().is_some() {
-                std::thread::sleep(CHECKPOINT_INTERVAL);
-                if let Err(error) = checkpoint(&connection, &reset, limits) {
-                    tracing::warn!(%error, "WAL checkpoint failed");
+/// The running checkpointer. It stops when this handle is dropped (with the store), or when
+/// `close` asks it to and has seen its connection closed.
+pub(super) struct Checkpointer {
+    close: flume::Sender<oneshot::Sender<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the checkpointer thread, which copies the log every `CHECKPOINT_INTERVAL` and
+    /// asks for it to start over past `limits`.
+    pub(super) fn spawn(
+        connection: Connection,
+        limits: WalLimits,
+        reset: Arc<LogReset>,
+    ) -> std::io::Result<Self> {
+        describe_metrics();
+        let (close, requests) = flume::bounded::<oneshot::Sender<()>>(1);
+        std::thread::Builder::new()
+            .name("otpd-sqlite-checkpoint".into())
+            .spawn(move || {
+                lower_own_priority();
+                let closing = loop {
+                    match requests.recv_timeout(CHECKPOINT_INTERVAL) {
+                        Err(flume::RecvTimeoutError::Timeout) => {
+                            if let Err(error) = checkpoint(&connection, &reset, limits) {
+                                tracing::warn!(%error, "WAL checkpoint failed");
+                            }
+                        }
+                        Ok(closed) => break Some(closed),
+                        Err(flume::RecvTimeoutError::Disconnected) => break None,
+                    }
+                };
+                super::close(connection, "the checkpointer's connection");
+                // Answers this close and any other until the store is dropped.
+                for closed in closing.into_iter().chain(requests.iter()) {
+                    let _ = closed.send(());
                 }
-            }
-        })
-        .map(|_| ())
+            })?;
+        Ok(Self { close })
+    }
+
+    /// Stops the checkpointer and returns once its connection is closed.
+    pub(super) async fn close(&self) {
+        let (closed, done) = oneshot::channel();
+        if self.close.send_async(closed).await.is_ok() {
+            let _ = done.await;
+        }
+    }
 }
 
 /// Gives the calling thread the lowest CPU priority. Where that is refused, it keeps the

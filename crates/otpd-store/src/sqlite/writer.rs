@@ -62,9 +62,15 @@ pub(super) type Answer = Box<dyn FnOnce(Result<(), Failure>) + Send>;
 /// answers its caller with that reason and returns `None`).
 type Job = Box<dyn FnOnce(Result<&Connection, Failure>) -> Option<Ran> + Send>;
 
+/// What the writer thread is handed: a job, or the request to close its connection and end.
+enum Message {
+    Job(Job),
+    Close(oneshot::Sender<()>),
+}
+
 #[derive(Clone)]
 pub(super) struct Writer {
-    jobs: flume::Sender<Job>,
+    jobs: flume::Sender<Message>,
 }
 
 impl Writer {
@@ -75,7 +81,7 @@ impl Writer {
         log_sync: LogSync,
         log_reset: Arc<LogReset>,
     ) -> std::io::Result<Self> {
-        let (jobs, queue) = flume::unbounded::<Job>();
+        let (jobs, queue) = flume::unbounded::<Message>();
         describe_metrics();
         thread::Builder::new()
             .name("otpd-sqlite-writer".into())
@@ -109,37 +115,97 @@ impl Writer {
                 }),
             })
         });
-        self.jobs.send(job).map_err(|_| Failure::WriterGone)?;
+        self.jobs
+            .send(Message::Job(job))
+            .map_err(|_| Failure::WriterGone)?;
         answer.await.map_err(|_| Failure::WriterGone)?
+    }
+
+    /// Closes the write connection once the jobs queued before are committed and durable, and
+    /// returns then; jobs asked for after fail. Closed last, after every other connection to
+    /// the database, it copies the log into the database and deletes it.
+    pub(super) async fn close(&self) {
+        let (closed, done) = oneshot::channel();
+        if self.jobs.send(Message::Close(closed)).is_ok() {
+            let _ = done.await;
+        }
     }
 }
 
 fn run(
     connection: Connection,
-    queue: flume::Receiver<Job>,
+    queue: flume::Receiver<Message>,
     log_sync: &LogSync,
     log_reset: &LogReset,
 ) {
-    // Blocks for the first job, then takes everything else already waiting.
-    while let Ok(first) = queue.recv() {
-        let mut batch = Vec::with_capacity(16);
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    loop {
+        let (batch, closing) = next_batch(&queue);
+        let queue_closed = batch.is_empty() && closing.is_none();
+        if !batch.is_empty() {
+            commit(&connection, batch, log_sync, log_reset);
+        }
+        if let Some(closed) = closing {
+            log_sync.wait_until_flushed();
+            super::close(connection, "the write connection");
+            let _ = closed.send(());
+            refuse_until_dropped(&queue);
+            return;
+        }
+        if queue_closed {
+            return;
+        }
+    }
+}
+
+/// Commits a batch and hands it to `log_sync`, then lets the log start over if it is asked to.
+fn commit(connection: &Connection, batch: Vec<Job>, log_sync: &LogSync, log_reset: &LogReset) {
+    if log_sync.failed() {
+        for job in batch {
+            job(Err(log_sync::refused()));
+        }
+        return;
+    }
+    let (requests, started) = (batch.len(), Instant::now());
+    run_batch(connection, batch, log_sync);
+    record_commit(requests, started.elapsed());
+    log_reset.finish_if_wanted(connection);
+}
+
+/// Once closed, the writer answers what still comes until the last handle to it is gone: a job
+/// left in the queue would never be answered.
+fn refuse_until_dropped(queue: &flume::Receiver<Message>) {
+    for message in queue.iter() {
+        match message {
+            Message::Job(job) => {
+                job(Err(Failure::WriterGone));
+            }
+            Message::Close(closed) => {
+                let _ = closed.send(());
             }
         }
-        if log_sync.failed() {
-            for job in batch {
-                job(Err(log_sync::refused()));
-            }
-            continue;
+    }
+}
+
+/// Blocks for the first job, then takes everything else already waiting, up to a `Close`,
+/// which ends the batch and is returned with it. An empty batch without a `Close` means the
+/// queue has closed: every handle to the writer is gone.
+fn next_batch(queue: &flume::Receiver<Message>) -> (Vec<Job>, Option<oneshot::Sender<()>>) {
+    let mut batch = Vec::with_capacity(16);
+    let Ok(mut message) = queue.recv() else {
+        return (batch, None);
+    };
+    loop {
+        match message {
+            Message::Job(job) => batch.push(job),
+            Message::Close(closed) => return (batch, Some(closed)),
         }
-        let (requests, started) = (batch.len(), Instant::now());
-        run_batch(&connection, batch, log_sync);
-        record_commit(requests, started.elapsed());
-        log_reset.finish_if_wanted(&connection);
+        if batch.len() == MAX_BATCH {
+            return (batch, None);
+        }
+        match queue.try_recv() {
+            Ok(next) => message = next,
+            Err(_) => return (batch, None),
+        }
     }
 }
 
