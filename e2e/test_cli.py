@@ -216,8 +216,11 @@ def test_with_json_logs_every_line_on_standard_error_is_json_the_sms_included(tm
 
     with serving_to_the_console(tmp_path, "json") as server:
         amm_send_and_check(server, "393480000004", printed_code)
-    # The log lines around it (start, the request, stop) are JSON objects too.
+    # The log lines around it (start, the request, stop) are JSON objects too, and every line,
+    # the SMS's included, is dated the same way.
     lines = [json.loads(line) for line in server.logs().splitlines()]
+    assert any("sms" in line for line in lines), lines
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"]) for line in lines), lines
     warnings = [line["message"] for line in lines if line.get("level") == "WARN"]
     assert any(message.startswith("SMS are printed on standard error") for message in warnings), lines
     assert any("listening on" in line.get("message", "") for line in lines), lines

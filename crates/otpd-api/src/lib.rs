@@ -9,7 +9,6 @@ mod basic_auth;
 mod body;
 pub mod console;
 pub mod health;
-pub mod iso8601;
 pub mod metrics;
 pub mod observe;
 pub mod pinpoint;

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod code;
 pub mod crypto;
 pub mod ids;
+pub mod iso8601;
 pub mod metrics;
 pub mod outbox;
 pub mod phone;

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal};
 
-use otpd_api::iso8601::ToTheSecond;
+use otpd_core::iso8601::ToTheSecond;
 use time::OffsetDateTime;
 
 use tracing::field::{Field, Visit};

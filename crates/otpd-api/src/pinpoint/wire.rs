@@ -14,7 +14,7 @@ use otpd_core::{AccountId, ApplicationId, CodeLength, E164, MaxAttempts, Ttl};
 use serde::{Deserialize, Serialize};
 
 use super::error::PinpointError;
-use crate::iso8601::iso8601;
+use otpd_core::iso8601::iso8601;
 
 /// `SendOTPMessageRequestParameters`, every field optional so that a missing one is reported
 /// by name rather than as a generic parse failure.

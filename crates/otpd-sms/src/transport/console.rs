@@ -1,8 +1,10 @@
 //! The development default: each message printed on standard error, where otpd's log goes too.
 
 use std::io::Write;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
+use otpd_core::iso8601;
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
 
 use super::JsonMessage;
@@ -42,7 +44,11 @@ impl ConsoleTransport {
             )
             .into_bytes(),
             ConsoleStyle::Json => {
+                let since_epoch = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
                 serde_json::to_vec(&ConsoleLine {
+                    timestamp: iso8601::with_micros(since_epoch),
                     sms: JsonMessage::from(sms),
                 })
                 // Serialising string and number fields cannot fail.
@@ -54,9 +60,11 @@ impl ConsoleTransport {
     }
 }
 
-/// A JSON line names what it is, beside the log's events on the same stream.
+/// A JSON line names what it is, beside the log's events on the same stream, and is dated as
+/// they are, so that a collector orders and keeps it with them.
 #[derive(serde::Serialize)]
 struct ConsoleLine<'a> {
+    timestamp: String,
     sms: JsonMessage<'a>,
 }
 
@@ -115,6 +123,14 @@ mod tests {
         assert_eq!(text.matches('\n').count(), 1, "{text}");
         assert!(text.ends_with('\n'));
         let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        // Dated like the log's own JSON lines: `2026-12-05T12:20:06.367290Z`.
+        let timestamp = value["timestamp"].as_str().expect("a timestamp");
+        let shape: String = timestamp
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '0' } else { c })
+            .collect();
+        assert_eq!(shape, "0000-00-00T00:00:00.000000Z", "{timestamp}");
+        assert!(timestamp.starts_with("20"), "{timestamp}");
         assert_eq!(value["sms"]["message_id"], sms.message_id.as_str());
         assert_eq!(value["sms"]["to"], "+393481234567");
         assert_eq!(value["sms"]["from"], "Acme");
