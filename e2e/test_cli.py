@@ -2,6 +2,7 @@
 
 import json
 import re
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -105,6 +106,15 @@ def test_a_stopped_server_and_each_command_leave_the_sqlite_database_as_one_file
     assert files() == ["otpd.db"]
     refused = server.cli("apps", "create", "--account", "OTPDNOSUCHKEY0000000", "x", check=False)
     assert refused.returncode == 2, refused.stderr
+    assert files() == ["otpd.db"]
+    # So does a server that opened the database but could not listen.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        failed = server.cli("serve", "--listen", address, check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert f"cannot listen on {address}" in failed.stderr, failed.stderr
     assert files() == ["otpd.db"]
 
 

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,6 +145,24 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     let key = config::server_key(global)?;
     let console = config::console_password(global, &options)?;
     let store = location.open(Arc::new(SystemClock)).await?;
+    let served = serve_on(&store, &location, spec, key, console, options).await;
+    // Also when serving could not start (its address taken, say): the database is left whole.
+    store.close().await;
+    if served.is_ok() {
+        tracing::info!("otpd stopped");
+    }
+    served
+}
+
+/// Serves on the open store until a signal stops it.
+async fn serve_on(
+    store: &Arc<dyn Store>,
+    location: &DatabaseLocation,
+    spec: TransportSpec,
+    key: ServerKey,
+    console: Option<(ConsolePassword, PathBuf)>,
+    options: ServeOptions,
+) -> Result<(), CommandError> {
     if location.is_single_process() {
         // Claims left by a process that died mid-send: nobody else can hold them.
         let released = store
@@ -208,8 +227,6 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         );
     }
     application.run_until_stopped(shutdown_signal()).await;
-    store.close().await;
-    tracing::info!("otpd stopped");
     Ok(())
 }
 
