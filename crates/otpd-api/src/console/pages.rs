@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use maud::{DOCTYPE, Markup, html};
 use otpd_core::Timestamp;
 use otpd_core::account::{Account, Application};
+use otpd_core::iso8601::iso8601;
 use otpd_core::outbox::{MessageRecord, OutboxBacklog};
 use otpd_core::verification::Verification;
-
-use otpd_core::iso8601::iso8601;
 
 const STYLE: &str = "
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0; color: #1d2430; background: #f6f7f9; }

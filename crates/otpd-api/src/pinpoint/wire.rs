@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use otpd_core::account::Application;
+use otpd_core::iso8601::iso8601;
 use otpd_core::outbox::MessageId;
 use otpd_core::ports::DeliveryReport;
 use otpd_core::service::SendRequest;
@@ -14,7 +15,6 @@ use otpd_core::{AccountId, ApplicationId, CodeLength, E164, MaxAttempts, Ttl};
 use serde::{Deserialize, Serialize};
 
 use super::error::PinpointError;
-use otpd_core::iso8601::iso8601;
 
 /// `SendOTPMessageRequestParameters`, every field optional so that a missing one is reported
 /// by name rather than as a generic parse failure.
