@@ -16,6 +16,17 @@ pub fn iso8601(millis: i64) -> String {
 /// Displays as `2026-11-21T22:32:16`: the date and the time to the second, nothing after.
 pub struct ToTheSecond(pub OffsetDateTime);
 
+impl ToTheSecond {
+    /// The second `seconds` after the Unix epoch (the epoch itself past the calendar's end).
+    pub fn since_epoch(seconds: u64) -> Self {
+        let time = i64::try_from(seconds)
+            .ok()
+            .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        Self(time)
+    }
+}
+
 impl fmt::Display for ToTheSecond {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let time = &self.0;
@@ -35,11 +46,11 @@ impl fmt::Display for ToTheSecond {
 /// `2026-11-21T22:32:16.123456Z` for a time given as the time since the Unix epoch: the log
 /// lines' form.
 pub fn with_micros(since_epoch: Duration) -> String {
-    let time = i64::try_from(since_epoch.as_secs())
-        .ok()
-        .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    format!("{}.{:06}Z", ToTheSecond(time), since_epoch.subsec_micros())
+    format!(
+        "{}.{:06}Z",
+        ToTheSecond::since_epoch(since_epoch.as_secs()),
+        since_epoch.subsec_micros()
+    )
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal};
 
 use otpd_core::iso8601::ToTheSecond;
-use time::OffsetDateTime;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -159,12 +158,8 @@ fn write_timestamp(writer: &mut Writer<'_>) -> std::fmt::Result {
     let seconds = since_epoch.as_secs();
     SECOND.with_borrow_mut(|(second, text)| {
         if *second != seconds {
-            let time = i64::try_from(seconds)
-                .ok()
-                .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
             text.clear();
-            write!(text, "{}", ToTheSecond(time))?;
+            write!(text, "{}", ToTheSecond::since_epoch(seconds))?;
             *second = seconds;
         }
         writer.write_str(text)

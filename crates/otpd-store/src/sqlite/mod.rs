@@ -86,7 +86,7 @@ pub struct SqliteStore {
     readers: Readers,
     clock: Arc<dyn Clock>,
     /// Runs while any clone of the store is alive, or until `close`.
-    checkpointer: Arc<Checkpointer>,
+    checkpointer: Checkpointer,
 }
 
 /// What every connection does when the database is locked: look again every 50 µs, 100,000
@@ -182,7 +182,7 @@ impl SqliteStore {
         )
         .map_err(spawn_failed)?;
         Ok(Self {
-            checkpointer: Arc::new(checkpointer),
+            checkpointer,
             writer: Writer::spawn(write_connection, log_sync.clone(), log_reset)
                 .map_err(spawn_failed)?,
             log_sync,

@@ -148,8 +148,9 @@ impl LogReset {
     }
 }
 
-/// The running checkpointer. It stops when this handle is dropped (with the store), or when
-/// `close` asks it to and has seen its connection closed.
+/// The running checkpointer. It stops when every clone of this handle is dropped (with the
+/// store), or when `close` asks it to and has seen its connection closed.
+#[derive(Clone)]
 pub(super) struct Checkpointer {
     close: flume::Sender<oneshot::Sender<()>>,
 }
