@@ -136,7 +136,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Closes the database when the process is done with it, once what was asked before is
-    /// done; calls made after fail with `StoreError::Unavailable`.
+    /// done; calls made after fail with `StoreError::Unavailable`. A close made while another
+    /// is under way returns when that one has finished.
     async fn close(&self);
 }
 

@@ -87,6 +87,8 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     /// Runs while any clone of the store is alive, or until `close`.
     checkpointer: Checkpointer,
+    /// Set once a close has finished; a close made while another runs waits for it.
+    closed: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// What every connection does when the database is locked: look again every 50 µs, 100,000
@@ -188,6 +190,7 @@ impl SqliteStore {
             log_sync,
             readers: Readers::spawn(read_connections).map_err(spawn_failed)?,
             clock,
+            closed: Arc::default(),
         })
     }
 
@@ -448,11 +451,17 @@ impl Store for SqliteStore {
     }
 
     /// The write connection closes last: SQLite then copies the log into the database and
-    /// deletes it, with the shared-memory index, so a stopped otpd leaves one file behind.
+    /// deletes it, with the shared-memory index, so a stopped otpd leaves one file behind. A
+    /// second close made meanwhile would find the readers' queue already gone and close the
+    /// writer before a read in progress ended; it waits for the first instead.
     async fn close(&self) {
-        self.readers.close().await;
-        self.checkpointer.close().await;
-        self.writer.close().await;
+        self.closed
+            .get_or_init(|| async {
+                self.readers.close().await;
+                self.checkpointer.close().await;
+                self.writer.close().await;
+            })
+            .await;
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -574,6 +583,42 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(found.map(|found| found.id), Some(account.id));
+    }
+
+    #[tokio::test]
+    async fn a_close_made_while_another_runs_returns_once_the_database_is_closed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("otpd.db");
+        let store = Arc::new(SqliteStore::open(&path, Arc::new(SystemClock)).expect("open"));
+        store.create_account(new_account()).await.expect("durable");
+        // A read in progress keeps its connection open until it ends, and the first close
+        // waits for it.
+        let slow_read = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .read(|connection, _| {
+                        std::thread::sleep(Duration::from_millis(300));
+                        Ok(connection.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?)
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move { store.close().await }
+        });
+        tokio::task::yield_now().await;
+
+        store.close().await;
+        assert_eq!(
+            log_files(&path),
+            Vec::<PathBuf>::new(),
+            "the second close returned before the database was closed"
+        );
+        first.await.expect("the first close");
+        assert_eq!(slow_read.await.expect("joined").expect("read"), 1);
     }
 
     #[tokio::test]
