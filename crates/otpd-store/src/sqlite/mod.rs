@@ -238,7 +238,7 @@ fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 
 /// Closes a connection, saying so in the log when SQLite cannot: the file is then closed when
 /// the process ends, and the next start recovers whatever log it left.
-fn close(connection: Connection, which: &str) {
+fn close_connection(connection: Connection, which: &str) {
     if let Err((_, error)) = connection.close() {
         tracing::warn!(%error, "cannot close {which} to the SQLite database");
     }

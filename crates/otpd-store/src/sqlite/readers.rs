@@ -38,7 +38,7 @@ impl Readers {
                     while let Ok(job) = queue.recv() {
                         job(&connection);
                     }
-                    super::close(connection, "a read connection");
+                    super::close_connection(connection, "a read connection");
                     let _ = done.send(());
                 })?;
             closed.push(is_done);

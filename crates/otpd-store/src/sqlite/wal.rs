@@ -180,7 +180,7 @@ impl Checkpointer {
                         Err(flume::RecvTimeoutError::Disconnected) => break None,
                     }
                 };
-                super::close(connection, "the checkpointer's connection");
+                super::close_connection(connection, "the checkpointer's connection");
                 // Answers this close and any other until the store is dropped.
                 for closed in closing.into_iter().chain(requests.iter()) {
                     let _ = closed.send(());

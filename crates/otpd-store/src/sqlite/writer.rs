@@ -146,7 +146,7 @@ fn run(
         }
         if let Some(closed) = closing {
             log_sync.wait_until_flushed();
-            super::close(connection, "the write connection");
+            super::close_connection(connection, "the write connection");
             let _ = closed.send(());
             refuse_until_dropped(&queue);
             return;
