@@ -15,6 +15,7 @@ mod ceiling;
 mod cli;
 mod cpu_cap;
 mod deployment;
+mod group_commit;
 mod instructions;
 mod load;
 mod measure;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::cli::Args;
+use crate::group_commit::Totals;
 use crate::instructions;
 use crate::load::{self, MakeRequest, Measured, Phases};
 use crate::report::{Row, write_timeline};
@@ -45,6 +46,14 @@ pub async fn measure(
         server::own_cpu_time(),
         MachineTimes::read(),
     );
+    // Read after the CPU figures, which must bracket the window closely; these are ratios. Not
+    // under callgrind, whose count of the window's instructions would take in `/metrics` too.
+    let read_grouping = !args.instructions;
+    let grouping_before = if read_grouping {
+        writer_totals(servers).await
+    } else {
+        None
+    };
     tokio::time::sleep_until(phases.measure_until.into()).await;
     let threads_after = thread_cpu_times();
     let after = (
@@ -53,6 +62,11 @@ pub async fn measure(
         server::own_cpu_time(),
         MachineTimes::read(),
     );
+    let grouping_after = if read_grouping {
+        writer_totals(servers).await
+    } else {
+        None
+    };
     let counted = counting
         .into_iter()
         .map(instructions::Counting::finish)
@@ -96,6 +110,9 @@ pub async fn measure(
                 Some((name.clone(), per_request(after.saturating_sub(*before))))
             })
             .collect(),
+        sqlite_grouping: grouping_before
+            .zip(grouping_after)
+            .and_then(|(before, after)| after.since(&before, phases.window())),
         // The ratios are the report's, once every row is in.
         ..Row::default()
     };
@@ -137,6 +154,16 @@ pub async fn measure(
             busiest.join(", ")
         );
     }
+    if let Some(grouping) = &row.sqlite_grouping {
+        println!(
+            "  {:<40} {:>3} conns  SQLite writer: {:.1} jobs a commit, {:.2} commits a flush, {:.0} flushes a second",
+            row.operation,
+            row.connections,
+            grouping.jobs_per_commit,
+            grouping.commits_per_flush,
+            grouping.flushes_per_second
+        );
+    }
     if let Some(threads) = &row.thread_instructions_per_request {
         let each: Vec<String> = threads
             .iter()
@@ -152,6 +179,18 @@ pub async fn measure(
         );
     }
     Ok(row)
+}
+
+/// The SQLite writer's totals so far, summed over the servers that have one (see
+/// `group_commit`); `None` when none has.
+async fn writer_totals(servers: &[Server]) -> Option<Totals> {
+    let mut sum: Option<Totals> = None;
+    for server in servers {
+        if let Some(totals) = Totals::read(server.address).await {
+            sum = Some(sum.map_or(totals, |sum| sum.plus(&totals)));
+        }
+    }
+    sum
 }
 
 /// The threads that took a tenth of a microsecond a request or more, busiest first.

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::ceiling;
 use crate::deployment::Deployment;
+use crate::group_commit::Grouping;
 
 /// What a ceiling read around one row gave.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -55,6 +56,8 @@ pub struct Row {
     /// compares two builds' writers when the machine's speed moves too much for rates: the
     /// main thread does the same work in both.
     pub thread_cpu_us_per_request: BTreeMap<String, f64>,
+    /// How otpd's SQLite writer grouped the window's work (SQLite rows; see `group_commit`).
+    pub sqlite_grouping: Option<Grouping>,
 }
 
 /// A ceiling's row (its store is `- (before)` or `- (after)`), not otpd's.
