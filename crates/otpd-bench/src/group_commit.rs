@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Requests per group commit (`otpd-store`'s `COMMIT_SIZE`).
+/// Writer jobs per group commit (`otpd-store`'s `COMMIT_SIZE`, which calls them requests).
 const COMMIT_SIZE: &str = "otpd_sqlite_commit_size";
 /// Group commits made durable by one flush of the log (`otpd-store`'s `LOG_FLUSH_COMMITS`).
 const FLUSH_COMMITS: &str = "otpd_sqlite_log_flush_commits";
@@ -65,7 +65,7 @@ impl Totals {
         })
     }
 
-    /// Both servers' totals together.
+    /// These totals and another server's together.
     pub fn plus(&self, other: &Self) -> Self {
         Self {
             jobs: self.jobs + other.jobs,
@@ -88,6 +88,7 @@ impl Totals {
     }
 }
 
+/// The body of `GET /metrics`, over a connection of its own.
 async fn fetch_metrics(address: SocketAddr) -> std::io::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(address).await?;
     stream
