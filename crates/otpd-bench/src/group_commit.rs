@@ -6,7 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 
 /// Writer jobs per group commit (`otpd-store`'s `COMMIT_SIZE`, which calls them requests).
 const COMMIT_SIZE: &str = "otpd_sqlite_commit_size";
@@ -48,14 +51,12 @@ impl Totals {
     /// any labels. `None` unless both histograms are there.
     fn parse(text: &str) -> Option<Self> {
         let total = |name: &str| -> Option<f64> {
-            let values: Vec<f64> = text
-                .lines()
+            text.lines()
                 .filter(|line| !line.starts_with('#'))
                 .filter_map(|line| line.rsplit_once(' '))
                 .filter(|(series, _)| series.split('{').next() == Some(name))
-                .filter_map(|(_, value)| value.trim().parse().ok())
-                .collect();
-            (!values.is_empty()).then(|| values.iter().sum())
+                .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+                .reduce(|sum, value| sum + value)
         };
         Some(Self {
             jobs: total(&format!("{COMMIT_SIZE}_sum"))?,
@@ -88,19 +89,23 @@ impl Totals {
     }
 }
 
-/// The body of `GET /metrics`, over a connection of its own.
-async fn fetch_metrics(address: SocketAddr) -> std::io::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: otpd\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    let answer = String::from_utf8_lossy(&answer);
-    match answer.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
-        _ => Err(std::io::Error::other("/metrics did not answer 200")),
-    }
+/// The body of `GET /metrics`, over a connection of its own (hyper's client, as the load's).
+async fn fetch_metrics(address: SocketAddr) -> anyhow::Result<String> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::get("/metrics")
+        .header(http::header::HOST, address.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "/metrics answered {}",
+        response.status()
+    );
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 #[cfg(test)]

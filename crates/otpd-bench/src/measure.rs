@@ -48,12 +48,8 @@ pub async fn measure(
     );
     // Read after the CPU figures, which must bracket the window closely; these are ratios. Not
     // under callgrind, whose count of the window's instructions would take in `/metrics` too.
-    let read_grouping = !args.instructions;
-    let grouping_before = if read_grouping {
-        writer_totals(servers).await
-    } else {
-        None
-    };
+    let grouped: &[Server] = if args.instructions { &[] } else { servers };
+    let grouping_before = writer_totals(grouped).await;
     tokio::time::sleep_until(phases.measure_until.into()).await;
     let threads_after = thread_cpu_times();
     let after = (
@@ -62,11 +58,7 @@ pub async fn measure(
         server::own_cpu_time(),
         MachineTimes::read(),
     );
-    let grouping_after = if read_grouping {
-        writer_totals(servers).await
-    } else {
-        None
-    };
+    let grouping_after = writer_totals(grouped).await;
     let counted = counting
         .into_iter()
         .map(instructions::Counting::finish)
@@ -182,7 +174,7 @@ pub async fn measure(
 }
 
 /// The SQLite writer's totals so far, summed over the servers that have one (see
-/// `group_commit`); `None` when none has.
+/// `group_commit`); `None` when none has (or there are none).
 async fn writer_totals(servers: &[Server]) -> Option<Totals> {
     let mut sum: Option<Totals> = None;
     for server in servers {
