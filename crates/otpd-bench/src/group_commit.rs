@@ -1,5 +1,6 @@
-//! How otpd's SQLite writer grouped a run's work: writer jobs a commit, commits a flush and
-//! flushes a second, read from otpd's own `/metrics` before and after the window. At 64
+//! How otpd's SQLite writer grouped a run's work: writer jobs a commit, commits a flush,
+//! flushes a second and how long one took, read from otpd's own `/metrics` before and after
+//! the window. At 64
 //! connections the sends' p99 depends on how their requests fall into commits and flushes
 //! (docs/benchmark-history.md), which the CPU a request cannot show.
 
@@ -15,16 +16,20 @@ use hyper_util::rt::TokioIo;
 const COMMIT_SIZE: &str = "otpd_sqlite_commit_size";
 /// Group commits made durable by one flush of the log (`otpd-store`'s `LOG_FLUSH_COMMITS`).
 const FLUSH_COMMITS: &str = "otpd_sqlite_log_flush_commits";
+/// From a flush's start to its end (`otpd-store`'s `LOG_FLUSH_DURATION`): the disk's time,
+/// and the flushing thread's waits for the core between the steps of one `fdatasync`.
+const FLUSH_DURATION: &str = "otpd_sqlite_log_flush_duration_seconds";
 /// Longer than a server under full load takes to answer, short enough not to hold up a run.
 const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The running totals of the writer's two histograms at one moment.
+/// The running totals of the writer's three histograms at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
     jobs: f64,
     commits: f64,
     flushed_commits: f64,
     flushes: f64,
+    flush_seconds: f64,
 }
 
 /// A window's grouping, from two `Totals`.
@@ -33,6 +38,7 @@ pub struct Grouping {
     pub jobs_per_commit: f64,
     pub commits_per_flush: f64,
     pub flushes_per_second: f64,
+    pub milliseconds_per_flush: f64,
 }
 
 impl Totals {
@@ -48,7 +54,7 @@ impl Totals {
     }
 
     /// Totals from Prometheus' text format: each histogram's `_sum` and `_count`, summed over
-    /// any labels. `None` unless both histograms are there.
+    /// any labels. `None` unless all three histograms are there.
     fn parse(text: &str) -> Option<Self> {
         let total = |name: &str| -> Option<f64> {
             text.lines()
@@ -63,6 +69,7 @@ impl Totals {
             commits: total(&format!("{COMMIT_SIZE}_count"))?,
             flushed_commits: total(&format!("{FLUSH_COMMITS}_sum"))?,
             flushes: total(&format!("{FLUSH_COMMITS}_count"))?,
+            flush_seconds: total(&format!("{FLUSH_DURATION}_sum"))?,
         })
     }
 
@@ -73,6 +80,7 @@ impl Totals {
             commits: self.commits + other.commits,
             flushed_commits: self.flushed_commits + other.flushed_commits,
             flushes: self.flushes + other.flushes,
+            flush_seconds: self.flush_seconds + other.flush_seconds,
         }
     }
 
@@ -85,6 +93,7 @@ impl Totals {
             jobs_per_commit: (self.jobs - earlier.jobs) / commits,
             commits_per_flush: (self.flushed_commits - earlier.flushed_commits) / flushes,
             flushes_per_second: flushes / window.as_secs_f64(),
+            milliseconds_per_flush: (self.flush_seconds - earlier.flush_seconds) * 1e3 / flushes,
         })
     }
 }
@@ -112,7 +121,7 @@ async fn fetch_metrics(address: SocketAddr) -> anyhow::Result<String> {
 mod tests {
     use super::*;
 
-    fn metrics(jobs: f64, commits: u32, flushed: f64, flushes: u32) -> String {
+    fn metrics(jobs: f64, commits: u32, flushed: f64, flushes: u32, flush_seconds: f64) -> String {
         format!(
             "# TYPE otpd_sqlite_commit_size histogram\n\
              otpd_sqlite_commit_size_bucket{{le=\"1\"}} 3\n\
@@ -123,20 +132,24 @@ mod tests {
              otpd_sqlite_log_flush_commits{{quantile=\"0.5\"}} 1\n\
              otpd_sqlite_log_flush_commits_sum {flushed}\n\
              otpd_sqlite_log_flush_commits_count {flushes}\n\
-             otpd_sqlite_log_flush_commits_sum_of_something_else 99\n"
+             otpd_sqlite_log_flush_commits_sum_of_something_else 99\n\
+             otpd_sqlite_log_flush_duration_seconds_sum {flush_seconds}\n\
+             otpd_sqlite_log_flush_duration_seconds_count {flushes}\n"
         )
     }
 
     #[test]
     fn a_window_is_the_difference_of_two_readings() {
-        let before = Totals::parse(&metrics(100.0, 10, 10.0, 8)).expect("both histograms");
-        let after = Totals::parse(&metrics(3_100.0, 110, 130.0, 108)).expect("both histograms");
+        let before = Totals::parse(&metrics(100.0, 10, 10.0, 8, 0.5)).expect("all histograms");
+        let after =
+            Totals::parse(&metrics(3_100.0, 110, 130.0, 108, 0.55)).expect("all histograms");
         let grouping = after
             .since(&before, Duration::from_secs(2))
             .expect("commits and flushes in the window");
         assert_eq!(grouping.jobs_per_commit, 30.0);
         assert_eq!(grouping.commits_per_flush, 1.2);
         assert_eq!(grouping.flushes_per_second, 50.0);
+        assert!((grouping.milliseconds_per_flush - 0.5).abs() < 1e-9);
     }
 
     #[test]
@@ -145,8 +158,9 @@ mod tests {
                     otpd_sqlite_commit_size_sum{node=\"b\"} 7\n\
                     otpd_sqlite_commit_size_count 2\n\
                     otpd_sqlite_log_flush_commits_sum 2\n\
-                    otpd_sqlite_log_flush_commits_count 1\n";
-        let totals = Totals::parse(text).expect("both histograms");
+                    otpd_sqlite_log_flush_commits_count 1\n\
+                    otpd_sqlite_log_flush_duration_seconds_sum 0.001\n";
+        let totals = Totals::parse(text).expect("all histograms");
         assert_eq!(totals.jobs, 12.0);
     }
 
@@ -158,7 +172,7 @@ mod tests {
 
     #[test]
     fn a_window_without_commits_gives_no_grouping() {
-        let totals = Totals::parse(&metrics(100.0, 10, 10.0, 8)).expect("both histograms");
+        let totals = Totals::parse(&metrics(100.0, 10, 10.0, 8, 0.5)).expect("all histograms");
         assert_eq!(totals.since(&totals, Duration::from_secs(1)), None);
     }
 }

@@ -42,7 +42,7 @@ use report::{CeilingReading, Row, print_table};
 use requests::Client;
 use server::Server;
 use tokio::signal::unix::{SignalKind, signal};
-use workload::{Operation, codes_for, selected_operations, workload};
+use workload::{Operation, codes_for, rate_of_run_short_of_codes, selected_operations, workload};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -388,19 +388,36 @@ async fn run_operations(
                 let step = (connections as f64 / previous_connections as f64).clamp(1.0, 10.0);
                 pool = codes_for(args, operation, rate * step);
             }
-            let make = workload(operation, deployed, pool).await?;
-            let run = measure(
-                args,
-                &deployed.servers,
-                store,
-                operation.name(),
-                connections,
-                make,
-            );
-            let row = match paired {
-                Some(ceiling) => ceiling.around(args, connections, run).await?,
-                None => run.await?,
+            let run_with = |pool| async move {
+                let make = workload(operation, deployed, pool).await?;
+                let run = measure(
+                    args,
+                    &deployed.servers,
+                    store,
+                    operation.name(),
+                    connections,
+                    make,
+                );
+                match paired {
+                    Some(ceiling) => ceiling.around(args, connections, run).await,
+                    None => run.await,
+                }
             };
+            let mut row = run_with(pool).await?;
+            // The first connection count has no rate to size its codes by, and a guess from
+            // the one before can fall short: a run that used them up runs once more with
+            // enough for the rate it showed.
+            if let Some(rate) = rate_of_run_short_of_codes(
+                args,
+                operation,
+                pool,
+                row.measured_seconds,
+                row.requests_per_second,
+            ) {
+                pool = codes_for(args, operation, rate);
+                println!("  running it again with {pool} codes");
+                row = run_with(pool).await?;
+            }
             previous = Some((connections, row.requests_per_second));
             rows.push(row);
         }

@@ -65,11 +65,15 @@ pub async fn measure(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let measured: Measured = run.await??;
     let planned = phases.window();
-    if measured.window < planned.mul_f64(0.9) {
+    // A run with nothing in its window used up its codes in the warm-up.
+    let measured_seconds = match measured.requests {
+        0 => 0.0,
+        _ => measured.window.as_secs_f64(),
+    };
+    if measured_seconds < planned.as_secs_f64() * 0.9 {
         // Only a run of prepared codes ends early; the figures then cover a short window.
         println!(
-            "  note: {operation} at {connections} connections used up its prepared codes {:.1} s into its {:.1} s window; --pool raises them",
-            measured.window.as_secs_f64(),
+            "  note: {operation} at {connections} connections used up its prepared codes {measured_seconds:.1} s into its {:.1} s window",
             planned.as_secs_f64()
         );
     }
@@ -84,6 +88,7 @@ pub async fn measure(
         requests_per_second: measured.per_second(),
         p50_ms: measured.percentile_ms(0.50),
         p99_ms: measured.percentile_ms(0.99),
+        measured_seconds,
         cpu_us_per_request: per_request(after.0.saturating_sub(before.0)),
         database_cpu_us_per_request: (store.starts_with("postgres"))
             .then(|| per_request(after.1.saturating_sub(before.1))),
@@ -148,12 +153,13 @@ pub async fn measure(
     }
     if let Some(grouping) = &row.sqlite_grouping {
         println!(
-            "  {:<40} {:>3} conns  SQLite writer: {:.1} jobs a commit, {:.2} commits a flush, {:.0} flushes a second",
+            "  {:<40} {:>3} conns  SQLite writer: {:.1} jobs a commit, {:.2} commits a flush, {:.0} flushes a second of {:.2} ms each",
             row.operation,
             row.connections,
             grouping.jobs_per_commit,
             grouping.commits_per_flush,
-            grouping.flushes_per_second
+            grouping.flushes_per_second,
+            grouping.milliseconds_per_flush
         );
     }
     if let Some(threads) = &row.thread_instructions_per_request {

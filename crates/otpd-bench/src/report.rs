@@ -27,6 +27,9 @@ pub struct Row {
     pub requests_per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The seconds measured: shorter than `--duration` when a run used up its prepared codes
+    /// early, and 0 when it used them up in its warm-up.
+    pub measured_seconds: f64,
     pub cpu_us_per_request: f64,
     /// What PostgreSQL's own processes spent per request (PostgreSQL rows only).
     pub database_cpu_us_per_request: Option<f64>,

@@ -109,6 +109,26 @@ pub fn codes_for(args: &Args, operation: Operation, rate: f64) -> u64 {
     ((requests * operation.codes_per_request()) as u64).clamp(args.pool, MAX_CODES_PER_RUN)
 }
 
+/// How fast a run that used up its prepared codes before 90% of its window went, at least, so
+/// that it can run again with enough; `None` if it ran its window, needs no codes, or already
+/// had the most a run gets. A run that used them up in its warm-up measured nothing: its
+/// `pool` codes went in the warm-up and what it had of the window.
+pub fn rate_of_run_short_of_codes(
+    args: &Args,
+    operation: Operation,
+    pool: u64,
+    measured_seconds: f64,
+    requests_per_second: f64,
+) -> Option<f64> {
+    let codes_per_request = operation.codes_per_request();
+    let short = measured_seconds < args.duration * 0.9;
+    if !short || codes_per_request == 0.0 || pool >= MAX_CODES_PER_RUN {
+        return None;
+    }
+    let spent_seconds = (args.warmup + measured_seconds).max(f64::EPSILON);
+    Some(requests_per_second.max(pool as f64 / codes_per_request / spent_seconds))
+}
+
 /// The requests of one run of `operation` against `deployed`; a verify or check run gets
 /// `pool` codes sent just before it.
 pub async fn workload(
@@ -269,5 +289,46 @@ mod tests {
             ]
         );
         assert_eq!(code_for_guess::<&str>(&[], 0, 4), None);
+    }
+
+    fn args(duration: f64, warmup: f64) -> Args {
+        use clap::Parser;
+        let mut args = Args::parse_from(["otpd-bench"]);
+        (args.duration, args.warmup) = (duration, warmup);
+        args
+    }
+
+    #[test]
+    fn a_run_that_used_up_its_codes_in_the_warm_up_is_given_enough_for_its_rate() {
+        let args = args(10.0, 1.0);
+        // 40,000 right-code checks gone within the 1 s warm-up: at least 40,000 a second.
+        let rate = rate_of_run_short_of_codes(&args, Operation::AmmCheck, 40_000, 0.0, 0.0);
+        assert_eq!(rate, Some(40_000.0));
+        assert_eq!(
+            codes_for(&args, Operation::AmmCheck, 40_000.0),
+            MAX_CODES_PER_RUN,
+            "11 s at 40,000 a second, capped"
+        );
+        // Used up 2 s into the window at 30,000 a second measured there.
+        let rate = rate_of_run_short_of_codes(
+            &args,
+            Operation::PinpointVerifyRight,
+            90_000,
+            2.0,
+            30_000.0,
+        );
+        assert_eq!(rate, Some(30_000.0));
+    }
+
+    #[test]
+    fn a_run_is_not_run_again_if_it_ran_its_window_needed_no_codes_or_had_the_most() {
+        let args = args(10.0, 1.0);
+        let again = |operation, pool, seconds| {
+            rate_of_run_short_of_codes(&args, operation, pool, seconds, 20_000.0)
+        };
+        assert_eq!(again(Operation::AmmCheck, 40_000, 9.5), None);
+        assert_eq!(again(Operation::PinpointSend, 40_000, 0.0), None);
+        assert_eq!(again(Operation::AmmCheck, MAX_CODES_PER_RUN, 4.0), None);
+        assert!(again(Operation::PinpointVerifyWrong, 40_000, 4.0).is_some());
     }
 }
