@@ -170,7 +170,21 @@ impl LogFile {
         Ok(())
     }
 
-    #[cfg(unix)]
+    /// Asks for the inode number alone. A `stat` that reads a file's times makes the kernel
+    /// (Linux 6.13 and later, multigrain timestamps) give its next write a finer time, which
+    /// changes the inode: every flush then wrote the inode's block too, a second round trip to
+    /// the disk, and waited for the busy core once more after it.
+    #[cfg(target_os = "linux")]
+    fn is_at_path(&self, file: &File) -> std::io::Result<bool> {
+        use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+        let identity =
+            |statx: rustix::fs::Statx| (statx.stx_dev_major, statx.stx_dev_minor, statx.stx_ino);
+        let open = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::INO)?;
+        let named = statx(CWD, &self.path, AtFlags::empty(), StatxFlags::INO)?;
+        Ok(identity(open) == identity(named))
+    }
+
+    #[cfg(all(unix, not(target_os = "linux")))]
     fn is_at_path(&self, file: &File) -> std::io::Result<bool> {
         use std::os::unix::fs::MetadataExt;
         let (open, named) = (file.metadata()?, std::fs::metadata(&self.path)?);
