@@ -173,22 +173,27 @@ impl LogFile {
     /// Asks for the inode number alone. A `stat` that reads a file's times makes the kernel
     /// (Linux 6.13 and later, multigrain timestamps) give its next write a finer time, which
     /// changes the inode: every flush then wrote the inode's block too, a second round trip to
-    /// the disk, and waited for the busy core once more after it.
+    /// the disk, and waited for the busy core once more after it. Where `statx` is refused (a
+    /// kernel before 4.11, some container sandboxes) a full `stat` does.
     #[cfg(target_os = "linux")]
     fn is_at_path(&self, file: &File) -> std::io::Result<bool> {
         use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+        use rustix::io::Errno;
         let identity =
             |statx: rustix::fs::Statx| (statx.stx_dev_major, statx.stx_dev_minor, statx.stx_ino);
-        let open = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::INO)?;
-        let named = statx(CWD, &self.path, AtFlags::empty(), StatxFlags::INO)?;
-        Ok(identity(open) == identity(named))
+        let same = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::INO).and_then(|open| {
+            let named = statx(CWD, &self.path, AtFlags::empty(), StatxFlags::INO)?;
+            Ok(identity(open) == identity(named))
+        });
+        match same {
+            Err(Errno::NOSYS | Errno::PERM) => same_file_by_stat(file, &self.path),
+            same => Ok(same?),
+        }
     }
 
     #[cfg(all(unix, not(target_os = "linux")))]
     fn is_at_path(&self, file: &File) -> std::io::Result<bool> {
-        use std::os::unix::fs::MetadataExt;
-        let (open, named) = (file.metadata()?, std::fs::metadata(&self.path)?);
-        Ok(open.dev() == named.dev() && open.ino() == named.ino())
+        same_file_by_stat(file, &self.path)
     }
 
     /// Elsewhere the log is opened anew for every flush.
@@ -196,6 +201,13 @@ impl LogFile {
     fn is_at_path(&self, _file: &File) -> std::io::Result<bool> {
         Ok(false)
     }
+}
+
+#[cfg(unix)]
+fn same_file_by_stat(file: &File, path: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (open, named) = (file.metadata()?, std::fs::metadata(path)?);
+    Ok(open.dev() == named.dev() && open.ino() == named.ino())
 }
 
 #[cfg(test)]
@@ -267,7 +279,14 @@ mod tests {
         std::fs::write(&path, b"second").expect("log made anew");
         let at_path = |log: &LogFile| {
             let file = log.file.as_ref().expect("opened by the flush");
-            log.is_at_path(file).expect("stat")
+            let at_path = log.is_at_path(file).expect("stat");
+            #[cfg(unix)]
+            assert_eq!(
+                same_file_by_stat(file, &log.path).expect("stat"),
+                at_path,
+                "the fallback where statx is refused agrees"
+            );
+            at_path
         };
         assert!(!at_path(&log));
         log.flush().expect("flush of the new log");
