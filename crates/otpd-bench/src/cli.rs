@@ -20,7 +20,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64",
           value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
     pub connections: Vec<usize>,
-    /// Codes sent before each verify or check run (a right-code run ends when they are used up).
+    /// Codes sent before each verify or check run (a right-code run ends when they are used up;
+    /// one that used them up early runs again with enough for its rate, up to 250,000).
     #[arg(long, default_value_t = 40_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub pool: u64,
     /// Run only the operations whose name contains this (ceilings are skipped then).
