@@ -1,8 +1,7 @@
 //! How otpd's SQLite writer grouped a run's work: writer jobs a commit, commits a flush,
 //! flushes a second and how long one took, read from otpd's own `/metrics` before and after
-//! the window. At 64
-//! connections the sends' p99 depends on how their requests fall into commits and flushes
-//! (docs/benchmark-history.md), which the CPU a request cannot show.
+//! the window. At 64 connections the sends' p99 depends on how their requests fall into
+//! commits and flushes (docs/benchmark-history.md), which the CPU a request cannot show.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -10,6 +10,12 @@ use crate::load::{self, MakeRequest, Measured, Phases};
 use crate::report::{Row, write_timeline};
 use crate::server::{self, MachineTimes, Server};
 
+/// Whether a run measured for `measured_seconds` of its planned window stopped early: only a
+/// run of prepared codes does, when it uses them up.
+pub fn used_up_early(measured_seconds: f64, planned_seconds: f64) -> bool {
+    measured_seconds < planned_seconds * 0.9
+}
+
 /// One run against `servers` (every node of a deployment): CPU is their sum, RSS their peak.
 pub async fn measure(
     args: &Args,
@@ -70,7 +76,7 @@ pub async fn measure(
         0 => 0.0,
         _ => measured.window.as_secs_f64(),
     };
-    if measured_seconds < planned.as_secs_f64() * 0.9 {
+    if used_up_early(measured_seconds, planned.as_secs_f64()) {
         // Only a run of prepared codes ends early; the figures then cover a short window.
         println!(
             "  note: {operation} at {connections} connections used up its prepared codes {measured_seconds:.1} s into its {:.1} s window",

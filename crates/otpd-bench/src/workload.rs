@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crate::cli::Args;
 use crate::deployment::Deployed;
 use crate::load::{self, MakeRequest};
+use crate::measure::used_up_early;
 use crate::requests::{next_destination, wrong};
 
 /// What an operation is, for issue 6's targets (the mix is neither a send nor a verify).
@@ -121,8 +122,10 @@ pub fn rate_of_run_short_of_codes(
     requests_per_second: f64,
 ) -> Option<f64> {
     let codes_per_request = operation.codes_per_request();
-    let short = measured_seconds < args.duration * 0.9;
-    if !short || codes_per_request == 0.0 || pool >= MAX_CODES_PER_RUN {
+    if !used_up_early(measured_seconds, args.duration)
+        || codes_per_request == 0.0
+        || pool >= MAX_CODES_PER_RUN
+    {
         return None;
     }
     let spent_seconds = (args.warmup + measured_seconds).max(f64::EPSILON);
