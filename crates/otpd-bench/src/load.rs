@@ -22,6 +22,8 @@ pub type MakeRequest = Arc<dyn Fn(u64) -> Option<Request<Full<Bytes>>> + Send + 
 pub struct Measured {
     pub requests: u64,
     pub errors: u64,
+    /// The time measured over: the planned window, or less if the run ran out of work (zero if
+    /// it did so in the warm-up).
     pub window: Duration,
     /// The timeline's latencies, sorted, in microseconds.
     pub latencies_us: Vec<u32>,
@@ -36,6 +38,9 @@ pub struct Measured {
 
 impl Measured {
     pub fn per_second(&self) -> f64 {
+        if self.window.is_zero() {
+            return 0.0;
+        }
         self.requests as f64 / self.window.as_secs_f64()
     }
 
@@ -94,9 +99,12 @@ pub async fn run(
     total.timeline.sort_unstable();
     total.latencies_us = total.timeline.iter().map(|&(_, latency)| latency).collect();
     total.latencies_us.sort_unstable();
-    if let Some(last) = total.last_completion {
-        total.window = total.window.min(last - phases.measure_from);
-    }
+    // A run that ran out of work early is measured over the time it ran: none of it, if it ran
+    // out in the warm-up.
+    total.window = match total.last_completion {
+        Some(last) => total.window.min(last - phases.measure_from),
+        None => Duration::ZERO,
+    };
     Ok(total)
 }
 
@@ -183,4 +191,17 @@ pub async fn collect(
     // codes created `connections` apart, every one on a different database page.
     all.sort_unstable_by_key(|(n, _)| *n);
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_with_no_request_in_its_window_reads_none_a_second() {
+        let measured = Measured::default();
+        assert!(measured.window.is_zero());
+        assert_eq!(measured.per_second(), 0.0);
+        assert_eq!(measured.percentile_ms(0.99), 0.0);
+    }
 }

@@ -405,9 +405,11 @@ async fn run_operations(
             };
             let mut row = run_with(pool).await?;
             // The first connection count has no rate to size its codes by, and a guess from
-            // the one before can fall short: a run that used them up runs once more with
-            // enough for the rate it showed.
-            if let Some(rate) = rate_of_run_short_of_codes(
+            // the one before can fall short: a run that used them up runs again with enough
+            // for the rate it showed. One that used them up in its warm-up shows only a lower
+            // bound, so it may take a few runs; each has at least a fifth more codes, up to
+            // the cap.
+            while let Some(rate) = rate_of_run_short_of_codes(
                 args,
                 operation,
                 pool,

@@ -71,11 +71,7 @@ pub async fn measure(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let measured: Measured = run.await??;
     let planned = phases.window();
-    // A run with nothing in its window used up its codes in the warm-up.
-    let measured_seconds = match measured.requests {
-        0 => 0.0,
-        _ => measured.window.as_secs_f64(),
-    };
+    let measured_seconds = measured.window.as_secs_f64();
     if used_up_early(measured_seconds, planned.as_secs_f64()) {
         // Only a run of prepared codes ends early; the figures then cover a short window.
         println!(
