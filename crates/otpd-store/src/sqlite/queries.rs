@@ -376,6 +376,9 @@ pub(super) const COUNT_RECENT_FAILURES: &str = "SELECT COUNT(*) FROM checks
 
 /// The columns of a verification that a check reads.
 struct CheckedRow {
+    /// The row's own number: the check's `UPDATE` finds the row by it, without a second search
+    /// of the id index.
+    rowid: i64,
     id: VerifyId,
     state: CheckState,
     digest: Vec<u8>,
@@ -385,9 +388,10 @@ struct CheckedRow {
 
 impl CheckedRow {
     /// From `id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
-    /// code_bound_to`.
+    /// code_bound_to, rowid`.
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
+            rowid: row.get(8)?,
             id: parse_column(row, 0, VerifyId::parse)?,
             state: CheckState {
                 status: parse_column(row, 1, VerificationStatus::parse)?,
@@ -405,11 +409,16 @@ impl CheckedRow {
 /// A key's live code, for a check that names the key (Pinpoint's): its newest row
 /// (`newest_of_key`), if that is still pending.
 pub(super) const LIVE_CODE_OF_KEY: &str = concat!(
-    "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id, code_bound_to
+    "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id, code_bound_to,
+            rowid
      FROM verifications
      WHERE status = 'pending' AND rowid = ",
     newest_of_key!()
 );
+
+/// A check's new state, on the row the check read.
+pub(super) const CHECK_TRANSITION: &str =
+    "UPDATE verifications SET status = ?2, attempts_used = ?3 WHERE rowid = ?1";
 
 /// The check step: read the state, run the state machine, write the result and the record.
 /// The writer runs one job at a time, so no other check can interleave.
@@ -441,7 +450,7 @@ pub(super) fn check(
         CheckLookup::ById { account_id, id } => connection
             .prepare_cached(
                 "SELECT id, status, expires_at, attempts_used, max_attempts, code_digest, message_id,
-                        code_bound_to
+                        code_bound_to, rowid
                  FROM verifications WHERE id = ?1 AND account_id = ?2",
             )?
             .query_row(
@@ -451,6 +460,7 @@ pub(super) fn check(
             .optional()?,
     };
     let Some(CheckedRow {
+        rowid,
         id,
         state,
         digest,
@@ -491,11 +501,9 @@ pub(super) fn check(
     let transition = state.check(now, || attempt.candidate.matches(subject, &digest));
     if transition.next != state {
         connection
-            .prepare_cached(
-                "UPDATE verifications SET status = ?2, attempts_used = ?3 WHERE id = ?1",
-            )?
+            .prepare_cached(CHECK_TRANSITION)?
             .execute(params![
-                id.as_str(),
+                rowid,
                 transition.next.status.as_str(),
                 transition.next.attempts_used
             ])?;
