@@ -403,28 +403,42 @@ async fn run_operations(
                     None => run.await,
                 }
             };
-            let mut row = run_with(pool).await?;
             // The first connection count has no rate to size its codes by, and a guess from
-            // the one before can fall short: a run that used them up runs again with enough
-            // for the rate it showed. One that used them up in its warm-up shows only a lower
-            // bound, so it may take a few runs; each has at least a fifth more codes, up to
-            // the cap.
-            while let Some(rate) = rate_of_run_short_of_codes(
-                args,
-                operation,
-                pool,
-                row.measured_seconds,
-                row.requests_per_second,
-            ) {
-                pool = codes_for(args, operation, rate);
-                println!("  running it again with {pool} codes");
-                row = run_with(pool).await?;
-            }
+            // the one before can fall short.
+            let row = run_with_enough_codes(args, operation, pool, run_with).await?;
             previous = Some((connections, row.requests_per_second));
             rows.push(row);
         }
     }
     Ok(rows)
+}
+
+/// Runs `run` with `pool` codes; a run that used them up before the end of its window runs
+/// again with enough for the rate it showed. One that used them up in its warm-up shows only a
+/// lower bound, so it may take a few runs; each has at least a fifth more codes, up to the cap.
+async fn run_with_enough_codes<Run, Ran>(
+    args: &Args,
+    operation: Operation,
+    mut pool: u64,
+    run: Run,
+) -> anyhow::Result<Row>
+where
+    Run: Fn(u64) -> Ran,
+    Ran: Future<Output = anyhow::Result<Row>>,
+{
+    let mut row = run(pool).await?;
+    while let Some(rate) = rate_of_run_short_of_codes(
+        args,
+        operation,
+        pool,
+        row.measured_seconds,
+        row.requests_per_second,
+    ) {
+        pool = codes_for(args, operation, rate);
+        println!("  running it again with {pool} codes");
+        row = run(pool).await?;
+    }
+    Ok(row)
 }
 
 /// Two-node readings per operation in the capped comparison. Each sits between two one-node
@@ -465,13 +479,17 @@ async fn run_capped_scaling(
                 measure(args, servers, &store, operation.name(), connections, make).await
             }
         };
-        let before = read(1, &one_node, args.pool).await?;
+        let one = |pool| read(1, &one_node, pool);
+        let two = |pool| read(2, two_nodes, pool);
+        let before = run_with_enough_codes(args, operation, args.pool, one).await?;
         let rate = before.requests_per_second;
         let mut previous = rate;
         rows.push(before);
         for _ in 0..CAPPED_TWO_NODE_READINGS {
-            let mut both = read(2, two_nodes, codes_for(args, operation, rate * 2.0)).await?;
-            let next = read(1, &one_node, codes_for(args, operation, rate))
+            let two_pool = codes_for(args, operation, rate * 2.0);
+            let mut both = run_with_enough_codes(args, operation, two_pool, two).await?;
+            let one_pool = codes_for(args, operation, rate);
+            let next = run_with_enough_codes(args, operation, one_pool, one)
                 .await?
                 .requests_per_second;
             let around = [previous, next];
