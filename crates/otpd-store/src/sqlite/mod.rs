@@ -1012,8 +1012,8 @@ mod tests {
 
     /// The delivery outcome's and the check's `UPDATE`s each change the one row they name. A
     /// program that loops over rows (`Next`) is one SQLite may have to undo halfway, so it
-    /// keeps a statement journal, a copy of every page the `UPDATE` changes, while it runs: a
-    /// tenth of the outcome's cost when its index by message id was not unique.
+    /// keeps a statement journal, a copy of every page the `UPDATE` changes, while it runs (the
+    /// outcome's did while its index by message id was not unique; migration 0010).
     #[test]
     fn the_outcome_and_the_check_update_one_row_without_a_loop() {
         for (sql, params) in [
