@@ -42,7 +42,7 @@ use report::{CeilingReading, Row, print_table};
 use requests::Client;
 use server::Server;
 use tokio::signal::unix::{SignalKind, signal};
-use workload::{Operation, codes_for, rate_of_run_short_of_codes, selected_operations, workload};
+use workload::{Operation, codes_for, run_with_enough_codes, selected_operations, workload};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -411,34 +411,6 @@ async fn run_operations(
         }
     }
     Ok(rows)
-}
-
-/// Runs `run` with `pool` codes; a run that used them up before the end of its window runs
-/// again with enough for the rate it showed. One that used them up in its warm-up shows only a
-/// lower bound, so it may take a few runs; each has at least a fifth more codes, up to the cap.
-async fn run_with_enough_codes<Run, Ran>(
-    args: &Args,
-    operation: Operation,
-    mut pool: u64,
-    run: Run,
-) -> anyhow::Result<Row>
-where
-    Run: Fn(u64) -> Ran,
-    Ran: Future<Output = anyhow::Result<Row>>,
-{
-    let mut row = run(pool).await?;
-    while let Some(rate) = rate_of_run_short_of_codes(
-        args,
-        operation,
-        pool,
-        row.measured_seconds,
-        row.requests_per_second,
-    ) {
-        pool = codes_for(args, operation, rate);
-        println!("  running it again with {pool} codes");
-        row = run(pool).await?;
-    }
-    Ok(row)
 }
 
 /// Two-node readings per operation in the capped comparison. Each sits between two one-node

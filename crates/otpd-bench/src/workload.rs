@@ -12,6 +12,7 @@ use crate::cli::Args;
 use crate::deployment::Deployed;
 use crate::load::{self, MakeRequest};
 use crate::measure::used_up_early;
+use crate::report::Row;
 use crate::requests::{next_destination, wrong};
 
 /// What an operation is, for issue 6's targets (the mix is neither a send nor a verify).
@@ -114,7 +115,7 @@ pub fn codes_for(args: &Args, operation: Operation, rate: f64) -> u64 {
 /// that it can run again with enough; `None` if it ran its window, needs no codes, or already
 /// had the most a run gets. A run that used them up in its warm-up measured nothing: its
 /// `pool` codes went in the warm-up and what it had of the window.
-pub fn rate_of_run_short_of_codes(
+fn rate_of_run_short_of_codes(
     args: &Args,
     operation: Operation,
     pool: u64,
@@ -130,6 +131,34 @@ pub fn rate_of_run_short_of_codes(
     }
     let spent_seconds = (args.warmup + measured_seconds).max(f64::EPSILON);
     Some(requests_per_second.max(pool as f64 / codes_per_request / spent_seconds))
+}
+
+/// Runs `run` with `pool` codes; a run that used them up before the end of its window runs
+/// again with enough for the rate it showed. One that used them up in its warm-up shows only a
+/// lower bound, so it may take a few runs; each has at least a fifth more codes, up to the cap.
+pub async fn run_with_enough_codes<Run, Ran>(
+    args: &Args,
+    operation: Operation,
+    mut pool: u64,
+    run: Run,
+) -> anyhow::Result<Row>
+where
+    Run: Fn(u64) -> Ran,
+    Ran: Future<Output = anyhow::Result<Row>>,
+{
+    let mut row = run(pool).await?;
+    while let Some(rate) = rate_of_run_short_of_codes(
+        args,
+        operation,
+        pool,
+        row.measured_seconds,
+        row.requests_per_second,
+    ) {
+        pool = codes_for(args, operation, rate);
+        println!("  running it again with {pool} codes");
+        row = run(pool).await?;
+    }
+    Ok(row)
 }
 
 /// The requests of one run of `operation` against `deployed`; a verify or check run gets

@@ -144,15 +144,15 @@ fn run(mut log: LogFile, queue: &flume::Receiver<Vec<Answer>>, failed: &AtomicBo
     }
 }
 
-/// The log file, opened by this thread on its first flush.
+/// The log file, opened by this thread on its first flush, with the identity it had then.
 struct LogFile {
     path: PathBuf,
-    file: Option<File>,
+    open: Option<(File, Option<FileId>)>,
 }
 
 impl LogFile {
     fn new(path: PathBuf) -> Self {
-        Self { path, file: None }
+        Self { path, open: None }
     }
 
     /// Flushes the log file's written pages to the disk. The file at the path is the one
@@ -160,54 +160,90 @@ impl LogFile {
     /// keeps its readers open, but were the log ever made anew, flushing the old one would
     /// make nothing durable.
     fn flush(&mut self) -> std::io::Result<()> {
-        let file = match self.file.take() {
-            Some(file) if self.is_at_path(&file)? => file,
-            // Appending only: this handle must never overwrite a frame.
-            _ => File::options().append(true).open(&self.path)?,
+        let (file, id) = match self.open.take() {
+            Some((file, Some(id))) if FileId::at(&self.path)? == Some(id) => (file, Some(id)),
+            _ => {
+                // Appending only: this handle must never overwrite a frame.
+                let file = File::options().append(true).open(&self.path)?;
+                let id = FileId::of(&file)?;
+                (file, id)
+            }
         };
         file.sync_data()?;
-        self.file = Some(file);
+        self.open = Some((file, id));
         Ok(())
     }
+}
 
-    /// Asks for the inode number alone. A `stat` that reads a file's times makes the kernel
-    /// (Linux 6.13 and later, multigrain timestamps) give its next write a finer time, which
-    /// changes the inode: every flush then wrote the inode's block too, a second round trip to
-    /// the disk, and waited for the busy core once more after it. Where `statx` is refused (a
-    /// kernel before 4.11, some container sandboxes) a full `stat` does.
-    #[cfg(target_os = "linux")]
-    fn is_at_path(&self, file: &File) -> std::io::Result<bool> {
-        use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
-        use rustix::io::Errno;
-        let identity =
-            |statx: rustix::fs::Statx| (statx.stx_dev_major, statx.stx_dev_minor, statx.stx_ino);
-        let same = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::INO).and_then(|open| {
-            let named = statx(CWD, &self.path, AtFlags::empty(), StatxFlags::INO)?;
-            Ok(identity(open) == identity(named))
-        });
-        match same {
-            Err(Errno::NOSYS | Errno::PERM) => same_file_by_stat(file, &self.path),
-            same => Ok(same?),
+/// What tells one file from another: its device and inode numbers. Where there are none
+/// (`None`, outside Unix), the log is opened anew for every flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    device: u64,
+    inode: u64,
+}
+
+#[cfg(unix)]
+impl FileId {
+    /// The open file's, read once when it is opened.
+    fn of(file: &File) -> std::io::Result<Option<Self>> {
+        Ok(Some(Self::from_metadata(&file.metadata()?)))
+    }
+
+    fn from_metadata(metadata: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            device: metadata.dev(),
+            inode: metadata.ino(),
         }
     }
+}
 
-    #[cfg(all(unix, not(target_os = "linux")))]
-    fn is_at_path(&self, file: &File) -> std::io::Result<bool> {
-        same_file_by_stat(file, &self.path)
+/// The file's at `path` now, read before every flush. On Linux it is asked of `statx` alone:
+/// a `stat` that reads a file's times makes the kernel (Linux 6.13 and later, multigrain
+/// timestamps) give its next write a finer time, which changes the inode, so every flush wrote
+/// the inode's block too, a second round trip to the disk, and waited for the busy core once
+/// more after it. Where `statx` is refused (a kernel before 4.11, some container sandboxes) a
+/// full `stat` does.
+#[cfg(target_os = "linux")]
+impl FileId {
+    fn at(path: &std::path::Path) -> std::io::Result<Option<Self>> {
+        use rustix::fs::{AtFlags, CWD, StatxFlags, makedev, statx};
+        use rustix::io::Errno;
+        match statx(CWD, path, AtFlags::empty(), StatxFlags::INO) {
+            Ok(found) => Ok(Some(Self {
+                device: makedev(found.stx_dev_major, found.stx_dev_minor),
+                inode: found.stx_ino,
+            })),
+            Err(Errno::NOSYS | Errno::PERM) => Self::at_by_stat(path),
+            Err(error) => Err(error.into()),
+        }
     }
+}
 
-    /// Elsewhere the log is opened anew for every flush.
-    #[cfg(not(unix))]
-    fn is_at_path(&self, _file: &File) -> std::io::Result<bool> {
-        Ok(false)
+#[cfg(all(unix, not(target_os = "linux")))]
+impl FileId {
+    fn at(path: &std::path::Path) -> std::io::Result<Option<Self>> {
+        Self::at_by_stat(path)
     }
 }
 
 #[cfg(unix)]
-fn same_file_by_stat(file: &File, path: &std::path::Path) -> std::io::Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let (open, named) = (file.metadata()?, std::fs::metadata(path)?);
-    Ok(open.dev() == named.dev() && open.ino() == named.ino())
+impl FileId {
+    fn at_by_stat(path: &std::path::Path) -> std::io::Result<Option<Self>> {
+        Ok(Some(Self::from_metadata(&std::fs::metadata(path)?)))
+    }
+}
+
+#[cfg(not(unix))]
+impl FileId {
+    fn of(_file: &File) -> std::io::Result<Option<Self>> {
+        Ok(None)
+    }
+
+    fn at(_path: &std::path::Path) -> std::io::Result<Option<Self>> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
@@ -275,21 +311,29 @@ mod tests {
         std::fs::write(&path, b"first").expect("log");
         let mut log = LogFile::new(path.clone());
         log.flush().expect("first flush");
+        let flushed = |log: &LogFile| log.open.as_ref().expect("opened by the flush").1;
+        let first = flushed(&log);
+        assert_eq!(FileId::at(&path).expect("identity"), first);
         std::fs::remove_file(&path).expect("remove");
         std::fs::write(&path, b"second").expect("log made anew");
-        let at_path = |log: &LogFile| {
-            let file = log.file.as_ref().expect("opened by the flush");
-            let at_path = log.is_at_path(file).expect("stat");
-            #[cfg(unix)]
-            assert_eq!(
-                same_file_by_stat(file, &log.path).expect("stat"),
-                at_path,
-                "the fallback where statx is refused agrees"
-            );
-            at_path
-        };
-        assert!(!at_path(&log));
+        let second = FileId::at(&path).expect("identity");
+        assert_ne!(second, first);
         log.flush().expect("flush of the new log");
-        assert!(at_path(&log));
+        assert_eq!(flushed(&log), second);
+    }
+
+    /// The identity read before each flush (`statx` on Linux) is the one read when the file
+    /// was opened, and the one a full `stat` reads where `statx` is refused.
+    #[cfg(unix)]
+    #[test]
+    fn every_way_of_reading_a_files_identity_agrees() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("log.db-wal");
+        std::fs::write(&path, b"frames").expect("log");
+        let file = File::open(&path).expect("open");
+        let by_stat = FileId::at_by_stat(&path).expect("identity");
+        assert!(by_stat.is_some());
+        assert_eq!(FileId::at(&path).expect("identity"), by_stat);
+        assert_eq!(FileId::of(&file).expect("identity"), by_stat);
     }
 }

@@ -985,29 +985,19 @@ mod tests {
 
     /// Every step of how SQLite would run `sql`, one per line.
     fn query_plan(sql: &str, params: impl rusqlite::Params) -> String {
-        let (connection, _dir) = database_at(migrations().len());
-        let mut statement = connection
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .expect("prepare");
-        let steps: Vec<String> = statement
-            .query_map(params, |row| row.get(3))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("steps");
-        steps.join("\n")
+        explained(&format!("EXPLAIN QUERY PLAN {sql}"), params, 3).join("\n")
     }
 
-    /// The opcodes of the program SQLite compiles `sql` to.
-    fn opcodes(sql: &str, params: &[&dyn rusqlite::ToSql]) -> Vec<String> {
+    /// One column of what `explain` (an `EXPLAIN` of a statement) answers, on a database of
+    /// the latest schema.
+    fn explained(explain: &str, params: impl rusqlite::Params, column: usize) -> Vec<String> {
         let (connection, _dir) = database_at(migrations().len());
-        let mut statement = connection
-            .prepare(&format!("EXPLAIN {sql}"))
-            .expect("prepare");
+        let mut statement = connection.prepare(explain).expect("prepare");
         statement
-            .query_map(params, |row| row.get(1))
+            .query_map(params, |row| row.get(column))
             .expect("query")
             .collect::<rusqlite::Result<_>>()
-            .expect("opcodes")
+            .expect("rows")
     }
 
     /// The delivery outcome's and the check's `UPDATE`s each change the one row they name. A
@@ -1026,7 +1016,8 @@ mod tests {
                 params![1, "verified", 1].to_vec(),
             ),
         ] {
-            let program = opcodes(sql, params.as_slice());
+            // The opcodes of the program SQLite compiles `sql` to.
+            let program = explained(&format!("EXPLAIN {sql}"), params.as_slice(), 1);
             assert!(
                 program.iter().any(|op| op == "Insert"),
                 "{sql}: {program:?}"
