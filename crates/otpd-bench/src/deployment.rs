@@ -169,14 +169,24 @@ pub fn deploy(
     })
 }
 
-/// Builds the release otpd next to this binary and returns its path.
+/// Builds the release otpd in a target directory of its own, beside this binary's, and returns
+/// its path. Cargo picks a dependency's features from the packages a build names, so `-p otpd`
+/// and `-p otpd-bench` compile tokio, serde, hyper-util and others with different features; in
+/// one target directory each build then replaced the other's, and every run of the benchmark
+/// recompiled otpd's crates and then its own (about four minutes on two cores). Apart, each
+/// stays built.
 pub fn build_otpd() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().context("no parent")?;
+    let target_dir = profile_dir.parent().context("no target directory")?;
+    let server_target = target_dir.join("otpd-bench-server");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "-p", "otpd", "--quiet"])
+        .arg("--target-dir")
+        .arg(&server_target)
         .status()?;
     anyhow::ensure!(status.success(), "building otpd failed");
-    let exe = std::env::current_exe()?;
-    let otpd = exe.parent().context("no parent")?.join("otpd");
+    let otpd = server_target.join("release").join("otpd");
     anyhow::ensure!(otpd.exists(), "{} is missing", otpd.display());
     Ok(otpd)
 }
