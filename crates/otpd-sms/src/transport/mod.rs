@@ -40,6 +40,8 @@ pub enum SpecError {
     Smpp(#[from] SmppSpecError),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    #[error("cannot start the thread that prints SMS on standard error: {0}")]
+    ConsolePrinter(String),
 }
 
 impl std::str::FromStr for TransportSpec {
@@ -78,7 +80,10 @@ impl TransportSpec {
         store: Arc<dyn Store>,
     ) -> Result<Arc<dyn SmsTransport>, SpecError> {
         Ok(match self {
-            Self::Console => Arc::new(ConsoleTransport::new(console)),
+            Self::Console => Arc::new(
+                ConsoleTransport::new(console)
+                    .map_err(|error| SpecError::ConsolePrinter(error.to_string()))?,
+            ),
             Self::File(path) => Arc::new(FileTransport::new(path.clone())),
             Self::Http(url) => Arc::new(
                 HttpTransport::new(HttpSpec::new(url, http_header)?)
