@@ -11,13 +11,13 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-/// Writer jobs per group commit (`otpd-store`'s `COMMIT_SIZE`, which calls them requests).
-const COMMIT_SIZE: &str = "otpd_sqlite_commit_size";
-/// Group commits made durable by one flush of the log (`otpd-store`'s `LOG_FLUSH_COMMITS`).
-const FLUSH_COMMITS: &str = "otpd_sqlite_log_flush_commits";
-/// From a flush's start to its end (`otpd-store`'s `LOG_FLUSH_DURATION`): the disk's time,
-/// and the flushing thread's waits for the core between the steps of one `fdatasync`.
-const FLUSH_DURATION: &str = "otpd_sqlite_log_flush_duration_seconds";
+// `COMMIT_SIZE` counts writer jobs a group commit (the store calls them requests);
+// `LOG_FLUSH_DURATION` is the disk's time and the flushing thread's waits for the core between
+// the steps of one `fdatasync`.
+use otpd_store::sqlite_metrics::{
+    COMMIT_SIZE, LOG_FLUSH_COMMITS as FLUSH_COMMITS, LOG_FLUSH_DURATION as FLUSH_DURATION,
+};
+
 /// Longer than a server under full load takes to answer, short enough not to hold up a run.
 const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
 

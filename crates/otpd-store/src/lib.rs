@@ -10,3 +10,9 @@ mod sqlite;
 
 pub use postgres::{DEFAULT_TEST_SERVER, PgStore, PgStoreOptions, ScratchDatabase};
 pub use sqlite::SqliteStore;
+
+/// The names under which the SQLite writer reports how it groups its work on `/metrics`, for
+/// the readers of that page (the benchmark).
+pub mod sqlite_metrics {
+    pub use crate::sqlite::{COMMIT_SIZE, LOG_FLUSH_COMMITS, LOG_FLUSH_DURATION};
+}

@@ -33,9 +33,9 @@ use super::Failure;
 use super::writer::Answer;
 
 /// From a flush's start to its end: the disk's fsync time.
-const LOG_FLUSH_DURATION: &str = "otpd_sqlite_log_flush_duration_seconds";
+pub const LOG_FLUSH_DURATION: &str = "otpd_sqlite_log_flush_duration_seconds";
 /// Group commits made durable by one flush.
-const LOG_FLUSH_COMMITS: &str = "otpd_sqlite_log_flush_commits";
+pub const LOG_FLUSH_COMMITS: &str = "otpd_sqlite_log_flush_commits";
 
 fn describe_metrics() {
     metrics::describe_histogram!(

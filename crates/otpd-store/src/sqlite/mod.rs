@@ -9,6 +9,9 @@ mod readers;
 mod wal;
 mod writer;
 
+pub use log_sync::{LOG_FLUSH_COMMITS, LOG_FLUSH_DURATION};
+pub use writer::COMMIT_SIZE;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -24,7 +24,7 @@ use super::wal::LogReset;
 const MAX_BATCH: usize = 512;
 
 /// Requests per group commit: how well the writer groups them.
-const COMMIT_SIZE: &str = "otpd_sqlite_commit_size";
+pub const COMMIT_SIZE: &str = "otpd_sqlite_commit_size";
 /// From a batch's `BEGIN` to its `COMMIT`, the log's flush not included (see `log_sync`).
 const COMMIT_DURATION: &str = "otpd_sqlite_commit_duration_seconds";
 
