@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use otpd_core::iso8601;
@@ -21,6 +21,8 @@ use super::JsonMessage;
 
 /// Lines waiting to be printed, at most: a burst of sends while the terminal keeps up fits.
 const QUEUED_LINES: usize = 1024;
+/// How long otpd, stopping, waits for the lines still queued to be printed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a message is printed: as a sentence for a developer reading a terminal, or, when the log
 /// is JSON (`--log-format json`), as one JSON object, so that every line a collector reads from
@@ -35,7 +37,9 @@ pub enum ConsoleStyle {
 #[derive(Debug)]
 pub struct ConsoleTransport {
     style: ConsoleStyle,
-    printer: SyncSender<Vec<u8>>,
+    /// `None` once dropped: the printer then prints what is queued and ends.
+    printer: Option<SyncSender<Vec<u8>>>,
+    printing: thread::JoinHandle<()>,
     /// Whether the queue was full at the last message: warned of once, not for every message.
     backed_up: AtomicBool,
 }
@@ -52,14 +56,27 @@ impl ConsoleTransport {
         queued_lines: usize,
     ) -> std::io::Result<Self> {
         let (printer, lines) = sync_channel(queued_lines);
-        thread::Builder::new()
+        let printing = thread::Builder::new()
             .name("otpd-console".into())
             .spawn(move || print(&lines, output))?;
         Ok(Self {
             style,
-            printer,
+            printer: Some(printer),
+            printing,
             backed_up: AtomicBool::new(false),
         })
+    }
+}
+
+impl Drop for ConsoleTransport {
+    /// A message reported handed over is printed before otpd exits, unless standard error
+    /// stays stalled for longer than `DRAIN_TIMEOUT`.
+    fn drop(&mut self) {
+        drop(self.printer.take());
+        let started = Instant::now();
+        while !self.printing.is_finished() && started.elapsed() < DRAIN_TIMEOUT {
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -124,7 +141,10 @@ fn not_printed(status_message: &str) -> DeliveryReport {
 #[async_trait]
 impl SmsTransport for ConsoleTransport {
     async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
-        match self.printer.try_send(line(self.style, sms)) {
+        let Some(printer) = &self.printer else {
+            return not_printed("the console's printer has stopped");
+        };
+        match printer.try_send(line(self.style, sms)) {
             Ok(()) => {
                 self.backed_up.store(false, Ordering::Relaxed);
                 DeliveryReport {
@@ -151,7 +171,6 @@ impl SmsTransport for ConsoleTransport {
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::transport::test_sms;
@@ -248,6 +267,20 @@ mod tests {
         }
     }
 
+    /// Takes each line 20 ms after it is given.
+    struct Slow(Printed);
+
+    impl Write for Slow {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            thread::sleep(Duration::from_millis(20));
+            self.0.write(bytes)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     async fn send_promptly(console: &ConsoleTransport, sms: &OutgoingSms) -> DeliveryReport {
         tokio::time::timeout(Duration::from_secs(1), console.send(sms))
             .await
@@ -315,5 +348,42 @@ mod tests {
                 .wait_for(again.message_id.as_str())
                 .contains(again.message_id.as_str())
         );
+    }
+
+    #[tokio::test]
+    async fn the_messages_handed_over_are_printed_before_the_console_goes() {
+        let printed = Printed::default();
+        let console = ConsoleTransport::printing_to(ConsoleStyle::Text, Slow(printed.clone()), 8)
+            .expect("printer");
+        let messages: Vec<OutgoingSms> = (0..3).map(|_| sms()).collect();
+        for sms in &messages {
+            assert_eq!(
+                send_promptly(&console, sms).await.status,
+                DeliveryStatus::Successful
+            );
+        }
+        drop(console);
+        let text = String::from_utf8_lossy(&printed.0.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_owned();
+        for sms in &messages {
+            assert!(text.contains(sms.message_id.as_str()), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_console_stalled_for_good_does_not_hold_up_otpd_stopping() {
+        let (_never_released, stall) = std::sync::mpsc::channel();
+        let stalled = Stalled {
+            release: stall,
+            printed: Printed::default(),
+        };
+        let console =
+            ConsoleTransport::printing_to(ConsoleStyle::Text, stalled, 8).expect("printer");
+        send_promptly(&console, &sms()).await;
+        let started = Instant::now();
+        drop(console);
+        let waited = started.elapsed();
+        assert!(waited >= DRAIN_TIMEOUT, "{waited:?}");
+        assert!(waited < DRAIN_TIMEOUT * 3, "{waited:?}");
     }
 }
