@@ -4,8 +4,9 @@
 //! lines (a terminal paused with Ctrl-S, a pipe into a pager nobody scrolls); a write blocked on
 //! the runtime's own thread would stall every request. A message that finds the queue full fails
 //! for the moment instead, as a carrier that does not answer does, and the outbox tries it again
-//! later. A message is reported handed over once it is queued; a line that standard
-//! error then refuses (it was closed) is lost, and the log says so.
+//! later. A message is reported handed over once it is queued, and otpd stopping waits (a
+//! second at most) for the queue to be printed; a line that standard error refuses (it was
+//! closed) is lost, and the log says so.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,13 +152,12 @@ impl SmsTransport for ConsoleTransport {
                     status: DeliveryStatus::Successful,
                     message_id: Some(sms.message_id.to_string()),
                     status_code: 200,
-                    status_message: "printed to the console".into(),
+                    status_message: "queued for printing on the console".into(),
                 }
             }
             Err(TrySendError::Full(_)) => {
                 if !self.backed_up.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
-                        queued = QUEUED_LINES,
                         "standard error is not taking the SMS printed on it; messages are retried later"
                     );
                 }
