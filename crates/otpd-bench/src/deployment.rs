@@ -173,8 +173,8 @@ pub fn deploy(
 /// its path. Cargo picks a dependency's features from the packages a build names, so `-p otpd`
 /// and `-p otpd-bench` compile tokio, serde, hyper-util and others with different features; in
 /// one target directory each build then replaced the other's, and every run of the benchmark
-/// recompiled otpd's crates and then its own (about four minutes on two cores). Apart, each
-/// stays built.
+/// recompiled otpd's crates and then its own (its own alone took two minutes on two cores).
+/// Apart, each stays built.
 pub fn build_otpd() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe.parent().context("no parent")?;
