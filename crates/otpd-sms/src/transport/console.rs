@@ -235,13 +235,16 @@ mod tests {
     }
 
     impl Printed {
+        /// Everything written so far.
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+        }
+
         /// Waits (up to 5 s) for the printer thread to have written `expected`.
         fn wait_for(&self, expected: &str) -> String {
             let started = Instant::now();
             loop {
-                let text =
-                    String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
-                        .into_owned();
+                let text = self.text();
                 if text.contains(expected) || started.elapsed() > Duration::from_secs(5) {
                     return text;
                 }
@@ -363,8 +366,7 @@ mod tests {
             );
         }
         drop(console);
-        let text = String::from_utf8_lossy(&printed.0.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_owned();
+        let text = printed.text();
         for sms in &messages {
             assert!(text.contains(sms.message_id.as_str()), "{text}");
         }
