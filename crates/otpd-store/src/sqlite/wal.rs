@@ -17,11 +17,11 @@
 //! back (41-75 ms). That fsync writes every page the checkpointer's passes copied since the
 //! last reset: SQLite flushes the database only after a copy that reaches the log's end, which
 //! under load only the writer's does. Flushing the database and copying up to the log's end
-//! off the writer's path first (a catch-up thread, 2026-12-06) cut the pause to 3-10 ms but
-//! slowed every request for the 100-200 ms it took, and raised the sends' p99: it is on the
-//! branch `experiment/wal-catch-up` (docs/benchmark-history.md). What can be chosen is how often: every 16 MiB of log made that stall every
-//! half second under sends, and it was most of their p99. Every 128 MiB it comes every 2-3 s
-//! under a full send load. Under such a load the checkpointer's passes take 0.6-1 s, so the log
+//! off the writer's path first (a catch-up thread, tried on 2026-12-06) cut the pause to 3-10
+//! ms but slowed every request for the 100-200 ms it took, and raised the sends' p99
+//! (docs/benchmark-history.md, "A catch-up before the log starts over"). What can be chosen is
+//! how often: every 16 MiB of log made that stall every half second under sends, and it was
+//! most of their p99. Every 128 MiB it comes every 2-3 s under a full send load. Under such a load the checkpointer's passes take 0.6-1 s, so the log
 //! reaches 170-270 MiB of file before the writer resets it; the file keeps that length rather
 //! than being cut back and grown again (see `WalLimits::file_size_limit`). A RESTART stays as
 //! the fallback for a log that grew far longer all the same (a reader held on to old frames);
@@ -46,8 +46,8 @@ use tokio::sync::oneshot;
 /// the writer keeps changing (an index's last leaf, the page a row was just added to) is in the
 /// log once per commit but copied once per pass, and a pass that reaches the log's end (one
 /// that no commit overtook) ends in an fsync of the database: under a full send load, passes
-/// every 200 ms wrote 17-20
-/// MiB/s into the database, passes every second 11-13, and alternating runs at 64 connections
+/// every 200 ms wrote 17-20 MiB/s into the database, passes every second 11-13, and
+/// alternating runs at 64 connections
 /// gave a verify p99 of 3.2-5.2 ms against 2.7-2.8. How soon the log starts over does not
 /// depend on this (see `WalLimits`).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
