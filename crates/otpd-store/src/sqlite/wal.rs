@@ -21,11 +21,12 @@
 //! ms but slowed every request for the 100-200 ms it took, and raised the sends' p99
 //! (docs/benchmark-history.md, "A catch-up before the log starts over"). What can be chosen is
 //! how often: every 16 MiB of log made that stall every half second under sends, and it was
-//! most of their p99. Every 128 MiB it comes every 2-3 s under a full send load. Under such a load the checkpointer's passes take 0.6-1 s, so the log
-//! reaches 170-270 MiB of file before the writer resets it; the file keeps that length rather
-//! than being cut back and grown again (see `WalLimits::file_size_limit`). A RESTART stays as
-//! the fallback for a log that grew far longer all the same (a reader held on to old frames);
-//! the writer runs it too, when asked, and only such a log's file is cut back.
+//! most of their p99. Every 128 MiB it comes every 2-3 s under a full send load. Under such a
+//! load the checkpointer's passes take 0.6-1 s, so the log reaches 170-270 MiB of file before the
+//! writer resets it; the file keeps that length rather than being cut back and grown again (see
+//! `WalLimits::file_size_limit`). A RESTART stays as the fallback for a log that grew far longer
+//! all the same (a reader held on to old frames); the writer runs it too, when asked, and only
+//! such a log's file is cut back.
 //!
 //! The checkpointer runs at the lowest CPU priority. Its copy is a burst of CPU once a pass
 //! (about 15 ms a second under a full send load on the 2-core test machine), and at normal
@@ -47,9 +48,8 @@ use tokio::sync::oneshot;
 /// log once per commit but copied once per pass, and a pass that reaches the log's end (one
 /// that no commit overtook) ends in an fsync of the database: under a full send load, passes
 /// every 200 ms wrote 17-20 MiB/s into the database, passes every second 11-13, and
-/// alternating runs at 64 connections
-/// gave a verify p99 of 3.2-5.2 ms against 2.7-2.8. How soon the log starts over does not
-/// depend on this (see `WalLimits`).
+/// alternating runs at 64 connections gave a verify p99 of 3.2-5.2 ms against 2.7-2.8. How
+/// soon the log starts over does not depend on this (see `WalLimits`).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// A log file's own header, and each frame's header before its page (SQLite's WAL format).
 const LOG_HEADER_BYTES: i64 = 32;
