@@ -11,12 +11,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-// `COMMIT_SIZE` counts writer jobs a group commit (the store calls them requests);
-// `LOG_FLUSH_DURATION` is the disk's time and the flushing thread's waits for the core between
-// the steps of one `fdatasync`.
-use otpd_store::sqlite_metrics::{
-    COMMIT_SIZE, LOG_FLUSH_COMMITS as FLUSH_COMMITS, LOG_FLUSH_DURATION as FLUSH_DURATION,
-};
+use otpd_store::sqlite_metrics::{COMMIT_SIZE, LOG_FLUSH_COMMITS, LOG_FLUSH_DURATION};
 
 /// Longer than a server under full load takes to answer, short enough not to hold up a run.
 const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,9 +61,9 @@ impl Totals {
         Some(Self {
             jobs: total(&format!("{COMMIT_SIZE}_sum"))?,
             commits: total(&format!("{COMMIT_SIZE}_count"))?,
-            flushed_commits: total(&format!("{FLUSH_COMMITS}_sum"))?,
-            flushes: total(&format!("{FLUSH_COMMITS}_count"))?,
-            flush_seconds: total(&format!("{FLUSH_DURATION}_sum"))?,
+            flushed_commits: total(&format!("{LOG_FLUSH_COMMITS}_sum"))?,
+            flushes: total(&format!("{LOG_FLUSH_COMMITS}_count"))?,
+            flush_seconds: total(&format!("{LOG_FLUSH_DURATION}_sum"))?,
         })
     }
 

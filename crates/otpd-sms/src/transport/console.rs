@@ -10,11 +10,11 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use flume::{Receiver, Sender, TrySendError};
 use otpd_core::iso8601;
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
 
@@ -39,8 +39,9 @@ pub enum ConsoleStyle {
 pub struct ConsoleTransport {
     style: ConsoleStyle,
     /// `None` once dropped: the printer then prints what is queued and ends.
-    printer: Option<SyncSender<Vec<u8>>>,
-    printing: thread::JoinHandle<()>,
+    printer: Option<Sender<Vec<u8>>>,
+    /// Disconnected when the printer has ended (its sending half goes with it).
+    printer_ended: Receiver<()>,
     /// Whether the queue was full at the last message: warned of once, not for every message.
     backed_up: AtomicBool,
 }
@@ -56,14 +57,18 @@ impl ConsoleTransport {
         output: impl Write + Send + 'static,
         queued_lines: usize,
     ) -> std::io::Result<Self> {
-        let (printer, lines) = sync_channel(queued_lines);
-        let printing = thread::Builder::new()
+        let (printer, lines) = flume::bounded(queued_lines);
+        let (ending, printer_ended) = flume::bounded::<()>(0);
+        thread::Builder::new()
             .name("otpd-console".into())
-            .spawn(move || print(&lines, output))?;
+            .spawn(move || {
+                let _ending = ending;
+                print(&lines, output);
+            })?;
         Ok(Self {
             style,
             printer: Some(printer),
-            printing,
+            printer_ended,
             backed_up: AtomicBool::new(false),
         })
     }
@@ -74,17 +79,15 @@ impl Drop for ConsoleTransport {
     /// stays stalled for longer than `DRAIN_TIMEOUT`.
     fn drop(&mut self) {
         drop(self.printer.take());
-        let started = Instant::now();
-        while !self.printing.is_finished() && started.elapsed() < DRAIN_TIMEOUT {
-            thread::sleep(Duration::from_millis(1));
-        }
+        // Nothing is ever sent: this returns when the printer ends, or at the timeout.
+        let _ = self.printer_ended.recv_timeout(DRAIN_TIMEOUT);
     }
 }
 
 /// Prints each line with one `write_all` (`eprintln!` writes its pieces one by one, and the
 /// log's own thread could write between them), until the transport is dropped.
 fn print(lines: &Receiver<Vec<u8>>, mut output: impl Write) {
-    for line in lines {
+    for line in lines.iter() {
         if let Err(error) = output.write_all(&line).and_then(|()| output.flush()) {
             tracing::error!(%error, "cannot print an SMS on standard error; it is lost");
         }
@@ -170,7 +173,9 @@ impl SmsTransport for ConsoleTransport {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc::Receiver as Release;
     use std::sync::{Arc, Mutex};
+    use std::time::Instant;
 
     use super::*;
     use crate::transport::test_sms;
@@ -255,7 +260,7 @@ mod tests {
 
     /// Takes no line until `release` is dropped, as a paused terminal or an unread pipe.
     struct Stalled {
-        release: Receiver<()>,
+        release: Release<()>,
         printed: Printed,
     }
 

@@ -32,7 +32,8 @@ use std::time::Instant;
 use super::Failure;
 use super::writer::Answer;
 
-/// From a flush's start to its end: the disk's fsync time.
+/// From a flush's start to its end: the disk's time, and the flushing thread's waits for the
+/// core between the steps of one `fdatasync` (on a busy core, most of it).
 pub const LOG_FLUSH_DURATION: &str = "otpd_sqlite_log_flush_duration_seconds";
 /// Group commits made durable by one flush.
 pub const LOG_FLUSH_COMMITS: &str = "otpd_sqlite_log_flush_commits";

@@ -23,7 +23,8 @@ use super::wal::LogReset;
 /// The largest batch one commit carries; bounds the latency of the first request in it.
 const MAX_BATCH: usize = 512;
 
-/// Requests per group commit: how well the writer groups them.
+/// Requests (writer jobs: a send is one, the delivery outcomes waiting to be stored one more)
+/// per group commit: how well the writer groups them.
 pub const COMMIT_SIZE: &str = "otpd_sqlite_commit_size";
 /// From a batch's `BEGIN` to its `COMMIT`, the log's flush not included (see `log_sync`).
 const COMMIT_DURATION: &str = "otpd_sqlite_commit_duration_seconds";
