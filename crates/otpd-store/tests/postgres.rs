@@ -186,7 +186,11 @@ async fn nodes_starting_together_migrate_once() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6], "each migration ran once");
+    assert_eq!(
+        versions,
+        [1, 2, 3, 4, 5, 6, 7],
+        "each migration ran once"
+    );
 
     // A schema from a newer otpd: this one must refuse rather than write to tables it does
     // not know.
@@ -480,6 +484,98 @@ async fn two_nodes_sending_for_one_account_never_deadlock() {
     )
     .await;
     assert_eq!(deadlocks, 0);
+}
+
+/// Two nodes sending to one key at once. No index enforces the one-live-code rule (an index
+/// on the status would stop checks from updating rows in place): the send function's lock on
+/// the account and destination does, so each send cancels the one before it, from either node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sending_to_one_key_leave_one_live_code() {
+    let database = scratch().await;
+    let nodes = [
+        PgStore::connect(options(database.url()))
+            .await
+            .expect("node a"),
+        PgStore::connect(options(database.url()))
+            .await
+            .expect("node b"),
+    ];
+    let account = create_account(&nodes[0]).await;
+    let server_key = ServerKey::from_hex(&"67".repeat(32)).expect("key");
+    let key = pinpoint_key(&account, "+393481234567");
+    let guards = SendGuards {
+        max_sends_per_destination: 1_000,
+        ..GUARDS
+    };
+    let mut sends = Vec::new();
+    for _ in 0..40 {
+        for store in &nodes {
+            let id = VerifyId::generate();
+            let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+            let send = sandbox_send(&server_key, &id, key.clone(), &code, 300);
+            let store = store.clone();
+            sends.push(tokio::spawn(async move {
+                store.create_verification(send, guards).await
+            }));
+        }
+    }
+    for send in sends {
+        send.await.expect("join").expect("every send is accepted");
+    }
+    let client = connect_raw(database.url()).await;
+    let statuses: Vec<(String, i64)> = client
+        .query(
+            "SELECT status, count(*) FROM verifications WHERE account_id = $1
+             GROUP BY status ORDER BY status",
+            &[&account.as_str()],
+        )
+        .await
+        .expect("statuses")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        statuses,
+        [("cancelled".to_owned(), 79), ("pending".to_owned(), 1)]
+    );
+}
+
+/// A check changes a verification's status and attempts_used. PostgreSQL writes the new row
+/// version in place, without an entry in every index, only while no index holds or filters on
+/// either column and the page has room (the table's fill factor).
+#[tokio::test]
+async fn no_index_holds_what_a_check_changes() {
+    let database = scratch().await;
+    PgStore::connect(options(database.url()))
+        .await
+        .expect("store");
+    let client = connect_raw(database.url()).await;
+    let indexes_on_changed_columns: Vec<String> = client
+        .query(
+            "SELECT i.indexrelid::regclass::text FROM pg_index i
+             WHERE i.indrelid = 'verifications'::regclass
+               AND (EXISTS (SELECT 1 FROM pg_attribute a
+                            WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                              AND a.attname IN ('status', 'attempts_used'))
+                    OR pg_get_expr(i.indpred, i.indrelid) ~ '(status|attempts_used)'
+                    OR pg_get_expr(i.indexprs, i.indrelid) ~ '(status|attempts_used)')",
+            &[],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(indexes_on_changed_columns, Vec::<String>::new());
+    let options: Vec<String> = client
+        .query_one(
+            "SELECT reloptions FROM pg_class WHERE oid = 'verifications'::regclass",
+            &[],
+        )
+        .await
+        .expect("table options")
+        .get(0);
+    assert_eq!(options, ["fillfactor=80"]);
 }
 
 /// Waits until this is the database's only session, then reads one `bigint`.

@@ -27,6 +27,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         6,
         include_str!("../../migrations/postgres/0006_sealed_text_only_while_pending.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_checks_update_in_place.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.
