@@ -31,6 +31,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/postgres/0007_checks_update_in_place.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_check_in_fewer_statements.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.
