@@ -86,6 +86,29 @@ impl Location {
         }
     }
 
+    /// How many check records the database holds, read past the store: a deleted
+    /// verification's records must go with it, and the store only finds them through it.
+    async fn check_records(&self) -> i64 {
+        match &self.scratch {
+            None => rusqlite::Connection::open(self.dir.path().join("otpd.db"))
+                .expect("open")
+                .query_row("SELECT count(*) FROM checks", [], |row| row.get(0))
+                .expect("count"),
+            Some(scratch) => {
+                let (client, connection) =
+                    tokio_postgres::connect(scratch.url(), tokio_postgres::NoTls)
+                        .await
+                        .expect("connect");
+                tokio::spawn(connection);
+                client
+                    .query_one("SELECT count(*) FROM checks", &[])
+                    .await
+                    .expect("count")
+                    .get(0)
+            }
+        }
+    }
+
     async fn open(&self, clock: Arc<ManualClock>) -> Arc<dyn Store> {
         match &self.scratch {
             None => Arc::new(
@@ -838,8 +861,15 @@ async fn accounts_and_applications(backend: Backend) {
         .await
         .expect("send");
     let message = h.message_of(&verification).await;
+    h.check(h.by_id(&verification), "000000").await;
+    assert_eq!(h.location.check_records().await, 1);
     assert!(h.store.delete_account(&h.access_key).await.expect("delete"));
     assert!(!h.store.delete_account(&h.access_key).await.expect("delete"));
+    assert_eq!(
+        h.location.check_records().await,
+        0,
+        "an account's check records go with it"
+    );
     assert!(
         h.store
             .find_account_by_key(&h.access_key)
@@ -1527,6 +1557,10 @@ async fn retention_purges_old_verifications_in_batches(backend: Backend) {
         .send(h.key_for("+393481234599"), 3, UNLIMITED)
         .await
         .expect("send");
+    for id in old.iter().chain([&recent]) {
+        h.check(h.by_id(id), "000000").await;
+    }
+    assert_eq!(h.location.check_records().await, 6);
     let cutoff = h.clock.now().minus(Duration::from_secs(30 * 24 * 3600));
     assert_eq!(
         h.store.purge_verifications(cutoff, 3).await.expect("purge"),
@@ -1544,6 +1578,11 @@ async fn retention_purges_old_verifications_in_batches(backend: Backend) {
         assert!(!h.is_stored(&id).await);
     }
     assert!(h.is_stored(&recent).await);
+    assert_eq!(
+        h.location.check_records().await,
+        1,
+        "the purged verifications' check records went with them"
+    );
     // Their messages went with them; the recent one's stays.
     assert_eq!(
         h.store.claim_outbox(10, LEASE).await.expect("claim").len(),

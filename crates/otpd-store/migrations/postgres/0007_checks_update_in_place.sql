@@ -10,7 +10,8 @@
 -- one, so two sends to one key, from any nodes, run one after the other. The lookup of a key's
 -- live code, which the index served, now seeks the key's own entries in the destination index,
 -- which gains the key's columns; the anti-spam window's count still seeks the account and
--- destination's entries there.
+-- destination's entries there. Building the new index holds off writes to the table until it
+-- is done, as every migration's index does: on a large table, migrate in a quiet hour.
 DROP INDEX verifications_one_live_per_key;
 DROP INDEX verifications_by_destination;
 CREATE INDEX verifications_by_destination

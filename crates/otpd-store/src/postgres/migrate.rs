@@ -35,6 +35,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         8,
         include_str!("../../migrations/postgres/0008_check_in_fewer_statements.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_checks_without_foreign_key.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.

@@ -127,13 +127,19 @@ pub(super) async fn delete_account(
     client: &ClientWrapper,
     key: &AccessKeyId,
 ) -> Result<bool, Failure> {
-    // Verifications have no foreign key to their account (see the migration): delete them
-    // here, in the same statement; their checks and messages follow by cascade.
+    // Verifications have no foreign key to their account, nor checks to their verification
+    // (see the migrations): delete them here, in the same statement; their messages follow by
+    // cascade.
     let statement = client
         .prepare_cached(
             "WITH gone AS (DELETE FROM accounts WHERE access_key_id = $1 RETURNING id),
                   verifications_gone AS (
                       DELETE FROM verifications WHERE account_id IN (SELECT id FROM gone)
+                      RETURNING id
+                  ),
+                  checks_gone AS (
+                      DELETE FROM checks
+                      WHERE verification_id IN (SELECT id FROM verifications_gone)
                   )
              SELECT count(*) FROM gone",
         )
@@ -926,12 +932,22 @@ pub(super) async fn purge_verifications(
     let statement = client
         .prepare_cached(
             // SKIP LOCKED: every node runs the job; they share the work instead of queueing.
-            "DELETE FROM verifications WHERE id IN
-                 (SELECT id FROM verifications WHERE created_at < $1
-                  ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            // Checks have no foreign key to their verification (migration 9): they go here.
+            "WITH gone AS (
+                 DELETE FROM verifications WHERE id IN
+                     (SELECT id FROM verifications WHERE created_at < $1
+                      ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id
+             ),
+             checks_gone AS (
+                 DELETE FROM checks WHERE verification_id IN (SELECT id FROM gone)
+             )
+             SELECT count(*) FROM gone",
         )
         .await?;
-    Ok(client
-        .execute(&statement, &[&cutoff.millis(), &limit(count)])
-        .await?)
+    let purged: i64 = client
+        .query_one(&statement, &[&cutoff.millis(), &limit(count)])
+        .await?
+        .try_get(0)?;
+    Ok(u64::try_from(purged).unwrap_or(0))
 }
