@@ -3,8 +3,11 @@
 -- and guarded nothing the check function does not: it inserts a record only while it holds its
 -- verification's row lock, so the verification cannot be deleted under it, and retention
 -- skips locked rows. Retention and account deletion now delete a verification's records in
--- the statement that deletes it, as the cascade did. Nodes of the previous release, during a
--- rolling upgrade, still delete verifications alone; the records they leave are read by nobody
--- (a verification's id is never made again) and count only towards the per-address limit of
--- wrong codes, whose window is far shorter than any retention period.
+-- the statement that deletes it, as the cascade did. Two cases leave a record behind: a node
+-- of the previous release, during a rolling upgrade, deletes verifications alone; and a check
+-- of a code older than the retention period that commits while retention's statement runs
+-- adds a record that statement's snapshot does not see (the cascade's trigger would have).
+-- Such records are read by nobody (a verification's id is never made again) and count only
+-- towards the per-address limit of wrong codes, whose window is far shorter than any
+-- retention period.
 ALTER TABLE checks DROP CONSTRAINT checks_verification_id_fkey;
