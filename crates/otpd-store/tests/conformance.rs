@@ -56,6 +56,15 @@ impl Location {
         }
     }
 
+    /// A plain connection to the scratch database, for reads past the store.
+    async fn raw_client(scratch: &ScratchDatabase) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(scratch.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
     /// A message's sealed text as stored, read past the store: the store never hands it out
     /// for a message that is no longer waiting.
     async fn sealed_text(&self, message: &MessageId) -> Option<Vec<u8>> {
@@ -68,21 +77,15 @@ impl Location {
                     |row| row.get(0),
                 )
                 .expect("the message's row"),
-            Some(scratch) => {
-                let (client, connection) =
-                    tokio_postgres::connect(scratch.url(), tokio_postgres::NoTls)
-                        .await
-                        .expect("connect");
-                tokio::spawn(connection);
-                client
-                    .query_one(
-                        "SELECT sealed_text FROM outbox WHERE id = $1",
-                        &[&message.as_str()],
-                    )
-                    .await
-                    .expect("the message's row")
-                    .get(0)
-            }
+            Some(scratch) => Self::raw_client(scratch)
+                .await
+                .query_one(
+                    "SELECT sealed_text FROM outbox WHERE id = $1",
+                    &[&message.as_str()],
+                )
+                .await
+                .expect("the message's row")
+                .get(0),
         }
     }
 
@@ -94,18 +97,12 @@ impl Location {
                 .expect("open")
                 .query_row("SELECT count(*) FROM checks", [], |row| row.get(0))
                 .expect("count"),
-            Some(scratch) => {
-                let (client, connection) =
-                    tokio_postgres::connect(scratch.url(), tokio_postgres::NoTls)
-                        .await
-                        .expect("connect");
-                tokio::spawn(connection);
-                client
-                    .query_one("SELECT count(*) FROM checks", &[])
-                    .await
-                    .expect("count")
-                    .get(0)
-            }
+            Some(scratch) => Self::raw_client(scratch)
+                .await
+                .query_one("SELECT count(*) FROM checks", &[])
+                .await
+                .expect("count")
+                .get(0),
         }
     }
 

@@ -410,6 +410,18 @@ async fn a_group_rolled_back_by_a_deadlock_is_answered() {
     }
 }
 
+/// Two stores on one database, as two otpd nodes run.
+async fn two_nodes(database: &ScratchDatabase) -> [PgStore; 2] {
+    [
+        PgStore::connect(options(database.url()))
+            .await
+            .expect("node a"),
+        PgStore::connect(options(database.url()))
+            .await
+            .expect("node b"),
+    ]
+}
+
 /// Two nodes sending at once for one account with a credit limit, to the same destinations in
 /// opposite orders. Each send locks its destination and then the account's row until its
 /// group commits; the groups take all their destination locks first, so they queue on each
@@ -417,14 +429,7 @@ async fn a_group_rolled_back_by_a_deadlock_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sending_for_one_account_never_deadlock() {
     let database = scratch().await;
-    let nodes = [
-        PgStore::connect(options(database.url()))
-            .await
-            .expect("node a"),
-        PgStore::connect(options(database.url()))
-            .await
-            .expect("node b"),
-    ];
+    let nodes = two_nodes(&database).await;
     let account = AccountId::generate();
     nodes[0]
         .create_account(NewAccount {
@@ -492,14 +497,7 @@ async fn two_nodes_sending_for_one_account_never_deadlock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sending_to_one_key_leave_one_live_code() {
     let database = scratch().await;
-    let nodes = [
-        PgStore::connect(options(database.url()))
-            .await
-            .expect("node a"),
-        PgStore::connect(options(database.url()))
-            .await
-            .expect("node b"),
-    ];
+    let nodes = two_nodes(&database).await;
     let account = create_account(&nodes[0]).await;
     let server_key = ServerKey::from_hex(&"67".repeat(32)).expect("key");
     let key = pinpoint_key(&account, "+393481234567");
