@@ -3,7 +3,8 @@
 -- any index (a "HOT" update), but only if no index holds or filters on a changed column and the
 -- page has room. `verifications_one_live_per_key` filtered on status (`WHERE status =
 -- 'pending'`), so every check that settled a code, and every send that cancelled one, wrote the
--- row to another page and a new entry into each of the table's four indexes.
+-- row to another page and a new entry into each index the new version belongs in (three of the
+-- table's four; a wrong code's check, which keeps the code live, into all four).
 --
 -- The one-live-code rule that index enforced is kept by the send function: it takes the
 -- account and destination's advisory lock before it cancels the live code and inserts the new
