@@ -22,8 +22,9 @@ use tokio::runtime::{Builder, Runtime};
 /// two or three times a round, and the writes it then read began commits of their own. Measured
 /// on 2026-12-06 (2-vCPU AMD EPYC, 10 s Pinpoint send runs at 64 connections, alternating): 256
 /// gave 36-38 writer jobs a commit against 28, and 45-47 µs of CPU a send against 49-50; wrong-code
-/// verifies did not move. At 256 short tasks (20-50 µs each) events wait at most about 10 ms
-/// behind tasks that are already ready.
+/// verifies did not move. Behind tasks that are always ready, events now wait for at most 256 of
+/// them: 5-13 ms of otpd's (20-50 µs each), where a larger value would make an overloaded node
+/// read new requests later still.
 const EVENT_INTERVAL: u32 = 256;
 
 /// The runtime for `worker_threads` threads, or for every core this process may use (its CPU
