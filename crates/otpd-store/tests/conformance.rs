@@ -1,9 +1,12 @@
 //! The store conformance suite: every guarantee the core relies on, checked against a real
 //! database. Each test gets a fresh database.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::connect_raw;
 use otpd_core::Clock;
 use otpd_core::account::{Application, Name, NewAccount};
 use otpd_core::clock::ManualClock;
@@ -56,15 +59,6 @@ impl Location {
         }
     }
 
-    /// A plain connection to the scratch database, for reads past the store.
-    async fn raw_client(scratch: &ScratchDatabase) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(scratch.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
-        client
-    }
-
     /// A message's sealed text as stored, read past the store: the store never hands it out
     /// for a message that is no longer waiting.
     async fn sealed_text(&self, message: &MessageId) -> Option<Vec<u8>> {
@@ -77,7 +71,7 @@ impl Location {
                     |row| row.get(0),
                 )
                 .expect("the message's row"),
-            Some(scratch) => Self::raw_client(scratch)
+            Some(scratch) => connect_raw(scratch.url())
                 .await
                 .query_one(
                     "SELECT sealed_text FROM outbox WHERE id = $1",
@@ -97,7 +91,7 @@ impl Location {
                 .expect("open")
                 .query_row("SELECT count(*) FROM checks", [], |row| row.get(0))
                 .expect("count"),
-            Some(scratch) => Self::raw_client(scratch)
+            Some(scratch) => connect_raw(scratch.url())
                 .await
                 .query_one("SELECT count(*) FROM checks", &[])
                 .await

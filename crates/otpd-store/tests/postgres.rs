@@ -3,10 +3,13 @@
 //! SQL, failing fast when the database is away, and TLS to the database. The rest of its
 //! behaviour is in the conformance suite, which runs on both backends.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::connect_raw;
 use otpd_core::account::{Name, NewAccount};
 use otpd_core::ports::{Store, StoreError};
 use otpd_core::verification::{
@@ -115,15 +118,6 @@ fn attempt(server_key: &Arc<ServerKey>, submitted: &str) -> CheckAttempt {
         history: CheckHistory::Skip,
         ip_limit: None,
     }
-}
-
-/// A plain connection, for what the store does not offer.
-async fn connect_raw(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
 }
 
 async fn database_millis(url: &str) -> i64 {
