@@ -86,14 +86,31 @@ impl Location {
     /// How many check records the database holds, read past the store: a deleted
     /// verification's records must go with it, and the store only finds them through it.
     async fn check_records(&self) -> i64 {
+        self.count("SELECT count(*) FROM checks", "SELECT count(*) FROM checks")
+            .await
+    }
+
+    /// How many messages the database holds, read past the store: a deleted verification's
+    /// message must go with it, and the store only finds (and delivers) one through it. SQLite
+    /// keeps a message in its verification's row, PostgreSQL in a table of its own.
+    async fn message_records(&self) -> i64 {
+        self.count(
+            "SELECT count(*) FROM verifications WHERE message_id IS NOT NULL",
+            "SELECT count(*) FROM outbox",
+        )
+        .await
+    }
+
+    /// The count the query for this location's database answers.
+    async fn count(&self, sqlite: &str, postgres: &str) -> i64 {
         match &self.scratch {
             None => rusqlite::Connection::open(self.dir.path().join("otpd.db"))
                 .expect("open")
-                .query_row("SELECT count(*) FROM checks", [], |row| row.get(0))
+                .query_row(sqlite, [], |row| row.get(0))
                 .expect("count"),
             Some(scratch) => connect_raw(scratch.url())
                 .await
-                .query_one("SELECT count(*) FROM checks", &[])
+                .query_one(postgres, &[])
                 .await
                 .expect("count")
                 .get(0),
@@ -861,6 +878,11 @@ async fn accounts_and_applications(backend: Backend) {
         0,
         "an account's check records go with it"
     );
+    assert_eq!(
+        h.location.message_records().await,
+        0,
+        "an account's messages go with it"
+    );
     assert!(
         h.store
             .find_account_by_key(&h.access_key)
@@ -1575,6 +1597,11 @@ async fn retention_purges_old_verifications_in_batches(backend: Backend) {
         "the purged verifications' check records went with them"
     );
     // Their messages went with them; the recent one's stays.
+    assert_eq!(
+        h.location.message_records().await,
+        1,
+        "the purged verifications' messages went with them"
+    );
     assert_eq!(
         h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
         1

@@ -39,6 +39,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         9,
         include_str!("../../migrations/postgres/0009_checks_without_foreign_key.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_messages_without_foreign_key.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.

@@ -127,9 +127,8 @@ pub(super) async fn delete_account(
     client: &ClientWrapper,
     key: &AccessKeyId,
 ) -> Result<bool, Failure> {
-    // Verifications have no foreign key to their account, nor checks to their verification
-    // (see the migrations): delete them here, in the same statement; their messages follow by
-    // cascade.
+    // Verifications have no foreign key to their account, nor checks and messages to their
+    // verification (see the migrations): delete them here, in the same statement.
     let statement = client
         .prepare_cached(
             "WITH gone AS (DELETE FROM accounts WHERE access_key_id = $1 RETURNING id),
@@ -139,6 +138,10 @@ pub(super) async fn delete_account(
                   ),
                   checks_gone AS (
                       DELETE FROM checks
+                      WHERE verification_id IN (SELECT id FROM verifications_gone)
+                  ),
+                  messages_gone AS (
+                      DELETE FROM outbox
                       WHERE verification_id IN (SELECT id FROM verifications_gone)
                   )
              SELECT count(*) FROM gone",
@@ -932,7 +935,8 @@ pub(super) async fn purge_verifications(
     let statement = client
         .prepare_cached(
             // SKIP LOCKED: every node runs the job; they share the work instead of queueing.
-            // Checks have no foreign key to their verification (migration 9): they go here.
+            // Checks and messages have no foreign key to their verification (migrations 9
+            // and 10): they go here.
             "WITH gone AS (
                  DELETE FROM verifications WHERE id IN
                      (SELECT id FROM verifications WHERE created_at < $1
@@ -941,6 +945,9 @@ pub(super) async fn purge_verifications(
              ),
              checks_gone AS (
                  DELETE FROM checks WHERE verification_id IN (SELECT id FROM gone)
+             ),
+             messages_gone AS (
+                 DELETE FROM outbox WHERE verification_id IN (SELECT id FROM gone)
              )
              SELECT count(*) FROM gone",
         )

@@ -1,0 +1,13 @@
+-- A message no longer has a foreign key to its verification, as a check's record has not since
+-- 0009. The key's trigger ran a query of its own for every message inserted: grouped sends
+-- (32 a group, 20 groups a transaction) cost PostgreSQL a median 65 µs a send with the key and
+-- 58 without it, in 16 runs alternating between two databases (2026-12-06). It guarded nothing
+-- the send function does not: a message is inserted only by the statement that inserts its
+-- verification. Retention and account deletion now delete a verification's message in the
+-- statement that deletes it, as the cascade did. A node of the previous release, during a
+-- rolling upgrade, deletes verifications alone: a message it leaves behind is never delivered
+-- (a claim joins the message to its verification), and one left waiting (its account deleted
+-- by that node moments after the send) counts in the delivery backlog until removed by
+-- `DELETE FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM verifications v WHERE v.id =
+-- o.verification_id)`.
+ALTER TABLE outbox DROP CONSTRAINT outbox_verification_id_fkey;
