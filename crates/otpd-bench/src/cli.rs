@@ -48,7 +48,7 @@ pub struct Args {
     pub node_cpu_share: f64,
     /// Benchmark this otpd binary instead of building the workspace's (for A/B comparisons of
     /// two builds, run one after the other).
-    #[arg(long)]
+    #[arg(long, value_parser = existing_file)]
     pub otpd: Option<PathBuf>,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/otpd-bench.json")]
@@ -98,6 +98,17 @@ fn share_of_a_core(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A file that is there now: a mistyped `--otpd` fails before anything is built or started,
+/// with its path, rather than with a bare "No such file or directory" once otpd is run.
+fn existing_file(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} is not a file", path.display()))
+    }
+}
+
 /// A number of seconds up to an hour: more than zero, or (`zero_allowed`) zero too.
 fn seconds(zero_allowed: bool) -> impl Fn(&str) -> Result<f64, String> + Clone {
     move |text| {
@@ -116,5 +127,33 @@ fn seconds(zero_allowed: bool) -> impl Fn(&str) -> Result<f64, String> + Clone {
         } else {
             Err("must be more than 0 and at most 3600 seconds".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[test]
+    fn an_otpd_binary_that_is_not_there_is_refused_with_its_path() {
+        let refused = Args::try_parse_from(["otpd-bench", "--otpd", "/nonexistent/otpd"])
+            .err()
+            .expect("refused");
+        assert!(
+            refused
+                .to_string()
+                .contains("/nonexistent/otpd is not a file"),
+            "{refused}"
+        );
+        let directory = std::env::temp_dir();
+        assert!(
+            Args::try_parse_from(["otpd-bench", "--otpd", &directory.to_string_lossy()]).is_err()
+        );
+        let binary = std::env::current_exe().expect("the test binary");
+        let accepted = Args::try_parse_from(["otpd-bench", "--otpd", &binary.to_string_lossy()])
+            .expect("an existing file");
+        assert_eq!(accepted.otpd, Some(binary));
     }
 }
