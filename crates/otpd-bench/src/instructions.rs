@@ -4,7 +4,8 @@
 //! the same count, whatever else the machine is doing.
 //!
 //! The server runs under `valgrind --tool=callgrind` with counting off, one output file per
-//! thread. Counting is switched on for the measuring window (`callgrind_control -i on`), then
+//! thread. Counting is switched on for the measuring window (`callgrind_control -i on`), once the
+//! server has answered a few requests (`measure::ANSWERS_BEFORE_COUNTING`), then
 //! the counts are dumped and switched off again (once per server: with valgrind 3.19 the counts
 //! of a second window in the same process came out wrong, some just under 2^64, whether
 //! counting was switched on again or zeroed with `-z`; see `check_one_row`); each thread's

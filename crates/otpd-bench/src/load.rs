@@ -69,20 +69,45 @@ impl Phases {
     }
 }
 
+/// The answers a run has had so far, warm-up included, for its caller to wait on.
+#[derive(Clone, Default)]
+pub struct Answered(Arc<AtomicU64>);
+
+impl Answered {
+    fn count_one(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits until `count` answers have come or `deadline` has passed; whether they came.
+    pub async fn wait_for(&self, count: u64, deadline: Instant) -> bool {
+        loop {
+            if self.0.load(Ordering::Relaxed) >= count {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// Runs `connections` closed loops, spread over `addresses` in turn, until
-/// `phases.measure_until`, counting only what completes inside the measuring window.
+/// `phases.measure_until`, counting only what completes inside the measuring window; every
+/// answer, in the window or not, is counted in `answered`.
 pub async fn run(
     addresses: &[SocketAddr],
     connections: usize,
     phases: Phases,
     make: MakeRequest,
+    answered: Answered,
 ) -> anyhow::Result<Measured> {
     let sequence = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(connections);
     for (_, &address) in (0..connections).zip(addresses.iter().cycle()) {
-        let (make, sequence) = (make.clone(), sequence.clone());
+        let (make, sequence, answered) = (make.clone(), sequence.clone(), answered.clone());
         tasks.push(tokio::spawn(async move {
-            connection_loop(address, phases, make, sequence).await
+            connection_loop(address, phases, make, sequence, answered).await
         }));
     }
     let mut total = Measured {
@@ -113,6 +138,7 @@ async fn connection_loop(
     phases: Phases,
     make: MakeRequest,
     sequence: Arc<AtomicU64>,
+    answered: Answered,
 ) -> anyhow::Result<Measured> {
     let stream = tokio::net::TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
@@ -132,6 +158,7 @@ async fn connection_loop(
         let ok = response.status().is_success();
         response.into_body().collect().await?;
         let finished = Instant::now();
+        answered.count_one();
         if finished >= phases.measure_from && finished < phases.measure_until {
             measured.requests += 1;
             if !ok {
@@ -196,6 +223,27 @@ pub async fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn waiting_for_answers_ends_when_they_have_come_or_at_the_deadline() {
+        let answered = Answered::default();
+        let soon = Instant::now() + Duration::from_millis(30);
+        let came = tokio::time::timeout(Duration::from_secs(5), answered.wait_for(2, soon))
+            .await
+            .expect("the wait ends at its deadline");
+        assert!(!came, "no answer has come");
+        assert!(Instant::now() >= soon, "it waited until the deadline");
+
+        answered.count_one();
+        let later = Instant::now() + Duration::from_secs(5);
+        let waiting = tokio::spawn({
+            let answered = answered.clone();
+            async move { answered.wait_for(2, later).await }
+        });
+        answered.count_one();
+        assert!(waiting.await.expect("the wait ran"), "two answers came");
+        assert!(Instant::now() < later, "it returned once they had come");
+    }
 
     #[test]
     fn a_run_with_no_request_in_its_window_reads_none_a_second() {
