@@ -53,14 +53,21 @@ pub async fn measure(
         async move { load::run(&addresses, connections, phases, make, answered).await }
     });
     tokio::time::sleep_until(phases.measure_from.into()).await;
-    let warmed_up = ANSWERS_BEFORE_COUNTING * connections as u64;
-    if args.instructions && !answered.wait_for(warmed_up, phases.measure_until).await {
+    let answers_wanted = ANSWERS_BEFORE_COUNTING * connections as u64;
+    let warmed_up = !args.instructions
+        || answered
+            .wait_for(answers_wanted, phases.measure_until)
+            .await;
+    if !warmed_up {
         println!(
-            "  note: the server had not answered {ANSWERS_BEFORE_COUNTING} {operation} requests a connection by the end of the window; a longer --duration gives it time"
+            "  note: the server had not answered {ANSWERS_BEFORE_COUNTING} {operation} requests a connection by the end of the window, so nothing was counted; a longer --duration gives it time"
         );
     }
+    // Switched on after the window, counting would find no request begun, and the row would
+    // blame the prepared codes.
     let counting = servers
         .iter()
+        .filter(|_| warmed_up)
         .filter_map(Server::start_counting)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let threads_before = thread_cpu_times();
