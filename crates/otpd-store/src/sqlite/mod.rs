@@ -224,6 +224,10 @@ impl SqliteStore {
 }
 
 fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let installed = otpd_sqlite_cache::install();
+    if installed == otpd_sqlite_cache::Installed::TooLate {
+        tracing::debug!("SQLite had started before otpd's page cache could be installed");
+    }
     let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
     // Room for every statement the store uses, so none is ever prepared twice.
     connection.set_prepared_statement_cache_capacity(64);
@@ -484,6 +488,14 @@ impl Store for SqliteStore {
     }
 }
 
+/// A connection of a test's own, opened as the store opens its: after the page cache is
+/// installed, which must not happen while another thread is inside SQLite.
+#[cfg(test)]
+fn open_for_test(path: &Path) -> Connection {
+    otpd_sqlite_cache::install();
+    Connection::open(path).expect("open")
+}
+
 #[cfg(test)]
 mod tests {
     use otpd_core::SystemClock;
@@ -495,7 +507,7 @@ mod tests {
     /// A database with the schema of the first `count` migrations.
     fn database_at(count: usize) -> (Connection, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("dir");
-        let mut connection = Connection::open(dir.path().join("otpd.db")).expect("open");
+        let mut connection = open_for_test(&dir.path().join("otpd.db"));
         Migrations::new(migrations().into_iter().take(count).collect())
             .to_latest(&mut connection)
             .expect("migrate");
@@ -687,8 +699,7 @@ mod tests {
     }
 
     fn page_size(path: &Path) -> i64 {
-        Connection::open(path)
-            .expect("open")
+        open_for_test(path)
             .query_row("PRAGMA page_size", [], |row| row.get(0))
             .expect("page size")
     }
@@ -701,8 +712,7 @@ mod tests {
         assert_eq!(page_size(&new), PAGE_SIZE);
 
         let older = dir.path().join("older.db");
-        Connection::open(&older)
-            .expect("open")
+        open_for_test(&older)
             .execute_batch("PRAGMA page_size = 4096; CREATE TABLE before_otpd (id INTEGER);")
             .expect("an older database");
         drop(SqliteStore::open(&older, Arc::new(SystemClock)).expect("open and upgrade"));
@@ -723,7 +733,7 @@ mod tests {
         drop(connection);
         let path = dir.path().join("otpd.db");
         drop(SqliteStore::open(&path, Arc::new(SystemClock)).expect("open and upgrade"));
-        let connection = Connection::open(&path).expect("reopen");
+        let connection = open_for_test(&path);
         assert_eq!(remaining(&connection), ["v1"]);
         let mut indexes: Vec<String> = connection
             .prepare("SELECT name FROM pragma_index_list('verifications')")
@@ -789,7 +799,7 @@ mod tests {
         drop(connection);
         let path = dir.path().join("otpd.db");
         drop(SqliteStore::open(&path, Arc::new(SystemClock)).expect("open and upgrade"));
-        let connection = Connection::open(&path).expect("reopen");
+        let connection = open_for_test(&path);
 
         // The test rows' account id is not one `find_message` would parse: read the columns.
         let record: (String, String, u32, Option<i64>, String, String, String) = connection

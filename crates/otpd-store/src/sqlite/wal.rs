@@ -278,7 +278,7 @@ mod tests {
     fn database() -> (Connection, Connection, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("wal.db");
-        let writer = Connection::open(&path).expect("open");
+        let writer = super::super::open_for_test(&path);
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
@@ -286,7 +286,7 @@ mod tests {
             )
             .expect("schema");
         configure_writer(&writer, LIMITS).expect("configure");
-        let checkpointer = Connection::open(&path).expect("open");
+        let checkpointer = super::super::open_for_test(&path);
         (writer, checkpointer, dir)
     }
 
@@ -393,7 +393,7 @@ mod tests {
         let (writer, checkpointer, dir) = database();
         let reset = LogReset::default();
         commit_rows(&writer, 40);
-        let reader = Connection::open(dir.path().join("wal.db")).expect("open");
+        let reader = super::super::open_for_test(&dir.path().join("wal.db"));
         reader.execute_batch("BEGIN").expect("begin");
         let seen = rows(&reader);
         commit_rows(&writer, 5);

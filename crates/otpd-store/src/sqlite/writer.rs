@@ -279,7 +279,7 @@ mod tests {
     fn writer() -> (Writer, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("writer.db");
-        let connection = Connection::open(&path).expect("open");
+        let connection = super::super::open_for_test(&path);
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
@@ -334,7 +334,7 @@ mod tests {
     #[tokio::test]
     async fn once_the_log_cannot_be_flushed_every_write_is_refused() {
         let dir = tempfile::tempdir().expect("dir");
-        let connection = Connection::open(dir.path().join("writer.db")).expect("open");
+        let connection = super::super::open_for_test(&dir.path().join("writer.db"));
         connection
             .execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY);")
             .expect("schema");
