@@ -489,7 +489,8 @@ impl Store for SqliteStore {
 }
 
 /// A connection of a test's own, opened as the store opens its: after the page cache is
-/// installed, which must not happen while another thread is inside SQLite.
+/// installed. Installing must not overlap another thread's use of SQLite, so no test may open
+/// a connection before it.
 #[cfg(test)]
 fn open_for_test(path: &Path) -> Connection {
     otpd_sqlite_cache::install();
