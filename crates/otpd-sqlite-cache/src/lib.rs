@@ -15,8 +15,8 @@
 //! **What.** Every call goes to SQLite's default cache unchanged, except one: a truncation that
 //! cannot drop anything is not passed on. This layer keeps its own bound on the keys the cache
 //! can hold: the highest key a fetch returned a page for, and the keys above it that a page was
-//! moved to and has not left. A swap through the lock-byte page's number leaves that number
-//! within two moves, so after a rebalance the bound is back within the database, and the
+//! moved to and has not left. A page that a swap moves to the lock-byte page's number leaves it
+//! two moves later, so after a rebalance the bound is back within the database, and the
 //! commit's truncation is skipped. When a truncation can drop a page (a rolled-back
 //! transaction that had grown the database, say), it is passed on and does what it always did.
 //!
