@@ -58,18 +58,19 @@ pub async fn measure(
         || answered
             .wait_for(answers_wanted, phases.measure_until)
             .await;
-    if !warmed_up {
+    // Switched on after the window, counting would find no request begun, and the row would
+    // blame the prepared codes.
+    let counting = if warmed_up {
+        servers
+            .iter()
+            .filter_map(Server::start_counting)
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
         println!(
             "  note: the server had not answered {ANSWERS_BEFORE_COUNTING} {operation} requests a connection by the end of the window, so nothing was counted; a longer --duration gives it time"
         );
-    }
-    // Switched on after the window, counting would find no request begun, and the row would
-    // blame the prepared codes.
-    let counting = servers
-        .iter()
-        .filter(|_| warmed_up)
-        .filter_map(Server::start_counting)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        Vec::new()
+    };
     let threads_before = thread_cpu_times();
     let before = (
         cpu_time(),
