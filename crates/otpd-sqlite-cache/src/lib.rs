@@ -212,16 +212,19 @@ impl Tracked {
     }
 }
 
-/// The tracked cache behind a pointer that `create` returned.
+/// SQLite's default cache, and the tracked cache behind a pointer that `create` returned:
+/// what every method below works with. `None` only if the default cache was never recorded,
+/// which cannot happen once these methods are installed.
 ///
 /// # Safety
 /// `cache` must come from `create` and not yet be destroyed, and nothing else may use it for
 /// the lifetime of the reference. SQLite guarantees the second: a cache belongs to one
 /// connection's pager, which one thread at a time uses, and the default cache's methods never
 /// call back into these.
-unsafe fn tracked<'a>(cache: Cache) -> &'a mut Tracked {
+unsafe fn parts<'a>(cache: Cache) -> Option<(&'static DefaultCache, &'a mut Tracked)> {
+    let default = DEFAULT.get()?;
     // SAFETY: as the function's contract says.
-    unsafe { &mut *cache.cast::<Tracked>() }
+    Some((default, unsafe { &mut *cache.cast::<Tracked>() }))
 }
 
 unsafe extern "C" fn init(_: *mut c_void) -> c_int {
@@ -257,30 +260,27 @@ unsafe extern "C" fn create(page_size: c_int, extra_size: c_int, purgeable: c_in
 }
 
 unsafe extern "C" fn cache_size(cache: Cache, pages: c_int) {
-    if let Some(default) = DEFAULT.get() {
-        // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
-        let tracked = unsafe { tracked(cache) };
+    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
+    if let Some((default, tracked)) = unsafe { parts(cache) } {
         // SAFETY: SQLite's own method, on the cache it made for this one.
         unsafe { (default.cache_size)(tracked.inner, pages) }
     }
 }
 
 unsafe extern "C" fn page_count(cache: Cache) -> c_int {
-    let Some(default) = DEFAULT.get() else {
+    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
+    let Some((default, tracked)) = (unsafe { parts(cache) }) else {
         return 0;
     };
-    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
-    let tracked = unsafe { tracked(cache) };
     // SAFETY: SQLite's own method, on the cache it made for this one.
     unsafe { (default.page_count)(tracked.inner) }
 }
 
 unsafe extern "C" fn fetch(cache: Cache, key: c_uint, create: c_int) -> Page {
-    let Some(default) = DEFAULT.get() else {
+    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
+    let Some((default, tracked)) = (unsafe { parts(cache) }) else {
         return ptr::null_mut();
     };
-    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
-    let tracked = unsafe { tracked(cache) };
     // SAFETY: SQLite's own method, on the cache it made for this one, with SQLite's arguments.
     let page = unsafe { (default.fetch)(tracked.inner, key, create) };
     if !page.is_null() {
@@ -290,18 +290,16 @@ unsafe extern "C" fn fetch(cache: Cache, key: c_uint, create: c_int) -> Page {
 }
 
 unsafe extern "C" fn unpin(cache: Cache, page: Page, discard: c_int) {
-    if let Some(default) = DEFAULT.get() {
-        // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
-        let tracked = unsafe { tracked(cache) };
+    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
+    if let Some((default, tracked)) = unsafe { parts(cache) } {
         // SAFETY: SQLite's own method, on the cache it made for this one and one of its pages.
         unsafe { (default.unpin)(tracked.inner, page, discard) }
     }
 }
 
 unsafe extern "C" fn rekey(cache: Cache, page: Page, from: c_uint, to: c_uint) {
-    if let Some(default) = DEFAULT.get() {
-        // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
-        let tracked = unsafe { tracked(cache) };
+    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
+    if let Some((default, tracked)) = unsafe { parts(cache) } {
         // SAFETY: SQLite's own method, on the cache it made for this one and one of its pages.
         unsafe { (default.rekey)(tracked.inner, page, from, to) };
         tracked.moved(from, to);
@@ -309,11 +307,10 @@ unsafe extern "C" fn rekey(cache: Cache, page: Page, from: c_uint, to: c_uint) {
 }
 
 unsafe extern "C" fn truncate(cache: Cache, limit: c_uint) {
-    let Some(default) = DEFAULT.get() else {
+    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
+    let Some((default, tracked)) = (unsafe { parts(cache) }) else {
         return;
     };
-    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
-    let tracked = unsafe { tracked(cache) };
     if limit > tracked.highest_key() {
         SKIPPED.fetch_add(1, Ordering::Relaxed);
         return;
@@ -335,9 +332,8 @@ unsafe extern "C" fn destroy(cache: Cache) {
 }
 
 unsafe extern "C" fn shrink(cache: Cache) {
-    if let Some(default) = DEFAULT.get() {
-        // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
-        let tracked = unsafe { tracked(cache) };
+    // SAFETY: SQLite passes a cache that `create` made and it has not destroyed.
+    if let Some((default, tracked)) = unsafe { parts(cache) } {
         // SAFETY: SQLite's own method, on the cache it made for this one.
         unsafe { (default.shrink)(tracked.inner) }
     }
