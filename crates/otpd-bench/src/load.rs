@@ -34,6 +34,9 @@ pub struct Measured {
     /// When the last measured request completed: a run that ran out of work early is measured
     /// over the time it actually ran.
     pub last_completion: Option<Instant>,
+    /// Whether a connection stopped because the run had no more requests to make (its
+    /// prepared codes were used up), not because its window ended.
+    pub ran_out_of_work: bool,
 }
 
 impl Measured {
@@ -120,6 +123,7 @@ pub async fn run(
         total.errors += part.errors;
         total.timeline.extend(part.timeline);
         total.last_completion = total.last_completion.max(part.last_completion);
+        total.ran_out_of_work |= part.ran_out_of_work;
     }
     total.timeline.sort_unstable();
     total.latencies_us = total.timeline.iter().map(|&(_, latency)| latency).collect();
@@ -152,6 +156,7 @@ async fn connection_loop(
             break;
         }
         let Some(request) = make(sequence.fetch_add(1, Ordering::Relaxed)) else {
+            measured.ran_out_of_work = true;
             break;
         };
         let response = sender.send_request(request).await?;
@@ -243,6 +248,84 @@ mod tests {
         answered.count_one();
         assert!(waiting.await.expect("the wait ran"), "two answers came");
         assert!(Instant::now() < later, "it returned once they had come");
+    }
+
+    /// A real HTTP server on a free port that answers every request with 200.
+    async fn answering_server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("a free port");
+        let address = listener.local_addr().expect("its address");
+        let router = axum::Router::new().route("/", axum::routing::post(|| async { "{}" }));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        address
+    }
+
+    fn request_to(address: SocketAddr) -> Request<Full<Bytes>> {
+        Request::post(format!("http://{address}/"))
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request")
+    }
+
+    fn phases(warmup: Duration, window: Duration) -> Phases {
+        let measure_from = Instant::now() + warmup;
+        Phases {
+            measure_from,
+            measure_until: measure_from + window,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_that_runs_out_of_requests_says_so_and_one_that_does_not_does_not() {
+        let address = answering_server().await;
+        let five: MakeRequest = Arc::new(move |n| (n < 5).then(|| request_to(address)));
+        let short = run(
+            &[address],
+            2,
+            phases(Duration::ZERO, Duration::from_secs(5)),
+            five,
+            Answered::default(),
+        )
+        .await
+        .expect("the run ran");
+        assert!(short.ran_out_of_work);
+        assert_eq!(short.requests, 5);
+        assert!(
+            short.window < Duration::from_secs(5),
+            "measured over the time it ran"
+        );
+
+        let endless: MakeRequest = Arc::new(move |_| Some(request_to(address)));
+        let full = run(
+            &[address],
+            2,
+            phases(Duration::ZERO, Duration::from_millis(200)),
+            endless,
+            Answered::default(),
+        )
+        .await
+        .expect("the run ran");
+        assert!(!full.ran_out_of_work, "its window ended it");
+        assert!(full.requests > 0);
+    }
+
+    #[tokio::test]
+    async fn a_run_with_nothing_in_its_window_did_not_run_out_of_requests() {
+        let address = answering_server().await;
+        let endless: MakeRequest = Arc::new(move |_| Some(request_to(address)));
+        // A window that has ended by the time the loop starts.
+        let nothing = run(
+            &[address],
+            1,
+            phases(Duration::ZERO, Duration::ZERO),
+            endless,
+            Answered::default(),
+        )
+        .await
+        .expect("the run ran");
+        assert_eq!(nothing.requests, 0);
+        assert!(nothing.window.is_zero());
+        assert!(!nothing.ran_out_of_work);
     }
 
     #[test]

@@ -98,10 +98,17 @@ pub async fn measure(
     let measured: Measured = run.await??;
     let planned = phases.window();
     let measured_seconds = measured.window.as_secs_f64();
-    if used_up_early(measured_seconds, planned.as_secs_f64()) {
-        // Only a run of prepared codes ends early; the figures then cover a short window.
+    let used_up_codes =
+        measured.ran_out_of_work && used_up_early(measured_seconds, planned.as_secs_f64());
+    if used_up_codes {
+        // The figures then cover a short window.
         println!(
             "  note: {operation} at {connections} connections used up its prepared codes {measured_seconds:.1} s into its {:.1} s window",
+            planned.as_secs_f64()
+        );
+    } else if measured.requests == 0 {
+        println!(
+            "  note: no {operation} request at {connections} connections completed in its {:.1} s window",
             planned.as_secs_f64()
         );
     }
@@ -117,6 +124,7 @@ pub async fn measure(
         p50_ms: measured.percentile_ms(0.50),
         p99_ms: measured.percentile_ms(0.99),
         measured_seconds,
+        used_up_codes,
         cpu_us_per_request: per_request(after.0.saturating_sub(before.0)),
         database_cpu_us_per_request: (store.starts_with("postgres"))
             .then(|| per_request(after.1.saturating_sub(before.1))),

@@ -30,6 +30,10 @@ pub struct Row {
     /// The seconds measured: shorter than `--duration` when a run used up its prepared codes
     /// early, and 0 when it used them up in its warm-up.
     pub measured_seconds: f64,
+    /// Whether the run stopped before its window ended because it had used up its prepared
+    /// codes (verify and check runs); a run can also measure a short window because nothing
+    /// completed in it.
+    pub used_up_codes: bool,
     pub cpu_us_per_request: f64,
     /// What PostgreSQL's own processes spent per request (PostgreSQL rows only).
     pub database_cpu_us_per_request: Option<f64>,

@@ -147,13 +147,17 @@ where
     Ran: Future<Output = anyhow::Result<Row>>,
 {
     let mut row = run(pool).await?;
-    while let Some(rate) = rate_of_run_short_of_codes(
-        args,
-        operation,
-        pool,
-        row.measured_seconds,
-        row.requests_per_second,
-    ) {
+    // A run that measured a short window for another reason (nothing completed in it) would
+    // do no better with more codes.
+    while row.used_up_codes
+        && let Some(rate) = rate_of_run_short_of_codes(
+            args,
+            operation,
+            pool,
+            row.measured_seconds,
+            row.requests_per_second,
+        )
+    {
         pool = codes_for(args, operation, rate);
         println!("  running it again with {pool} codes");
         row = run(pool).await?;
