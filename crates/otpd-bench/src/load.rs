@@ -267,27 +267,29 @@ mod tests {
             .expect("a valid request")
     }
 
-    fn phases(warmup: Duration, window: Duration) -> Phases {
-        let measure_from = Instant::now() + warmup;
-        Phases {
+    /// Runs `make`'s requests against `address` over `connections`, measuring from now for
+    /// `window`.
+    async fn run_for(
+        address: SocketAddr,
+        connections: usize,
+        window: Duration,
+        make: MakeRequest,
+    ) -> Measured {
+        let measure_from = Instant::now();
+        let phases = Phases {
             measure_from,
             measure_until: measure_from + window,
-        }
+        };
+        run(&[address], connections, phases, make, Answered::default())
+            .await
+            .expect("the run ran")
     }
 
     #[tokio::test]
     async fn a_run_that_runs_out_of_requests_says_so_and_one_that_does_not_does_not() {
         let address = answering_server().await;
         let five: MakeRequest = Arc::new(move |n| (n < 5).then(|| request_to(address)));
-        let short = run(
-            &[address],
-            2,
-            phases(Duration::ZERO, Duration::from_secs(5)),
-            five,
-            Answered::default(),
-        )
-        .await
-        .expect("the run ran");
+        let short = run_for(address, 2, Duration::from_secs(5), five).await;
         assert!(short.ran_out_of_work);
         assert_eq!(short.requests, 5);
         assert!(
@@ -296,15 +298,7 @@ mod tests {
         );
 
         let endless: MakeRequest = Arc::new(move |_| Some(request_to(address)));
-        let full = run(
-            &[address],
-            2,
-            phases(Duration::ZERO, Duration::from_millis(200)),
-            endless,
-            Answered::default(),
-        )
-        .await
-        .expect("the run ran");
+        let full = run_for(address, 2, Duration::from_millis(200), endless).await;
         assert!(!full.ran_out_of_work, "its window ended it");
         assert!(full.requests > 0);
     }
@@ -314,15 +308,7 @@ mod tests {
         let address = answering_server().await;
         let endless: MakeRequest = Arc::new(move |_| Some(request_to(address)));
         // A window that has ended by the time the loop starts.
-        let nothing = run(
-            &[address],
-            1,
-            phases(Duration::ZERO, Duration::ZERO),
-            endless,
-            Answered::default(),
-        )
-        .await
-        .expect("the run ran");
+        let nothing = run_for(address, 1, Duration::ZERO, endless).await;
         assert_eq!(nothing.requests, 0);
         assert!(nothing.window.is_zero());
         assert!(!nothing.ran_out_of_work);

@@ -10,9 +10,9 @@ use crate::load::{self, MakeRequest, Measured, Phases};
 use crate::report::{Row, write_timeline};
 use crate::server::{self, MachineTimes, Server};
 
-/// Whether a run measured for `measured_seconds` of its planned window stopped early: only a
-/// run of prepared codes does, when it uses them up.
-pub fn used_up_early(measured_seconds: f64, planned_seconds: f64) -> bool {
+/// Whether a run measured for `measured_seconds` of its planned window stopped early enough to
+/// be run again.
+fn used_up_early(measured_seconds: f64, planned_seconds: f64) -> bool {
     measured_seconds < planned_seconds * 0.9
 }
 

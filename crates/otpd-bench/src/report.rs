@@ -28,11 +28,10 @@ pub struct Row {
     pub p50_ms: f64,
     pub p99_ms: f64,
     /// The seconds measured: shorter than `--duration` when a run used up its prepared codes
-    /// early, and 0 when it used them up in its warm-up.
+    /// early, and 0 when it used them up in its warm-up or nothing completed in its window.
     pub measured_seconds: f64,
-    /// Whether the run stopped before its window ended because it had used up its prepared
-    /// codes (verify and check runs); a run can also measure a short window because nothing
-    /// completed in it.
+    /// Whether the run used up its prepared codes (verify and check runs) before 90% of its
+    /// window: its figures cover a short window, and it is run again with more.
     pub used_up_codes: bool,
     pub cpu_us_per_request: f64,
     /// What PostgreSQL's own processes spent per request (PostgreSQL rows only).

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use crate::cli::Args;
 use crate::deployment::Deployed;
 use crate::load::{self, MakeRequest};
-use crate::measure::used_up_early;
 use crate::report::Row;
 use crate::requests::{next_destination, wrong};
 
@@ -112,25 +111,24 @@ pub fn codes_for(args: &Args, operation: Operation, rate: f64) -> u64 {
 }
 
 /// How fast a run that used up its prepared codes before 90% of its window went, at least, so
-/// that it can run again with enough; `None` if it ran its window, needs no codes, or already
-/// had the most a run gets. A run that used them up in its warm-up measured nothing: its
-/// `pool` codes went in the warm-up and what it had of the window.
+/// that it can run again with enough; `None` if it did not use them up, needs no codes, or
+/// already had the most a run gets. A run that used them up in its warm-up measured nothing:
+/// its `pool` codes went in the warm-up and what it had of the window.
 fn rate_of_run_short_of_codes(
     args: &Args,
     operation: Operation,
     pool: u64,
-    measured_seconds: f64,
-    requests_per_second: f64,
+    row: &Row,
 ) -> Option<f64> {
     let codes_per_request = operation.codes_per_request();
-    if !used_up_early(measured_seconds, args.duration)
-        || codes_per_request == 0.0
-        || pool >= MAX_CODES_PER_RUN
-    {
+    if !row.used_up_codes || codes_per_request == 0.0 || pool >= MAX_CODES_PER_RUN {
         return None;
     }
-    let spent_seconds = (args.warmup + measured_seconds).max(f64::EPSILON);
-    Some(requests_per_second.max(pool as f64 / codes_per_request / spent_seconds))
+    let spent_seconds = (args.warmup + row.measured_seconds).max(f64::EPSILON);
+    Some(
+        row.requests_per_second
+            .max(pool as f64 / codes_per_request / spent_seconds),
+    )
 }
 
 /// Runs `run` with `pool` codes; a run that used them up before the end of its window runs
@@ -147,17 +145,7 @@ where
     Ran: Future<Output = anyhow::Result<Row>>,
 {
     let mut row = run(pool).await?;
-    // A run that measured a short window for another reason (nothing completed in it) would
-    // do no better with more codes.
-    while row.used_up_codes
-        && let Some(rate) = rate_of_run_short_of_codes(
-            args,
-            operation,
-            pool,
-            row.measured_seconds,
-            row.requests_per_second,
-        )
-    {
+    while let Some(rate) = rate_of_run_short_of_codes(args, operation, pool, &row) {
         pool = codes_for(args, operation, rate);
         println!("  running it again with {pool} codes");
         row = run(pool).await?;
@@ -338,7 +326,8 @@ mod tests {
     fn a_run_that_used_up_its_codes_in_the_warm_up_is_given_enough_for_its_rate() {
         let args = args(10.0, 1.0);
         // 40,000 right-code checks gone within the 1 s warm-up: at least 40,000 a second.
-        let rate = rate_of_run_short_of_codes(&args, Operation::AmmCheck, 40_000, 0.0, 0.0);
+        let rate =
+            rate_of_run_short_of_codes(&args, Operation::AmmCheck, 40_000, &used_up(0.0, 0.0));
         assert_eq!(rate, Some(40_000.0));
         assert_eq!(
             codes_for(&args, Operation::AmmCheck, 40_000.0),
@@ -350,21 +339,40 @@ mod tests {
             &args,
             Operation::PinpointVerifyRight,
             90_000,
-            2.0,
-            30_000.0,
+            &used_up(2.0, 30_000.0),
         );
         assert_eq!(rate, Some(30_000.0));
     }
 
     #[test]
-    fn a_run_is_not_run_again_if_it_ran_its_window_needed_no_codes_or_had_the_most() {
+    fn a_run_is_not_run_again_if_it_did_not_use_up_its_codes_needed_none_or_had_the_most() {
         let args = args(10.0, 1.0);
-        let again = |operation, pool, seconds| {
-            rate_of_run_short_of_codes(&args, operation, pool, seconds, 20_000.0)
+        let again =
+            |operation, pool, row: &Row| rate_of_run_short_of_codes(&args, operation, pool, row);
+        let ran_its_window = Row {
+            measured_seconds: 10.0,
+            requests_per_second: 20_000.0,
+            ..Row::default()
         };
-        assert_eq!(again(Operation::AmmCheck, 40_000, 9.5), None);
-        assert_eq!(again(Operation::PinpointSend, 40_000, 0.0), None);
-        assert_eq!(again(Operation::AmmCheck, MAX_CODES_PER_RUN, 4.0), None);
-        assert!(again(Operation::PinpointVerifyWrong, 40_000, 4.0).is_some());
+        assert_eq!(again(Operation::AmmCheck, 40_000, &ran_its_window), None);
+        // Nothing completed in the window: short, but not for want of codes.
+        assert_eq!(again(Operation::AmmCheck, 40_000, &Row::default()), None);
+        assert_eq!(
+            again(Operation::PinpointSend, 40_000, &used_up(0.0, 0.0)),
+            None
+        );
+        let short = used_up(4.0, 20_000.0);
+        assert_eq!(again(Operation::AmmCheck, MAX_CODES_PER_RUN, &short), None);
+        assert!(again(Operation::PinpointVerifyWrong, 40_000, &short).is_some());
+    }
+
+    /// A row of a run that used up its codes `measured_seconds` into its window.
+    fn used_up(measured_seconds: f64, requests_per_second: f64) -> Row {
+        Row {
+            used_up_codes: true,
+            measured_seconds,
+            requests_per_second,
+            ..Row::default()
+        }
     }
 }
