@@ -151,14 +151,16 @@ async fn connection_loop(
     tokio::spawn(connection);
     let mut measured = Measured::default();
     loop {
-        let started = Instant::now();
-        if started >= phases.measure_until {
+        if Instant::now() >= phases.measure_until {
             break;
         }
         let Some(request) = make(sequence.fetch_add(1, Ordering::Relaxed)) else {
             measured.ran_out_of_work = true;
             break;
         };
+        // The clock starts once the request is built and signed: a latency is the server's
+        // answer as the client waits for it, not the load generator's own signing.
+        let started = Instant::now();
         let response = sender.send_request(request).await?;
         let ok = response.status().is_success();
         response.into_body().collect().await?;
