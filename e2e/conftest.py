@@ -116,7 +116,7 @@ class Otpd:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.log_file.read_text())
+            match = re.search(r"listening on (https?://127\.0\.0\.1:\d+)", self.log_file.read_text())
             if match:
                 self.url = match.group(1)
                 return
@@ -155,10 +155,12 @@ class Otpd:
             "application_id"
         ]
 
-    def pinpoint(self, account, region="eu-west-1", secret=None):
+    def pinpoint(self, account, region="eu-west-1", secret=None, verify=None):
+        """A boto3 Pinpoint client; `verify` is the CA file for a server speaking HTTPS."""
         return boto3.client(
             "pinpoint",
             endpoint_url=self.url,
+            verify=verify,
             region_name=region,
             aws_access_key_id=account["access_key_id"],
             aws_secret_access_key=secret or account["secret_access_key"],

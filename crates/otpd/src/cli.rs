@@ -89,6 +89,14 @@ pub struct ServeOptions {
     /// Address to listen on; port 0 picks a free port (the log says which).
     #[arg(long, env = "OTPD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with the certificate chain in this PEM file (the server's certificate
+    /// first), and the key of --tls-key-file. Without them otpd serves plain HTTP: keep it on
+    /// a loopback or private link, or behind a proxy that speaks TLS.
+    #[arg(long, env = "OTPD_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM file with the private key of --tls-cert-file's certificate.
+    #[arg(long, env = "OTPD_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
     /// Where SMS go: `console`, `file:PATH`, or an `http(s)://` provider URL.
     #[arg(long, env = "OTPD_SMS", default_value = "console")]
     pub sms: String,

@@ -14,7 +14,9 @@
 //! - at most `max_connections` are served at once: at the limit, the server stops accepting
 //!   and new clients wait in the kernel's listen queue until a connection ends;
 //! - on shutdown, idle connections close at once, busy ones after their current request, and
-//!   whatever is still open after `DRAIN_TIMEOUT` is dropped.
+//!   whatever is still open after `DRAIN_TIMEOUT` is dropped;
+//! - with TLS, the handshake runs in the connection's own task, so a slow client holds up no
+//!   other, and must end within `header_timeout` too.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// The most a connection's read buffer holds: a request's headers must fit (the SDKs' take
@@ -47,6 +50,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 const OPEN_CONNECTIONS: &str = "otpd_http_connections";
 /// Connections closed because the client did not send a request's headers in time.
 const TIMED_OUT_CONNECTIONS: &str = "otpd_http_connections_timed_out_total";
+/// Connections closed because their TLS handshake failed or did not end in time.
+const FAILED_HANDSHAKES: &str = "otpd_tls_handshakes_failed_total";
 
 /// What one client may hold, and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -73,11 +78,13 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains the connections.
+/// Serves `router` on `listener` (HTTPS with `tls`, else plain HTTP) until `shutdown` resolves,
+/// then drains the connections.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     describe_metrics();
@@ -104,8 +111,29 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 capacity.check(room.available_permits());
-                let connection = serve_connection(&http, stream, peer, router.clone());
-                connections.spawn(drive(graceful.watch(connection), permit));
+                let router = router.clone();
+                match &tls {
+                    None => {
+                        let connection =
+                            serve_connection(&http, TokioIo::new(stream), peer, router);
+                        connections.spawn(drive(graceful.watch(connection), permit));
+                    }
+                    Some(acceptor) => {
+                        let (acceptor, http, watcher) =
+                            (acceptor.clone(), http.clone(), graceful.watcher());
+                        connections.spawn(async move {
+                            let handshake = acceptor.accept(stream);
+                            let Some(stream) =
+                                handshake_within(limits.header_timeout, handshake).await
+                            else {
+                                return;
+                            };
+                            let connection =
+                                serve_connection(&http, TokioIo::new(stream), peer, router);
+                            drive(watcher.watch(connection), permit).await;
+                        });
+                    }
+                }
             }
             Err(error) if ends_one_connection(&error) => {
                 tracing::debug!(%error, "a connection ended before it was accepted");
@@ -156,22 +184,48 @@ fn ends_one_connection(error: &std::io::Error) -> bool {
     )
 }
 
+/// A TLS handshake's stream, or `None` (logged and counted) if it failed or took longer than
+/// `limit`: a client that connects and sends nothing is cut off as on a plain connection.
+async fn handshake_within<S>(
+    limit: Duration,
+    handshake: impl Future<Output = std::io::Result<S>>,
+) -> Option<S> {
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            metrics::counter!(FAILED_HANDSHAKES).increment(1);
+            tracing::debug!(%error, "a TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!(FAILED_HANDSHAKES).increment(1);
+            tracing::debug!(
+                "closed a connection whose client did not finish its TLS handshake in time"
+            );
+            None
+        }
+    }
+}
+
 /// An HTTP/1.1 connection (the only version otpd speaks) to `router`, which sees the client's
 /// address as axum's `ConnectInfo`, as it did under `axum::serve`. Nagle's algorithm stays on, as
 /// it was: each API response goes out in one write, so it delays none of them, and in eight
 /// alternating benchmark pairs with `TCP_NODELAY` set the sends read 12% more CPU per request
 /// (within this host's noise, but not shown to be nothing).
-fn serve_connection(
+fn serve_connection<I>(
     http: &http1::Builder,
-    stream: TcpStream,
+    io: TokioIo<I>,
     peer: SocketAddr,
     router: Router,
-) -> impl GracefulConnection<Error = hyper::Error> + Send + 'static {
+) -> impl GracefulConnection<Error = hyper::Error> + Send + 'static
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = router.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         request
     });
-    http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+    http.serve_connection(io, TowerToHyperService::new(service))
 }
 
 /// Runs one connection (watched for shutdown) to its end, holding its room until then.
@@ -223,6 +277,11 @@ fn describe_metrics() {
         TIMED_OUT_CONNECTIONS,
         "HTTP connections closed because the client sent no complete request headers in time \
          (idle keep-alive connections included)"
+    );
+    metrics::describe_counter!(
+        FAILED_HANDSHAKES,
+        "HTTPS connections closed because their TLS handshake failed or did not end within the \
+         client timeout"
     );
 }
 

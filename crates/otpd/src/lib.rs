@@ -10,6 +10,7 @@ pub mod runtime;
 mod serve_lock;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 
 use std::process::ExitCode;
 

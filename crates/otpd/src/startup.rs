@@ -20,6 +20,7 @@ use otpd_core::{ServerKey, SystemClock};
 use otpd_sms::transport::{ConsoleStyle, TransportSpec};
 use otpd_sms::{DispatchSettings, OutboxDispatcher, SmsComposer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::CommandError;
 use crate::cli::{GlobalOptions, LogFormat, ServeOptions};
@@ -40,6 +41,8 @@ pub struct Components {
     pub retention: Duration,
     /// The web console's operator password; `None` serves no console.
     pub console: Option<ConsolePassword>,
+    /// HTTPS's certificate and key; `None` serves plain HTTP.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl Components {
@@ -76,6 +79,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     connections: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     dispatcher: OutboxDispatcher,
     store: Arc<dyn Store>,
     retention: Duration,
@@ -91,11 +95,13 @@ impl Application {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let (store, retention) = (components.store.clone(), components.retention);
         let connections = components.connections;
+        let tls = components.tls.clone();
         let (state, dispatcher) = components.build();
         Ok(Self {
             listener,
             router: otpd_api::router(state),
             connections,
+            tls,
             dispatcher,
             store,
             retention,
@@ -104,6 +110,11 @@ impl Application {
 
     pub fn address(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Serves until `shutdown` resolves: then stops accepting, finishes the requests in flight,
@@ -122,7 +133,14 @@ impl Application {
             self.retention,
             until_stopped(),
         ));
-        http_server::serve(self.listener, self.router, self.connections, shutdown).await;
+        http_server::serve(
+            self.listener,
+            self.router,
+            self.connections,
+            self.tls,
+            shutdown,
+        )
+        .await;
         let _ = stop.send(true);
         if let Err(error) = dispatcher.await {
             tracing::error!(%error, "the dispatcher stopped abnormally");
@@ -144,8 +162,16 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     let _serving = location.sqlite_path().map(ServeLock::acquire).transpose()?;
     let key = config::server_key(global)?;
     let console = config::console_password(global, &options)?;
+    let tls = match (&options.tls_cert_file, &options.tls_key_file) {
+        (Some(cert), Some(key)) => Some(
+            crate::tls::acceptor(cert, key)
+                .map_err(|error| CommandError::Usage(error.to_string()))?,
+        ),
+        // clap requires both or neither.
+        _ => None,
+    };
     let store = location.open(Arc::new(SystemClock)).await?;
-    let served = serve_on(&store, &location, spec, key, console, options).await;
+    let served = serve_on(&store, &location, spec, key, console, tls, options).await;
     // Also when serving could not start (its address taken, say): the database is left whole.
     store.close().await;
     if served.is_ok() {
@@ -161,6 +187,7 @@ async fn serve_on(
     spec: TransportSpec,
     key: ServerKey,
     console: Option<(ConsolePassword, PathBuf)>,
+    tls: Option<TlsAcceptor>,
     options: ServeOptions,
 ) -> Result<(), CommandError> {
     if location.is_single_process() {
@@ -212,6 +239,7 @@ async fn serve_on(
         },
         retention: Duration::from_secs(u64::from(options.retention_days) * 24 * 3600),
         console: console.as_ref().map(|(password, _)| password.clone()),
+        tls,
     };
     warn_of_a_development_sink(&spec);
     let application = Application::build(options.listen, components).await?;
@@ -219,10 +247,11 @@ async fn serve_on(
         .address()
         .context("cannot read the bound address")?;
     let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(%address, worker_threads, "otpd listening on http://{address}");
+    let scheme = application.scheme();
+    tracing::info!(%address, worker_threads, "otpd listening on {scheme}://{address}");
     if let Some((_, file)) = &console {
         tracing::info!(
-            "web console at http://{address}/console: user {OPERATOR}, the password in {}",
+            "web console at {scheme}://{address}/console: user {OPERATOR}, the password in {}",
             file.display()
         );
     }

@@ -60,6 +60,7 @@ pub async fn spawn_app() -> TestApp {
         dispatch: DispatchSettings::default(),
         retention: std::time::Duration::from_secs(30 * 24 * 3600),
         console: None,
+        tls: None,
     };
     let (state, dispatcher) = components.build();
     tokio::spawn(dispatcher.run(std::future::pending()));

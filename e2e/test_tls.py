@@ -1,0 +1,140 @@
+"""otpd serving HTTPS itself (--tls-cert-file, --tls-key-file), with the test certificate of e2e/tls."""
+
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import BIN, ROOT, Otpd
+
+TLS = ROOT / "e2e" / "tls"
+CERT = str(TLS / "localhost.crt")
+KEY = str(TLS / "localhost.key")
+TIMEOUT = 2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Otpd(tmp_path_factory.mktemp("otpd-tls"))
+    server.env = {
+        "OTPD_TLS_CERT_FILE": CERT,
+        "OTPD_TLS_KEY_FILE": KEY,
+        "OTPD_CLIENT_TIMEOUT_SECONDS": str(TIMEOUT),
+    }
+    server.start()
+    yield server
+    server.stop()
+
+
+def address(server):
+    host, port = server.url.removeprefix("https://").split(":")
+    return host, int(port)
+
+
+def test_the_log_names_an_https_address(server):
+    assert server.url.startswith("https://127.0.0.1:")
+    assert "web console at https://127.0.0.1:" in server.logs()
+
+
+def test_boto3_sends_and_verifies_over_https(server):
+    account = server.create_account("tls")
+    app = server.create_app(account)
+    client = server.pinpoint(account, verify=CERT)
+    to = "+393485550001"
+    sent = client.send_otp_message(
+        ApplicationId=app,
+        SendOTPMessageRequestParameters={
+            "Channel": "SMS",
+            "BrandName": "Acme",
+            "OriginationIdentity": "Acme",
+            "DestinationIdentity": to,
+            "ReferenceId": "tls",
+        },
+    )
+    assert sent["MessageResponse"]["Result"][to]["DeliveryStatus"] == "SUCCESSFUL"
+    verified = client.verify_otp_message(
+        ApplicationId=app,
+        VerifyOTPMessageRequestParameters={"DestinationIdentity": to, "Otp": server.last_code(to), "ReferenceId": "tls"},
+    )
+    assert verified["VerificationResponse"]["Valid"] is True
+
+
+def test_amm_over_https_with_curl(server):
+    account = server.create_account("tls-amm")
+    sent = subprocess.run(
+        ["curl", "-sS", "--cacert", CERT, "-u", f"{account['access_key_id']}:{account['secret_access_key']}",
+         "-d", "to=393485550002", "--data-urlencode", "text=Code ${verify_code}",
+         f"{server.url}/sms/v2/verify/send"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert '"verify_id"' in sent.stdout
+
+
+def test_a_client_that_does_not_trust_the_certificate_is_refused(server):
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{server.url}/healthz", timeout=10)
+
+
+def test_the_handshake_offers_tls_1_3_and_http_1_1(server):
+    context = ssl.create_default_context(cafile=CERT)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(address(server), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.version() == "TLSv1.3"
+            assert tls.selected_alpn_protocol() == "http/1.1"
+
+
+def test_plain_http_on_the_https_port_gets_no_http_answer(server):
+    host, port = address(server)
+    with socket.create_connection((host, port), timeout=10) as raw:
+        raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := raw.recv(4096):
+            received += chunk
+    assert not received.startswith(b"HTTP/"), received
+    # What comes back is a TLS alert record, if anything.
+    assert received == b"" or received[0] == 0x15, received
+
+
+def test_a_client_that_never_starts_its_handshake_is_cut_off(server):
+    started = time.monotonic()
+    with socket.create_connection(address(server), timeout=TIMEOUT + 10) as raw:
+        assert raw.recv(4096) == b""
+    waited = time.monotonic() - started
+    assert TIMEOUT * 0.8 <= waited < TIMEOUT + 4
+    metrics = requests.get(f"{server.url}/metrics", timeout=10, verify=CERT).text
+    failed = next(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("otpd_tls_handshakes_failed_total ")
+    )
+    assert failed >= 1
+
+
+def serve_once(tmp_path, *args):
+    return subprocess.run(
+        [BIN, "--data-dir", str(tmp_path), "serve", "--listen", "127.0.0.1:0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_certificate_without_its_key_is_a_usage_error(tmp_path):
+    result = serve_once(tmp_path, "--tls-cert-file", CERT)
+    assert result.returncode == 2
+    assert "--tls-key-file" in result.stderr
+
+
+def test_a_key_that_is_not_the_certificates_is_refused_at_start(tmp_path):
+    result = serve_once(tmp_path, "--tls-cert-file", CERT, "--tls-key-file", str(TLS / "other.key"))
+    assert result.returncode == 2
+    assert "cannot be used together" in result.stderr
+
+
+def test_a_missing_certificate_file_is_named_at_start(tmp_path):
+    result = serve_once(tmp_path, "--tls-cert-file", str(tmp_path / "none.crt"), "--tls-key-file", KEY)
+    assert result.returncode == 2
+    assert "none.crt" in result.stderr
