@@ -1,5 +1,7 @@
 """otpd serving HTTPS itself (--tls-cert-file, --tls-key-file), with the test certificate of e2e/tls."""
 
+import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -8,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, ROOT, Otpd
+from conftest import BIN, ROOT, Otpd, wait_for
 
 TLS = ROOT / "e2e" / "tls"
 CERT = str(TLS / "localhost.crt")
@@ -138,3 +140,46 @@ def test_a_missing_certificate_file_is_named_at_start(tmp_path):
     result = serve_once(tmp_path, "--tls-cert-file", str(tmp_path / "none.crt"), "--tls-key-file", KEY)
     assert result.returncode == 2
     assert "none.crt" in result.stderr
+
+
+def served_certificate(server):
+    """The certificate a new connection is served, as DER, whoever signed it."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(address(server), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def der(name):
+    return ssl.PEM_cert_to_DER_cert((TLS / name).read_text())
+
+
+def test_sighup_reads_a_renewed_certificate_and_a_bad_one_changes_nothing(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(TLS / "localhost.crt", cert)
+    shutil.copy(TLS / "localhost.key", key)
+    (tmp_path / "data").mkdir()
+    server = Otpd(tmp_path / "data")
+    server.env = {"OTPD_TLS_CERT_FILE": str(cert), "OTPD_TLS_KEY_FILE": str(key)}
+    server.start()
+    try:
+        assert served_certificate(server) == der("localhost.crt")
+
+        shutil.copy(TLS / "renewed.crt", cert)
+        shutil.copy(TLS / "renewed.key", key)
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: served_certificate(server) == der("renewed.crt"))
+        assert "read the TLS certificate and key again" in server.logs()
+
+        # A renewal caught half-written: the new certificate with the old key.
+        shutil.copy(TLS / "localhost.crt", cert)
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "cannot reload the TLS certificate" in server.logs())
+        assert served_certificate(server) == der("renewed.crt")
+        answer = requests.get(f"{server.url}/healthz", timeout=10, verify=str(TLS / "renewed.crt"))
+        assert answer.status_code == 200
+        assert server.process.poll() is None
+    finally:
+        server.stop()

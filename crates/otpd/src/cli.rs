@@ -94,7 +94,8 @@ pub struct ServeOptions {
     /// a loopback or private link, or behind a proxy that speaks TLS.
     #[arg(long, env = "OTPD_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
-    /// The PEM file with the private key of --tls-cert-file's certificate.
+    /// The PEM file with the private key of --tls-cert-file's certificate. SIGHUP reads both
+    /// files again (a renewed certificate); if they cannot be used, the old pair stays.
     #[arg(long, env = "OTPD_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
     /// Where SMS go: `console`, `file:PATH`, or an `http(s)://` provider URL.

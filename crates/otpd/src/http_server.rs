@@ -32,8 +32,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+use crate::tls::CurrentAcceptor;
 
 /// The most a connection's read buffer holds: a request's headers must fit (the SDKs' take
 /// under 2 KiB), and a body is read through it in pieces. hyper's default, about 400 KiB, let
@@ -84,7 +85,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
-    tls: Option<TlsAcceptor>,
+    tls: Option<CurrentAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     describe_metrics();
@@ -120,7 +121,7 @@ pub async fn serve(
                     }
                     Some(acceptor) => {
                         let (acceptor, http, watcher) =
-                            (acceptor.clone(), http.clone(), graceful.watcher());
+                            (acceptor.get(), http.clone(), graceful.watcher());
                         connections.spawn(async move {
                             let handshake = acceptor.accept(stream);
                             let Some(stream) =

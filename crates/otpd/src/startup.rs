@@ -20,13 +20,13 @@ use otpd_core::{ServerKey, SystemClock};
 use otpd_sms::transport::{ConsoleStyle, TransportSpec};
 use otpd_sms::{DispatchSettings, OutboxDispatcher, SmsComposer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::CommandError;
 use crate::cli::{GlobalOptions, LogFormat, ServeOptions};
 use crate::config::{self, DatabaseLocation};
 use crate::http_server::{self, ConnectionLimits};
 use crate::serve_lock::ServeLock;
+use crate::tls::CurrentAcceptor;
 
 /// The parts a running otpd is made of.
 pub struct Components {
@@ -42,7 +42,7 @@ pub struct Components {
     /// The web console's operator password; `None` serves no console.
     pub console: Option<ConsolePassword>,
     /// HTTPS's certificate and key; `None` serves plain HTTP.
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<CurrentAcceptor>,
 }
 
 impl Components {
@@ -79,7 +79,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     connections: ConnectionLimits,
-    tls: Option<TlsAcceptor>,
+    tls: Option<CurrentAcceptor>,
     dispatcher: OutboxDispatcher,
     store: Arc<dyn Store>,
     retention: Duration,
@@ -164,7 +164,7 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
     let console = config::console_password(global, &options)?;
     let tls = match (&options.tls_cert_file, &options.tls_key_file) {
         (Some(cert), Some(key)) => Some(
-            crate::tls::acceptor(cert, key)
+            crate::tls::reloaded_on_hangup(cert.clone(), key.clone())
                 .map_err(|error| CommandError::Usage(error.to_string()))?,
         ),
         // clap requires both or neither.
@@ -187,7 +187,7 @@ async fn serve_on(
     spec: TransportSpec,
     key: ServerKey,
     console: Option<(ConsolePassword, PathBuf)>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<CurrentAcceptor>,
     options: ServeOptions,
 ) -> Result<(), CommandError> {
     if location.is_single_process() {

@@ -1,4 +1,5 @@
-//! HTTPS: the certificate chain and private key otpd serves with, read from PEM files at start.
+//! HTTPS: the certificate chain and private key otpd serves with, read from PEM files at start
+//! and again on SIGHUP, so that a renewed certificate needs no restart.
 //!
 //! Both APIs carry secrets in every request (the amm API's basic-auth password, and in both the
 //! codes themselves), so anything but a loopback or a private link wants TLS: otpd's own, or a
@@ -10,7 +11,61 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+/// The acceptor new connections get: the files as last read well.
+#[derive(Clone)]
+pub struct CurrentAcceptor(watch::Receiver<TlsAcceptor>);
+
+impl CurrentAcceptor {
+    pub fn get(&self) -> TlsAcceptor {
+        self.0.borrow().clone()
+    }
+}
+
+/// Reads `cert_file` and `key_file` now, and again at every SIGHUP: a reading that fails is
+/// logged and the certificate in force stays. Call it within the runtime.
+pub fn reloaded_on_hangup(
+    cert_file: PathBuf,
+    key_file: PathBuf,
+) -> Result<CurrentAcceptor, TlsSetupError> {
+    let (current, _) = watch::channel(acceptor(&cert_file, &key_file)?);
+    let receiver = current.subscribe();
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "cannot listen for SIGHUP: the TLS certificate is read only at start"
+                );
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match acceptor(&cert_file, &key_file) {
+                Ok(renewed) => {
+                    current.send_replace(renewed);
+                    tracing::info!(
+                        cert = %cert_file.display(),
+                        "read the TLS certificate and key again"
+                    );
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "cannot reload the TLS certificate: new connections still get the one \
+                     read before"
+                ),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(current);
+    Ok(CurrentAcceptor(receiver))
+}
 
 /// Why the certificate and key cannot be served with.
 #[derive(Debug, thiserror::Error)]
