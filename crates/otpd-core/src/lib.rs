@@ -7,6 +7,7 @@
 pub mod account;
 pub mod clock;
 pub mod code;
+pub mod countries;
 pub mod crypto;
 pub mod ids;
 pub mod iso8601;

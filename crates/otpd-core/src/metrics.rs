@@ -150,6 +150,7 @@ impl VerificationMetrics {
             Err(SendError::Rejected(SendRejected::TooManySends)) => "antispam",
             Err(SendError::Rejected(SendRejected::NoCredit)) => "no_credit",
             Err(SendError::Rejected(SendRejected::UnknownAccount)) => "unknown_account",
+            Err(SendError::CountryNotAllowed(_)) => "country_not_allowed",
             Err(SendError::Compose(_)) => "bad_message",
             Err(SendError::Store(_)) => "store_error",
         };
@@ -229,11 +230,15 @@ mod tests {
             message_id: None,
             delivery: None,
         };
-        let cases: [(Result<SendReceipt, SendError>, &str); 6] = [
+        let cases: [(Result<SendReceipt, SendError>, &str); 7] = [
             (Ok(sandbox), "sandbox"),
             (Err(SendRejected::TooManySends.into()), "antispam"),
             (Err(SendRejected::NoCredit.into()), "no_credit"),
             (Err(SendRejected::UnknownAccount.into()), "unknown_account"),
+            (
+                Err(SendError::CountryNotAllowed(Some("DE"))),
+                "country_not_allowed",
+            ),
             (Err(ComposeError::TooLong.into()), "bad_message"),
             (
                 Err(StoreError::Unavailable("down".into()).into()),

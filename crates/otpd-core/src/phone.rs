@@ -85,6 +85,15 @@ impl E164 {
         let _ = phonenumber::parse(None, "+393481234567");
     }
 
+    /// The country (ISO 3166-1 alpha-2, `001` for a non-geographic number) whose numbering
+    /// plan holds this number, as libphonenumber decides it: `+1 416...` is `CA`, `+1 212...`
+    /// `US`. `None` for a number that only passed `parse_for_lookup`'s shape check and belongs
+    /// to no plan.
+    pub fn country(&self) -> Option<&'static str> {
+        let (code, national) = split_country_code(self.digits())?;
+        region_plan(code, national).map(|(plan, _)| plan.id())
+    }
+
     /// The digits without `+`, as the amm dialect shows numbers.
     pub fn digits(&self) -> &str {
         &self.0[1..]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::account::{Account, Application, Name, NewAccount};
 use crate::code::{CodeLength, OtpCode};
+use crate::countries::DestinationCountries;
 use crate::crypto::ServerKey;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, SecretAccessKey, VerifyId};
 use crate::metrics::VerificationMetrics;
@@ -21,8 +22,10 @@ use crate::verification::{
 };
 
 /// Limits that protect recipients and accounts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
+    /// The countries codes may be texted to (`--sms-countries`).
+    pub destinations: DestinationCountries,
     /// More than this many SMS to one recipient within `antispam_window` is refused.
     pub max_sends_per_destination: u32,
     pub antispam_window: Duration,
@@ -37,6 +40,7 @@ impl Default for Limits {
     /// The amm API's documented rule: more than 10 SMS to the same recipient in 60 minutes.
     fn default() -> Self {
         Self {
+            destinations: DestinationCountries::Any,
             max_sends_per_destination: 10,
             antispam_window: Duration::from_secs(3600),
             max_failed_checks_per_ip: 20,
@@ -76,6 +80,9 @@ pub enum SendError {
     Compose(#[from] ComposeError),
     #[error(transparent)]
     Rejected(#[from] SendRejected),
+    /// The destination's country is not among those sends may go to; nothing was stored.
+    #[error("this server sends no SMS to numbers of {}", .0.unwrap_or("no known country"))]
+    CountryNotAllowed(Option<&'static str>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -152,6 +159,9 @@ impl VerificationService {
             entity_id,
             template_id,
         } = request;
+        if !self.limits.destinations.permit(&key.destination) {
+            return Err(SendError::CountryNotAllowed(key.destination.country()));
+        }
         let dialect = key.dialect;
         let sender = sender.to_string();
         let verify_id = VerifyId::generate();

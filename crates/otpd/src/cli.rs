@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use otpd_core::countries::DestinationCountries;
 use otpd_sms::DispatchSettings;
 
 use crate::http_server::ConnectionLimits;
@@ -101,6 +102,12 @@ pub struct ServeOptions {
     /// Where SMS go: `console`, `file:PATH`, or an `http(s)://` provider URL.
     #[arg(long, env = "OTPD_SMS", default_value = "console")]
     pub sms: String,
+    /// Countries codes may be texted to, as ISO 3166 codes (`IT,DE,GB`): a send to a number of
+    /// any other country is refused (amm `BAD_TO`, Pinpoint `BadRequestException`) before
+    /// anything is stored, charged or sent. The first defence against SMS pumping. Default:
+    /// every country.
+    #[arg(long, env = "OTPD_SMS_COUNTRIES", value_parser = DestinationCountries::parse_list)]
+    pub sms_countries: Option<DestinationCountries>,
     /// An extra header for the HTTP provider, as `Name: value` (a token, say).
     #[arg(long, env = "OTPD_SMS_HTTP_HEADER")]
     pub sms_http_header: Option<String>,

@@ -224,7 +224,10 @@ async fn serve_on(
             )
             .map_err(|error| CommandError::Usage(error.to_string()))?,
         key,
-        limits: Limits::default(),
+        limits: Limits {
+            destinations: options.sms_countries.clone().unwrap_or_default(),
+            ..Limits::default()
+        },
         api: ApiSettings {
             body_deadline: client_timeout,
             ..ApiSettings::default()
@@ -242,6 +245,9 @@ async fn serve_on(
         tls,
     };
     warn_of_a_development_sink(&spec);
+    if let Some(countries) = &options.sms_countries {
+        tracing::info!(%countries, "SMS go only to numbers of these countries");
+    }
     let application = Application::build(options.listen, components).await?;
     let address = application
         .address()

@@ -39,6 +39,10 @@ pub async fn send(
             SendError::Rejected(SendRejected::NoCredit) => {
                 PinpointError::Forbidden("The account's credit does not cover this message".into())
             }
+            SendError::CountryNotAllowed(country) => PinpointError::BadRequest(format!(
+                "DestinationIdentity is in a country this server sends no SMS to ({})",
+                country.unwrap_or("unknown")
+            )),
             SendError::Compose(error) => PinpointError::BadRequest(error.to_string()),
             other => internal(other),
         })?;
