@@ -30,6 +30,20 @@ POSTGRES = os.environ.get("OTPD_TEST_POSTGRES_URL", "postgres://otpd:otpd@127.0.
 BACKEND = os.environ.get("OTPD_E2E_BACKEND", "sqlite")
 
 
+def pinpoint_send(client, app_id, to, reference="login"):
+    """A boto3 SendOTPMessage with the usual parameters."""
+    return client.send_otp_message(
+        ApplicationId=app_id,
+        SendOTPMessageRequestParameters={
+            "Channel": "SMS",
+            "BrandName": "Acme",
+            "OriginationIdentity": "+12065550100",
+            "DestinationIdentity": to,
+            "ReferenceId": reference,
+        },
+    )
+
+
 def wait_for(condition, timeout=30.0):
     """Polls `condition` until it returns something true, and returns that."""
     deadline = time.monotonic() + timeout

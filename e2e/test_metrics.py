@@ -5,7 +5,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BACKEND, Otpd, wait_for
+from conftest import BACKEND, Otpd, pinpoint_send, wait_for
 
 PINPOINT_TO = "+393481230001"
 AMM_TO = "393471230002"
@@ -31,19 +31,6 @@ def samples(text):
 
 def value(found, name, **labels):
     return found.get((name, frozenset(labels.items())), 0.0)
-
-
-def pinpoint_send(client, app_id, to):
-    return client.send_otp_message(
-        ApplicationId=app_id,
-        SendOTPMessageRequestParameters={
-            "Channel": "SMS",
-            "BrandName": "Acme",
-            "OriginationIdentity": "+12065550100",
-            "DestinationIdentity": to,
-            "ReferenceId": "login",
-        },
-    )
 
 
 def pinpoint_verify(client, app_id, to, otp):

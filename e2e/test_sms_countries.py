@@ -7,7 +7,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BIN, Otpd
+from conftest import BIN, Otpd, pinpoint_send
 
 
 @pytest.fixture(scope="module")
@@ -17,19 +17,6 @@ def server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
-
-
-def pinpoint_send(client, app_id, to):
-    return client.send_otp_message(
-        ApplicationId=app_id,
-        SendOTPMessageRequestParameters={
-            "Channel": "SMS",
-            "BrandName": "Acme",
-            "OriginationIdentity": "Acme",
-            "DestinationIdentity": to,
-            "ReferenceId": "countries",
-        },
-    )
 
 
 def test_the_log_names_the_countries(server):

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, ROOT, Otpd, wait_for
+from conftest import BIN, ROOT, Otpd, pinpoint_send, wait_for
 
 TLS = ROOT / "e2e" / "tls"
 CERT = str(TLS / "localhost.crt")
@@ -46,16 +46,7 @@ def test_boto3_sends_and_verifies_over_https(server):
     app = server.create_app(account)
     client = server.pinpoint(account, verify=CERT)
     to = "+393485550001"
-    sent = client.send_otp_message(
-        ApplicationId=app,
-        SendOTPMessageRequestParameters={
-            "Channel": "SMS",
-            "BrandName": "Acme",
-            "OriginationIdentity": "Acme",
-            "DestinationIdentity": to,
-            "ReferenceId": "tls",
-        },
-    )
+    sent = pinpoint_send(client, app, to, reference="tls")
     assert sent["MessageResponse"]["Result"][to]["DeliveryStatus"] == "SUCCESSFUL"
     verified = client.verify_otp_message(
         ApplicationId=app,
