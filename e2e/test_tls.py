@@ -81,16 +81,12 @@ def test_the_handshake_offers_tls_1_3_and_http_1_1(server):
             assert tls.selected_alpn_protocol() == "http/1.1"
 
 
-def test_plain_http_on_the_https_port_gets_no_http_answer(server):
+def test_plain_http_on_the_https_port_is_told_to_use_https(server):
     host, port = address(server)
-    with socket.create_connection((host, port), timeout=10) as raw:
-        raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        received = b""
-        while chunk := raw.recv(4096):
-            received += chunk
-    assert not received.startswith(b"HTTP/"), received
-    # What comes back is a TLS alert record, if anything.
-    assert received == b"" or received[0] == 0x15, received
+    answer = requests.get(f"http://{host}:{port}/healthz", timeout=10)
+    assert answer.status_code == 400
+    assert answer.text == "This port speaks HTTPS: use an https:// URL\n"
+    assert answer.headers["connection"] == "close"
 
 
 def test_a_client_that_never_starts_its_handshake_is_cut_off(server):

@@ -29,9 +29,12 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tower::ServiceExt;
 
 use crate::tls::CurrentAcceptor;
@@ -123,7 +126,7 @@ pub async fn serve(
                         let (acceptor, http, watcher) =
                             (acceptor.get(), http.clone(), graceful.watcher());
                         connections.spawn(async move {
-                            let handshake = acceptor.accept(stream);
+                            let handshake = tls_handshake(acceptor, stream);
                             let Some(stream) =
                                 handshake_within(limits.header_timeout, handshake).await
                             else {
@@ -183,6 +186,34 @@ fn ends_one_connection(error: &std::io::Error) -> bool {
         error.kind(),
         ConnectionAborted | ConnectionRefused | ConnectionReset
     )
+}
+
+/// What a client that speaks plain HTTP to the HTTPS port is told, in plain HTTP, rather than
+/// a TLS alert its HTTP library would report as a garbled answer or a reset.
+const PLAIN_HTTP_ANSWER: &str = "This port speaks HTTPS: use an https:// URL\n";
+
+/// The TLS handshake of a new connection. A first byte that begins an HTTP request line rather
+/// than a TLS record (22, a handshake) is a client sent to the wrong scheme: it is answered
+/// `PLAIN_HTTP_ANSWER`, and the connection ends as a failed handshake.
+async fn tls_handshake(
+    acceptor: TlsAcceptor,
+    mut stream: TcpStream,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 1 && first[0].is_ascii_uppercase() {
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{PLAIN_HTTP_ANSWER}",
+            PLAIN_HTTP_ANSWER.len()
+        );
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the client spoke plain HTTP to the HTTPS port",
+        ));
+    }
+    acceptor.accept(stream).await
 }
 
 /// A TLS handshake's stream, or `None` (logged and counted) if it failed or took longer than
