@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BACKEND, Otpd, wait_for
+from conftest import BACKEND, Otpd, pinpoint_send, wait_for
 
 
 def test_accounts_apps_and_credits(otpd):
@@ -34,6 +34,44 @@ def test_accounts_apps_and_credits(otpd):
     }
 
 
+def test_a_rotated_secret_replaces_the_old_one_and_keeps_the_rest(otpd):
+    account = otpd.create_account("rotating")
+    app = otpd.create_app(account, "rotating-app")
+    to = "+393487770001"
+    pinpoint_send(otpd.pinpoint(account), app, to)
+    code = otpd.last_code(to)
+
+    rotated = json.loads(otpd.cli("accounts", "rotate-secret", account["access_key_id"]).stdout)
+    assert rotated["access_key_id"] == account["access_key_id"]
+    assert rotated["account_id"] == account["account_id"]
+    assert rotated["secret_access_key"] != account["secret_access_key"]
+    assert len(rotated["secret_access_key"]) == len(account["secret_access_key"])
+
+    # The running server looks accounts up again within two seconds.
+    old = otpd.pinpoint(account)
+
+    def old_secret_refused():
+        try:
+            old.get_apps()
+        except old.exceptions.ForbiddenException:
+            return True
+        return False
+
+    wait_for(old_secret_refused)
+    amm_old = otpd.amm(account).get(f"{otpd.url}/sms/v2/verify/search", params={"verify_id": "0" * 40})
+    assert amm_old.status_code == 401
+
+    new = otpd.pinpoint(rotated)
+    assert app in [item["Id"] for item in new.get_apps()["ApplicationsResponse"]["Item"]]
+    verified = new.verify_otp_message(
+        ApplicationId=app,
+        VerifyOTPMessageRequestParameters={"DestinationIdentity": to, "Otp": code, "ReferenceId": "login"},
+    )
+    assert verified["VerificationResponse"]["Valid"] is True, "a code sent before the rotation still verifies"
+    amm_new = otpd.amm(rotated).get(f"{otpd.url}/sms/v2/verify/search", params={"verify_id": "0" * 40})
+    assert amm_new.status_code == 400, amm_new.text
+
+
 def test_bad_arguments_exit_with_2_and_one_line(otpd):
     for args in [
         ("apps", "create", "--account", "nope", "x"),
@@ -43,6 +81,8 @@ def test_bad_arguments_exit_with_2_and_one_line(otpd):
         ("accounts", "create", "x", "--sender", "Way too long sender"),
         ("apps", "delete", "zzz"),
         ("credits", "add", "OTPDAAAAAAAAAAAAAAAA", "3"),
+        ("accounts", "rotate-secret", "OTPDAAAAAAAAAAAAAAAA"),
+        ("accounts", "rotate-secret", "nope"),
         ("messages", "show", "not-a-message"),
         ("serve", "--sms", "pigeon://x"),
         ("--database-url", "mysql://x", "accounts", "list"),

@@ -55,6 +55,13 @@ pub trait Store: Send + Sync + 'static {
         key: &AccessKeyId,
         credits: i64,
     ) -> Result<Option<Account>, StoreError>;
+    /// Replaces the account's sealed secret and returns the account; `None` if no account has
+    /// that access key id.
+    async fn replace_secret(
+        &self,
+        key: &AccessKeyId,
+        sealed_secret: Vec<u8>,
+    ) -> Result<Option<Account>, StoreError>;
     async fn create_application(&self, application: Application)
     -> Result<Application, StoreError>;
     async fn list_applications(

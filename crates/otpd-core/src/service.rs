@@ -401,6 +401,24 @@ impl AccountService {
         })
     }
 
+    /// Gives the account a fresh secret in place of its old one, for a secret that leaked or
+    /// is due for rotation: its access key id, applications and codes stay. The old secret
+    /// stops working at once on this process and within `LOOKUP_CACHE_TTL` on every other.
+    /// `None` if no account has that access key id.
+    pub async fn rotate_secret(
+        &self,
+        key: &AccessKeyId,
+    ) -> Result<Option<NewCredentials>, StoreError> {
+        let secret = SecretAccessKey::generate();
+        let sealed = self.key.seal(secret.expose().as_bytes());
+        let rotated = self.store.replace_secret(key, sealed).await?;
+        self.credentials.forget(key);
+        Ok(rotated.map(|account| NewCredentials {
+            account,
+            secret_access_key: secret,
+        }))
+    }
+
     /// Finds an account by access key id and opens its secret, for SigV4 and basic auth
     /// (cached for `LOOKUP_CACHE_TTL`).
     pub async fn credentials(

@@ -861,6 +861,30 @@ async fn accounts_and_applications(backend: Backend) {
             .is_none()
     );
 
+    let rotated = h
+        .store
+        .replace_secret(&h.access_key, vec![9, 9, 9])
+        .await
+        .expect("replace")
+        .expect("exists");
+    assert_eq!(rotated.sealed_secret, vec![9, 9, 9]);
+    assert_eq!(rotated.credits, Some(5), "only the secret changes");
+    assert_eq!(
+        h.store
+            .find_account_by_key(&h.access_key)
+            .await
+            .expect("find")
+            .map(|account| account.sealed_secret),
+        Some(vec![9, 9, 9])
+    );
+    assert!(
+        h.store
+            .replace_secret(&AccessKeyId::generate(), vec![1])
+            .await
+            .expect("replace")
+            .is_none()
+    );
+
     assert!(h.store.delete_application(&app.id).await.expect("delete"));
     assert!(!h.store.delete_application(&app.id).await.expect("delete"));
     assert_eq!(h.store.list_accounts().await.expect("list").len(), 1);

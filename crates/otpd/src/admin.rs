@@ -5,7 +5,7 @@ use std::sync::Arc;
 use otpd_core::account::{Account, Application, Name};
 use otpd_core::outbox::MessageId;
 use otpd_core::ports::{Store, StoreError};
-use otpd_core::service::AccountService;
+use otpd_core::service::{AccountService, NewCredentials};
 use otpd_core::sms::Sender;
 use otpd_core::{AccessKeyId, ApplicationId, SystemClock};
 use serde_json::{Value, json};
@@ -64,6 +64,13 @@ fn account_json(account: &Account) -> Value {
     })
 }
 
+/// An account with the one copy of its new secret anyone will see.
+fn credentials_json(credentials: &NewCredentials) -> Value {
+    let mut value = account_json(&credentials.account);
+    value["secret_access_key"] = json!(credentials.secret_access_key.expose());
+    value
+}
+
 fn application_json(application: &Application) -> Value {
     json!({
         "application_id": application.id.as_str(),
@@ -104,13 +111,25 @@ pub async fn accounts(
                     .create_account(name, credits, sender)
                     .await
                     .map_err(failed)?;
-                let mut value = account_json(&created.account);
-                value["secret_access_key"] = json!(created.secret_access_key.expose());
-                print(&value);
+                print(&credentials_json(&created));
             }
             AccountsCommand::List => {
                 let accounts = store.list_accounts().await.map_err(failed)?;
                 print(&Value::Array(accounts.iter().map(account_json).collect()));
+            }
+            AccountsCommand::RotateSecret { access_key_id } => {
+                let key = access_key(&access_key_id)?;
+                let server_key = config::server_key(global)?;
+                let rotated = AccountService::new(store.clone(), Arc::new(server_key))
+                    .rotate_secret(&key)
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(|| {
+                        CommandError::Usage(format!(
+                            "no account has the access key id {access_key_id}"
+                        ))
+                    })?;
+                print(&credentials_json(&rotated));
             }
             AccountsCommand::Delete { access_key_id } => {
                 let key = access_key(&access_key_id)?;

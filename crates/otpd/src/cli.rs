@@ -164,6 +164,10 @@ pub enum AccountsCommand {
     },
     /// List accounts as JSON (never their secrets).
     List,
+    /// Give an account a new secret access key in place of the old one; prints it as JSON
+    /// (shown only once). The access key id, applications and codes stay; the old secret stops
+    /// working within two seconds on every node.
+    RotateSecret { access_key_id: String },
     /// Delete an account with its applications and verifications.
     Delete { access_key_id: String },
 }

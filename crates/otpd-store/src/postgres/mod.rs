@@ -203,6 +203,19 @@ impl Store for PgStore {
             .await?)
     }
 
+    async fn replace_secret(
+        &self,
+        key: &AccessKeyId,
+        sealed_secret: Vec<u8>,
+    ) -> Result<Option<Account>, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .with_client(move |client, _| async move {
+                queries::replace_secret(&client, &key, &sealed_secret).await
+            })
+            .await?)
+    }
+
     async fn create_application(
         &self,
         application: Application,

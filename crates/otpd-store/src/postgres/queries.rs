@@ -171,6 +171,23 @@ pub(super) async fn add_credits(
     row.as_ref().map(account_from_row).transpose()
 }
 
+pub(super) async fn replace_secret(
+    client: &ClientWrapper,
+    key: &AccessKeyId,
+    sealed_secret: &[u8],
+) -> Result<Option<Account>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "UPDATE accounts SET sealed_secret = $2 WHERE access_key_id = $1
+             RETURNING {ACCOUNT_COLUMNS}"
+        ))
+        .await?;
+    let row = client
+        .query_opt(&statement, &[&key.as_str(), &sealed_secret])
+        .await?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
 const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
 
 fn application_from_row(row: &Row) -> Result<Application, Failure> {

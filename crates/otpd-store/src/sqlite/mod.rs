@@ -299,6 +299,17 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    async fn replace_secret(
+        &self,
+        key: &AccessKeyId,
+        sealed_secret: Vec<u8>,
+    ) -> Result<Option<Account>, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .write(move |connection, _| queries::replace_secret(connection, &key, &sealed_secret))
+            .await?)
+    }
+
     async fn create_application(
         &self,
         application: Application,

@@ -124,6 +124,18 @@ pub(super) fn add_credits(
     find_account_by_key(connection, key)
 }
 
+pub(super) fn replace_secret(
+    connection: &Connection,
+    key: &AccessKeyId,
+    sealed_secret: &[u8],
+) -> Result<Option<Account>, Failure> {
+    connection.execute(
+        "UPDATE accounts SET sealed_secret = ?2 WHERE access_key_id = ?1",
+        params![key.as_str(), sealed_secret],
+    )?;
+    find_account_by_key(connection, key)
+}
+
 const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
 
 fn application_from_row(row: &Row<'_>) -> rusqlite::Result<Application> {
