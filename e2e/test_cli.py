@@ -72,6 +72,33 @@ def test_a_rotated_secret_replaces_the_old_one_and_keeps_the_rest(otpd):
     assert amm_new.status_code == 400, amm_new.text
 
 
+def test_a_rotation_can_keep_the_old_secret_for_a_while(otpd):
+    first = otpd.create_account("graceful")
+    second = json.loads(
+        otpd.cli("accounts", "rotate-secret", first["access_key_id"], "--keep-old-minutes", "60").stdout
+    )
+    assert second["previous_secret_valid_until"] > second["created_at"]
+    listed = otpd.account_info(first["access_key_id"])
+    assert listed["previous_secret_valid_until"] == second["previous_secret_valid_until"]
+
+    def search(account):
+        return otpd.amm(account).get(f"{otpd.url}/sms/v2/verify/search", params={"verify_id": "0" * 40}).status_code
+
+    # Both secrets work, in both dialects, while clients move over.
+    wait_for(lambda: search(second) == 400)
+    assert search(first) == 400
+    otpd.pinpoint(first).get_apps()
+    otpd.pinpoint(second).get_apps()
+
+    # A rotation without --keep-old-minutes ends every older secret.
+    third = json.loads(otpd.cli("accounts", "rotate-secret", first["access_key_id"]).stdout)
+    assert third["previous_secret_valid_until"] is None
+    wait_for(lambda: search(first) == 401 and search(second) == 401)
+    assert search(third) == 400
+    with pytest.raises(otpd.pinpoint(first).exceptions.ForbiddenException):
+        otpd.pinpoint(first).get_apps()
+
+
 def test_bad_arguments_exit_with_2_and_one_line(otpd):
     for args in [
         ("apps", "create", "--account", "nope", "x"),
@@ -95,6 +122,10 @@ def test_bad_arguments_exit_with_2_and_one_line(otpd):
     unknown = otpd.cli("frobnicate", check=False)
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("error: unrecognized subcommand 'frobnicate'")
+    for minutes in ["0", "99999"]:
+        grace = otpd.cli("accounts", "rotate-secret", "OTPDAAAAAAAAAAAAAAAA", "--keep-old-minutes", minutes, check=False)
+        assert grace.returncode == 2
+        assert grace.stderr.startswith(f"error: invalid value '{minutes}' for '--keep-old-minutes")
     no_threads = otpd.cli("serve", "--worker-threads", "0", check=False)
     assert no_threads.returncode == 2
     assert no_threads.stderr.startswith("error: invalid value '0' for '--worker-threads")

@@ -34,6 +34,15 @@ pub struct Account {
     pub credits: Option<i64>,
     pub default_sender: Option<String>,
     pub created_at: Timestamp,
+    /// The secret a rotation replaced, while it is still accepted beside the new one.
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A replaced secret, sealed like the current one, and until when it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub sealed: Vec<u8>,
+    pub until: Timestamp,
 }
 
 #[derive(Debug, Clone)]

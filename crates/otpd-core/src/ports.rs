@@ -56,11 +56,13 @@ pub trait Store: Send + Sync + 'static {
         credits: i64,
     ) -> Result<Option<Account>, StoreError>;
     /// Replaces the account's sealed secret and returns the account; `None` if no account has
-    /// that access key id.
+    /// that access key id. With `keep_previous_until`, the replaced secret becomes the
+    /// account's previous secret until then; without, any previous secret is dropped.
     async fn replace_secret(
         &self,
         key: &AccessKeyId,
         sealed_secret: Vec<u8>,
+        keep_previous_until: Option<Timestamp>,
     ) -> Result<Option<Account>, StoreError>;
     async fn create_application(&self, application: Application)
     -> Result<Application, StoreError>;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::account::{Account, Application, Name, NewAccount};
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::{CodeLength, OtpCode};
 use crate::countries::DestinationCountries;
 use crate::crypto::ServerKey;
@@ -330,10 +331,25 @@ impl<K: std::hash::Hash + Eq + Clone, V> LookupCache<K, V> {
     }
 }
 
-/// An account found by its access key id, with its secret opened.
+/// An account found by its access key id, with its secret opened, and the secret a rotation
+/// replaced while that is still accepted.
 pub struct Credentials {
     pub account: Arc<Account>,
     pub secret: SecretAccessKey,
+    previous: Option<(SecretAccessKey, Timestamp)>,
+}
+
+impl Credentials {
+    /// The secrets a request may be signed or authenticated with at `now`: the account's
+    /// secret, then the one it replaced until that one's grace period ends.
+    pub fn secrets_at(&self, now: Timestamp) -> impl Iterator<Item = &SecretAccessKey> {
+        let previous = self
+            .previous
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(secret, _)| secret);
+        std::iter::once(&self.secret).chain(previous)
+    }
 }
 
 /// Accounts and their credentials: creation with fresh keys, and lookup with the secret opened.
@@ -402,16 +418,20 @@ impl AccountService {
     }
 
     /// Gives the account a fresh secret in place of its old one, for a secret that leaked or
-    /// is due for rotation: its access key id, applications and codes stay. The old secret
-    /// stops working at once on this process and within `LOOKUP_CACHE_TTL` on every other.
-    /// `None` if no account has that access key id.
+    /// is due for rotation: its access key id, applications and codes stay. The old secret is
+    /// still accepted for `keep_old_for`, so that clients can move over without an outage;
+    /// without it, it stops working at once on this process and within `LOOKUP_CACHE_TTL` on
+    /// every other (and so does any secret an earlier rotation kept). `None` if no account has
+    /// that access key id.
     pub async fn rotate_secret(
         &self,
         key: &AccessKeyId,
+        keep_old_for: Option<Duration>,
     ) -> Result<Option<NewCredentials>, StoreError> {
         let secret = SecretAccessKey::generate();
         let sealed = self.key.seal(secret.expose().as_bytes());
-        let rotated = self.store.replace_secret(key, sealed).await?;
+        let keep_until = keep_old_for.map(|grace| SystemClock.now().plus(grace));
+        let rotated = self.store.replace_secret(key, sealed, keep_until).await?;
         self.credentials.forget(key);
         Ok(rotated.map(|account| NewCredentials {
             account,
@@ -431,20 +451,30 @@ impl AccountService {
         let Some(account) = self.store.find_account_by_key(key).await? else {
             return Ok(None);
         };
-        let secret = self
-            .key
-            .open(&account.sealed_secret)
-            .and_then(|bytes| SecretAccessKey::from_bytes(&bytes))
-            .ok_or_else(|| {
-                StoreError::Corrupt(
-                    "an account secret does not open with this server key (was the key file replaced?)".into(),
-                )
-            })?;
+        let secret = self.open_secret(&account.sealed_secret)?;
+        let previous = match &account.previous_secret {
+            Some(previous) => Some((self.open_secret(&previous.sealed)?, previous.until)),
+            None => None,
+        };
         let found = Arc::new(Credentials {
             account: Arc::new(account),
             secret,
+            previous,
         });
         self.credentials.put(key.clone(), Arc::clone(&found));
         Ok(Some(found))
+    }
+
+    fn open_secret(&self, sealed: &[u8]) -> Result<SecretAccessKey, StoreError> {
+        self.key
+            .open(sealed)
+            .and_then(|bytes| SecretAccessKey::from_bytes(&bytes))
+            .ok_or_else(|| {
+                StoreError::Corrupt(
+                    "an account secret does not open with this server key (was the key file \
+                     replaced?)"
+                        .into(),
+                )
+            })
     }
 }

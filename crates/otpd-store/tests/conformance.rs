@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::connect_raw;
 use otpd_core::Clock;
-use otpd_core::account::{Application, Name, NewAccount};
+use otpd_core::account::{Application, Name, NewAccount, PreviousSecret};
 use otpd_core::clock::ManualClock;
 use otpd_core::outbox::{
     AttemptOutcome, MessageId, MessageState, MessageText, NewOutboxMessage, OutboxBacklog,
@@ -861,25 +861,50 @@ async fn accounts_and_applications(backend: Backend) {
             .is_none()
     );
 
+    let before = h
+        .store
+        .find_account_by_key(&h.access_key)
+        .await
+        .expect("find")
+        .expect("exists");
+    let until = Timestamp(4_000_000_000_000);
     let rotated = h
         .store
-        .replace_secret(&h.access_key, vec![9, 9, 9])
+        .replace_secret(&h.access_key, vec![9, 9, 9], Some(until))
         .await
         .expect("replace")
         .expect("exists");
     assert_eq!(rotated.sealed_secret, vec![9, 9, 9]);
-    assert_eq!(rotated.credits, Some(5), "only the secret changes");
+    assert_eq!(rotated.credits, Some(5), "only the secrets change");
+    assert_eq!(
+        rotated.previous_secret,
+        Some(PreviousSecret {
+            sealed: before.sealed_secret,
+            until
+        }),
+        "the replaced secret is kept"
+    );
     assert_eq!(
         h.store
             .find_account_by_key(&h.access_key)
             .await
-            .expect("find")
-            .map(|account| account.sealed_secret),
-        Some(vec![9, 9, 9])
+            .expect("find"),
+        Some(rotated)
+    );
+    let again = h
+        .store
+        .replace_secret(&h.access_key, vec![7], None)
+        .await
+        .expect("replace")
+        .expect("exists");
+    assert_eq!(again.sealed_secret, vec![7]);
+    assert_eq!(
+        again.previous_secret, None,
+        "no grace drops every old secret"
     );
     assert!(
         h.store
-            .replace_secret(&AccessKeyId::generate(), vec![1])
+            .replace_secret(&AccessKeyId::generate(), vec![1], None)
             .await
             .expect("replace")
             .is_none()

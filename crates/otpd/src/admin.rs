@@ -1,13 +1,14 @@
 //! The admin commands: accounts, applications and credit, printing JSON on stdout.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use otpd_core::account::{Account, Application, Name};
 use otpd_core::outbox::MessageId;
 use otpd_core::ports::{Store, StoreError};
 use otpd_core::service::{AccountService, NewCredentials};
 use otpd_core::sms::Sender;
-use otpd_core::{AccessKeyId, ApplicationId, SystemClock};
+use otpd_core::{AccessKeyId, ApplicationId, Clock, SystemClock};
 use serde_json::{Value, json};
 
 use crate::CommandError;
@@ -61,6 +62,12 @@ fn account_json(account: &Account) -> Value {
         "credits": account.credits,
         "default_sender": account.default_sender,
         "created_at": account.created_at.millis(),
+        // While a rotation's old secret is still accepted.
+        "previous_secret_valid_until": account
+            .previous_secret
+            .as_ref()
+            .filter(|previous| previous.until > SystemClock.now())
+            .map(|previous| previous.until.millis()),
     })
 }
 
@@ -117,11 +124,16 @@ pub async fn accounts(
                 let accounts = store.list_accounts().await.map_err(failed)?;
                 print(&Value::Array(accounts.iter().map(account_json).collect()));
             }
-            AccountsCommand::RotateSecret { access_key_id } => {
+            AccountsCommand::RotateSecret {
+                access_key_id,
+                keep_old_minutes,
+            } => {
                 let key = access_key(&access_key_id)?;
                 let server_key = config::server_key(global)?;
+                let keep_old_for =
+                    keep_old_minutes.map(|minutes| Duration::from_secs(u64::from(minutes) * 60));
                 let rotated = AccountService::new(store.clone(), Arc::new(server_key))
-                    .rotate_secret(&key)
+                    .rotate_secret(&key, keep_old_for)
                     .await
                     .map_err(failed)?
                     .ok_or_else(|| {

@@ -165,9 +165,15 @@ pub enum AccountsCommand {
     /// List accounts as JSON (never their secrets).
     List,
     /// Give an account a new secret access key in place of the old one; prints it as JSON
-    /// (shown only once). The access key id, applications and codes stay; the old secret stops
-    /// working within two seconds on every node.
-    RotateSecret { access_key_id: String },
+    /// (shown only once). The access key id, applications and codes stay.
+    RotateSecret {
+        access_key_id: String,
+        /// Minutes the old secret is still accepted beside the new one, so that clients can
+        /// move over without an outage (at most a week). Without it, the old secret, and any an
+        /// earlier rotation kept, stop working within two seconds on every node.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=7 * 24 * 60))]
+        keep_old_minutes: Option<u32>,
+    },
     /// Delete an account with its applications and verifications.
     Delete { access_key_id: String },
 }

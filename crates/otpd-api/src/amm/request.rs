@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequest, Request};
 use http::header::AUTHORIZATION;
-use otpd_core::AccessKeyId;
 use otpd_core::account::Account;
+use otpd_core::ids::SecretAccessKey;
+use otpd_core::{AccessKeyId, Clock, SystemClock};
 use subtle::ConstantTimeEq;
 
 use super::error::AmmError;
@@ -92,7 +93,9 @@ async fn authenticate(
             AmmError::Generic
         })?
         .ok_or(AmmError::Unauthorized)?;
-    if bool::from(found.secret.expose().as_bytes().ct_eq(secret.as_bytes())) {
+    let matches =
+        |known: &SecretAccessKey| bool::from(known.expose().as_bytes().ct_eq(secret.as_bytes()));
+    if found.secrets_at(SystemClock.now()).any(matches) {
         Ok(Arc::clone(&found.account))
     } else {
         Err(AmmError::Unauthorized)

@@ -242,6 +242,7 @@ mod tests {
             credits: None,
             default_sender: default_sender.map(str::to_owned),
             created_at: Timestamp(0),
+            previous_secret: None,
         }
     }
 

@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use http::header::AUTHORIZATION;
 use otpd_core::account::Account;
+use otpd_core::{Clock, SystemClock};
 
 use super::error::PinpointError;
 use super::sigv4::{self, Authorization, SignatureError};
@@ -72,7 +73,7 @@ impl FromRequest<AppState> for Signed {
             &body,
             &authorization,
             stamp,
-            &found.secret,
+            found.secrets_at(SystemClock.now()),
             &state.signing_keys,
         )?;
         Ok(Self {

@@ -161,14 +161,15 @@ pub fn check_request_time<'a>(
     Ok(stamp)
 }
 
-/// Computes the signature the request should carry under `secret` and compares, in constant
-/// time. `stamp` is the request time [`check_request_time`] accepted.
-pub fn verify(
+/// Computes the signature the request should carry under each of `secrets` in turn (an
+/// account's secret, then one a rotation keeps for a while) and compares, in constant time,
+/// until one matches. `stamp` is the request time [`check_request_time`] accepted.
+pub fn verify<'s>(
     parts: &Parts,
     body: &[u8],
     authorization: &Authorization<'_>,
     stamp: &str,
-    secret: &SecretAccessKey,
+    secrets: impl IntoIterator<Item = &'s SecretAccessKey>,
     keys: &SigningKeys,
 ) -> Result<(), SignatureError> {
     let canonical = canonical::canonical_request(parts, body, &authorization.signed_headers)
@@ -182,22 +183,24 @@ pub fn verify(
         &mut string_to_sign,
         &Sha256::digest(canonical.as_bytes()).into(),
     );
-    let key = keys.key_for(
-        &authorization.access_key_id,
-        secret,
-        authorization.date,
-        authorization.region,
-    );
     let mut expected = String::with_capacity(64);
-    push_hex(
-        &mut expected,
-        &hmac_sha256(key.as_slice(), string_to_sign.as_bytes()),
-    );
-    if bool::from(expected.as_bytes().ct_eq(&authorization.signature)) {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
+    for secret in secrets {
+        let key = keys.key_for(
+            &authorization.access_key_id,
+            secret,
+            authorization.date,
+            authorization.region,
+        );
+        expected.clear();
+        push_hex(
+            &mut expected,
+            &hmac_sha256(key.as_slice(), string_to_sign.as_bytes()),
+        );
+        if bool::from(expected.as_bytes().ct_eq(&authorization.signature)) {
+            return Ok(());
+        }
     }
+    Err(SignatureError::Mismatch)
 }
 
 /// Appends the lowercase hex of a SHA-256 digest or HMAC. Through a buffer on the stack:
@@ -298,7 +301,7 @@ mod tests {
             body,
             &Authorization::parse(header)?,
             stamp,
-            &secret(),
+            [&secret()],
             keys,
         )
     }
@@ -383,7 +386,37 @@ mod tests {
         let stamp = parts.headers["x-amz-date"].to_str().expect("ascii");
         let wrong = SecretAccessKey::from_bytes(b"another-secret").expect("utf-8");
         assert_eq!(
-            verify(&parts, b"{}", &authorization, stamp, &wrong, &keys),
+            verify(&parts, b"{}", &authorization, stamp, [&wrong], &keys),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn any_of_the_accepted_secrets_verifies() {
+        let parts = signed_by_the_sdk("POST", "/v1/apps/abc/otp", &[("host", "otpd.test")], b"{}");
+        let header = parts.headers["authorization"].to_str().expect("ascii");
+        let authorization = Authorization::parse(header).expect("parses");
+        let stamp = parts.headers["x-amz-date"].to_str().expect("ascii");
+        let keys = SigningKeys::default();
+        let new = SecretAccessKey::from_bytes(b"the-new-secret").expect("utf-8");
+        // Signed with the secret a rotation replaced, which is still accepted second.
+        assert_eq!(
+            verify(
+                &parts,
+                b"{}",
+                &authorization,
+                stamp,
+                [&new, &secret()],
+                &keys
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&parts, b"{}", &authorization, stamp, [&new], &keys),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(&parts, b"{}", &authorization, stamp, [], &keys),
             Err(SignatureError::Mismatch)
         );
     }

@@ -43,6 +43,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         10,
         include_str!("../../migrations/postgres/0010_messages_without_foreign_key.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/postgres/0011_previous_secret.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.

@@ -207,11 +207,12 @@ impl Store for PgStore {
         &self,
         key: &AccessKeyId,
         sealed_secret: Vec<u8>,
+        keep_previous_until: Option<Timestamp>,
     ) -> Result<Option<Account>, StoreError> {
         let key = key.clone();
         Ok(self
             .with_client(move |client, _| async move {
-                queries::replace_secret(&client, &key, &sealed_secret).await
+                queries::replace_secret(&client, &key, &sealed_secret, keep_previous_until).await
             })
             .await?)
     }

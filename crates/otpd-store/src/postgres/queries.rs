@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Object};
-use otpd_core::account::{Account, Application, NewAccount};
+use otpd_core::account::{Account, Application, NewAccount, PreviousSecret};
 use otpd_core::outbox::{
     AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, NewOutboxMessage,
     OutboxBacklog, OutboxMessage, Receipt,
@@ -57,10 +57,15 @@ fn optional_time(row: &Row, index: usize) -> Result<Option<Timestamp>, Failure> 
     Ok(row.try_get::<_, Option<i64>>(index)?.map(Timestamp))
 }
 
-const ACCOUNT_COLUMNS: &str =
+/// The columns an account is inserted with; it is read back with the previous secret's too.
+const NEW_ACCOUNT_COLUMNS: &str =
     "id, name, access_key_id, sealed_secret, credits, default_sender, created_at";
+const ACCOUNT_COLUMNS: &str = "id, name, access_key_id, sealed_secret, credits, default_sender, \
+     created_at, previous_sealed_secret, previous_secret_until";
 
 fn account_from_row(row: &Row) -> Result<Account, Failure> {
+    let previous_sealed: Option<Vec<u8>> = row.try_get(7)?;
+    let previous_until = optional_time(row, 8)?;
     Ok(Account {
         id: parsed(row, 0, AccountId::parse)?,
         name: row.try_get(1)?,
@@ -69,6 +74,9 @@ fn account_from_row(row: &Row) -> Result<Account, Failure> {
         credits: row.try_get(4)?,
         default_sender: row.try_get(5)?,
         created_at: Timestamp(row.try_get(6)?),
+        previous_secret: previous_sealed
+            .zip(previous_until)
+            .map(|(sealed, until)| PreviousSecret { sealed, until }),
     })
 }
 
@@ -79,7 +87,7 @@ pub(super) async fn insert_account(
 ) -> Result<Account, Failure> {
     let statement = client
         .prepare_cached(&format!(
-            "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES ($2, $3, $4, $5, $6, $7, {NOW})
+            "INSERT INTO accounts ({NEW_ACCOUNT_COLUMNS}) VALUES ($2, $3, $4, $5, $6, $7, {NOW})
              RETURNING {ACCOUNT_COLUMNS}"
         ))
         .await?;
@@ -175,15 +183,22 @@ pub(super) async fn replace_secret(
     client: &ClientWrapper,
     key: &AccessKeyId,
     sealed_secret: &[u8],
+    keep_previous_until: Option<Timestamp>,
 ) -> Result<Option<Account>, Failure> {
+    // The right-hand sides read the row as it was: the previous secret is the one replaced.
     let statement = client
         .prepare_cached(&format!(
-            "UPDATE accounts SET sealed_secret = $2 WHERE access_key_id = $1
+            "UPDATE accounts SET sealed_secret = $2,
+                 previous_sealed_secret = CASE WHEN $3::bigint IS NULL THEN NULL
+                                               ELSE sealed_secret END,
+                 previous_secret_until = $3
+             WHERE access_key_id = $1
              RETURNING {ACCOUNT_COLUMNS}"
         ))
         .await?;
+    let until = keep_previous_until.map(Timestamp::millis);
     let row = client
-        .query_opt(&statement, &[&key.as_str(), &sealed_secret])
+        .query_opt(&statement, &[&key.as_str(), &sealed_secret, &until])
         .await?;
     row.as_ref().map(account_from_row).transpose()
 }

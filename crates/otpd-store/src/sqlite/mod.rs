@@ -71,6 +71,9 @@ fn migrations() -> Vec<M<'static>> {
         M::up(include_str!(
             "../../migrations/sqlite/0010_unique_message_id.sql"
         )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0011_previous_secret.sql"
+        )),
     ]
 }
 const READERS: usize = 2;
@@ -303,10 +306,13 @@ impl Store for SqliteStore {
         &self,
         key: &AccessKeyId,
         sealed_secret: Vec<u8>,
+        keep_previous_until: Option<Timestamp>,
     ) -> Result<Option<Account>, StoreError> {
         let key = key.clone();
         Ok(self
-            .write(move |connection, _| queries::replace_secret(connection, &key, &sealed_secret))
+            .write(move |connection, _| {
+                queries::replace_secret(connection, &key, &sealed_secret, keep_previous_until)
+            })
             .await?)
     }
 

@@ -1,7 +1,7 @@
 //! The SQL of the SQLite store, one function per operation. Each runs on the writer or a reader
 //! thread with the connection it is handed.
 
-use otpd_core::account::{Account, Application, NewAccount};
+use otpd_core::account::{Account, Application, NewAccount, PreviousSecret};
 use std::time::Duration;
 
 use otpd_core::outbox::{
@@ -22,10 +22,12 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::Failure;
 use super::digests::IndexDigests;
 
-const ACCOUNT_COLUMNS: &str =
-    "id, name, access_key_id, sealed_secret, credits, default_sender, created_at";
+const ACCOUNT_COLUMNS: &str = "id, name, access_key_id, sealed_secret, credits, default_sender, \
+     created_at, previous_sealed_secret, previous_secret_until";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
+    let previous_sealed: Option<Vec<u8>> = row.get(7)?;
+    let previous_until: Option<i64> = row.get(8)?;
     Ok(Account {
         id: parse_column(row, 0, AccountId::parse)?,
         name: row.get(1)?,
@@ -34,6 +36,12 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         credits: row.get(4)?,
         default_sender: row.get(5)?,
         created_at: Timestamp(row.get(6)?),
+        previous_secret: previous_sealed.zip(previous_until).map(|(sealed, until)| {
+            PreviousSecret {
+                sealed,
+                until: Timestamp(until),
+            }
+        }),
     })
 }
 
@@ -79,6 +87,7 @@ pub(super) fn insert_account(
         credits: account.credits,
         default_sender: account.default_sender.clone(),
         created_at: now,
+        previous_secret: None,
     })
 }
 
@@ -128,10 +137,19 @@ pub(super) fn replace_secret(
     connection: &Connection,
     key: &AccessKeyId,
     sealed_secret: &[u8],
+    keep_previous_until: Option<Timestamp>,
 ) -> Result<Option<Account>, Failure> {
+    // The right-hand sides read the row as it was: the previous secret is the one replaced.
     connection.execute(
-        "UPDATE accounts SET sealed_secret = ?2 WHERE access_key_id = ?1",
-        params![key.as_str(), sealed_secret],
+        "UPDATE accounts SET sealed_secret = ?2,
+             previous_sealed_secret = CASE WHEN ?3 IS NULL THEN NULL ELSE sealed_secret END,
+             previous_secret_until = ?3
+         WHERE access_key_id = ?1",
+        params![
+            key.as_str(),
+            sealed_secret,
+            keep_previous_until.map(Timestamp::millis)
+        ],
     )?;
     find_account_by_key(connection, key)
 }
