@@ -335,7 +335,8 @@ impl<K: std::hash::Hash + Eq + Clone, V> LookupCache<K, V> {
 /// replaced while that is still accepted.
 pub struct Credentials {
     pub account: Arc<Account>,
-    pub secret: SecretAccessKey,
+    /// Read through `secrets_at`, which also gives a rotation's previous secret.
+    secret: SecretAccessKey,
     previous: Option<(SecretAccessKey, Timestamp)>,
 }
 

@@ -29,7 +29,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -208,6 +208,11 @@ async fn tls_handshake(
         );
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
+        // Closing with the request still unread would reset the connection, and the client
+        // could lose the answer: read what it sends until it closes (within the handshake's
+        // time limit), keeping none of it.
+        let mut unread = [0u8; 1024];
+        while stream.read(&mut unread).await? > 0 {}
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "the client spoke plain HTTP to the HTTPS port",
