@@ -51,7 +51,11 @@ async fn account_by_key(store: &Arc<dyn Store>, text: &str) -> Result<Account, C
         .find_account_by_key(&key)
         .await
         .map_err(failed)?
-        .ok_or_else(|| CommandError::Usage(format!("no account has the access key id {text}")))
+        .ok_or_else(|| no_account(text))
+}
+
+fn no_account(access_key_id: &str) -> CommandError {
+    CommandError::Usage(format!("no account has the access key id {access_key_id}"))
 }
 
 fn account_json(account: &Account) -> Value {
@@ -136,19 +140,13 @@ pub async fn accounts(
                     .rotate_secret(&key, keep_old_for)
                     .await
                     .map_err(failed)?
-                    .ok_or_else(|| {
-                        CommandError::Usage(format!(
-                            "no account has the access key id {access_key_id}"
-                        ))
-                    })?;
+                    .ok_or_else(|| no_account(&access_key_id))?;
                 print(&credentials_json(&rotated));
             }
             AccountsCommand::Delete { access_key_id } => {
                 let key = access_key(&access_key_id)?;
                 if !store.delete_account(&key).await.map_err(failed)? {
-                    return Err(CommandError::Usage(format!(
-                        "no account has the access key id {access_key_id}"
-                    )));
+                    return Err(no_account(&access_key_id));
                 }
                 print(&json!({"deleted": access_key_id}));
             }
@@ -214,11 +212,7 @@ pub async fn credits(global: &GlobalOptions, command: CreditsCommand) -> Result<
                     .add_credits(&key, credits)
                     .await
                     .map_err(failed)?
-                    .ok_or_else(|| {
-                        CommandError::Usage(format!(
-                            "no account has the access key id {access_key_id}"
-                        ))
-                    })?;
+                    .ok_or_else(|| no_account(&access_key_id))?;
                 print(&account_json(&account));
             }
         }
