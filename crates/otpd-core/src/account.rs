@@ -45,6 +45,13 @@ pub struct PreviousSecret {
     pub until: Timestamp,
 }
 
+impl PreviousSecret {
+    /// Whether requests made with it are still accepted at `now`.
+    pub fn accepted_at(&self, now: Timestamp) -> bool {
+        now < self.until
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewAccount {
     pub id: AccountId,

@@ -71,7 +71,7 @@ impl DestinationCountries {
             Self::Any => true,
             Self::Only(countries) => destination
                 .country()
-                .is_some_and(|country| countries.iter().any(|allowed| allowed.0 == country)),
+                .is_some_and(|country| countries.contains(&Country(country))),
         }
     }
 }

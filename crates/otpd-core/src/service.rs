@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::account::{Account, Application, Name, NewAccount};
+use crate::account::{Account, Application, Name, NewAccount, PreviousSecret};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::{CodeLength, OtpCode};
 use crate::countries::DestinationCountries;
@@ -337,7 +337,7 @@ pub struct Credentials {
     pub account: Arc<Account>,
     /// Read through `secrets_at`, which also gives a rotation's previous secret.
     secret: SecretAccessKey,
-    previous: Option<(SecretAccessKey, Timestamp)>,
+    previous: Option<(SecretAccessKey, PreviousSecret)>,
 }
 
 impl Credentials {
@@ -347,7 +347,7 @@ impl Credentials {
         let previous = self
             .previous
             .as_ref()
-            .filter(|(_, until)| now < *until)
+            .filter(|(_, stored)| stored.accepted_at(now))
             .map(|(secret, _)| secret);
         std::iter::once(&self.secret).chain(previous)
     }
@@ -454,7 +454,7 @@ impl AccountService {
         };
         let secret = self.open_secret(&account.sealed_secret)?;
         let previous = match &account.previous_secret {
-            Some(previous) => Some((self.open_secret(&previous.sealed)?, previous.until)),
+            Some(previous) => Some((self.open_secret(&previous.sealed)?, previous.clone())),
             None => None,
         };
         let found = Arc::new(Credentials {

@@ -70,7 +70,7 @@ fn account_json(account: &Account) -> Value {
         "previous_secret_valid_until": account
             .previous_secret
             .as_ref()
-            .filter(|previous| previous.until > SystemClock.now())
+            .filter(|previous| previous.accepted_at(SystemClock.now()))
             .map(|previous| previous.until.millis()),
     })
 }

@@ -30,8 +30,7 @@ pub fn reloaded_on_hangup(
     cert_file: PathBuf,
     key_file: PathBuf,
 ) -> Result<CurrentAcceptor, TlsSetupError> {
-    let (current, _) = watch::channel(acceptor(&cert_file, &key_file)?);
-    let receiver = current.subscribe();
+    let (current, receiver) = watch::channel(acceptor(&cert_file, &key_file)?);
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -124,11 +123,16 @@ mod tests {
         assert!(acceptor.is_ok(), "{:?}", acceptor.err());
     }
 
+    /// Why serving with certificate file `cert` and key file `key` is refused.
+    fn refusal(cert: &str, key: &str) -> TlsSetupError {
+        acceptor(&fixture(cert), &fixture(key))
+            .err()
+            .expect("the pair is refused")
+    }
+
     #[test]
     fn a_missing_certificate_file_is_named() {
-        let error = acceptor(&fixture("missing.crt"), &fixture("localhost.key"))
-            .err()
-            .expect("no file");
+        let error = refusal("missing.crt", "localhost.key");
         assert!(matches!(error, TlsSetupError::Certificates { .. }));
         assert!(error.to_string().contains("missing.crt"), "{error}");
     }
@@ -136,9 +140,7 @@ mod tests {
     #[test]
     fn a_file_without_a_certificate_is_refused() {
         // The key file is PEM, but holds no certificate.
-        let error = acceptor(&fixture("localhost.key"), &fixture("localhost.key"))
-            .err()
-            .expect("no certificate");
+        let error = refusal("localhost.key", "localhost.key");
         assert!(
             matches!(error, TlsSetupError::NoCertificate { .. }),
             "{error}"
@@ -147,18 +149,14 @@ mod tests {
 
     #[test]
     fn a_file_without_a_key_is_refused() {
-        let error = acceptor(&fixture("localhost.crt"), &fixture("localhost.crt"))
-            .err()
-            .expect("no key");
+        let error = refusal("localhost.crt", "localhost.crt");
         assert!(matches!(error, TlsSetupError::Key { .. }), "{error}");
         assert!(error.to_string().contains("localhost.crt"), "{error}");
     }
 
     #[test]
     fn a_key_that_is_not_the_certificates_is_refused() {
-        let error = acceptor(&fixture("localhost.crt"), &fixture("other.key"))
-            .err()
-            .expect("mismatched");
+        let error = refusal("localhost.crt", "other.key");
         assert!(matches!(error, TlsSetupError::Rejected(_)), "{error}");
     }
 }
