@@ -12,6 +12,8 @@ pub mod health;
 pub mod metrics;
 pub mod observe;
 pub mod pinpoint;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
+use crate::countries::DestinationCountries;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId};
 
 /// A display name for an account or application: 1 to 64 characters, no control characters.
@@ -36,6 +37,57 @@ pub struct Account {
     pub created_at: Timestamp,
     /// The secret a rotation replaced, while it is still accepted beside the new one.
     pub previous_secret: Option<PreviousSecret>,
+    pub limits: AccountLimits,
+}
+
+/// What one account may send, within what the server allows every account. Credit caps what an
+/// account may spend in all; these cap how fast and where, so that a leaked key or an abused
+/// sign-up form (SMS pumping) costs at most an hour's limit in the account's own countries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountLimits {
+    /// SMS parts the account may send in each clock hour (UTC), counted by the store as it
+    /// debits credit; `None` for no limit.
+    pub sms_per_hour: Option<SmsPerHour>,
+    /// The countries its codes may be texted to, within the server's `--sms-countries`.
+    pub countries: DestinationCountries,
+}
+
+/// A positive number of SMS parts an hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SmsPerHour(u32);
+
+impl SmsPerHour {
+    /// More than any one SMSC link carries in an hour; a larger figure is a typo.
+    pub const MAX: u32 = 10_000_000;
+
+    pub fn new(parts: u32) -> Option<Self> {
+        (1..=Self::MAX).contains(&parts).then_some(Self(parts))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A change to an account's limits: each field left `None` stays as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitsChange {
+    /// `Some(None)` lifts the hourly limit.
+    pub sms_per_hour: Option<Option<SmsPerHour>>,
+    pub countries: Option<DestinationCountries>,
+}
+
+impl LimitsChange {
+    pub fn is_empty(&self) -> bool {
+        self.sms_per_hour.is_none() && self.countries.is_none()
+    }
+
+    pub fn applied_to(self, limits: &AccountLimits) -> AccountLimits {
+        AccountLimits {
+            sms_per_hour: self.sms_per_hour.unwrap_or(limits.sms_per_hour),
+            countries: self.countries.unwrap_or_else(|| limits.countries.clone()),
+        }
+    }
 }
 
 /// A replaced secret, sealed like the current one, and until when it is accepted.
@@ -60,6 +112,7 @@ pub struct NewAccount {
     pub sealed_secret: Vec<u8>,
     pub credits: Option<i64>,
     pub default_sender: Option<String>,
+    pub limits: AccountLimits,
 }
 
 /// A Pinpoint application ("project"), owned by one account.
@@ -89,6 +142,45 @@ impl Application {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_hourly_limit_is_positive_and_bounded() {
+        assert_eq!(SmsPerHour::new(0), None);
+        assert_eq!(SmsPerHour::new(1).map(SmsPerHour::get), Some(1));
+        assert!(SmsPerHour::new(SmsPerHour::MAX).is_some());
+        assert_eq!(SmsPerHour::new(SmsPerHour::MAX + 1), None);
+    }
+
+    #[test]
+    fn a_change_keeps_the_limits_it_does_not_name() {
+        let italy = DestinationCountries::parse_list("IT").expect("list");
+        let limits = AccountLimits {
+            sms_per_hour: SmsPerHour::new(50),
+            countries: italy.clone(),
+        };
+        let lift_hourly = LimitsChange {
+            sms_per_hour: Some(None),
+            countries: None,
+        };
+        assert!(!lift_hourly.is_empty());
+        assert_eq!(
+            lift_hourly.applied_to(&limits),
+            AccountLimits {
+                sms_per_hour: None,
+                countries: italy,
+            }
+        );
+        let any_country = LimitsChange {
+            sms_per_hour: None,
+            countries: Some(DestinationCountries::Any),
+        };
+        assert_eq!(
+            any_country.applied_to(&limits).sms_per_hour,
+            SmsPerHour::new(50)
+        );
+        assert!(LimitsChange::default().is_empty());
+        assert_eq!(LimitsChange::default().applied_to(&limits), limits);
+    }
 
     #[test]
     fn names() {

@@ -65,6 +65,15 @@ impl DestinationCountries {
         Ok(Self::Only(countries))
     }
 
+    /// The countries as a comma-separated list (`DE,IT`), as `parse_list` reads it back; `None`
+    /// for any country.
+    pub fn as_list(&self) -> Option<String> {
+        match self {
+            Self::Any => None,
+            Self::Only(_) => Some(self.to_string()),
+        }
+    }
+
     /// Whether a code may be texted to `destination`.
     pub fn permit(&self, destination: &E164) -> bool {
         match self {
@@ -100,6 +109,8 @@ mod tests {
     fn a_list_parses_in_any_case_and_spacing() {
         let list = DestinationCountries::parse_list(" it,DE , gb,it,").expect("list");
         assert_eq!(list.to_string(), "DE,GB,IT");
+        assert_eq!(list.as_list().as_deref(), Some("DE,GB,IT"));
+        assert_eq!(DestinationCountries::Any.as_list(), None);
     }
 
     #[test]

@@ -150,7 +150,9 @@ impl VerificationMetrics {
             Err(SendError::Rejected(SendRejected::TooManySends)) => "antispam",
             Err(SendError::Rejected(SendRejected::NoCredit)) => "no_credit",
             Err(SendError::Rejected(SendRejected::UnknownAccount)) => "unknown_account",
+            Err(SendError::Rejected(SendRejected::HourlyLimit)) => "account_hourly_limit",
             Err(SendError::CountryNotAllowed(_)) => "country_not_allowed",
+            Err(SendError::CountryNotAllowedForAccount(_)) => "account_country_not_allowed",
             Err(SendError::Compose(_)) => "bad_message",
             Err(SendError::Store(_)) => "store_error",
         };
@@ -230,14 +232,22 @@ mod tests {
             message_id: None,
             delivery: None,
         };
-        let cases: [(Result<SendReceipt, SendError>, &str); 7] = [
+        let cases: [(Result<SendReceipt, SendError>, &str); 9] = [
             (Ok(sandbox), "sandbox"),
             (Err(SendRejected::TooManySends.into()), "antispam"),
             (Err(SendRejected::NoCredit.into()), "no_credit"),
             (Err(SendRejected::UnknownAccount.into()), "unknown_account"),
             (
+                Err(SendRejected::HourlyLimit.into()),
+                "account_hourly_limit",
+            ),
+            (
                 Err(SendError::CountryNotAllowed(Some("DE"))),
                 "country_not_allowed",
+            ),
+            (
+                Err(SendError::CountryNotAllowedForAccount(Some("FR"))),
+                "account_country_not_allowed",
             ),
             (Err(ComposeError::TooLong.into()), "bad_message"),
             (

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::account::{Account, Application, NewAccount};
+use crate::account::{Account, AccountLimits, Application, NewAccount};
 use crate::clock::Timestamp;
 use crate::code::OtpCode;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
@@ -63,6 +63,13 @@ pub trait Store: Send + Sync + 'static {
         key: &AccessKeyId,
         sealed_secret: Vec<u8>,
         keep_previous_until: Option<Timestamp>,
+    ) -> Result<Option<Account>, StoreError>;
+    /// Replaces the account's limits and returns the account; `None` if no account has that
+    /// access key id. The SMS already counted in the current hour stay counted.
+    async fn set_account_limits(
+        &self,
+        key: &AccessKeyId,
+        limits: &AccountLimits,
     ) -> Result<Option<Account>, StoreError>;
     async fn create_application(&self, application: Application)
     -> Result<Application, StoreError>;

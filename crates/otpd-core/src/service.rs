@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::account::{Account, Application, Name, NewAccount, PreviousSecret};
+use crate::account::{Account, AccountLimits, Application, Name, NewAccount, PreviousSecret};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::{CodeLength, OtpCode};
 use crate::countries::DestinationCountries;
@@ -63,6 +63,8 @@ pub struct SendRequest {
     pub sandbox: bool,
     pub entity_id: Option<String>,
     pub template_id: Option<String>,
+    /// The countries the account's own limits let it text (`accounts limit --countries`).
+    pub account_countries: DestinationCountries,
 }
 
 /// What a successful send returns.
@@ -84,6 +86,9 @@ pub enum SendError {
     /// The destination's country is not among those sends may go to; nothing was stored.
     #[error("this server sends no SMS to numbers of {}", .0.unwrap_or("no known country"))]
     CountryNotAllowed(Option<&'static str>),
+    /// As `CountryNotAllowed`, by the account's own list rather than the server's.
+    #[error("this account sends no SMS to numbers of {}", .0.unwrap_or("no known country"))]
+    CountryNotAllowedForAccount(Option<&'static str>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -159,9 +164,15 @@ impl VerificationService {
             sandbox,
             entity_id,
             template_id,
+            account_countries,
         } = request;
         if !self.limits.destinations.permit(&key.destination) {
             return Err(SendError::CountryNotAllowed(key.destination.country()));
+        }
+        if !account_countries.permit(&key.destination) {
+            return Err(SendError::CountryNotAllowedForAccount(
+                key.destination.country(),
+            ));
         }
         let dialect = key.dialect;
         let sender = sender.to_string();
@@ -399,6 +410,7 @@ impl AccountService {
         name: Name,
         credits: Option<i64>,
         default_sender: Option<Sender>,
+        limits: AccountLimits,
     ) -> Result<NewCredentials, StoreError> {
         let secret = SecretAccessKey::generate();
         let account = self
@@ -410,6 +422,7 @@ impl AccountService {
                 sealed_secret: self.key.seal(secret.expose().as_bytes()),
                 credits,
                 default_sender: default_sender.map(|sender| sender.to_string()),
+                limits,
             })
             .await?;
         Ok(NewCredentials {

@@ -390,6 +390,8 @@ pub enum SendRejected {
     NoCredit,
     #[error("the account no longer exists")]
     UnknownAccount,
+    #[error("the account has sent its hourly limit of SMS")]
+    HourlyLimit,
 }
 
 /// What a cancel command found.

@@ -189,6 +189,7 @@ async fn committed_message(
             sealed_secret: vec![],
             credits: None,
             default_sender: None,
+            limits: Default::default(),
         })
         .await
         .expect("account");

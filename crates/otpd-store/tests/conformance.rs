@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use common::connect_raw;
 use otpd_core::Clock;
-use otpd_core::account::{Application, Name, NewAccount, PreviousSecret};
+use otpd_core::account::{
+    AccountLimits, Application, Name, NewAccount, PreviousSecret, SmsPerHour,
+};
 use otpd_core::clock::ManualClock;
+use otpd_core::countries::DestinationCountries;
 use otpd_core::outbox::{
     AttemptOutcome, MessageId, MessageState, MessageText, NewOutboxMessage, OutboxBacklog,
     OutboxMessage, Receipt,
@@ -158,6 +161,7 @@ async fn harness_with_credits(backend: Backend, credits: Option<i64>) -> Harness
             sealed_secret: vec![1, 2, 3],
             credits,
             default_sender: None,
+            limits: Default::default(),
         })
         .await
         .expect("create account");
@@ -591,6 +595,7 @@ async fn the_antispam_window_allows_ten_sends_per_hour(backend: Backend) {
             sealed_secret: vec![4, 5, 6],
             credits: None,
             default_sender: None,
+            limits: Default::default(),
         })
         .await
         .expect("create the other account");
@@ -811,6 +816,7 @@ async fn accounts_and_applications(backend: Backend) {
             sealed_secret: vec![],
             credits: None,
             default_sender: None,
+            limits: Default::default(),
         })
         .await;
     assert!(matches!(duplicate, Err(StoreError::Duplicate)));
@@ -1812,6 +1818,183 @@ async fn codes_verify_whatever_their_digest_is_bound_to(backend: Backend) {
 }
 
 /// Runs every test above once per backend: `sqlite::name` and `postgres::name`.
+impl Harness {
+    /// Gives the harness's account an hourly limit of `parts` SMS parts.
+    async fn limit_per_hour(&self, parts: u32) {
+        let limits = AccountLimits {
+            sms_per_hour: SmsPerHour::new(parts),
+            ..AccountLimits::default()
+        };
+        self.store
+            .set_account_limits(&self.access_key, &limits)
+            .await
+            .expect("set limits")
+            .expect("the account exists");
+    }
+
+    async fn find_account_by_key(&self, key: &AccessKeyId) -> otpd_core::account::Account {
+        self.store
+            .find_account_by_key(key)
+            .await
+            .expect("find")
+            .expect("exists")
+    }
+}
+
+fn charging(parts: u32) -> SendGuards {
+    SendGuards {
+        charge: parts,
+        ..UNLIMITED
+    }
+}
+
+/// START is 13 min 20 s into its hour.
+const REST_OF_START_HOUR: Duration = Duration::from_millis(2_800_000);
+
+async fn the_hourly_limit_counts_parts_in_each_clock_hour(backend: Backend) {
+    for credits in [None, Some(100)] {
+        let h = harness_with_credits(backend, credits).await;
+        h.limit_per_hour(5).await;
+        for destination in ["+393481234501", "+393481234502"] {
+            h.send(h.key_for(destination), 3, charging(2))
+                .await
+                .expect("within the hour's limit");
+        }
+        let (refused, _) = h.new_verification(h.key_for("+393481234503"), 3, None);
+        let refused_id = refused.id.clone();
+        let outcome = h.store.create_verification(refused, charging(2)).await;
+        assert!(
+            matches!(
+                outcome,
+                Err(CreateError::Rejected(SendRejected::HourlyLimit))
+            ),
+            "credits {credits:?}: {outcome:?}"
+        );
+        assert!(
+            !h.is_stored(&refused_id).await,
+            "a refused send keeps nothing"
+        );
+        assert_eq!(
+            h.credits().await,
+            credits.map(|c| c - 4),
+            "a refused send is not charged"
+        );
+        h.send(h.key_for("+393481234504"), 3, charging(1))
+            .await
+            .expect("the hour's last part");
+        h.send(h.key_for("+393481234505"), 3, charging(0))
+            .await
+            .expect("a sandbox send costs nothing and is not counted");
+        // The next clock hour starts a new count, whenever in the hour the last send was.
+        h.clock
+            .advance(REST_OF_START_HOUR - Duration::from_millis(1));
+        let last_moment = h.send(h.key_for("+393481234506"), 3, charging(1)).await;
+        assert!(
+            matches!(
+                last_moment,
+                Err(CreateError::Rejected(SendRejected::HourlyLimit))
+            ),
+            "{last_moment:?}"
+        );
+        h.clock.advance(Duration::from_millis(1));
+        for destination in ["+393481234507", "+393481234508"] {
+            h.send(h.key_for(destination), 3, charging(2))
+                .await
+                .expect("a new hour");
+        }
+        assert_eq!(h.credits().await, credits.map(|c| c - 9));
+    }
+}
+
+/// Credit is judged first: a send the credit does not cover is `NoCredit` even when the hour's
+/// limit is reached too.
+async fn credit_is_judged_before_the_hourly_limit(backend: Backend) {
+    let h = harness_with_credits(backend, Some(1)).await;
+    h.limit_per_hour(1).await;
+    let refused = h.send(h.key_for("+393481234567"), 3, charging(2)).await;
+    assert!(matches!(
+        refused,
+        Err(CreateError::Rejected(SendRejected::NoCredit))
+    ));
+}
+
+async fn parallel_sends_never_pass_the_hourly_limit(backend: Backend) {
+    let h = harness(backend).await;
+    h.limit_per_hour(25).await;
+    let sends = (0..60).map(|i| {
+        let store = h.store.clone();
+        let (verification, _) =
+            h.new_verification(h.key_for(&format!("+3934812345{:02}", i)), 3, None);
+        tokio::spawn(async move { store.create_verification(verification, UNLIMITED).await })
+    });
+    let mut accepted = 0;
+    for send in sends.collect::<Vec<_>>() {
+        match send.await.expect("join") {
+            Ok(()) => accepted += 1,
+            Err(CreateError::Rejected(SendRejected::HourlyLimit)) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted, 25);
+}
+
+async fn account_limits_are_stored_and_changed(backend: Backend) {
+    let h = harness(backend).await;
+    let limits = AccountLimits {
+        sms_per_hour: SmsPerHour::new(120),
+        countries: DestinationCountries::parse_list("IT,DE").expect("list"),
+    };
+    let access_key = AccessKeyId::generate();
+    let created = h
+        .store
+        .create_account(NewAccount {
+            id: AccountId::generate(),
+            name: Name::parse("limited").expect("name"),
+            access_key_id: access_key.clone(),
+            sealed_secret: vec![1],
+            credits: None,
+            default_sender: None,
+            limits: limits.clone(),
+        })
+        .await
+        .expect("create");
+    assert_eq!(created.limits, limits);
+    let found = h
+        .store
+        .find_account_by_key(&access_key)
+        .await
+        .expect("find");
+    assert_eq!(found.map(|account| account.limits), Some(limits.clone()));
+    assert_eq!(
+        h.find_account_by_key(&h.access_key).await.limits,
+        AccountLimits::default(),
+        "an account created without limits has none"
+    );
+
+    let lifted = h
+        .store
+        .set_account_limits(&access_key, &AccountLimits::default())
+        .await
+        .expect("set")
+        .expect("exists");
+    assert_eq!(lifted.limits, AccountLimits::default());
+    assert_eq!(lifted.name, "limited", "the rest of the account stays");
+    let listed = h.store.list_accounts().await.expect("list");
+    assert!(
+        listed
+            .iter()
+            .all(|account| account.limits == AccountLimits::default())
+    );
+    assert!(
+        h.store
+            .set_account_limits(&AccessKeyId::generate(), &limits)
+            .await
+            .expect("set")
+            .is_none(),
+        "an unknown access key id changes nothing"
+    );
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -1871,4 +2054,8 @@ on_every_backend!(
     retention_purges_old_verifications_in_batches,
     checks_follow_the_state_machine_in_every_state,
     codes_verify_whatever_their_digest_is_bound_to,
+    the_hourly_limit_counts_parts_in_each_clock_hour,
+    credit_is_judged_before_the_hourly_limit,
+    parallel_sends_never_pass_the_hourly_limit,
+    account_limits_are_stored_and_changed,
 );

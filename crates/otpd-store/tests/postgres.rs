@@ -58,6 +58,7 @@ async fn create_account(store: &PgStore) -> AccountId {
             sealed_secret: vec![1],
             credits: None,
             default_sender: None,
+            limits: Default::default(),
         })
         .await
         .expect("account");
@@ -182,7 +183,7 @@ async fn nodes_starting_together_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        (1..=11).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>(),
         "each migration ran once"
     );
 
@@ -433,6 +434,7 @@ async fn two_nodes_sending_for_one_account_never_deadlock() {
             sealed_secret: vec![1],
             credits: Some(1_000),
             default_sender: None,
+            limits: Default::default(),
         })
         .await
         .expect("account");

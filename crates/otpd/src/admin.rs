@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use otpd_core::account::{Account, Application, Name};
+use otpd_core::account::{Account, Application, Name, SmsPerHour};
+use otpd_core::countries::{Country, DestinationCountries};
 use otpd_core::outbox::MessageId;
 use otpd_core::ports::{Store, StoreError};
 use otpd_core::service::{AccountService, NewCredentials};
@@ -65,6 +66,14 @@ fn account_json(account: &Account) -> Value {
         "access_key_id": account.access_key_id.as_str(),
         "credits": account.credits,
         "default_sender": account.default_sender,
+        "max_sms_per_hour": account.limits.sms_per_hour.map(SmsPerHour::get),
+        // `null` for any country.
+        "countries": match &account.limits.countries {
+            DestinationCountries::Any => None,
+            DestinationCountries::Only(countries) => {
+                Some(countries.iter().map(Country::as_str).collect::<Vec<_>>())
+            }
+        },
         "created_at": account.created_at.millis(),
         // While a rotation's old secret is still accepted.
         "previous_secret_valid_until": account
@@ -101,6 +110,7 @@ pub async fn accounts(
                 name,
                 credits,
                 sender,
+                limits,
             } => {
                 let name = Name::parse(&name).ok_or_else(|| {
                     CommandError::Usage("an account name is 1 to 64 characters".into())
@@ -119,7 +129,12 @@ pub async fn accounts(
                     .transpose()?;
                 let key = config::server_key(global)?;
                 let created = AccountService::new(store.clone(), Arc::new(key))
-                    .create_account(name, credits, sender)
+                    .create_account(
+                        name,
+                        credits,
+                        sender,
+                        limits.change().applied_to(&Default::default()),
+                    )
                     .await
                     .map_err(failed)?;
                 print(&credentials_json(&created));
@@ -142,6 +157,25 @@ pub async fn accounts(
                     .map_err(failed)?
                     .ok_or_else(|| no_account(&access_key_id))?;
                 print(&credentials_json(&rotated));
+            }
+            AccountsCommand::Limit {
+                access_key_id,
+                limits,
+            } => {
+                let change = limits.change();
+                if change.is_empty() {
+                    return Err(CommandError::Usage(
+                        "name a limit to change: --max-sms-per-hour or --countries".into(),
+                    ));
+                }
+                let account = account_by_key(store, &access_key_id).await?;
+                let limits = change.applied_to(&account.limits);
+                let changed = store
+                    .set_account_limits(&account.access_key_id, &limits)
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(|| no_account(&access_key_id))?;
+                print(&account_json(&changed));
             }
             AccountsCommand::Delete { access_key_id } => {
                 let key = access_key(&access_key_id)?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use otpd_core::account::{LimitsChange, SmsPerHour};
 use otpd_core::countries::DestinationCountries;
 use otpd_sms::DispatchSettings;
 
@@ -161,9 +162,18 @@ pub enum AccountsCommand {
         /// The sender used when a request names none (amm `from`).
         #[arg(long)]
         sender: Option<String>,
+        #[command(flatten)]
+        limits: LimitOptions,
     },
     /// List accounts as JSON (never their secrets).
     List,
+    /// Change an account's own limits; prints the account as JSON. Options left out stay as
+    /// they are.
+    Limit {
+        access_key_id: String,
+        #[command(flatten)]
+        limits: LimitOptions,
+    },
     /// Give an account a new secret access key in place of the old one; prints it as JSON
     /// (shown only once). The access key id, applications and codes stay.
     RotateSecret {
@@ -176,6 +186,57 @@ pub enum AccountsCommand {
     },
     /// Delete an account with its applications and verifications.
     Delete { access_key_id: String },
+}
+
+/// An account's own limits, within the server's. Each is left as it is (or, for a new
+/// account, unlimited) when not given.
+#[derive(Debug, Args)]
+pub struct LimitOptions {
+    /// SMS parts the account may send in each clock hour (UTC), or `none`: a cap on what an
+    /// abused sign-up form or a leaked key can spend before someone looks.
+    #[arg(long, value_name = "N|none", value_parser = sms_per_hour)]
+    pub max_sms_per_hour: Option<HourlyLimit>,
+    /// The countries the account's codes may be texted to, as ISO 3166 codes (`IT,DE`), or
+    /// `any`; never wider than the server's `--sms-countries`.
+    #[arg(long, value_name = "LIST|any", value_parser = countries)]
+    pub countries: Option<Countries>,
+}
+
+impl LimitOptions {
+    pub fn change(self) -> LimitsChange {
+        LimitsChange {
+            sms_per_hour: self.max_sms_per_hour.map(|limit| limit.0),
+            countries: self.countries.map(|countries| countries.0),
+        }
+    }
+}
+
+/// `--max-sms-per-hour`: a limit, or `None` for none.
+#[derive(Debug, Clone, Copy)]
+pub struct HourlyLimit(Option<SmsPerHour>);
+
+/// `--countries`: a list, or any country.
+#[derive(Debug, Clone)]
+pub struct Countries(DestinationCountries);
+
+fn sms_per_hour(text: &str) -> Result<HourlyLimit, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(HourlyLimit(None));
+    }
+    text.parse()
+        .ok()
+        .and_then(SmsPerHour::new)
+        .map(|limit| HourlyLimit(Some(limit)))
+        .ok_or_else(|| format!("use a number from 1 to {} or none", SmsPerHour::MAX))
+}
+
+fn countries(text: &str) -> Result<Countries, String> {
+    if text.trim().eq_ignore_ascii_case("any") {
+        return Ok(Countries(DestinationCountries::Any));
+    }
+    DestinationCountries::parse_list(text)
+        .map(Countries)
+        .map_err(|error| error.to_string())
 }
 
 #[derive(Debug, Subcommand)]

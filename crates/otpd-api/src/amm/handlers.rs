@@ -32,8 +32,12 @@ pub async fn send(
         .map_err(|error| match error {
             SendError::Rejected(SendRejected::TooManySends) => AmmError::Antispam,
             SendError::Rejected(SendRejected::NoCredit) => AmmError::NoCredit,
+            // The provider's code for sending too much; its API has no account-wide one.
+            SendError::Rejected(SendRejected::HourlyLimit) => AmmError::Antispam,
             // The provider's code for a recipient that cannot be texted.
-            SendError::CountryNotAllowed(_) => AmmError::BadTo,
+            SendError::CountryNotAllowed(_) | SendError::CountryNotAllowedForAccount(_) => {
+                AmmError::BadTo
+            }
             SendError::Compose(ComposeError::BadPlaceholder) => AmmError::BadTextPlaceholder,
             SendError::Compose(_) => AmmError::BadText,
             other => internal(other),

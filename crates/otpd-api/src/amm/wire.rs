@@ -89,6 +89,7 @@ pub fn send_request(params: &Params, account: &Account) -> Result<SendRequest, A
         sandbox,
         entity_id: None,
         template_id: None,
+        account_countries: account.limits.countries.clone(),
     })
 }
 
@@ -230,21 +231,7 @@ impl From<CheckRecord> for SearchCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otpd_core::clock::Timestamp;
-    use otpd_core::{AccessKeyId, AccountId};
-
-    fn account(default_sender: Option<&str>) -> Account {
-        Account {
-            id: AccountId::generate(),
-            name: "a".into(),
-            access_key_id: AccessKeyId::generate(),
-            sealed_secret: vec![],
-            credits: None,
-            default_sender: default_sender.map(str::to_owned),
-            created_at: Timestamp(0),
-            previous_secret: None,
-        }
-    }
+    use crate::test_support::account;
 
     fn send(query: &str) -> Result<SendRequest, AmmError> {
         send_request(&Params::parse(query.as_bytes(), None), &account(None))

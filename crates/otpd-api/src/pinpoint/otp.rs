@@ -26,7 +26,7 @@ pub async fn send(
     let application = owned_application(&state, &signed.account, path).await?;
     let parameters: SendOtpParameters = wire::parse_json(&signed.body)?;
     let destination_key = parameters.destination_identity.clone().unwrap_or_default();
-    let request = wire::send_request(parameters, &signed.account.id, &application.id)?;
+    let request = wire::send_request(parameters, &signed.account, &application.id)?;
     let destination = request.key.destination.clone();
     let receipt = state
         .service
@@ -39,8 +39,15 @@ pub async fn send(
             SendError::Rejected(SendRejected::NoCredit) => {
                 PinpointError::Forbidden("The account's credit does not cover this message".into())
             }
+            SendError::Rejected(SendRejected::HourlyLimit) => PinpointError::TooManyRequests(
+                "The account has sent its SMS limit for this hour; try again after the hour".into(),
+            ),
             SendError::CountryNotAllowed(country) => PinpointError::BadRequest(format!(
                 "DestinationIdentity is in a country this server sends no SMS to ({})",
+                country.unwrap_or("unknown")
+            )),
+            SendError::CountryNotAllowedForAccount(country) => PinpointError::BadRequest(format!(
+                "DestinationIdentity is in a country this account may not send SMS to ({})",
                 country.unwrap_or("unknown")
             )),
             SendError::Compose(error) => PinpointError::BadRequest(error.to_string()),

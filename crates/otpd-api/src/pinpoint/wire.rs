@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use otpd_core::account::Application;
+use otpd_core::account::{Account, Application};
 use otpd_core::iso8601::iso8601;
 use otpd_core::outbox::MessageId;
 use otpd_core::ports::DeliveryReport;
@@ -106,7 +106,7 @@ pub fn verification_key(
 /// Applies every rule of RULES.md A to a send.
 pub fn send_request(
     parameters: SendOtpParameters,
-    account_id: &AccountId,
+    account: &Account,
     application: &ApplicationId,
 ) -> Result<SendRequest, PinpointError> {
     let channel = required(parameters.channel, "Channel")?;
@@ -151,7 +151,7 @@ pub fn send_request(
         }
     };
     Ok(SendRequest {
-        key: verification_key(account_id, application, &reference, destination),
+        key: verification_key(&account.id, application, &reference, destination),
         sender,
         body: MessageBody::Template { language, brand },
         code_length: CodeLength::new(code_length)
@@ -163,6 +163,7 @@ pub fn send_request(
         sandbox: false,
         entity_id: registration_id(parameters.entity_id, "EntityId")?,
         template_id: registration_id(parameters.template_id, "TemplateId")?,
+        account_countries: account.limits.countries.clone(),
     })
 }
 
@@ -256,6 +257,7 @@ pub struct ApplicationsResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::account;
 
     fn valid() -> SendOtpParameters {
         SendOtpParameters {
@@ -268,11 +270,7 @@ mod tests {
     }
 
     fn send(parameters: SendOtpParameters) -> Result<SendRequest, PinpointError> {
-        send_request(
-            parameters,
-            &AccountId::generate(),
-            &ApplicationId::generate(),
-        )
+        send_request(parameters, &account(None), &ApplicationId::generate())
     }
 
     fn message(result: Result<SendRequest, PinpointError>) -> String {
@@ -592,7 +590,7 @@ mod tests {
             #[test]
             fn any_send_body_is_refused_or_valid(body in any_body()) {
                 let parsed = parse_json::<SendOtpParameters>(&body)
-                    .and_then(|parameters| send_request(parameters, &AccountId::generate(), &ApplicationId::generate()));
+                    .and_then(|parameters| send_request(parameters, &account(None), &ApplicationId::generate()));
                 match parsed {
                     Ok(request) => {
                         prop_assert!((5..=8).contains(&request.code_length.digits()));

@@ -47,6 +47,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         11,
         include_str!("../../migrations/postgres/0011_previous_secret.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/postgres/0012_account_limits.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use otpd_core::account::{Account, Application, NewAccount};
+use otpd_core::account::{Account, AccountLimits, Application, NewAccount};
 use otpd_core::outbox::{
     AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt,
 };
@@ -213,6 +213,20 @@ impl Store for PgStore {
         Ok(self
             .with_client(move |client, _| async move {
                 queries::replace_secret(&client, &key, &sealed_secret, keep_previous_until).await
+            })
+            .await?)
+    }
+
+    async fn set_account_limits(
+        &self,
+        key: &AccessKeyId,
+        limits: &AccountLimits,
+    ) -> Result<Option<Account>, StoreError> {
+        let key = key.clone();
+        let limits = limits.clone();
+        Ok(self
+            .with_client(move |client, _| async move {
+                queries::set_account_limits(&client, &key, &limits).await
             })
             .await?)
     }

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Object};
-use otpd_core::account::{Account, Application, NewAccount, PreviousSecret};
+use otpd_core::account::{
+    Account, AccountLimits, Application, NewAccount, PreviousSecret, SmsPerHour,
+};
+use otpd_core::countries::DestinationCountries;
 use otpd_core::outbox::{
     AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, NewOutboxMessage,
     OutboxBacklog, OutboxMessage, Receipt,
@@ -58,10 +61,37 @@ fn optional_time(row: &Row, index: usize) -> Result<Option<Timestamp>, Failure> 
 }
 
 /// The columns an account is inserted with; it is read back with the previous secret's too.
-const NEW_ACCOUNT_COLUMNS: &str =
-    "id, name, access_key_id, sealed_secret, credits, default_sender, created_at";
+const NEW_ACCOUNT_COLUMNS: &str = "id, name, access_key_id, sealed_secret, credits, \
+     default_sender, sms_per_hour, countries, created_at";
 const ACCOUNT_COLUMNS: &str = "id, name, access_key_id, sealed_secret, credits, default_sender, \
-     created_at, previous_sealed_secret, previous_secret_until";
+     created_at, previous_sealed_secret, previous_secret_until, sms_per_hour, countries";
+
+fn limits_from_row(row: &Row, first: usize) -> Result<AccountLimits, Failure> {
+    let sms_per_hour = match row.try_get::<_, Option<i32>>(first)? {
+        Some(parts) => Some(
+            u32::try_from(parts)
+                .ok()
+                .and_then(SmsPerHour::new)
+                .ok_or_else(|| malformed(first))?,
+        ),
+        None => None,
+    };
+    let countries = match row.try_get::<_, Option<&str>>(first + 1)? {
+        Some(list) => DestinationCountries::parse_list(list).map_err(|_| malformed(first + 1))?,
+        None => DestinationCountries::Any,
+    };
+    Ok(AccountLimits {
+        sms_per_hour,
+        countries,
+    })
+}
+
+/// An hourly limit as its `integer` column holds it.
+fn sms_per_hour_column(limits: &AccountLimits) -> Option<i32> {
+    limits
+        .sms_per_hour
+        .and_then(|limit| i32::try_from(limit.get()).ok())
+}
 
 fn account_from_row(row: &Row) -> Result<Account, Failure> {
     let previous_sealed: Option<Vec<u8>> = row.try_get(7)?;
@@ -77,6 +107,7 @@ fn account_from_row(row: &Row) -> Result<Account, Failure> {
         previous_secret: previous_sealed
             .zip(previous_until)
             .map(|(sealed, until)| PreviousSecret { sealed, until }),
+        limits: limits_from_row(row, 9)?,
     })
 }
 
@@ -87,7 +118,8 @@ pub(super) async fn insert_account(
 ) -> Result<Account, Failure> {
     let statement = client
         .prepare_cached(&format!(
-            "INSERT INTO accounts ({NEW_ACCOUNT_COLUMNS}) VALUES ($2, $3, $4, $5, $6, $7, {NOW})
+            "INSERT INTO accounts ({NEW_ACCOUNT_COLUMNS})
+             VALUES ($2, $3, $4, $5, $6, $7, $8, $9, {NOW})
              RETURNING {ACCOUNT_COLUMNS}"
         ))
         .await?;
@@ -102,6 +134,8 @@ pub(super) async fn insert_account(
                 &account.sealed_secret,
                 &account.credits,
                 &account.default_sender,
+                &sms_per_hour_column(&account.limits),
+                &account.limits.countries.as_list(),
             ],
         )
         .await?;
@@ -199,6 +233,30 @@ pub(super) async fn replace_secret(
     let until = keep_previous_until.map(Timestamp::millis);
     let row = client
         .query_opt(&statement, &[&key.as_str(), &sealed_secret, &until])
+        .await?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+pub(super) async fn set_account_limits(
+    client: &ClientWrapper,
+    key: &AccessKeyId,
+    limits: &AccountLimits,
+) -> Result<Option<Account>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "UPDATE accounts SET sms_per_hour = $2, countries = $3 WHERE access_key_id = $1
+             RETURNING {ACCOUNT_COLUMNS}"
+        ))
+        .await?;
+    let row = client
+        .query_opt(
+            &statement,
+            &[
+                &key.as_str(),
+                &sms_per_hour_column(limits),
+                &limits.countries.as_list(),
+            ],
+        )
         .await?;
     row.as_ref().map(account_from_row).transpose()
 }
@@ -400,6 +458,7 @@ fn send_verdict(row: &Row) -> Result<(), Failure> {
         "ok" => Ok(()),
         "too_many_sends" => Err(Failure::Rejected(SendRejected::TooManySends)),
         "no_credit" => Err(Failure::Rejected(SendRejected::NoCredit)),
+        "hourly_limit" => Err(Failure::Rejected(SendRejected::HourlyLimit)),
         "unknown_account" => Err(Failure::Rejected(SendRejected::UnknownAccount)),
         other => Err(Failure::Database(format!("unexpected verdict {other}"))),
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use otpd_core::account::{Account, Application, NewAccount};
+use otpd_core::account::{Account, AccountLimits, Application, NewAccount};
 use otpd_core::outbox::{
     AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt,
 };
@@ -73,6 +73,9 @@ fn migrations() -> Vec<M<'static>> {
         )),
         M::up(include_str!(
             "../../migrations/sqlite/0011_previous_secret.sql"
+        )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0012_account_limits.sql"
         )),
     ]
 }
@@ -313,6 +316,18 @@ impl Store for SqliteStore {
             .write(move |connection, _| {
                 queries::replace_secret(connection, &key, &sealed_secret, keep_previous_until)
             })
+            .await?)
+    }
+
+    async fn set_account_limits(
+        &self,
+        key: &AccessKeyId,
+        limits: &AccountLimits,
+    ) -> Result<Option<Account>, StoreError> {
+        let key = key.clone();
+        let limits = limits.clone();
+        Ok(self
+            .write(move |connection, _| queries::set_account_limits(connection, &key, &limits))
             .await?)
     }
 
@@ -572,6 +587,7 @@ mod tests {
             sealed_secret: vec![1],
             credits: None,
             default_sender: None,
+            limits: Default::default(),
         }
     }
 

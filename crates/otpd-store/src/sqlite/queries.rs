@@ -1,7 +1,10 @@
 //! The SQL of the SQLite store, one function per operation. Each runs on the writer or a reader
 //! thread with the connection it is handed.
 
-use otpd_core::account::{Account, Application, NewAccount, PreviousSecret};
+use otpd_core::account::{
+    Account, AccountLimits, Application, NewAccount, PreviousSecret, SmsPerHour,
+};
+use otpd_core::countries::DestinationCountries;
 use std::time::Duration;
 
 use otpd_core::outbox::{
@@ -23,11 +26,13 @@ use super::Failure;
 use super::digests::IndexDigests;
 
 const ACCOUNT_COLUMNS: &str = "id, name, access_key_id, sealed_secret, credits, default_sender, \
-     created_at, previous_sealed_secret, previous_secret_until";
+     created_at, previous_sealed_secret, previous_secret_until, sms_per_hour, countries";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let previous_sealed: Option<Vec<u8>> = row.get(7)?;
     let previous_until: Option<i64> = row.get(8)?;
+    let sms_per_hour: Option<u32> = row.get(9)?;
+    let countries: Option<String> = row.get(10)?;
     Ok(Account {
         id: parse_column(row, 0, AccountId::parse)?,
         name: row.get(1)?,
@@ -42,7 +47,25 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
                 until: Timestamp(until),
             }
         }),
+        limits: AccountLimits {
+            sms_per_hour: match sms_per_hour {
+                Some(parts) => Some(SmsPerHour::new(parts).ok_or_else(|| malformed(9))?),
+                None => None,
+            },
+            countries: match countries {
+                Some(list) => DestinationCountries::parse_list(&list).map_err(|_| malformed(10))?,
+                None => DestinationCountries::Any,
+            },
+        },
     })
+}
+
+fn malformed(index: usize) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        index,
+        rusqlite::types::Type::Text,
+        format!("malformed value in column {index}").into(),
+    )
 }
 
 /// Reads a text column through a parser, turning a malformed value into a conversion error.
@@ -52,13 +75,7 @@ fn parse_column<T>(
     parse: impl Fn(&str) -> Option<T>,
 ) -> rusqlite::Result<T> {
     let text: String = row.get(index)?;
-    parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Text,
-            format!("malformed value in column {index}").into(),
-        )
-    })
+    parse(&text).ok_or_else(|| malformed(index))
 }
 
 pub(super) fn insert_account(
@@ -67,8 +84,9 @@ pub(super) fn insert_account(
     now: Timestamp,
 ) -> Result<Account, Failure> {
     connection.execute(
-        "INSERT INTO accounts (id, name, access_key_id, sealed_secret, credits, default_sender, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO accounts (id, name, access_key_id, sealed_secret, credits, default_sender,
+             created_at, sms_per_hour, countries)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             account.id.as_str(),
             account.name.as_str(),
@@ -76,7 +94,9 @@ pub(super) fn insert_account(
             account.sealed_secret,
             account.credits,
             account.default_sender,
-            now.millis()
+            now.millis(),
+            account.limits.sms_per_hour.map(SmsPerHour::get),
+            account.limits.countries.as_list(),
         ],
     )?;
     Ok(Account {
@@ -88,6 +108,7 @@ pub(super) fn insert_account(
         default_sender: account.default_sender.clone(),
         created_at: now,
         previous_secret: None,
+        limits: account.limits.clone(),
     })
 }
 
@@ -149,6 +170,22 @@ pub(super) fn replace_secret(
             key.as_str(),
             sealed_secret,
             keep_previous_until.map(Timestamp::millis)
+        ],
+    )?;
+    find_account_by_key(connection, key)
+}
+
+pub(super) fn set_account_limits(
+    connection: &Connection,
+    key: &AccessKeyId,
+    limits: &AccountLimits,
+) -> Result<Option<Account>, Failure> {
+    connection.execute(
+        "UPDATE accounts SET sms_per_hour = ?2, countries = ?3 WHERE access_key_id = ?1",
+        params![
+            key.as_str(),
+            limits.sms_per_hour.map(SmsPerHour::get),
+            limits.countries.as_list()
         ],
     )?;
     find_account_by_key(connection, key)
@@ -310,7 +347,7 @@ pub(super) fn insert_verification(
     if guarded.recent_sends >= guards.max_sends_per_destination {
         return Err(Failure::Rejected(SendRejected::TooManySends));
     }
-    debit(connection, &key.account_id, guards.charge)?;
+    debit(connection, &key.account_id, guards.charge, now)?;
     // The new row must be the key's newest for `newest_of_key` to find it,
     // even if the clock stepped back since the previous send: it is then dated with that one.
     let mut created_at = now;
@@ -377,25 +414,69 @@ fn retire_live_code(connection: &Connection, rowid: i64, now: Timestamp) -> Resu
     Ok(())
 }
 
-/// Takes `charge` credits from the account, unless it has no credit limit.
-fn debit(connection: &Connection, account_id: &AccountId, charge: u32) -> Result<(), Failure> {
-    let credits: Option<Option<i64>> = connection
-        .prepare_cached("SELECT credits FROM accounts WHERE id = ?1")?
-        .query_row([account_id.as_str()], |row| row.get(0))
-        .optional()?;
-    match credits {
-        None => Err(Failure::Rejected(SendRejected::UnknownAccount)),
-        Some(None) => Ok(()),
-        Some(Some(balance)) if balance < i64::from(charge) => {
-            Err(Failure::Rejected(SendRejected::NoCredit))
-        }
-        Some(Some(_)) => {
-            connection
-                .prepare_cached("UPDATE accounts SET credits = credits - ?2 WHERE id = ?1")?
-                .execute(params![account_id.as_str(), charge])?;
-            Ok(())
-        }
+/// Takes `charge` credits from the account, unless it has no credit limit, and counts the SMS
+/// in its clock hour against its hourly limit (`AccountLimits::sms_per_hour`). Accounts with
+/// neither, and sends that cost nothing (sandbox), write nothing here.
+fn debit(
+    connection: &Connection,
+    account_id: &AccountId,
+    charge: u32,
+    now: Timestamp,
+) -> Result<(), Failure> {
+    let ledger = connection
+        .prepare_cached(
+            "SELECT credits, sms_per_hour, sms_hour_start, sms_in_hour FROM accounts WHERE id = ?1",
+        )?
+        .query_row([account_id.as_str()], |row| {
+            Ok(Ledger {
+                credits: row.get(0)?,
+                sms_per_hour: row.get(1)?,
+                hour_start: Timestamp(row.get(2)?),
+                sms_in_hour: row.get(3)?,
+            })
+        })
+        .optional()?
+        .ok_or(Failure::Rejected(SendRejected::UnknownAccount))?;
+    let charge = i64::from(charge);
+    if ledger.credits.is_some_and(|balance| balance < charge) {
+        return Err(Failure::Rejected(SendRejected::NoCredit));
     }
+    let hour = now.start_of_hour();
+    let sent_this_hour = if ledger.hour_start == hour {
+        ledger.sms_in_hour
+    } else {
+        0
+    };
+    if ledger
+        .sms_per_hour
+        .is_some_and(|limit| sent_this_hour + charge > limit)
+    {
+        return Err(Failure::Rejected(SendRejected::HourlyLimit));
+    }
+    if charge == 0 || (ledger.credits.is_none() && ledger.sms_per_hour.is_none()) {
+        return Ok(());
+    }
+    connection
+        .prepare_cached(
+            "UPDATE accounts SET credits = credits - ?2, sms_hour_start = ?3, sms_in_hour = ?4
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            account_id.as_str(),
+            charge,
+            hour.millis(),
+            sent_this_hour + charge
+        ])?;
+    Ok(())
+}
+
+/// An account's figures that a send is charged against. `credits` and `sms_per_hour` are
+/// `None` for no limit.
+struct Ledger {
+    credits: Option<i64>,
+    sms_per_hour: Option<i64>,
+    hour_start: Timestamp,
+    sms_in_hour: i64,
 }
 
 /// An address's wrong codes on an account's verifications since a time. The outcomes listed are

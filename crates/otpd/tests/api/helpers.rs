@@ -38,7 +38,12 @@ pub async fn spawn_app() -> TestApp {
     let key = ServerKey::from_hex(&"42".repeat(32)).expect("key");
     let accounts = AccountService::new(store.clone(), Arc::new(key.clone()));
     let credentials = accounts
-        .create_account(Name::parse("test").expect("name"), None, None)
+        .create_account(
+            Name::parse("test").expect("name"),
+            None,
+            None,
+            Default::default(),
+        )
         .await
         .expect("account");
     let app = store
