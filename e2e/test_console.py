@@ -78,6 +78,16 @@ def test_the_overview_lists_accounts_with_their_credit_escaped(otpd, operator, s
     row = re.search(rf"<tr><td>Shop.*?{shop['access_key_id']}.*?</tr>", page)
     assert row, page
     assert "<td>39</td>" in row.group(0), "40 credits less the one part sent"
+    assert "<td>none</td>" in row.group(0), "no limits of its own"
+
+
+def test_the_overview_shows_an_accounts_own_limits(otpd, operator):
+    limited = otpd.create_account("Limited")
+    otpd.cli("accounts", "limit", limited["access_key_id"], "--max-sms-per-hour", "120", "--countries", "it,de")
+    page = operator.get(f"{otpd.url}/console", timeout=10).text
+    row = re.search(rf"<tr><td>Limited.*?{limited['access_key_id']}.*?</tr>", page)
+    assert row, page
+    assert "<td>120 SMS parts an hour, only DE,IT</td>" in row.group(0)
     assert "messages waiting for delivery" in text_of(page)
 
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use maud::{DOCTYPE, Markup, html};
 use otpd_core::Timestamp;
-use otpd_core::account::{Account, Application};
+use otpd_core::account::{Account, AccountLimits, Application};
+use otpd_core::countries::DestinationCountries;
 use otpd_core::iso8601::iso8601;
 use otpd_core::outbox::{MessageRecord, OutboxBacklog};
 use otpd_core::verification::Verification;
@@ -65,6 +66,22 @@ fn optional_time(at: Option<Timestamp>) -> String {
     at.map_or_else(|| "-".to_owned(), time)
 }
 
+/// An account's own limits in a few words (`accounts limit`).
+fn limits(limits: &AccountLimits) -> String {
+    let hourly = limits
+        .sms_per_hour
+        .map(|limit| format!("{} SMS parts an hour", limit.get()));
+    let countries = match &limits.countries {
+        DestinationCountries::Any => None,
+        only => Some(format!("only {only}")),
+    };
+    match (hourly, countries) {
+        (None, None) => "none".into(),
+        (Some(one), None) | (None, Some(one)) => one,
+        (Some(hourly), Some(countries)) => format!("{hourly}, {countries}"),
+    }
+}
+
 fn lookup_forms() -> Markup {
     html! {
         form method="get" action="/console/message" {
@@ -122,7 +139,8 @@ pub fn overview(overview: &Overview) -> Markup {
                 thead {
                     tr {
                         th { "Name" } th { "Access key id" } th { "Credit (SMS parts)" }
-                        th { "Default sender" } th { "Pinpoint applications" } th { "Created" }
+                        th { "Own limits" } th { "Default sender" } th { "Pinpoint applications" }
+                        th { "Created" }
                     }
                 }
                 tbody {
@@ -136,6 +154,7 @@ pub fn overview(overview: &Overview) -> Markup {
                                     None => "no limit",
                                 }
                             }
+                            td { (limits(&account.limits)) }
                             td { (account.default_sender.as_deref().unwrap_or("-")) }
                             td { (applications_of.get(account.id.as_str()).copied().unwrap_or(0)) }
                             td { (time(account.created_at)) }
