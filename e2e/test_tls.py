@@ -170,3 +170,15 @@ def test_sighup_reads_a_renewed_certificate_and_a_bad_one_changes_nothing(tmp_pa
         assert server.process.poll() is None
     finally:
         server.stop()
+
+
+def test_sighup_without_tls_is_logged_and_stops_nothing(tmp_path):
+    server = Otpd(tmp_path)
+    server.start()
+    try:
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: nothing to read again" in server.logs())
+        assert server.process.poll() is None
+        assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    finally:
+        server.stop()

@@ -168,7 +168,10 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
                 .map_err(|error| CommandError::Usage(error.to_string()))?,
         ),
         // clap requires both or neither.
-        _ => None,
+        _ => {
+            crate::tls::hangups_logged();
+            None
+        }
     };
     let store = location.open(Arc::new(SystemClock)).await?;
     let served = serve_on(&store, &location, spec, key, console, tls, options).await;

@@ -66,6 +66,27 @@ pub fn reloaded_on_hangup(
     Ok(CurrentAcceptor(receiver))
 }
 
+/// Without TLS there is nothing to read again, but SIGHUP must still not stop the server: a
+/// systemd `ExecReload=` or a reload script sends it to every service alike, and its default
+/// action ends the process. Call it within the runtime.
+pub fn hangups_logged() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Caught from here on, before the server says it listens.
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!("SIGHUP: nothing to read again (otpd serves plain HTTP)");
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP, which will stop otpd"),
+        }
+    }
+}
+
 /// Why the certificate and key cannot be served with.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
