@@ -52,6 +52,26 @@ pub struct AccountLimits {
     pub countries: DestinationCountries,
 }
 
+impl AccountLimits {
+    /// The limits as a store keeps them: the hourly limit as a number, the countries as
+    /// `DestinationCountries::as_list` wrote them (`None` for either: no limit). `None` if a
+    /// value is not one these could have written.
+    pub fn from_stored(sms_per_hour: Option<i64>, countries: Option<&str>) -> Option<Self> {
+        let sms_per_hour = match sms_per_hour {
+            Some(parts) => Some(SmsPerHour::new(u32::try_from(parts).ok()?)?),
+            None => None,
+        };
+        let countries = match countries {
+            Some(list) => DestinationCountries::parse_list(list).ok()?,
+            None => DestinationCountries::Any,
+        };
+        Some(Self {
+            sms_per_hour,
+            countries,
+        })
+    }
+}
+
 /// A positive number of SMS parts an hour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SmsPerHour(u32);
@@ -142,6 +162,20 @@ impl Application {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_limits_read_back() {
+        assert_eq!(
+            AccountLimits::from_stored(None, None),
+            Some(AccountLimits::default())
+        );
+        let limits = AccountLimits::from_stored(Some(30), Some("DE,IT")).expect("valid");
+        assert_eq!(limits.sms_per_hour, SmsPerHour::new(30));
+        assert_eq!(limits.countries.as_list().as_deref(), Some("DE,IT"));
+        assert_eq!(AccountLimits::from_stored(Some(0), None), None);
+        assert_eq!(AccountLimits::from_stored(Some(-1), None), None);
+        assert_eq!(AccountLimits::from_stored(None, Some("XX")), None);
+    }
 
     #[test]
     fn an_hourly_limit_is_positive_and_bounded() {

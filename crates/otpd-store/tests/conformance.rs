@@ -660,9 +660,10 @@ async fn a_send_for_a_deleted_account_is_refused(backend: Backend) {
     }
 }
 
-async fn parallel_sends_never_overdraw(backend: Backend) {
-    let h = harness_with_credits(backend, Some(25)).await;
-    let sends = (0..60).map(|i| {
+/// Sends to `count` destinations at once, each on a task of its own, and returns how many were
+/// accepted; every other must have been refused as `refusal`.
+async fn sends_at_once(h: &Harness, count: usize, refusal: SendRejected) -> usize {
+    let sends = (0..count).map(|i| {
         let store = h.store.clone();
         let (verification, _) =
             h.new_verification(h.key_for(&format!("+3934812345{:02}", i)), 3, None);
@@ -672,11 +673,16 @@ async fn parallel_sends_never_overdraw(backend: Backend) {
     for send in sends.collect::<Vec<_>>() {
         match send.await.expect("join") {
             Ok(()) => accepted += 1,
-            Err(CreateError::Rejected(SendRejected::NoCredit)) => {}
+            Err(CreateError::Rejected(refused)) if refused == refusal => {}
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(accepted, 25);
+    accepted
+}
+
+async fn parallel_sends_never_overdraw(backend: Backend) {
+    let h = harness_with_credits(backend, Some(25)).await;
+    assert_eq!(sends_at_once(&h, 60, SendRejected::NoCredit).await, 25);
     assert_eq!(h.credits().await, Some(0));
 }
 
@@ -1921,21 +1927,7 @@ async fn credit_is_judged_before_the_hourly_limit(backend: Backend) {
 async fn parallel_sends_never_pass_the_hourly_limit(backend: Backend) {
     let h = harness(backend).await;
     h.limit_per_hour(25).await;
-    let sends = (0..60).map(|i| {
-        let store = h.store.clone();
-        let (verification, _) =
-            h.new_verification(h.key_for(&format!("+3934812345{:02}", i)), 3, None);
-        tokio::spawn(async move { store.create_verification(verification, UNLIMITED).await })
-    });
-    let mut accepted = 0;
-    for send in sends.collect::<Vec<_>>() {
-        match send.await.expect("join") {
-            Ok(()) => accepted += 1,
-            Err(CreateError::Rejected(SendRejected::HourlyLimit)) => {}
-            Err(other) => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!(accepted, 25);
+    assert_eq!(sends_at_once(&h, 60, SendRejected::HourlyLimit).await, 25);
 }
 
 async fn account_limits_are_stored_and_changed(backend: Backend) {

@@ -5,10 +5,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Object};
-use otpd_core::account::{
-    Account, AccountLimits, Application, NewAccount, PreviousSecret, SmsPerHour,
-};
-use otpd_core::countries::DestinationCountries;
+use otpd_core::account::{Account, AccountLimits, Application, NewAccount, PreviousSecret};
 use otpd_core::outbox::{
     AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, NewOutboxMessage,
     OutboxBacklog, OutboxMessage, Receipt,
@@ -67,23 +64,10 @@ const ACCOUNT_COLUMNS: &str = "id, name, access_key_id, sealed_secret, credits, 
      created_at, previous_sealed_secret, previous_secret_until, sms_per_hour, countries";
 
 fn limits_from_row(row: &Row, first: usize) -> Result<AccountLimits, Failure> {
-    let sms_per_hour = match row.try_get::<_, Option<i32>>(first)? {
-        Some(parts) => Some(
-            u32::try_from(parts)
-                .ok()
-                .and_then(SmsPerHour::new)
-                .ok_or_else(|| malformed(first))?,
-        ),
-        None => None,
-    };
-    let countries = match row.try_get::<_, Option<&str>>(first + 1)? {
-        Some(list) => DestinationCountries::parse_list(list).map_err(|_| malformed(first + 1))?,
-        None => DestinationCountries::Any,
-    };
-    Ok(AccountLimits {
-        sms_per_hour,
-        countries,
-    })
+    let sms_per_hour: Option<i32> = row.try_get(first)?;
+    let countries: Option<&str> = row.try_get(first + 1)?;
+    AccountLimits::from_stored(sms_per_hour.map(i64::from), countries)
+        .ok_or_else(|| malformed(first))
 }
 
 /// An hourly limit as its `integer` column holds it.

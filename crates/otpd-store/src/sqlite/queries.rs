@@ -4,7 +4,6 @@
 use otpd_core::account::{
     Account, AccountLimits, Application, NewAccount, PreviousSecret, SmsPerHour,
 };
-use otpd_core::countries::DestinationCountries;
 use std::time::Duration;
 
 use otpd_core::outbox::{
@@ -31,7 +30,7 @@ const ACCOUNT_COLUMNS: &str = "id, name, access_key_id, sealed_secret, credits, 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let previous_sealed: Option<Vec<u8>> = row.get(7)?;
     let previous_until: Option<i64> = row.get(8)?;
-    let sms_per_hour: Option<u32> = row.get(9)?;
+    let sms_per_hour: Option<i64> = row.get(9)?;
     let countries: Option<String> = row.get(10)?;
     Ok(Account {
         id: parse_column(row, 0, AccountId::parse)?,
@@ -47,16 +46,8 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
                 until: Timestamp(until),
             }
         }),
-        limits: AccountLimits {
-            sms_per_hour: match sms_per_hour {
-                Some(parts) => Some(SmsPerHour::new(parts).ok_or_else(|| malformed(9))?),
-                None => None,
-            },
-            countries: match countries {
-                Some(list) => DestinationCountries::parse_list(&list).map_err(|_| malformed(10))?,
-                None => DestinationCountries::Any,
-            },
-        },
+        limits: AccountLimits::from_stored(sms_per_hour, countries.as_deref())
+            .ok_or_else(|| malformed(9))?,
     })
 }
 
