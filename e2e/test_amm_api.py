@@ -100,6 +100,16 @@ def test_full_flow_and_search_history(otpd, amm):
     assert all(found["date_submit"] <= c["date"] <= found["valid_until"] for c in found["checks"])
 
 
+def test_a_submitted_code_with_a_nul_is_a_wrong_code_kept_printable(otpd, amm):
+    # On PostgreSQL the search history's NUL used to reach the database, whose text cannot hold
+    # one: a 500.
+    verify_id, code = sent(otpd, amm, to=new_number())
+    assert check(otpd, amm, verify_id, code[:2] + "\u0000" + code[2:])["verify_status"] == "FAILED"
+    assert check(otpd, amm, verify_id, code)["verify_status"] == "VERIFIED"
+    history = [c["verify_code"] for c in search(otpd, amm, verify_id)["checks"]]
+    assert history == [code[:2] + "\ufffd" + code[2:], code]
+
+
 def test_max_retry_kills_the_code(otpd, amm):
     verify_id, code = sent(otpd, amm, max_retry="2")
     assert check(otpd, amm, verify_id, wrong(code))["verify_status"] == "FAILED"

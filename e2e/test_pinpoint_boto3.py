@@ -151,6 +151,16 @@ def test_verify_requires_its_fields(client, app_id):
         verify(client, app_id, new_number(), "", reference="login")
 
 
+def test_a_reference_id_with_a_control_character_is_a_bad_request(client, app_id):
+    # On PostgreSQL a NUL used to reach the database, whose text cannot hold one: a 500.
+    for reference in ["log\u0000in", "log\nin"]:
+        with pytest.raises(client.exceptions.BadRequestException) as raised:
+            send(client, app_id, new_number(), reference=reference)
+        assert "none of them a control character" in raised.value.response["Error"]["Message"]
+        with pytest.raises(client.exceptions.BadRequestException):
+            verify(client, app_id, new_number(), "123456", reference=reference)
+
+
 def test_wrong_secret_is_forbidden(otpd, account, app_id):
     client = otpd.pinpoint(account, secret="x" * 40)
     with pytest.raises(client.exceptions.ForbiddenException) as raised:

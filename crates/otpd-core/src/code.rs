@@ -44,9 +44,24 @@ impl OtpCode {
     }
 
     /// A code submitted for checking. Anything is accepted here (a wrong format is simply a
-    /// wrong code), but it is bounded so a huge input cannot cost work.
+    /// wrong code), but it is bounded so a huge input cannot cost work. Control characters,
+    /// which no code has, are kept as U+FFFD: the amm search history stores the submission, and
+    /// PostgreSQL's text cannot hold NUL.
     pub fn submitted(input: &str) -> Option<Self> {
-        (!input.is_empty() && input.len() <= 64).then(|| Self(Zeroizing::new(input.to_owned())))
+        if input.is_empty() || input.len() > 64 {
+            return None;
+        }
+        let printable = input
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    char::REPLACEMENT_CHARACTER
+                } else {
+                    c
+                }
+            })
+            .collect();
+        Some(Self(Zeroizing::new(printable)))
     }
 
     /// The digits, for the one place that must have them: the message text.
@@ -85,6 +100,8 @@ mod tests {
         assert!(OtpCode::submitted("").is_none());
         assert!(OtpCode::submitted(&"1".repeat(65)).is_none());
         assert!(OtpCode::submitted(&"1".repeat(64)).is_some());
+        let with_nul = OtpCode::submitted("12\u{0}34").expect("submitted");
+        assert_eq!(with_nul.expose(), "12\u{fffd}34");
     }
 
     #[test]

@@ -35,15 +35,17 @@ impl Dialect {
     }
 }
 
-/// A Pinpoint `ReferenceId`: 1 to 48 characters, matched exactly.
+/// A Pinpoint `ReferenceId`: 1 to 48 characters, matched exactly. No control characters: an
+/// identifier has no use for them, and PostgreSQL's text cannot hold NUL, so one would fail the
+/// request there as an internal error.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReferenceId(String);
 
 impl ReferenceId {
     pub fn parse(input: &str) -> Option<Self> {
-        (1..=48)
-            .contains(&input.chars().count())
-            .then(|| Self(input.to_owned()))
+        let well_formed =
+            (1..=48).contains(&input.chars().count()) && !input.chars().any(char::is_control);
+        well_formed.then(|| Self(input.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -518,6 +520,10 @@ mod tests {
         assert!(ReferenceId::parse("a").is_some());
         assert!(ReferenceId::parse(&"é".repeat(48)).is_some());
         assert!(ReferenceId::parse(&"a".repeat(49)).is_none());
+        assert!(ReferenceId::parse("login-1 for ü").is_some());
+        for control in ["a\0b", "a\nb", "\u{7f}", "a\u{85}"] {
+            assert!(ReferenceId::parse(control).is_none(), "{control:?}");
+        }
     }
 
     proptest! {

@@ -85,7 +85,9 @@ pub fn lookup_destination(value: Option<String>) -> Result<E164, PinpointError> 
 
 pub fn reference_id(value: Option<String>) -> Result<ReferenceId, PinpointError> {
     let value = required(value, "ReferenceId")?;
-    ReferenceId::parse(&value).ok_or_else(|| bad("ReferenceId must be between 1 and 48 characters"))
+    ReferenceId::parse(&value).ok_or_else(|| {
+        bad("ReferenceId must be between 1 and 48 characters, none of them a control character")
+    })
 }
 
 pub fn verification_key(
