@@ -9,7 +9,7 @@ mod postgres;
 mod sqlite;
 
 pub use postgres::{DEFAULT_TEST_SERVER, PgStore, PgStoreOptions, ScratchDatabase};
-pub use sqlite::SqliteStore;
+pub use sqlite::{BackupError, SqliteStore, back_up as back_up_sqlite};
 
 /// The names under which the SQLite writer reports how it groups its work on `/metrics`, for
 /// the readers of that page (the benchmark).

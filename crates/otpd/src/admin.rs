@@ -1,5 +1,6 @@
 //! The admin commands: accounts, applications and credit, printing JSON on stdout.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use otpd_core::service::{AccountService, NewCredentials};
 use otpd_core::sms::Sender;
 use otpd_core::{AccessKeyId, ApplicationId, Clock, SystemClock};
 use serde_json::{Value, json};
+
+use otpd_store::BackupError;
 
 use crate::CommandError;
 use crate::cli::{AccountsCommand, AppsCommand, CreditsCommand, GlobalOptions, MessagesCommand};
@@ -295,4 +298,31 @@ pub async fn messages(
         Ok(())
     })
     .await
+}
+
+/// `otpd backup FILE`: SQLite only; PostgreSQL has its own tools.
+pub fn backup(global: &GlobalOptions, file: &Path) -> Result<(), CommandError> {
+    let location = DatabaseLocation::from_options(global)?;
+    let Some(database) = location.sqlite_path() else {
+        return Err(CommandError::Usage(
+            "otpd backup copies a SQLite database: back up PostgreSQL with pg_dump".into(),
+        ));
+    };
+    let bytes = otpd_store::back_up_sqlite(database, file).map_err(|error| match error {
+        BackupError::TargetExists(_)
+        | BackupError::NoDatabase(_)
+        | BackupError::UnusablePath(_)
+        | BackupError::NoDirectory(_) => CommandError::Usage(error.to_string()),
+        BackupError::Source { .. } | BackupError::Target { .. } => {
+            CommandError::Failed(anyhow::Error::new(error))
+        }
+    })?;
+    print(&json!({
+        "backup": file.display().to_string(),
+        "bytes": bytes,
+        "database": database.display().to_string(),
+        // The copy's digests and sealed secrets open only with this key.
+        "server_key_file": config::server_key_path(global).display().to_string(),
+    }));
+    Ok(())
 }

@@ -78,6 +78,13 @@ pub enum Command {
     /// Look at SMS messages and their delivery.
     #[command(subcommand)]
     Messages(MessagesCommand),
+    /// Copy the SQLite database to a new file, consistently, while otpd serves from it; prints
+    /// the copy as JSON. Keep the server key file with it: without that key the copy's codes
+    /// and secrets cannot be used.
+    Backup {
+        /// The new file (it must not exist).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -104,15 +104,19 @@ impl DatabaseLocation {
 
 /// Loads the server key: from `--server-key-file` if given (it must exist), else from
 /// `DATA_DIR/server.key`, generating that file on first use.
+/// Where the server key is read from: `--server-key-file`, else `DATA_DIR/server.key`.
+pub fn server_key_path(options: &GlobalOptions) -> PathBuf {
+    options
+        .server_key_file
+        .clone()
+        .unwrap_or_else(|| options.data_dir.join("server.key"))
+}
+
 pub fn server_key(options: &GlobalOptions) -> Result<ServerKey, CommandError> {
-    let path = match &options.server_key_file {
-        Some(path) => path.clone(),
-        None => {
-            let path = options.data_dir.join("server.key");
-            generate_if_missing(&path, "server key", ServerKey::generate_hex)?;
-            path
-        }
-    };
+    let path = server_key_path(options);
+    if options.server_key_file.is_none() {
+        generate_if_missing(&path, "server key", ServerKey::generate_hex)?;
+    }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the server key file {}", path.display()))?;
     ServerKey::from_hex(&text)

@@ -36,6 +36,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Apps(command) => admin::apps(&cli.global, command).await,
         Command::Credits(command) => admin::credits(&cli.global, command).await,
         Command::Messages(command) => admin::messages(&cli.global, command).await,
+        Command::Backup { file } => admin::backup(&cli.global, &file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! their own flushes to disk before anyone is told of them (`log_sync`), and a few reader
 //! threads.
 
+mod backup;
 mod digests;
 mod log_sync;
 mod queries;
@@ -9,6 +10,7 @@ mod readers;
 mod wal;
 mod writer;
 
+pub use backup::{BackupError, back_up};
 pub use log_sync::{LOG_FLUSH_COMMITS, LOG_FLUSH_DURATION};
 pub use writer::COMMIT_SIZE;
 
