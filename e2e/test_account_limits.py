@@ -50,6 +50,7 @@ def test_accounts_show_their_limits(server):
     plain = create(server, "plain")
     assert plain["max_sms_per_hour"] is None
     assert plain["countries"] is None
+    assert "sms_this_hour" not in server.account_info(plain["access_key_id"]), "only under a limit"
     listed = server.account_info(limited["access_key_id"])
     assert (listed["max_sms_per_hour"], listed["countries"]) == (30, ["GB", "IT"])
 
@@ -63,7 +64,8 @@ def test_an_amm_account_past_its_hour_gets_antispam_and_pays_nothing_more(server
     assert refused.status_code == 400
     assert refused.json() == {"errorMsg": "ANTISPAM"}
     assert not any(message["to"] == "+393486610009" for message in server.messages())
-    assert server.account_info(account["access_key_id"])["credits"] == 7
+    listed = server.account_info(account["access_key_id"])
+    assert (listed["credits"], listed["sms_this_hour"]) == (7, 3)
     # A sandbox send reaches no carrier, costs nothing and is not counted.
     sandbox = amm_send(server, account, "393486610008", sandbox="true")
     assert sandbox.status_code == 200, sandbox.text

@@ -71,6 +71,10 @@ pub trait Store: Send + Sync + 'static {
         key: &AccessKeyId,
         limits: &AccountLimits,
     ) -> Result<Option<Account>, StoreError>;
+    /// SMS parts the account has sent in the current clock hour (by the store's clock), as its
+    /// hourly limit counts them: only sends of an account with an hourly or a credit limit are
+    /// counted. `None` if no account has that access key id.
+    async fn sms_this_hour(&self, key: &AccessKeyId) -> Result<Option<u32>, StoreError>;
     async fn create_application(&self, application: Application)
     -> Result<Application, StoreError>;
     async fn list_applications(

@@ -1891,6 +1891,10 @@ async fn the_hourly_limit_counts_parts_in_each_clock_hour(backend: Backend) {
         h.send(h.key_for("+393481234505"), 3, charging(0))
             .await
             .expect("a sandbox send costs nothing and is not counted");
+        assert_eq!(
+            h.store.sms_this_hour(&h.access_key).await.expect("read"),
+            Some(5)
+        );
         // The next clock hour starts a new count, whenever in the hour the last send was.
         h.clock
             .advance(REST_OF_START_HOUR - Duration::from_millis(1));
@@ -1908,6 +1912,16 @@ async fn the_hourly_limit_counts_parts_in_each_clock_hour(backend: Backend) {
                 .await
                 .expect("a new hour");
         }
+        assert_eq!(
+            h.store.sms_this_hour(&h.access_key).await.expect("read"),
+            Some(4)
+        );
+        h.clock.advance(Duration::from_secs(3600));
+        assert_eq!(
+            h.store.sms_this_hour(&h.access_key).await.expect("read"),
+            Some(0),
+            "an hour without sends"
+        );
         assert_eq!(h.credits().await, credits.map(|c| c - 9));
     }
 }
@@ -1984,6 +1998,13 @@ async fn account_limits_are_stored_and_changed(backend: Backend) {
             .expect("set")
             .is_none(),
         "an unknown access key id changes nothing"
+    );
+    assert_eq!(
+        h.store
+            .sms_this_hour(&AccessKeyId::generate())
+            .await
+            .expect("read"),
+        None
     );
 }
 

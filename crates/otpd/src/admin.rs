@@ -87,6 +87,23 @@ fn account_json(account: &Account) -> Value {
     })
 }
 
+/// An account, and for one with an hourly limit the SMS parts counted against it this hour.
+async fn with_hourly_usage(
+    store: &Arc<dyn Store>,
+    account: &Account,
+) -> Result<Value, CommandError> {
+    let mut value = account_json(account);
+    if account.limits.sms_per_hour.is_some() {
+        value["sms_this_hour"] = json!(
+            store
+                .sms_this_hour(&account.access_key_id)
+                .await
+                .map_err(failed)?
+        );
+    }
+    Ok(value)
+}
+
 /// An account with the one copy of its new secret anyone will see.
 fn credentials_json(credentials: &NewCredentials) -> Value {
     let mut value = account_json(&credentials.account);
@@ -144,7 +161,11 @@ pub async fn accounts(
             }
             AccountsCommand::List => {
                 let accounts = store.list_accounts().await.map_err(failed)?;
-                print(&Value::Array(accounts.iter().map(account_json).collect()));
+                let mut listed = Vec::with_capacity(accounts.len());
+                for account in &accounts {
+                    listed.push(with_hourly_usage(store, account).await?);
+                }
+                print(&Value::Array(listed));
             }
             AccountsCommand::RotateSecret {
                 access_key_id,
@@ -178,7 +199,7 @@ pub async fn accounts(
                     .await
                     .map_err(failed)?
                     .ok_or_else(|| no_account(&access_key_id))?;
-                print(&account_json(&changed));
+                print(&with_hourly_usage(store, &changed).await?);
             }
             AccountsCommand::Delete { access_key_id } => {
                 let key = access_key(&access_key_id)?;

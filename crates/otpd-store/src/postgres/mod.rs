@@ -231,6 +231,15 @@ impl Store for PgStore {
             .await?)
     }
 
+    async fn sms_this_hour(&self, key: &AccessKeyId) -> Result<Option<u32>, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .with_client(move |client, now| async move {
+                queries::sms_this_hour(&client, now, &key).await
+            })
+            .await?)
+    }
+
     async fn create_application(
         &self,
         application: Application,

@@ -245,6 +245,21 @@ pub(super) async fn set_account_limits(
     row.as_ref().map(account_from_row).transpose()
 }
 
+pub(super) async fn sms_this_hour(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    key: &AccessKeyId,
+) -> Result<Option<u32>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT CASE WHEN sms_hour_start = {NOW} - {NOW} % 3600000 THEN sms_in_hour ELSE 0 END
+             FROM accounts WHERE access_key_id = $2"
+        ))
+        .await?;
+    let row = client.query_opt(&statement, &[&now, &key.as_str()]).await?;
+    row.as_ref().map(|row| counter(row, 0)).transpose()
+}
+
 const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
 
 fn application_from_row(row: &Row) -> Result<Application, Failure> {

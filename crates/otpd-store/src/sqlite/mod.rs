@@ -333,6 +333,15 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    async fn sms_this_hour(&self, key: &AccessKeyId) -> Result<Option<u32>, StoreError> {
+        let key = key.clone();
+        Ok(self
+            .read(move |connection, clock| {
+                queries::sms_this_hour(connection, &key, clock.now().start_of_hour())
+            })
+            .await?)
+    }
+
     async fn create_application(
         &self,
         application: Application,

@@ -182,6 +182,20 @@ pub(super) fn set_account_limits(
     find_account_by_key(connection, key)
 }
 
+pub(super) fn sms_this_hour(
+    connection: &Connection,
+    key: &AccessKeyId,
+    hour: Timestamp,
+) -> Result<Option<u32>, Failure> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT CASE WHEN sms_hour_start = ?2 THEN sms_in_hour ELSE 0 END
+             FROM accounts WHERE access_key_id = ?1",
+        )?
+        .query_row(params![key.as_str(), hour.millis()], |row| row.get(0))
+        .optional()?)
+}
+
 const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
 
 fn application_from_row(row: &Row<'_>) -> rusqlite::Result<Application> {
