@@ -110,3 +110,17 @@ def test_backups_that_cannot_be_taken_say_why(tmp_path, data_dir, extra, file, m
     assert result.returncode == 2, result.stderr
     assert message in result.stderr, result.stderr
     assert not (tmp_path / "copy.db").exists()
+
+
+def test_a_file_that_is_no_database_fails_and_leaves_nothing(tmp_path):
+    (tmp_path / "otpd.db").write_bytes(b"not a database, " * 512)
+    result = subprocess.run(
+        [BIN, "--data-dir", str(tmp_path), "backup", str(tmp_path / "copy.db")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot read the database at" in result.stderr
+    assert not (tmp_path / "copy.db").exists()
+    assert not (tmp_path / "copy.db.partial").exists()

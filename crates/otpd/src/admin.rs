@@ -1,4 +1,5 @@
-//! The admin commands: accounts, applications and credit, printing JSON on stdout.
+//! The admin commands: accounts, applications, credit, messages and backups, printing JSON on
+//! stdout.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,9 +12,8 @@ use otpd_core::ports::{Store, StoreError};
 use otpd_core::service::{AccountService, NewCredentials};
 use otpd_core::sms::Sender;
 use otpd_core::{AccessKeyId, ApplicationId, Clock, SystemClock};
-use serde_json::{Value, json};
-
 use otpd_store::BackupError;
+use serde_json::{Value, json};
 
 use crate::CommandError;
 use crate::cli::{AccountsCommand, AppsCommand, CreditsCommand, GlobalOptions, MessagesCommand};

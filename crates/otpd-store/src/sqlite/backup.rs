@@ -77,7 +77,11 @@ pub fn back_up(database: &Path, target: &Path) -> Result<u64, BackupError> {
     .map_err(|error| source_error(error.to_string()))?;
     let copied = connection.execute("VACUUM INTO ?1", [partial_text]);
     close_connection(connection, "the backup's connection");
-    copied.map_err(|error| source_error(error.to_string()))?;
+    if let Err(error) = copied {
+        // A copy cut short (a full disk, say) is not left behind; nothing to do if it is gone.
+        let _ = std::fs::remove_file(&partial);
+        return Err(source_error(error.to_string()));
+    }
     File::open(&partial)
         .and_then(|file| file.sync_all())
         .map_err(target_error)?;
