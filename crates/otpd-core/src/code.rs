@@ -51,16 +51,19 @@ impl OtpCode {
         if input.is_empty() || input.len() > 64 {
             return None;
         }
-        let printable = input
-            .chars()
-            .map(|c| {
-                if c.is_control() {
-                    char::REPLACEMENT_CHARACTER
-                } else {
-                    c
-                }
-            })
-            .collect();
+        if !input.chars().any(char::is_control) {
+            return Some(Self(Zeroizing::new(input.to_owned())));
+        }
+        // Room for every character as U+FFFD (3 bytes), so the buffer never moves and leaves a
+        // copy behind.
+        let mut printable = String::with_capacity(input.len() * 3);
+        for c in input.chars() {
+            printable.push(if c.is_control() {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            });
+        }
         Some(Self(Zeroizing::new(printable)))
     }
 

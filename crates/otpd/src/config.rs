@@ -102,8 +102,6 @@ impl DatabaseLocation {
     }
 }
 
-/// Loads the server key: from `--server-key-file` if given (it must exist), else from
-/// `DATA_DIR/server.key`, generating that file on first use.
 /// Where the server key is read from: `--server-key-file`, else `DATA_DIR/server.key`.
 pub fn server_key_path(options: &GlobalOptions) -> PathBuf {
     options
@@ -112,6 +110,8 @@ pub fn server_key_path(options: &GlobalOptions) -> PathBuf {
         .unwrap_or_else(|| options.data_dir.join("server.key"))
 }
 
+/// Loads the server key: from `--server-key-file` if given (it must exist), else from
+/// `DATA_DIR/server.key`, generating that file on first use.
 pub fn server_key(options: &GlobalOptions) -> Result<ServerKey, CommandError> {
     let path = server_key_path(options);
     if options.server_key_file.is_none() {
