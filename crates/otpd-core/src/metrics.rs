@@ -28,14 +28,15 @@ pub const OUTBOX_OLDEST_AGE: &str = "otpd_outbox_oldest_pending_age_seconds";
 /// Whether the database answered the scrape's backlog query.
 pub const DATABASE_UP: &str = "otpd_database_up";
 
+/// The sends counter's help text: it names every `result` label `record_send` gives.
+const SENDS_HELP: &str = "Code sends by result: accepted, sandbox (no SMS), antispam, no_credit, \
+     country_not_allowed (--sms-countries), account_country_not_allowed and account_hourly_limit \
+     (the account's own limits), unknown_account, bad_message (text or encoding refused) or \
+     store_error";
+
 /// Gives the recorder installed now the help text of every metric above.
 pub fn describe() {
-    describe_counter!(
-        SENDS,
-        Unit::Count,
-        "Code sends by result: accepted, sandbox (no SMS), antispam, no_credit, unknown_account, \
-         bad_message (text or encoding refused) or store_error"
-    );
+    describe_counter!(SENDS, Unit::Count, SENDS_HELP);
     describe_counter!(
         CHECKS,
         Unit::Count,
@@ -260,6 +261,7 @@ mod tests {
                 rendered(|| VerificationMetrics::default().record_send(Dialect::Amm, &result));
             let line = format!("{SENDS}{{dialect=\"amm\",result=\"{label}\"}} 1");
             assert!(text.contains(&line), "{line} in {text}");
+            assert!(SENDS_HELP.contains(label), "the help text names {label}");
         }
     }
 
