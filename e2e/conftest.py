@@ -21,6 +21,7 @@ import boto3
 import pytest
 import requests
 from botocore.config import Config
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = os.environ.get("OTPD_BIN", str(ROOT / "target" / "debug" / "otpd"))
@@ -217,6 +218,17 @@ class Otpd:
 
     def logs(self):
         return self.log_file.read_text()
+
+    def metric(self, name, **labels):
+        """The value of the sample `name` with exactly `labels` on /metrics now (0 if absent),
+        read through the reference parser."""
+        text = requests.get(f"{self.url}/metrics", timeout=10).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and sample.labels == labels
+        )
 
     def logs_through(self, request_id):
         """The log once the line of request `request_id` is in it: otpd writes its log from a
