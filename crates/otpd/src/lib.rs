@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+mod hangup;
 pub mod http_server;
 pub mod retention;
 pub mod runtime;

@@ -169,7 +169,9 @@ pub async fn serve(global: &GlobalOptions, options: ServeOptions) -> Result<(), 
         ),
         // clap requires both or neither.
         _ => {
-            crate::tls::hangups_logged();
+            crate::hangup::on_hangup(|| {
+                tracing::info!("SIGHUP: nothing to read again (otpd serves plain HTTP)");
+            });
             None
         }
     };

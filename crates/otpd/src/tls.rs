@@ -31,60 +31,20 @@ pub fn reloaded_on_hangup(
     key_file: PathBuf,
 ) -> Result<CurrentAcceptor, TlsSetupError> {
     let (current, receiver) = watch::channel(acceptor(&cert_file, &key_file)?);
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(error) => {
-                tracing::warn!(
-                    %error,
-                    "cannot listen for SIGHUP: the TLS certificate is read only at start"
-                );
-                return;
-            }
-        };
-        while hangups.recv().await.is_some() {
-            match acceptor(&cert_file, &key_file) {
-                Ok(renewed) => {
-                    current.send_replace(renewed);
-                    tracing::info!(
-                        cert = %cert_file.display(),
-                        "read the TLS certificate and key again"
-                    );
-                }
-                Err(error) => tracing::error!(
-                    %error,
-                    "cannot reload the TLS certificate: new connections still get the one \
-                     read before"
-                ),
-            }
+    crate::hangup::on_hangup(move || match acceptor(&cert_file, &key_file) {
+        Ok(renewed) => {
+            current.send_replace(renewed);
+            tracing::info!(
+                cert = %cert_file.display(),
+                "read the TLS certificate and key again"
+            );
         }
+        Err(error) => tracing::error!(
+            %error,
+            "cannot reload the TLS certificate: new connections still get the one read before"
+        ),
     });
-    #[cfg(not(unix))]
-    drop(current);
     Ok(CurrentAcceptor(receiver))
-}
-
-/// Without TLS there is nothing to read again, but SIGHUP must still not stop the server: a
-/// systemd `ExecReload=` or a reload script sends it to every service alike, and its default
-/// action ends the process. Call it within the runtime.
-pub fn hangups_logged() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Caught from here on, before the server says it listens.
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangups) => {
-                tokio::spawn(async move {
-                    while hangups.recv().await.is_some() {
-                        tracing::info!("SIGHUP: nothing to read again (otpd serves plain HTTP)");
-                    }
-                });
-            }
-            Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP, which will stop otpd"),
-        }
-    }
 }
 
 /// Why the certificate and key cannot be served with.
