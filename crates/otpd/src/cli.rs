@@ -206,14 +206,14 @@ pub struct LimitOptions {
     /// The countries the account's codes may be texted to, as ISO 3166 codes (`IT,DE`), or
     /// `any`; never wider than the server's `--sms-countries`.
     #[arg(long, value_name = "LIST|any", value_parser = countries)]
-    pub countries: Option<Countries>,
+    pub countries: Option<DestinationCountries>,
 }
 
 impl LimitOptions {
     pub fn change(self) -> LimitsChange {
         LimitsChange {
             sms_per_hour: self.max_sms_per_hour.map(|limit| limit.0),
-            countries: self.countries.map(|countries| countries.0),
+            countries: self.countries,
         }
     }
 }
@@ -221,10 +221,6 @@ impl LimitOptions {
 /// `--max-sms-per-hour`: a limit, or `None` for none.
 #[derive(Debug, Clone, Copy)]
 pub struct HourlyLimit(Option<SmsPerHour>);
-
-/// `--countries`: a list, or any country.
-#[derive(Debug, Clone)]
-pub struct Countries(DestinationCountries);
 
 fn sms_per_hour(text: &str) -> Result<HourlyLimit, String> {
     if text.eq_ignore_ascii_case("none") {
@@ -237,13 +233,12 @@ fn sms_per_hour(text: &str) -> Result<HourlyLimit, String> {
         .ok_or_else(|| format!("use a number from 1 to {} or none", SmsPerHour::MAX))
 }
 
-fn countries(text: &str) -> Result<Countries, String> {
+/// `--countries`: a list, or `any`.
+fn countries(text: &str) -> Result<DestinationCountries, String> {
     if text.trim().eq_ignore_ascii_case("any") {
-        return Ok(Countries(DestinationCountries::Any));
+        return Ok(DestinationCountries::Any);
     }
-    DestinationCountries::parse_list(text)
-        .map(Countries)
-        .map_err(|error| error.to_string())
+    DestinationCountries::parse_list(text).map_err(|error| error.to_string())
 }
 
 #[derive(Debug, Subcommand)]
