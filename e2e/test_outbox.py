@@ -1,9 +1,12 @@
 """The durable outbox: what got a 200 is delivered, even across a kill -9."""
 
 import json
+import secrets
 import signal
 
-from conftest import Otpd, SendLoad, wait_for
+import pytest
+
+from conftest import Otpd, SendLoad, SmsGateway, wait_for
 
 
 def test_delivery_is_visible_in_search_and_the_message_record(otpd, account):
@@ -23,6 +26,38 @@ def test_delivery_is_visible_in_search_and_the_message_record(otpd, account):
     assert record["verify_id"] == verify_id
     assert "text" not in record
     assert otpd.messages()[-1]["message_id"] == found["id_sms"]
+
+
+@pytest.mark.parametrize(
+    "carrier_id",
+    # 3,000 random characters: PostgreSQL compresses a repetitive value below its index's limit.
+    ["carrier\\u0000id", secrets.token_hex(1500), "line\\nbreak"],
+    ids=["NUL", "3000 characters", "control character"],
+)
+def test_a_carrier_id_that_cannot_be_stored_is_dropped_not_sent_again(tmp_path, carrier_id):
+    # PostgreSQL's text holds no NUL and its index entries at most about 2,700 bytes: before,
+    # such an id from the provider failed the outcome's commit (with every other outcome in
+    # it), and the message was sent again when its claim ran out.
+    gateway = SmsGateway(answer=f'{{"message_id": "{carrier_id}"}}'.encode())
+    server = Otpd(tmp_path, sms=gateway.url)
+    server.start()
+    try:
+        _, message_id = server.amm_send(server.create_account(), "393471110002")
+
+        def stored():
+            record = json.loads(server.cli("messages", "show", message_id).stdout)
+            return record if record["state"] != "pending" else None
+
+        record = wait_for(stored, timeout=5)
+        assert record["state"] == "sent" and record["attempts"] == 1
+        # Without a usable id of its own from the provider, the message is known by otpd's.
+        assert record["carrier_message_id"] == message_id
+        assert len(gateway.received) == 1
+        assert "cannot record delivery attempts" not in server.log_file.read_text()
+        assert "carrier's message id" in server.log_file.read_text()
+    finally:
+        server.stop()
+        gateway.stop()
 
 
 def test_every_accepted_send_survives_kill_9(tmp_path):

@@ -41,6 +41,42 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// A carrier's id for one message, as otpd keeps and looks it up: 1 to 128 characters, none of
+/// them a control character. SMPP's are at most 64 octets and HTTP providers' are UUIDs and the
+/// like; anything else a carrier answers cannot be kept: PostgreSQL's text holds no NUL and an
+/// index entry at most about 2,700 bytes, and refusing such an id failed the commit of the
+/// attempt's outcome, so the message was sent again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CarrierMessageId(String);
+
+impl CarrierMessageId {
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn parse(input: &str) -> Option<Self> {
+        let storable = !input.is_empty()
+            && input.chars().count() <= Self::MAX_CHARS
+            && !input.chars().any(char::is_control);
+        storable.then(|| Self(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&MessageId> for CarrierMessageId {
+    /// otpd's own id, for a carrier that answers without one of its own.
+    fn from(id: &MessageId) -> Self {
+        Self(id.0.clone())
+    }
+}
+
+impl fmt::Display for CarrierMessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A message to commit with its verification. The text holds the code, so it is stored sealed
 /// with the server key.
 #[derive(Debug, Clone)]
@@ -168,7 +204,7 @@ impl MessageState {
 /// A delivery receipt from the carrier (an SMPP `deliver_sm` receipt, say).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
-    pub carrier_message_id: String,
+    pub carrier_message_id: CarrierMessageId,
     /// The carrier's final state: DELIVRD, UNDELIV, EXPIRED, REJECTD...
     pub state: String,
     pub at: Timestamp,
@@ -268,6 +304,25 @@ impl RetryPolicy {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_carrier_id_is_kept_only_if_a_store_can_index_it() {
+        for kept in [
+            "prov-1",
+            "0A1B2C3D",
+            "ü-ÿ",
+            &"x".repeat(CarrierMessageId::MAX_CHARS),
+        ] {
+            let id = CarrierMessageId::parse(kept).expect(kept);
+            assert_eq!(id.as_str(), kept);
+        }
+        let too_long = "x".repeat(CarrierMessageId::MAX_CHARS + 1);
+        for refused in ["", "a\0b", "line\nbreak", "tab\there", "\u{7f}", &too_long] {
+            assert_eq!(CarrierMessageId::parse(refused), None, "{refused:?}");
+        }
+        let ours = MessageId::generate();
+        assert_eq!(CarrierMessageId::from(&ours).as_str(), ours.as_str());
+    }
 
     /// A transport's answer with nothing but its status.
     pub(crate) fn report(status: DeliveryStatus) -> DeliveryReport {

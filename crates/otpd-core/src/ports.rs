@@ -10,7 +10,8 @@ use crate::clock::Timestamp;
 use crate::code::OtpCode;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
 use crate::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt,
+    AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, OutboxBacklog, OutboxMessage,
+    Receipt,
 };
 use crate::phone::E164;
 use crate::sms::{ComposeError, ComposedSms, MessageBody, Sender};
@@ -205,7 +206,8 @@ impl DeliveryStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryReport {
     pub status: DeliveryStatus,
-    pub message_id: Option<String>,
+    /// The carrier's id for the message, if it gave one otpd can keep.
+    pub message_id: Option<CarrierMessageId>,
     /// The downstream status code (HTTP-like: 200 for accepted).
     pub status_code: u16,
     pub status_message: String,

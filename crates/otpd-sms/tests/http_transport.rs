@@ -12,8 +12,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use otpd_core::account::{Name, NewAccount};
 use otpd_core::outbox::{
-    MessageId, MessageRecord, MessageState, MessageText, NewOutboxMessage, OutboxMessage,
-    RetryPolicy,
+    CarrierMessageId, MessageId, MessageRecord, MessageState, MessageText, NewOutboxMessage,
+    OutboxMessage, RetryPolicy,
 };
 use otpd_core::ports::{DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store};
 use otpd_core::sms::{ComposedSms, Encoding, Sender};
@@ -59,6 +59,10 @@ async fn provider() -> (String, Arc<Provider>) {
                 post(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
             )
             .route("/bad", post(|| async { StatusCode::BAD_REQUEST }))
+            .route(
+                "/unkeepable-id",
+                post(|| async { Json(json!({"message_id": "prov\u{0}1"})) }),
+            )
             .route(
                 "/slow",
                 post(|| async {
@@ -113,12 +117,24 @@ fn transport(base: &str, path: &str) -> HttpTransport {
 }
 
 #[tokio::test]
+async fn an_id_otpd_cannot_keep_is_replaced_by_its_own() {
+    let (base, _) = provider().await;
+    let sms = sms();
+    let report = transport(&base, "/unkeepable-id").send(&sms).await;
+    assert_eq!(report.status, DeliveryStatus::Successful);
+    assert_eq!(report.message_id, Some((&sms.message_id).into()));
+}
+
+#[tokio::test]
 async fn statuses_map_to_delivery_outcomes() {
     let (base, provider) = provider().await;
     let sms = sms();
     let ok = transport(&base, "/ok").send(&sms).await;
     assert_eq!(ok.status, DeliveryStatus::Successful);
-    assert_eq!(ok.message_id.as_deref(), Some("prov-1"));
+    assert_eq!(
+        ok.message_id.as_ref().map(CarrierMessageId::as_str),
+        Some("prov-1")
+    );
     assert_eq!(ok.status_code, 200);
     let (headers, body) = provider
         .received
@@ -321,7 +337,10 @@ async fn a_send_gets_the_first_attempts_report_and_its_outcome_is_stored() {
         .await
         .expect("a report within the wait");
     assert_eq!(report.status, DeliveryStatus::Successful);
-    assert_eq!(report.message_id.as_deref(), Some("prov-1"));
+    assert_eq!(
+        report.message_id.as_ref().map(CarrierMessageId::as_str),
+        Some("prov-1")
+    );
     let record = settled(&store, &id).await;
     assert_eq!(record.state, MessageState::Sent);
     assert_eq!(record.attempts, 1);

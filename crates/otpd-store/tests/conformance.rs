@@ -14,8 +14,8 @@ use otpd_core::account::{
 use otpd_core::clock::ManualClock;
 use otpd_core::countries::DestinationCountries;
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageState, MessageText, NewOutboxMessage, OutboxBacklog,
-    OutboxMessage, Receipt,
+    AttemptOutcome, CarrierMessageId, MessageId, MessageState, MessageText, NewOutboxMessage,
+    OutboxBacklog, OutboxMessage, Receipt,
 };
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::sms::Encoding;
@@ -1076,10 +1076,10 @@ fn outbox_message() -> NewOutboxMessage {
     }
 }
 
-fn accepted(carrier_id: &str) -> AttemptOutcome {
+fn accepted(id: &str) -> AttemptOutcome {
     AttemptOutcome::Accepted(DeliveryReport {
         status: DeliveryStatus::Successful,
-        message_id: Some(carrier_id.into()),
+        message_id: Some(carrier_id(id)),
         status_code: 200,
         status_message: "accepted".into(),
     })
@@ -1361,7 +1361,7 @@ async fn outcomes_are_stored_in_batches(backend: Backend) {
     let claimed = h.three_messages_claimed().await;
     let report = |status, message_id: Option<&str>| DeliveryReport {
         status,
-        message_id: message_id.map(str::to_owned),
+        message_id: message_id.and_then(CarrierMessageId::parse),
         status_code: 200,
         status_message: "ok".into(),
     };
@@ -1449,7 +1449,7 @@ async fn receipts_update_the_delivery_status(backend: Backend) {
     assert_eq!(found.delivery_status.as_deref(), Some("SUCCESSFUL"));
     let at = h.clock.now().plus(Duration::from_secs(3));
     let receipt = Receipt {
-        carrier_message_id: "smsc-42".into(),
+        carrier_message_id: carrier_id("smsc-42"),
         state: "DELIVRD".into(),
         at,
     };
@@ -1462,7 +1462,7 @@ async fn receipts_update_the_delivery_status(backend: Backend) {
     assert!(
         !h.store
             .record_receipt(Receipt {
-                carrier_message_id: "other".into(),
+                carrier_message_id: carrier_id("other"),
                 ..receipt
             })
             .await
@@ -2072,3 +2072,7 @@ on_every_backend!(
     parallel_sends_never_pass_the_hourly_limit,
     account_limits_are_stored_and_changed,
 );
+
+fn carrier_id(id: &str) -> CarrierMessageId {
+    CarrierMessageId::parse(id).expect("a carrier id otpd keeps")
+}

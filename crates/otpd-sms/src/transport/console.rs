@@ -153,7 +153,7 @@ impl SmsTransport for ConsoleTransport {
                 self.backed_up.store(false, Ordering::Relaxed);
                 DeliveryReport {
                     status: DeliveryStatus::Successful,
-                    message_id: Some(sms.message_id.to_string()),
+                    message_id: Some((&sms.message_id).into()),
                     status_code: 200,
                     status_message: "queued for printing on the console".into(),
                 }
@@ -303,7 +303,7 @@ mod tests {
         let sms = sms();
         let report = send_promptly(&console, &sms).await;
         assert_eq!(report.status, DeliveryStatus::Successful);
-        assert_eq!(report.message_id.as_deref(), Some(sms.message_id.as_str()));
+        assert_eq!(report.message_id, Some((&sms.message_id).into()));
         let expected = format!("SMS {} to +393481234567", sms.message_id);
         assert!(printed.wait_for(&expected).contains(&expected));
     }

@@ -54,14 +54,13 @@ impl FileTransport {
 #[async_trait]
 impl SmsTransport for FileTransport {
     async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
-        let message_id = sms.message_id.to_string();
         let line = JsonMessage::from(sms);
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
         match self.append(&bytes) {
             Ok(()) => DeliveryReport {
                 status: DeliveryStatus::Successful,
-                message_id: Some(message_id),
+                message_id: Some((&sms.message_id).into()),
                 status_code: 200,
                 status_message: "written to the message file".into(),
             },
@@ -101,10 +100,8 @@ mod tests {
         assert_eq!(lines[0]["from"], "Acme");
         assert_eq!(lines[0]["encoding"], "GSM7");
         assert_eq!(lines[0]["parts"], 1);
-        assert_eq!(
-            lines[0]["message_id"],
-            first.message_id.unwrap_or_default().as_str()
-        );
+        let first_id = first.message_id.expect("the message's id");
+        assert_eq!(lines[0]["message_id"], first_id.as_str());
         assert_eq!(lines[1]["text"], "two \"5678\"");
     }
 

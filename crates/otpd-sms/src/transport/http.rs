@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, StatusCode};
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
 
-use super::JsonMessage;
+use super::{JsonMessage, kept};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSpec {
@@ -97,11 +97,12 @@ impl SmsTransport for HttpTransport {
                 serde_json::Value::String(id) => Some(id.clone()),
                 serde_json::Value::Number(id) => Some(id.to_string()),
                 _ => None,
-            });
+            })
+            .and_then(|id| kept(&id, &sms.message_id));
         DeliveryReport {
             status: classify(status),
             message_id: carrier_id
-                .or_else(|| status.is_success().then(|| sms.message_id.to_string())),
+                .or_else(|| status.is_success().then(|| (&sms.message_id).into())),
             status_code: status.as_u16(),
             status_message: format!("the provider answered {status}"),
         }

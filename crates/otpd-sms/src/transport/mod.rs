@@ -8,6 +8,7 @@ mod smpp;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use otpd_core::outbox::{CarrierMessageId, MessageId};
 use otpd_core::ports::{SmsTransport, Store};
 
 pub use console::{ConsoleStyle, ConsoleTransport};
@@ -125,10 +126,24 @@ impl<'a> From<&'a otpd_core::ports::OutgoingSms> for JsonMessage<'a> {
     }
 }
 
+/// The carrier's id for our message `ours`, if otpd can keep it (`CarrierMessageId`). Otherwise
+/// a warning, without the id, which may be anything, and the attempt is recorded without it.
+pub(crate) fn kept(carrier_id: &str, ours: &MessageId) -> Option<CarrierMessageId> {
+    let kept = CarrierMessageId::parse(carrier_id);
+    if kept.is_none() {
+        tracing::warn!(
+            message_id = %ours,
+            length = carrier_id.chars().count(),
+            "the carrier's message id cannot be kept (empty, over {} characters, or with a control character); its delivery receipts will not be matched",
+            CarrierMessageId::MAX_CHARS
+        );
+    }
+    kept
+}
+
 /// A message for the transports' unit tests: to +393481234567 from "Acme", one GSM 7-bit part.
 #[cfg(test)]
 pub(crate) fn test_sms(text: &str) -> otpd_core::ports::OutgoingSms {
-    use otpd_core::outbox::MessageId;
     use otpd_core::sms::{ComposedSms, Encoding, Sender};
     use otpd_core::{E164, VerifyId};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use otpd_core::outbox::Receipt;
+use otpd_core::outbox::{CarrierMessageId, Receipt};
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport, Store};
 use otpd_core::sms::{Encoding, Sender};
 use otpd_core::{Clock, SystemClock, Timestamp};
@@ -25,6 +25,7 @@ use rusmpp::{CommandStatus, Pdu};
 use rusmppc::{Client, ConnectionBuilder, Event};
 use tokio::sync::{Mutex, RwLock, Semaphore, watch};
 
+use super::kept;
 use crate::{gsm, segments};
 
 /// `smpp://SYSTEM_ID:PASSWORD@HOST:PORT?system_type=..&window=..&tps=..&source_ton=..&source_npi=..`
@@ -201,7 +202,7 @@ impl SmsTransport for SmppTransport {
         for pdu in pdus {
             self.pace().await;
             match client.submit_sm(pdu).await {
-                Ok(response) => last_id = Some(response.message_id().as_str().to_owned()),
+                Ok(response) => last_id = kept(response.message_id().as_str(), &sms.message_id),
                 Err(error) => return report_error(error),
             }
         }
@@ -431,9 +432,9 @@ pub fn parse_receipt(text: &[u8], now: Timestamp) -> Option<Receipt> {
             .find_map(|word| word.strip_prefix(name))
             .map(str::to_owned)
     };
-    let id = field("id:")?;
+    let id = CarrierMessageId::parse(&field("id:")?)?;
     let state = field("stat:")?;
-    if id.is_empty() || state.is_empty() {
+    if state.is_empty() {
         return None;
     }
     Some(Receipt {
@@ -541,9 +542,11 @@ mod tests {
     fn receipts() {
         let text = b"id:abc123 sub:001 dlvrd:001 submit date:2611212230 done date:2611212231 stat:DELIVRD err:000 text:Code";
         let receipt = parse_receipt(text, Timestamp(5)).expect("parses");
-        assert_eq!(receipt.carrier_message_id, "abc123");
+        assert_eq!(receipt.carrier_message_id.as_str(), "abc123");
         assert_eq!(receipt.state, "DELIVRD");
         assert!(parse_receipt(b"hello", Timestamp(5)).is_none());
+        // An id no outbox row can hold matches nothing; PostgreSQL refused the lookup with it.
+        assert!(parse_receipt(b"id:ab\0c stat:DELIVRD", Timestamp(5)).is_none());
     }
 
     mod any_receipt {
@@ -569,9 +572,10 @@ mod tests {
                 let mut body = words.join(" ").into_bytes();
                 body.extend(noise);
                 if let Some(receipt) = parse_receipt(&body, Timestamp(5)) {
-                    prop_assert!(!receipt.carrier_message_id.is_empty());
+                    let id = receipt.carrier_message_id.as_str();
+                    prop_assert!(!id.is_empty() && !id.contains(' '));
+                    prop_assert!(!id.chars().any(char::is_control));
                     prop_assert!(!receipt.state.is_empty());
-                    prop_assert!(!receipt.carrier_message_id.contains(' '));
                 }
             }
         }

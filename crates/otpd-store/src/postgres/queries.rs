@@ -7,8 +7,8 @@ use std::time::Duration;
 use deadpool_postgres::{ClientWrapper, Object};
 use otpd_core::account::{Account, AccountLimits, Application, NewAccount, PreviousSecret};
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, NewOutboxMessage,
-    OutboxBacklog, OutboxMessage, Receipt,
+    AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, MessageState, MessageText,
+    NewOutboxMessage, OutboxBacklog, OutboxMessage, Receipt,
 };
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
@@ -894,7 +894,7 @@ async fn store_outcome(
                 &report.status.as_str(),
                 &i32::from(report.status_code),
                 &report.status_message,
-                &report.message_id,
+                &report.message_id.as_ref().map(CarrierMessageId::as_str),
             ],
         )
         .await
@@ -916,7 +916,7 @@ pub(super) async fn record_receipt(
             &statement,
             &[
                 &now,
-                &receipt.carrier_message_id,
+                &receipt.carrier_message_id.as_str(),
                 &receipt.state,
                 &receipt.at.millis(),
             ],

@@ -7,8 +7,8 @@ use otpd_core::account::{
 use std::time::Duration;
 
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, MessageState, MessageText, OutboxBacklog,
-    OutboxMessage, Receipt,
+    AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, MessageState, MessageText,
+    OutboxBacklog, OutboxMessage, Receipt,
 };
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
@@ -847,7 +847,7 @@ pub(super) fn finish_attempts(
             report.status.as_str(),
             report.status_code,
             report.status_message,
-            report.message_id,
+            report.message_id.as_ref().map(CarrierMessageId::as_str),
         ])?;
     }
     Ok(())
@@ -863,7 +863,7 @@ pub(super) fn record_receipt(
     now: Timestamp,
 ) -> Result<bool, Failure> {
     let updated = connection.prepare_cached(RECORD_RECEIPT)?.execute(params![
-        receipt.carrier_message_id,
+        receipt.carrier_message_id.as_str(),
         receipt.state,
         receipt.at.millis(),
         now.millis()
