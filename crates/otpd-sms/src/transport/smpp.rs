@@ -424,7 +424,11 @@ async fn serve_events(
     }
 }
 
+/// The longest receipt state kept. SMPP's are seven letters (DELIVRD, UNDELIV, ...).
+const MAX_RECEIPT_STATE_CHARS: usize = 32;
+
 /// Reads the SMPP receipt text: `id:... sub:... dlvrd:... submit date:... done date:... stat:DELIVRD err:...`.
+/// A receipt whose id or state a store could not hold (see `CarrierMessageId`) is not one.
 pub fn parse_receipt(text: &[u8], now: Timestamp) -> Option<Receipt> {
     let text = String::from_utf8_lossy(text);
     let field = |name: &str| {
@@ -434,7 +438,10 @@ pub fn parse_receipt(text: &[u8], now: Timestamp) -> Option<Receipt> {
     };
     let id = CarrierMessageId::parse(&field("id:")?)?;
     let state = field("stat:")?;
-    if state.is_empty() {
+    let storable = !state.is_empty()
+        && state.chars().count() <= MAX_RECEIPT_STATE_CHARS
+        && !state.chars().any(char::is_control);
+    if !storable {
         return None;
     }
     Some(Receipt {
@@ -547,6 +554,9 @@ mod tests {
         assert!(parse_receipt(b"hello", Timestamp(5)).is_none());
         // An id no outbox row can hold matches nothing; PostgreSQL refused the lookup with it.
         assert!(parse_receipt(b"id:ab\0c stat:DELIVRD", Timestamp(5)).is_none());
+        assert!(parse_receipt(b"id:abc stat:DELIV\0RD", Timestamp(5)).is_none());
+        let long_state = format!("id:abc stat:{}", "D".repeat(33));
+        assert!(parse_receipt(long_state.as_bytes(), Timestamp(5)).is_none());
     }
 
     mod any_receipt {
@@ -576,6 +586,7 @@ mod tests {
                     prop_assert!(!id.is_empty() && !id.contains(' '));
                     prop_assert!(!id.chars().any(char::is_control));
                     prop_assert!(!receipt.state.is_empty());
+                    prop_assert!(!receipt.state.chars().any(char::is_control));
                 }
             }
         }
