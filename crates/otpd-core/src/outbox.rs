@@ -43,9 +43,9 @@ impl fmt::Display for MessageId {
 
 /// A carrier's id for one message, as otpd keeps and looks it up: 1 to 128 characters, none of
 /// them a control character. SMPP's are at most 64 octets and HTTP providers' are UUIDs and the
-/// like; anything else a carrier answers cannot be kept: PostgreSQL's text holds no NUL and an
-/// index entry at most about 2,700 bytes, and refusing such an id failed the commit of the
-/// attempt's outcome, so the message was sent again.
+/// like. PostgreSQL's text holds no NUL and its index entries at most about 2,700 bytes: an id
+/// beyond that failed the commit of the attempt's outcome, and the message was sent again each
+/// time its claim ran out.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CarrierMessageId(String);
 

@@ -134,7 +134,7 @@ pub(crate) fn kept(carrier_id: &str, ours: &MessageId) -> Option<CarrierMessageI
         tracing::warn!(
             message_id = %ours,
             length = carrier_id.chars().count(),
-            "the carrier's message id cannot be kept (empty, over {} characters, or with a control character); its delivery receipts will not be matched",
+            "the carrier's message id cannot be kept (empty, over {} characters, or with a control character); receipts for the message will not be matched",
             CarrierMessageId::MAX_CHARS
         );
     }
