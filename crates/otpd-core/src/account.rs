@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use crate::clock::Timestamp;
 use crate::countries::DestinationCountries;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId};
+use crate::text::is_short_printable;
 
 /// A display name for an account or application: 1 to 64 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,9 +14,7 @@ pub struct Name(String);
 impl Name {
     pub fn parse(input: &str) -> Option<Self> {
         let trimmed = input.trim();
-        let well_formed =
-            (1..=64).contains(&trimmed.chars().count()) && !trimmed.chars().any(char::is_control);
-        well_formed.then(|| Self(trimmed.to_owned()))
+        is_short_printable(trimmed, 64).then(|| Self(trimmed.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod ports;
 pub mod service;
 pub mod sms;
+pub mod text;
 pub mod verification;
 
 pub use clock::{Clock, SystemClock, Timestamp};

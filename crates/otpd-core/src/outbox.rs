@@ -10,6 +10,7 @@ use crate::ids::{AccountId, VerifyId};
 use crate::phone::E164;
 use crate::ports::{DeliveryReport, DeliveryStatus};
 use crate::sms::Encoding;
+use crate::text::is_short_printable;
 
 /// otpd's own id for one message: 32 lowercase hex characters. It is Pinpoint's `MessageId` and
 /// the amm `id_sms`; the carrier's id is kept beside it.
@@ -53,10 +54,7 @@ impl CarrierMessageId {
     pub const MAX_CHARS: usize = 128;
 
     pub fn parse(input: &str) -> Option<Self> {
-        let storable = !input.is_empty()
-            && input.chars().count() <= Self::MAX_CHARS
-            && !input.chars().any(char::is_control);
-        storable.then(|| Self(input.to_owned()))
+        is_short_printable(input, Self::MAX_CHARS).then(|| Self(input.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -10,6 +10,7 @@ use crate::ids::{AccountId, VerifyId};
 use crate::outbox::NewOutboxMessage;
 use crate::phone::E164;
 use crate::policy::{MaxAttempts, Ttl};
+use crate::text::is_short_printable;
 
 /// Which API created a verification; each has its own notion of "the same code".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,17 +36,14 @@ impl Dialect {
     }
 }
 
-/// A Pinpoint `ReferenceId`: 1 to 48 characters, matched exactly. No control characters: an
-/// identifier has no use for them, and PostgreSQL's text cannot hold NUL, so one would fail the
-/// request there as an internal error.
+/// A Pinpoint `ReferenceId`: 1 to 48 characters, matched exactly, no control characters
+/// (`is_short_printable`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReferenceId(String);
 
 impl ReferenceId {
     pub fn parse(input: &str) -> Option<Self> {
-        let well_formed =
-            (1..=48).contains(&input.chars().count()) && !input.chars().any(char::is_control);
-        well_formed.then(|| Self(input.to_owned()))
+        is_short_printable(input, 48).then(|| Self(input.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

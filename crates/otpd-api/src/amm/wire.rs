@@ -6,6 +6,7 @@ use std::time::Duration;
 use otpd_core::account::Account;
 use otpd_core::service::SendRequest;
 use otpd_core::sms::{EncodingChoice, MessageBody, Sender};
+use otpd_core::text::is_short_printable;
 use otpd_core::verification::{
     CheckOutcome, CheckRecord, Dialect, Verification, VerificationKey, VerificationStatus,
 };
@@ -44,8 +45,8 @@ pub fn send_request(params: &Params, account: &Account) -> Result<SendRequest, A
         Some(_) => return Err(AmmError::BadSandbox),
     };
     let app_id = params.get("app_id").unwrap_or_default();
-    let app_id_ok = app_id.chars().count() <= 64 && !app_id.chars().any(char::is_control);
-    if !app_id_ok {
+    // The provider's app_id may be left empty.
+    if !app_id.is_empty() && !is_short_printable(app_id, 64) {
         return Err(AmmError::BadAppId);
     }
     let encoding = match params

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use otpd_core::outbox::{CarrierMessageId, Receipt};
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport, Store};
 use otpd_core::sms::{Encoding, Sender};
+use otpd_core::text::is_short_printable;
 use otpd_core::{Clock, SystemClock, Timestamp};
 use rusmpp::pdus::{BindTransceiver, DeliverSmResp, SubmitSm};
 use rusmpp::types::{COctetString, OctetString};
@@ -438,10 +439,7 @@ pub fn parse_receipt(text: &[u8], now: Timestamp) -> Option<Receipt> {
     };
     let id = CarrierMessageId::parse(&field("id:")?)?;
     let state = field("stat:")?;
-    let storable = !state.is_empty()
-        && state.chars().count() <= MAX_RECEIPT_STATE_CHARS
-        && !state.chars().any(char::is_control);
-    if !storable {
+    if !is_short_printable(&state, MAX_RECEIPT_STATE_CHARS) {
         return None;
     }
     Some(Receipt {
