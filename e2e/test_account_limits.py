@@ -1,5 +1,5 @@
 """An account's own limits (`accounts create/limit --max-sms-per-hour --countries`): SMS parts
-a clock hour, and the countries its codes may go to. A send past either is refused in its
+in any 60 minutes, and the countries its codes may go to. A send past either is refused in its
 dialect's own format before anything is stored, charged or sent."""
 
 import json
@@ -34,7 +34,7 @@ def test_accounts_show_their_limits(otpd):
     plain = create(otpd, "plain")
     assert plain["max_sms_per_hour"] is None
     assert plain["countries"] is None
-    assert "sms_this_hour" not in otpd.account_info(plain["access_key_id"]), "only under a limit"
+    assert "sms_in_last_hour" not in otpd.account_info(plain["access_key_id"]), "only under a limit"
     listed = otpd.account_info(limited["access_key_id"])
     assert (listed["max_sms_per_hour"], listed["countries"]) == (30, ["GB", "IT"])
 
@@ -49,7 +49,7 @@ def test_an_amm_account_past_its_hour_gets_antispam_and_pays_nothing_more(otpd):
     assert refused.json() == {"errorMsg": "ANTISPAM"}
     assert not any(message["to"] == "+393486610009" for message in otpd.messages())
     listed = otpd.account_info(account["access_key_id"])
-    assert (listed["credits"], listed["sms_this_hour"]) == (7, 3)
+    assert (listed["credits"], listed["sms_in_last_hour"]) == (7, 3)
     # A sandbox send reaches no carrier, costs nothing and is not counted.
     sandbox = amm_send(otpd, account, "393486610008", sandbox="true")
     assert sandbox.status_code == 200, sandbox.text
@@ -65,7 +65,7 @@ def test_a_pinpoint_account_past_its_hour_gets_too_many_requests(otpd):
     with pytest.raises(client.exceptions.TooManyRequestsException) as raised:
         pinpoint_send(client, app_id, "+393486620003")
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
-    assert "SMS limit for this hour" in raised.value.response["Error"]["Message"]
+    assert "SMS limit for the last hour" in raised.value.response["Error"]["Message"]
     assert sends_counted(otpd, "pinpoint", "account_hourly_limit") >= 1
     # Another account's hour is its own.
     other = otpd.create_account("unlimited")

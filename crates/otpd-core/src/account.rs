@@ -44,8 +44,8 @@ pub struct Account {
 /// sign-up form (SMS pumping) costs at most an hour's limit in the account's own countries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountLimits {
-    /// SMS parts the account may send in each clock hour (UTC), counted by the store as it
-    /// debits credit; `None` for no limit.
+    /// SMS parts the account may send in any 60 minutes, counted by the store as it debits
+    /// credit (`sms_window::SmsWindow`); `None` for no limit.
     pub sms_per_hour: Option<SmsPerHour>,
     /// The countries its codes may be texted to, within the server's `--sms-countries`.
     pub countries: DestinationCountries,

@@ -25,11 +25,6 @@ impl Timestamp {
         Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
     }
 
-    /// The start of the clock hour (UTC) this falls in.
-    pub fn start_of_hour(self) -> Timestamp {
-        Timestamp(self.0 - self.0.rem_euclid(3_600_000))
-    }
-
     /// Seconds since the epoch, for formats such as Pinpoint's `CreationDate`.
     pub fn to_system_time(self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(u64::try_from(self.0).unwrap_or(0))
@@ -93,17 +88,6 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_hour_starts_on_the_hour() {
-        let hour = Timestamp(1_700_000_000_000 - 800_000);
-        assert_eq!(Timestamp(1_700_000_000_000).start_of_hour(), hour);
-        assert_eq!(hour.start_of_hour(), hour);
-        assert_eq!(
-            Timestamp(hour.0 - 1).start_of_hour(),
-            Timestamp(hour.0 - 3_600_000)
-        );
-    }
 
     #[test]
     fn the_time_since_an_earlier_moment_is_never_negative() {

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod ports;
 pub mod service;
 pub mod sms;
+pub mod sms_window;
 pub mod text;
 pub mod verification;
 

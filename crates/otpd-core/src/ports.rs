@@ -66,16 +66,16 @@ pub trait Store: Send + Sync + 'static {
         keep_previous_until: Option<Timestamp>,
     ) -> Result<Option<Account>, StoreError>;
     /// Replaces the account's limits and returns the account; `None` if no account has that
-    /// access key id. The SMS already counted in the current hour stay counted.
+    /// access key id. The SMS already counted in the last hour stay counted.
     async fn set_account_limits(
         &self,
         key: &AccessKeyId,
         limits: &AccountLimits,
     ) -> Result<Option<Account>, StoreError>;
-    /// SMS parts the account has sent in the current clock hour (by the store's clock), as its
-    /// hourly limit counts them: only sends of an account with an hourly or a credit limit are
-    /// counted. `None` if no account has that access key id.
-    async fn sms_this_hour(&self, key: &AccessKeyId) -> Result<Option<u32>, StoreError>;
+    /// SMS parts the account has sent in the last hour (by the store's clock), as its hourly
+    /// limit counts them (`SmsWindow`: 60 to 65 minutes back). Only sends of an account with an
+    /// hourly or a credit limit are counted. `None` if no account has that access key id.
+    async fn sms_in_last_hour(&self, key: &AccessKeyId) -> Result<Option<u64>, StoreError>;
     async fn create_application(&self, application: Application)
     -> Result<Application, StoreError>;
     async fn list_applications(

@@ -1854,10 +1854,14 @@ fn charging(parts: u32) -> SendGuards {
     }
 }
 
-/// START is 13 min 20 s into its hour.
+/// START is 13 min 20 s into its clock hour.
 const REST_OF_START_HOUR: Duration = Duration::from_millis(2_800_000);
 
-async fn the_hourly_limit_counts_parts_in_each_clock_hour(backend: Backend) {
+/// START is 3 min 20 s into its 5-minute bucket (`SmsWindow`): a part sent then is counted
+/// until that bucket is 65 minutes old, 61 min 40 s later.
+const START_COUNTED_FOR: Duration = Duration::from_millis(3_700_000);
+
+async fn the_hourly_limit_counts_parts_in_any_sixty_minutes(backend: Backend) {
     for credits in [None, Some(100)] {
         let h = harness_with_credits(backend, credits).await;
         h.limit_per_hour(5).await;
@@ -1892,13 +1896,23 @@ async fn the_hourly_limit_counts_parts_in_each_clock_hour(backend: Backend) {
             .await
             .expect("a sandbox send costs nothing and is not counted");
         assert_eq!(
-            h.store.sms_this_hour(&h.access_key).await.expect("read"),
+            h.store.sms_in_last_hour(&h.access_key).await.expect("read"),
             Some(5)
         );
-        // The next clock hour starts a new count, whenever in the hour the last send was.
+        // A clock hour ending is no reset: a count per clock hour let the whole limit through
+        // again here, minutes after it was spent.
+        h.clock.advance(REST_OF_START_HOUR);
+        let next_hour = h.send(h.key_for("+393481234506"), 3, charging(1)).await;
+        assert!(
+            matches!(
+                next_hour,
+                Err(CreateError::Rejected(SendRejected::HourlyLimit))
+            ),
+            "{next_hour:?}"
+        );
         h.clock
-            .advance(REST_OF_START_HOUR - Duration::from_millis(1));
-        let last_moment = h.send(h.key_for("+393481234506"), 3, charging(1)).await;
+            .advance(START_COUNTED_FOR - REST_OF_START_HOUR - Duration::from_millis(1));
+        let last_moment = h.send(h.key_for("+393481234507"), 3, charging(1)).await;
         assert!(
             matches!(
                 last_moment,
@@ -1907,23 +1921,54 @@ async fn the_hourly_limit_counts_parts_in_each_clock_hour(backend: Backend) {
             "{last_moment:?}"
         );
         h.clock.advance(Duration::from_millis(1));
-        for destination in ["+393481234507", "+393481234508"] {
+        for destination in ["+393481234508", "+393481234509"] {
             h.send(h.key_for(destination), 3, charging(2))
                 .await
-                .expect("a new hour");
+                .expect("the parts of over an hour ago no longer count");
         }
         assert_eq!(
-            h.store.sms_this_hour(&h.access_key).await.expect("read"),
+            h.store.sms_in_last_hour(&h.access_key).await.expect("read"),
             Some(4)
         );
-        h.clock.advance(Duration::from_secs(3600));
+        h.clock.advance(Duration::from_secs(3900));
         assert_eq!(
-            h.store.sms_this_hour(&h.access_key).await.expect("read"),
+            h.store.sms_in_last_hour(&h.access_key).await.expect("read"),
             Some(0),
-            "an hour without sends"
+            "an hour and five minutes without sends"
         );
         assert_eq!(h.credits().await, credits.map(|c| c - 9));
     }
+}
+
+/// Each part leaves the count an hour after it was sent, not all at once.
+async fn parts_leave_the_count_an_hour_after_they_were_sent(backend: Backend) {
+    let h = harness(backend).await;
+    h.limit_per_hour(5).await;
+    h.send(h.key_for("+393481234501"), 3, charging(2))
+        .await
+        .expect("first");
+    h.clock.advance(Duration::from_secs(30 * 60));
+    h.send(h.key_for("+393481234502"), 3, charging(3))
+        .await
+        .expect("second, half an hour later");
+    h.clock
+        .advance(START_COUNTED_FOR - Duration::from_secs(30 * 60));
+    assert_eq!(
+        h.store.sms_in_last_hour(&h.access_key).await.expect("read"),
+        Some(3),
+        "the first send's parts are over an hour old"
+    );
+    let too_many = h.send(h.key_for("+393481234503"), 3, charging(3)).await;
+    assert!(
+        matches!(
+            too_many,
+            Err(CreateError::Rejected(SendRejected::HourlyLimit))
+        ),
+        "the second send's parts still count: {too_many:?}"
+    );
+    h.send(h.key_for("+393481234504"), 3, charging(2))
+        .await
+        .expect("room for the parts that left");
 }
 
 /// Credit is judged first: a send the credit does not cover is `NoCredit` even when the hour's
@@ -2001,7 +2046,7 @@ async fn account_limits_are_stored_and_changed(backend: Backend) {
     );
     assert_eq!(
         h.store
-            .sms_this_hour(&AccessKeyId::generate())
+            .sms_in_last_hour(&AccessKeyId::generate())
             .await
             .expect("read"),
         None
@@ -2067,7 +2112,8 @@ on_every_backend!(
     retention_purges_old_verifications_in_batches,
     checks_follow_the_state_machine_in_every_state,
     codes_verify_whatever_their_digest_is_bound_to,
-    the_hourly_limit_counts_parts_in_each_clock_hour,
+    the_hourly_limit_counts_parts_in_any_sixty_minutes,
+    parts_leave_the_count_an_hour_after_they_were_sent,
     credit_is_judged_before_the_hourly_limit,
     parallel_sends_never_pass_the_hourly_limit,
     account_limits_are_stored_and_changed,

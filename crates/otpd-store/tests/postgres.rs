@@ -183,7 +183,7 @@ async fn nodes_starting_together_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        (1..=12).collect::<Vec<_>>(),
+        (1..=13).collect::<Vec<_>>(),
         "each migration ran once"
     );
 
@@ -336,6 +336,72 @@ async fn nodes_of_the_previous_release_can_share_the_database() {
         .await
         .expect("row");
     assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (true, true));
+}
+
+/// A database that a release of schema 12 left, with an hour's count of SMS: migration 13 puts
+/// the count into the rolling window (`SmsWindow`), so an upgrade does not hand an account a
+/// fresh hour's limit.
+#[tokio::test]
+async fn an_upgrade_keeps_the_sms_counted_in_the_hour() {
+    let database = scratch().await;
+    let client = connect_raw(database.url()).await;
+    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .expect("migrations")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    files.sort();
+    client
+        .batch_execute(
+            "CREATE TABLE otpd_schema_migrations (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .expect("versions table");
+    for (version, file) in (1..=12).zip(&files) {
+        let sql = std::fs::read_to_string(file).expect("read");
+        client.batch_execute(&sql).await.expect("migrate");
+        client
+            .execute(
+                "INSERT INTO otpd_schema_migrations (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .expect("version");
+    }
+    // This hour's 4 parts, and 7 in an hour that ended over an hour ago.
+    for (key, hours_back, parts) in [
+        ("OTPDTHISHOURAAAAAAAA", 0, 4),
+        ("OTPDLONGAGOAAAAAAAAA", 2, 7),
+    ] {
+        client
+            .execute(
+                "INSERT INTO accounts (id, name, access_key_id, sealed_secret, created_at,
+                     sms_per_hour, sms_hour_start, sms_in_hour)
+                 VALUES ($1, 'old', $1, '\\x01', 0, 10,
+                     otpd_now_ms() - otpd_now_ms() % 3600000 - $2::bigint * 3600000, $3)",
+                &[&key, &i64::from(hours_back), &parts],
+            )
+            .await
+            .expect("account of schema 12");
+    }
+
+    let store = PgStore::connect(options(database.url()))
+        .await
+        .expect("upgrade");
+    let counted = |key: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .sms_in_last_hour(&AccessKeyId::parse(key).expect("key"))
+                .await
+                .expect("read")
+        }
+    };
+    assert_eq!(counted("OTPDTHISHOURAAAAAAAA").await, Some(4));
+    assert_eq!(counted("OTPDLONGAGOAAAAAAAAA").await, Some(0));
 }
 
 /// Checks of one node share a statement. When that group and another transaction wait for each

@@ -87,16 +87,17 @@ fn account_json(account: &Account) -> Value {
     })
 }
 
-/// An account, and for one with an hourly limit the SMS parts counted against it this hour.
+/// An account, and for one with an hourly limit the SMS parts counted against it in the last
+/// hour.
 async fn with_hourly_usage(
     store: &Arc<dyn Store>,
     account: &Account,
 ) -> Result<Value, CommandError> {
     let mut value = account_json(account);
     if account.limits.sms_per_hour.is_some() {
-        value["sms_this_hour"] = json!(
+        value["sms_in_last_hour"] = json!(
             store
-                .sms_this_hour(&account.access_key_id)
+                .sms_in_last_hour(&account.access_key_id)
                 .await
                 .map_err(failed)?
         );

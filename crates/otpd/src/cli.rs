@@ -199,8 +199,8 @@ pub enum AccountsCommand {
 /// account, unlimited) when not given.
 #[derive(Debug, Args)]
 pub struct LimitOptions {
-    /// SMS parts the account may send in each clock hour (UTC), or `none`: a cap on what an
-    /// abused sign-up form or a leaked key can spend before someone looks.
+    /// SMS parts the account may send in any 60 minutes, or `none`: a cap on what an abused
+    /// sign-up form or a leaked key can spend before someone looks.
     #[arg(long, value_name = "N|none", value_parser = sms_per_hour)]
     pub max_sms_per_hour: Option<HourlyLimit>,
     /// The countries the account's codes may be texted to, as ISO 3166 codes (`IT,DE`), or

@@ -40,7 +40,7 @@ pub async fn send(
                 PinpointError::Forbidden("The account's credit does not cover this message".into())
             }
             SendError::Rejected(SendRejected::HourlyLimit) => PinpointError::TooManyRequests(
-                "The account has sent its SMS limit for this hour; try again after the hour".into(),
+                "The account has sent its SMS limit for the last hour; try again later".into(),
             ),
             SendError::CountryNotAllowed(country) => PinpointError::BadRequest(format!(
                 "DestinationIdentity is in a country this server sends no SMS to ({})",

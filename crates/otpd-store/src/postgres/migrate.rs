@@ -51,6 +51,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         12,
         include_str!("../../migrations/postgres/0012_account_limits.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/postgres/0013_rolling_hour.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.

@@ -231,11 +231,11 @@ impl Store for PgStore {
             .await?)
     }
 
-    async fn sms_this_hour(&self, key: &AccessKeyId) -> Result<Option<u32>, StoreError> {
+    async fn sms_in_last_hour(&self, key: &AccessKeyId) -> Result<Option<u64>, StoreError> {
         let key = key.clone();
         Ok(self
             .with_client(move |client, now| async move {
-                queries::sms_this_hour(&client, now, &key).await
+                queries::sms_in_last_hour(&client, now, &key).await
             })
             .await?)
     }

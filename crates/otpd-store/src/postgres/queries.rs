@@ -11,6 +11,7 @@ use otpd_core::outbox::{
     NewOutboxMessage, OutboxBacklog, OutboxMessage, Receipt,
 };
 use otpd_core::sms::Encoding;
+use otpd_core::sms_window::SmsWindow;
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckRecord, CheckReport,
     CheckState, Dialect, IpLimit, NewVerification, SendGuards, SendRejected, Verification,
@@ -245,19 +246,28 @@ pub(super) async fn set_account_limits(
     row.as_ref().map(account_from_row).transpose()
 }
 
-pub(super) async fn sms_this_hour(
+pub(super) async fn sms_in_last_hour(
     client: &ClientWrapper,
     now: Option<i64>,
     key: &AccessKeyId,
-) -> Result<Option<u32>, Failure> {
+) -> Result<Option<u64>, Failure> {
     let statement = client
         .prepare_cached(&format!(
-            "SELECT CASE WHEN sms_hour_start = {NOW} - {NOW} % 3600000 THEN sms_in_hour ELSE 0 END
-             FROM accounts WHERE access_key_id = $2"
+            "SELECT {NOW}, sms_window_newest, sms_window FROM accounts WHERE access_key_id = $2"
         ))
         .await?;
-    let row = client.query_opt(&statement, &[&now, &key.as_str()]).await?;
-    row.as_ref().map(|row| counter(row, 0)).transpose()
+    let Some(row) = client.query_opt(&statement, &[&now, &key.as_str()]).await? else {
+        return Ok(None);
+    };
+    let window = match row.try_get::<_, Option<Vec<i32>>>(2)? {
+        None => SmsWindow::empty(),
+        Some(parts) => {
+            let parts: Vec<i64> = parts.into_iter().map(i64::from).collect();
+            SmsWindow::from_stored(Timestamp(row.try_get(1)?), &parts)
+                .ok_or_else(|| malformed(2))?
+        }
+    };
+    Ok(Some(window.at(Timestamp(row.try_get(0)?)).total()))
 }
 
 const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";

@@ -79,6 +79,9 @@ fn migrations() -> Vec<M<'static>> {
         M::up(include_str!(
             "../../migrations/sqlite/0012_account_limits.sql"
         )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0013_rolling_hour.sql"
+        )),
     ]
 }
 const READERS: usize = 2;
@@ -333,12 +336,10 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn sms_this_hour(&self, key: &AccessKeyId) -> Result<Option<u32>, StoreError> {
+    async fn sms_in_last_hour(&self, key: &AccessKeyId) -> Result<Option<u64>, StoreError> {
         let key = key.clone();
         Ok(self
-            .read(move |connection, clock| {
-                queries::sms_this_hour(connection, &key, clock.now().start_of_hour())
-            })
+            .read(move |connection, clock| queries::sms_in_last_hour(connection, &key, clock.now()))
             .await?)
     }
 
@@ -609,6 +610,41 @@ mod tests {
             .map(|suffix| PathBuf::from(format!("{}{suffix}", path.display())))
             .filter(|file| file.exists())
             .collect()
+    }
+
+    /// Migration 13 puts a count per clock hour into the rolling window (`SmsWindow`), so an
+    /// upgrade does not hand an account a fresh hour's limit.
+    #[tokio::test]
+    async fn an_upgrade_keeps_the_sms_counted_in_the_hour() {
+        let (connection, dir) = database_at(12);
+        let now = SystemClock.now().millis();
+        let this_hour = now - now % 3_600_000;
+        // The account of `database_at` sent 4 parts this hour; another, 7 two hours ago.
+        connection
+            .execute(
+                "UPDATE accounts SET sms_per_hour = 10, sms_hour_start = ?1, sms_in_hour = 4",
+                [this_hour],
+            )
+            .expect("this hour's count");
+        connection
+            .execute(
+                "INSERT INTO accounts (id, name, access_key_id, sealed_secret, created_at,
+                     sms_per_hour, sms_hour_start, sms_in_hour)
+                 VALUES ('b', 'old', 'OTPDBBBBBBBBBBBBBBBB', x'00', 0, 10, ?1, 7)",
+                [this_hour - 2 * 3_600_000],
+            )
+            .expect("an old count");
+        drop(connection);
+        let store = SqliteStore::open(&dir.path().join("otpd.db"), Arc::new(SystemClock))
+            .expect("open and upgrade");
+        for (key, counted) in [("OTPDAAAAAAAAAAAAAAAA", 4), ("OTPDBBBBBBBBBBBBBBBB", 0)] {
+            let key = AccessKeyId::parse(key).expect("key");
+            assert_eq!(
+                store.sms_in_last_hour(&key).await.expect("read"),
+                Some(counted),
+                "{key}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use otpd_core::outbox::{
     OutboxBacklog, OutboxMessage, Receipt,
 };
 use otpd_core::sms::Encoding;
+use otpd_core::sms_window::SmsWindow;
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckRecord, CheckReport,
     CheckState, Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
@@ -182,18 +183,43 @@ pub(super) fn set_account_limits(
     find_account_by_key(connection, key)
 }
 
-pub(super) fn sms_this_hour(
+pub(super) fn sms_in_last_hour(
     connection: &Connection,
     key: &AccessKeyId,
-    hour: Timestamp,
-) -> Result<Option<u32>, Failure> {
-    Ok(connection
+    now: Timestamp,
+) -> Result<Option<u64>, Failure> {
+    let stored = connection
         .prepare_cached(
-            "SELECT CASE WHEN sms_hour_start = ?2 THEN sms_in_hour ELSE 0 END
-             FROM accounts WHERE access_key_id = ?1",
+            "SELECT sms_window_newest, sms_window FROM accounts WHERE access_key_id = ?1",
         )?
-        .query_row(params![key.as_str(), hour.millis()], |row| row.get(0))
-        .optional()?)
+        .query_row([key.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    stored
+        .map(|(newest, parts)| Ok(sms_window(newest, parts)?.at(now).total()))
+        .transpose()
+}
+
+/// An account's `SmsWindow` from its two columns: the newest bucket's start, and the counts as
+/// 4-byte big-endian numbers (NULL: nothing counted yet).
+fn sms_window(newest: i64, parts: Option<Vec<u8>>) -> Result<SmsWindow, Failure> {
+    let Some(bytes) = parts else {
+        return Ok(SmsWindow::empty());
+    };
+    // A short last chunk reads as -1, which `from_stored` refuses like a wrong count of chunks.
+    let counts: Vec<i64> = bytes
+        .chunks(4)
+        .map(|count| <[u8; 4]>::try_from(count).map_or(-1, |be| i64::from(u32::from_be_bytes(be))))
+        .collect();
+    SmsWindow::from_stored(Timestamp(newest), &counts)
+        .ok_or_else(|| Failure::Database("an account's SMS count is unreadable".into()))
+}
+
+fn sms_window_bytes(window: &SmsWindow) -> Vec<u8> {
+    window
+        .parts()
+        .iter()
+        .flat_map(|count| count.to_be_bytes())
+        .collect()
 }
 
 const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
@@ -420,7 +446,7 @@ fn retire_live_code(connection: &Connection, rowid: i64, now: Timestamp) -> Resu
 }
 
 /// Takes `charge` credits from the account, unless it has no credit limit, and counts the SMS
-/// in its clock hour against its hourly limit (`AccountLimits::sms_per_hour`). Accounts with
+/// in its last hour against its hourly limit (`AccountLimits::sms_per_hour`). Accounts with
 /// neither, and sends that cost nothing (sandbox), write nothing here.
 fn debit(
     connection: &Connection,
@@ -430,58 +456,56 @@ fn debit(
 ) -> Result<(), Failure> {
     let ledger = connection
         .prepare_cached(
-            "SELECT credits, sms_per_hour, sms_hour_start, sms_in_hour FROM accounts WHERE id = ?1",
+            "SELECT credits, sms_per_hour, sms_window_newest, sms_window FROM accounts WHERE id = ?1",
         )?
         .query_row([account_id.as_str()], |row| {
             Ok(Ledger {
                 credits: row.get(0)?,
                 sms_per_hour: row.get(1)?,
-                hour_start: Timestamp(row.get(2)?),
-                sms_in_hour: row.get(3)?,
+                window_newest: row.get(2)?,
+                window: row.get(3)?,
             })
         })
         .optional()?
         .ok_or(Failure::Rejected(SendRejected::UnknownAccount))?;
-    let charge = i64::from(charge);
-    if ledger.credits.is_some_and(|balance| balance < charge) {
-        return Err(Failure::Rejected(SendRejected::NoCredit));
-    }
-    let hour = now.start_of_hour();
-    let sent_this_hour = if ledger.hour_start == hour {
-        ledger.sms_in_hour
-    } else {
-        0
-    };
     if ledger
-        .sms_per_hour
-        .is_some_and(|limit| sent_this_hour + charge > limit)
+        .credits
+        .is_some_and(|balance| balance < i64::from(charge))
     {
-        return Err(Failure::Rejected(SendRejected::HourlyLimit));
+        return Err(Failure::Rejected(SendRejected::NoCredit));
     }
     if charge == 0 || (ledger.credits.is_none() && ledger.sms_per_hour.is_none()) {
         return Ok(());
     }
+    let mut window = sms_window(ledger.window_newest, ledger.window)?.at(now);
+    if ledger
+        .sms_per_hour
+        .is_some_and(|limit| window.total() + u64::from(charge) > u64::try_from(limit).unwrap_or(0))
+    {
+        return Err(Failure::Rejected(SendRejected::HourlyLimit));
+    }
+    window.add(charge);
     connection
         .prepare_cached(
-            "UPDATE accounts SET credits = credits - ?2, sms_hour_start = ?3, sms_in_hour = ?4
+            "UPDATE accounts SET credits = credits - ?2, sms_window_newest = ?3, sms_window = ?4
              WHERE id = ?1",
         )?
         .execute(params![
             account_id.as_str(),
             charge,
-            hour.millis(),
-            sent_this_hour + charge
+            window.newest().millis(),
+            sms_window_bytes(&window)
         ])?;
     Ok(())
 }
 
 /// An account's figures that a send is charged against. `credits` and `sms_per_hour` are
-/// `None` for no limit.
+/// `None` for no limit; the window is as stored (`sms_window`).
 struct Ledger {
     credits: Option<i64>,
     sms_per_hour: Option<i64>,
-    hour_start: Timestamp,
-    sms_in_hour: i64,
+    window_newest: i64,
+    window: Option<Vec<u8>>,
 }
 
 /// An address's wrong codes on an account's verifications since a time. The outcomes listed are
