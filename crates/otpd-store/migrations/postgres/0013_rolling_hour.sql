@@ -2,8 +2,8 @@
 -- per clock hour let an account send its limit just before an hour ended and again just after.
 -- `sms_window` holds the parts sent in each of the last 13 five-minute buckets, oldest first;
 -- `sms_window_newest` is the newest bucket's start (milliseconds since the epoch). NULL: nothing
--- counted yet. `sms_hour_start` and `sms_in_hour` stay, unwritten, for the nodes of the previous
--- release that still run during a rolling upgrade.
+-- counted yet. `sms_hour_start` and `sms_in_hour` stay, unwritten, until no node of an earlier
+-- release can still be running (SQLite, served by one process, drops them now).
 ALTER TABLE accounts
     ADD COLUMN sms_window_newest bigint NOT NULL DEFAULT 0,
     ADD COLUMN sms_window integer[];
