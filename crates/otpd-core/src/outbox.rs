@@ -75,6 +75,58 @@ impl fmt::Display for CarrierMessageId {
     }
 }
 
+/// A transport's words on one attempt, as otpd stores them and shows them (Pinpoint's
+/// `StatusMessage`, the console, `messages failed`): at most 256 characters, each control
+/// character made a space. Transports put library errors into it, whose text can carry what a
+/// peer sent, and PostgreSQL's text holds no NUL: one would fail the commit of the attempt's
+/// outcome with every other outcome in its batch, and those messages would be sent again each
+/// time their claims ran out. So it is made storable as it is built, not refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMessage(String);
+
+impl StatusMessage {
+    pub const MAX_CHARS: usize = 256;
+
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        if text.chars().count() <= Self::MAX_CHARS && !text.chars().any(char::is_control) {
+            return Self(text);
+        }
+        Self(
+            text.chars()
+                .take(Self::MAX_CHARS)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl From<&str> for StatusMessage {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<String> for StatusMessage {
+    fn from(text: String) -> Self {
+        Self::new(text)
+    }
+}
+
+impl fmt::Display for StatusMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A message to commit with its verification. The text holds the code, so it is stored sealed
 /// with the server key.
 #[derive(Debug, Clone)]
@@ -328,8 +380,22 @@ pub(crate) mod tests {
             status,
             message_id: None,
             status_code: 0,
-            status_message: String::new(),
+            status_message: StatusMessage::new(""),
         }
+    }
+
+    #[test]
+    fn a_status_message_is_made_storable_not_refused() {
+        assert_eq!(
+            StatusMessage::new("accepted by the SMSC").as_str(),
+            "accepted by the SMSC"
+        );
+        assert_eq!(
+            StatusMessage::from("link\0failure\r\n").as_str(),
+            "link failure  "
+        );
+        let long = StatusMessage::from("é".repeat(1000));
+        assert_eq!(long.as_str(), "é".repeat(StatusMessage::MAX_CHARS));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::code::OtpCode;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
 use crate::outbox::{
     AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, OutboxBacklog, OutboxMessage,
-    Receipt,
+    Receipt, StatusMessage,
 };
 use crate::phone::E164;
 use crate::sms::{ComposeError, ComposedSms, MessageBody, Sender};
@@ -210,7 +210,7 @@ pub struct DeliveryReport {
     pub message_id: Option<CarrierMessageId>,
     /// The downstream status code (HTTP-like: 200 for accepted).
     pub status_code: u16,
-    pub status_message: String,
+    pub status_message: StatusMessage,
 }
 
 /// Delivers what the outbox holds. The core hands it each message it just committed (already

@@ -175,7 +175,7 @@ async fn an_unreachable_provider_is_a_temporary_failure() {
         .send(&sms())
         .await;
     assert_eq!(report.status, DeliveryStatus::TemporaryFailure);
-    assert!(!report.status_message.contains("s3cret"));
+    assert!(!report.status_message.as_str().contains("s3cret"));
 }
 
 /// A fresh SQLite store with one account, and the server key.

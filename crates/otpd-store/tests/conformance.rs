@@ -15,7 +15,7 @@ use otpd_core::clock::ManualClock;
 use otpd_core::countries::DestinationCountries;
 use otpd_core::outbox::{
     AttemptOutcome, CarrierMessageId, MessageId, MessageState, MessageText, NewOutboxMessage,
-    OutboxBacklog, OutboxMessage, Receipt,
+    OutboxBacklog, OutboxMessage, Receipt, StatusMessage,
 };
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::sms::Encoding;
@@ -1571,6 +1571,50 @@ async fn the_backlog_counts_what_waits_for_delivery(backend: Backend) {
     assert_eq!(backlog().await, OutboxBacklog::default(), "given up on");
 }
 
+/// A status message is whatever a transport's error said, which may carry what a peer sent. In
+/// one batch with others, a NUL (which PostgreSQL's text cannot hold) and 10,000 characters
+/// are stored as `StatusMessage` made them, and the other outcomes with them.
+async fn outcomes_with_odd_status_messages_are_stored_with_their_batch(backend: Backend) {
+    let h = harness(backend).await;
+    let claimed = h.three_messages_claimed().await;
+    let failed = |text: String| {
+        AttemptOutcome::Failed(DeliveryReport {
+            status: DeliveryStatus::PermanentFailure,
+            message_id: None,
+            status_code: 0,
+            status_message: text.into(),
+        })
+    };
+    h.store
+        .finish_attempts(vec![
+            (claimed[0].id.clone(), failed("link\0failure".into())),
+            (claimed[1].id.clone(), failed("x".repeat(10_000))),
+            (claimed[2].id.clone(), accepted("carrier-1")),
+        ])
+        .await
+        .expect("the whole batch is stored");
+    let stored = |index: usize| {
+        let id = claimed[index].id.clone();
+        let store = &h.store;
+        async move {
+            store
+                .find_message(&id)
+                .await
+                .expect("find")
+                .expect("exists")
+        }
+    };
+    assert_eq!(
+        stored(0).await.status_message.as_deref(),
+        Some("link failure")
+    );
+    assert_eq!(
+        stored(1).await.status_message.map(|text| text.len()),
+        Some(StatusMessage::MAX_CHARS)
+    );
+    assert_eq!(stored(2).await.state, MessageState::Sent);
+}
+
 async fn failed_messages_are_listed_newest_first(backend: Backend) {
     let h = harness(backend).await;
     let claimed = h.three_messages_claimed().await;
@@ -2109,6 +2153,7 @@ on_every_backend!(
     a_message_committed_for_immediate_delivery_is_claimed_from_the_start,
     the_backlog_counts_what_waits_for_delivery,
     failed_messages_are_listed_newest_first,
+    outcomes_with_odd_status_messages_are_stored_with_their_batch,
     retention_purges_old_verifications_in_batches,
     checks_follow_the_state_machine_in_every_state,
     codes_verify_whatever_their_digest_is_bound_to,

@@ -187,7 +187,7 @@ impl MessageResult {
             delivery_status: report.status.as_str(),
             message_id: message_id.map(ToString::to_string),
             status_code: report.status_code,
-            status_message: report.status_message,
+            status_message: report.status_message.into_string(),
         }
     }
 }

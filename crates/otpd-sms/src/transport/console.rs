@@ -334,7 +334,10 @@ mod tests {
         };
         assert_eq!(refused.status, DeliveryStatus::TemporaryFailure);
         assert_eq!(refused.status_code, 503);
-        assert_eq!(refused.status_message, "standard error is not keeping up");
+        assert_eq!(
+            refused.status_message.as_str(),
+            "standard error is not keeping up"
+        );
         assert!(refused.message_id.is_none());
         assert!(handed_over.len() >= queued_lines, "{handed_over:?}");
 

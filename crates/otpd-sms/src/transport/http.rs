@@ -85,7 +85,8 @@ impl SmsTransport for HttpTransport {
                     status_message: format!(
                         "the provider could not be reached: {}",
                         error.without_url()
-                    ),
+                    )
+                    .into(),
                 };
             }
         };
@@ -104,7 +105,7 @@ impl SmsTransport for HttpTransport {
             message_id: carrier_id
                 .or_else(|| status.is_success().then(|| (&sms.message_id).into())),
             status_code: status.as_u16(),
-            status_message: format!("the provider answered {status}"),
+            status_message: format!("the provider answered {status}").into(),
         }
     }
 }

@@ -230,7 +230,7 @@ fn permanent(reason: String) -> DeliveryReport {
         status: DeliveryStatus::PermanentFailure,
         message_id: None,
         status_code: 0,
-        status_message: reason,
+        status_message: reason.into(),
     }
 }
 
@@ -251,7 +251,7 @@ fn report_error(error: rusmppc::error::Error) -> DeliveryReport {
                 status,
                 message_id: None,
                 status_code: u16::try_from(code).unwrap_or(u16::MAX),
-                status_message: format!("the SMSC answered {:?}", response.status),
+                status_message: format!("the SMSC answered {:?}", response.status).into(),
             }
         }
         other => temporary(&format!("SMPP link failure: {other}")),

@@ -903,7 +903,7 @@ async fn store_outcome(
                 &outcome.retry_after().map(millis),
                 &report.status.as_str(),
                 &i32::from(report.status_code),
-                &report.status_message,
+                &report.status_message.as_str(),
                 &report.message_id.as_ref().map(CarrierMessageId::as_str),
             ],
         )

@@ -870,7 +870,7 @@ pub(super) fn finish_attempts(
             outcome.retry_after().map(|delay| now.plus(delay).millis()),
             report.status.as_str(),
             report.status_code,
-            report.status_message,
+            report.status_message.as_str(),
             report.message_id.as_ref().map(CarrierMessageId::as_str),
         ])?;
     }
