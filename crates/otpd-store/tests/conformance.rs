@@ -14,8 +14,8 @@ use otpd_core::account::{
 use otpd_core::clock::ManualClock;
 use otpd_core::countries::DestinationCountries;
 use otpd_core::outbox::{
-    AttemptOutcome, CarrierMessageId, MessageId, MessageState, MessageText, NewOutboxMessage,
-    OutboxBacklog, OutboxMessage, Receipt, StatusMessage,
+    AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, MessageState, MessageText,
+    NewOutboxMessage, OutboxBacklog, OutboxMessage, Receipt, StatusMessage,
 };
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::sms::Encoding;
@@ -1188,12 +1188,7 @@ async fn the_outbox_hands_out_each_message_once_per_lease(backend: Backend) {
             .is_empty(),
         "sent is final"
     );
-    let record = h
-        .store
-        .find_message(&again[0].id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let record = h.stored_message(&again[0].id).await;
     assert_eq!(record.state, MessageState::Sent);
     assert_eq!(record.attempts, 2);
     assert_eq!(record.carrier_message_id.as_deref(), Some("carrier-1"));
@@ -1235,12 +1230,7 @@ async fn retries_wait_for_their_time(backend: Backend) {
         h.store.claim_outbox(10, LEASE).await.expect("claim").len(),
         1
     );
-    let record = h
-        .store
-        .find_message(&claimed[0].id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let record = h.stored_message(&claimed[0].id).await;
     assert_eq!(record.delivery_status.as_deref(), Some("THROTTLED"));
     assert_eq!(record.state, MessageState::Pending);
 }
@@ -1269,12 +1259,7 @@ async fn expired_or_cancelled_codes_are_never_handed_out(backend: Backend) {
     );
     for id in [expiring, cancelled] {
         let message = h.message_of(&id).await;
-        let record = h
-            .store
-            .find_message(&message)
-            .await
-            .expect("find")
-            .expect("exists");
+        let record = h.stored_message(&message).await;
         assert_eq!(record.state, MessageState::Dropped);
     }
 }
@@ -1385,17 +1370,7 @@ async fn outcomes_are_stored_in_batches(backend: Backend) {
         ])
         .await
         .expect("finish");
-    let state = |n: usize| {
-        let store = h.store.clone();
-        let id = claimed[n].id.clone();
-        async move {
-            store
-                .find_message(&id)
-                .await
-                .expect("find")
-                .expect("exists")
-        }
-    };
+    let state = |n: usize| h.stored_message(&claimed[n].id);
     let sent = state(0).await;
     assert_eq!(sent.state, MessageState::Sent);
     assert_eq!(sent.carrier_message_id.as_deref(), Some("carrier-1"));
@@ -1471,12 +1446,7 @@ async fn receipts_update_the_delivery_status(backend: Backend) {
     let found = h.stored(&id).await;
     assert_eq!(found.delivery_status.as_deref(), Some("DELIVRD"));
     assert_eq!(found.delivery_updated_at, Some(at));
-    let record = h
-        .store
-        .find_message(&claimed[0].id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let record = h.stored_message(&claimed[0].id).await;
     assert_eq!(record.receipt_state.as_deref(), Some("DELIVRD"));
     assert_eq!(record.receipt_at, Some(at));
 }
@@ -1501,12 +1471,7 @@ async fn a_message_committed_for_immediate_delivery_is_claimed_from_the_start(ba
             .is_empty(),
         "its sender holds it"
     );
-    let record = h
-        .store
-        .find_message(&message_id)
-        .await
-        .expect("find")
-        .expect("exists");
+    let record = h.stored_message(&message_id).await;
     assert_eq!(record.attempts, 1);
     // The sender died: the claim runs out and the message is anyone's.
     h.clock.advance(LEASE);
@@ -1593,17 +1558,7 @@ async fn outcomes_with_odd_status_messages_are_stored_with_their_batch(backend: 
         ])
         .await
         .expect("the whole batch is stored");
-    let stored = |index: usize| {
-        let id = claimed[index].id.clone();
-        let store = &h.store;
-        async move {
-            store
-                .find_message(&id)
-                .await
-                .expect("find")
-                .expect("exists")
-        }
-    };
+    let stored = |index: usize| h.stored_message(&claimed[index].id);
     assert_eq!(
         stored(0).await.status_message.as_deref(),
         Some("link failure")
@@ -1882,6 +1837,22 @@ impl Harness {
             .expect("the account exists");
     }
 
+    async fn stored_message(&self, id: &MessageId) -> MessageRecord {
+        self.store
+            .find_message(id)
+            .await
+            .expect("find")
+            .expect("exists")
+    }
+
+    /// The parts the harness's account sent in its last hour.
+    async fn sms_in_last_hour(&self) -> Option<u64> {
+        self.store
+            .sms_in_last_hour(&self.access_key)
+            .await
+            .expect("read")
+    }
+
     async fn find_account_by_key(&self, key: &AccessKeyId) -> otpd_core::account::Account {
         self.store
             .find_account_by_key(key)
@@ -1889,6 +1860,14 @@ impl Harness {
             .expect("find")
             .expect("exists")
     }
+}
+
+/// Whether a send was refused by the account's hourly limit.
+fn past_hourly_limit<T>(outcome: &Result<T, CreateError>) -> bool {
+    matches!(
+        outcome,
+        Err(CreateError::Rejected(SendRejected::HourlyLimit))
+    )
 }
 
 fn charging(parts: u32) -> SendGuards {
@@ -1918,10 +1897,7 @@ async fn the_hourly_limit_counts_parts_in_any_sixty_minutes(backend: Backend) {
         let refused_id = refused.id.clone();
         let outcome = h.store.create_verification(refused, charging(2)).await;
         assert!(
-            matches!(
-                outcome,
-                Err(CreateError::Rejected(SendRejected::HourlyLimit))
-            ),
+            past_hourly_limit(&outcome),
             "credits {credits:?}: {outcome:?}"
         );
         assert!(
@@ -1939,44 +1915,26 @@ async fn the_hourly_limit_counts_parts_in_any_sixty_minutes(backend: Backend) {
         h.send(h.key_for("+393481234505"), 3, charging(0))
             .await
             .expect("a sandbox send costs nothing and is not counted");
-        assert_eq!(
-            h.store.sms_in_last_hour(&h.access_key).await.expect("read"),
-            Some(5)
-        );
+        assert_eq!(h.sms_in_last_hour().await, Some(5));
         // A clock hour ending is no reset: a count per clock hour let the whole limit through
         // again here, minutes after it was spent.
         h.clock.advance(REST_OF_START_HOUR);
         let next_hour = h.send(h.key_for("+393481234506"), 3, charging(1)).await;
-        assert!(
-            matches!(
-                next_hour,
-                Err(CreateError::Rejected(SendRejected::HourlyLimit))
-            ),
-            "{next_hour:?}"
-        );
+        assert!(past_hourly_limit(&next_hour), "{next_hour:?}");
         h.clock
             .advance(START_COUNTED_FOR - REST_OF_START_HOUR - Duration::from_millis(1));
         let last_moment = h.send(h.key_for("+393481234507"), 3, charging(1)).await;
-        assert!(
-            matches!(
-                last_moment,
-                Err(CreateError::Rejected(SendRejected::HourlyLimit))
-            ),
-            "{last_moment:?}"
-        );
+        assert!(past_hourly_limit(&last_moment), "{last_moment:?}");
         h.clock.advance(Duration::from_millis(1));
         for destination in ["+393481234508", "+393481234509"] {
             h.send(h.key_for(destination), 3, charging(2))
                 .await
                 .expect("the parts of over an hour ago no longer count");
         }
-        assert_eq!(
-            h.store.sms_in_last_hour(&h.access_key).await.expect("read"),
-            Some(4)
-        );
+        assert_eq!(h.sms_in_last_hour().await, Some(4));
         h.clock.advance(Duration::from_secs(3900));
         assert_eq!(
-            h.store.sms_in_last_hour(&h.access_key).await.expect("read"),
+            h.sms_in_last_hour().await,
             Some(0),
             "an hour and five minutes without sends"
         );
@@ -1998,16 +1956,13 @@ async fn parts_leave_the_count_an_hour_after_they_were_sent(backend: Backend) {
     h.clock
         .advance(START_COUNTED_FOR - Duration::from_secs(30 * 60));
     assert_eq!(
-        h.store.sms_in_last_hour(&h.access_key).await.expect("read"),
+        h.sms_in_last_hour().await,
         Some(3),
         "the first send's parts are over an hour old"
     );
     let too_many = h.send(h.key_for("+393481234503"), 3, charging(3)).await;
     assert!(
-        matches!(
-            too_many,
-            Err(CreateError::Rejected(SendRejected::HourlyLimit))
-        ),
+        past_hourly_limit(&too_many),
         "the second send's parts still count: {too_many:?}"
     );
     h.send(h.key_for("+393481234504"), 3, charging(2))
