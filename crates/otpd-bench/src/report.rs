@@ -88,17 +88,20 @@ pub fn print_paired_drift(rows: &[Row]) {
     );
 }
 
-/// Steal above which a row is named after the table: the host took that share of the machine
-/// during its window, and the row's rate and latency are the host's as much as otpd's.
+/// Steal above which a row is run again, and named after the table if it still has it: the
+/// host took that share of the machine during its window, and the row's rate and latency are
+/// the host's as much as otpd's.
 const STOLEN_PERCENT: f64 = 5.0;
+
+/// The share of the machine the host took while `row` was read, if over `STOLEN_PERCENT`.
+pub fn too_much_steal(row: &Row) -> Option<f64> {
+    row.steal_percent.filter(|&steal| steal > STOLEN_PERCENT)
+}
 
 /// The rows read while the host took more than `STOLEN_PERCENT` of the machine.
 fn stolen(rows: &[Row]) -> Vec<&Row> {
     rows.iter()
-        .filter(|row| {
-            row.steal_percent
-                .is_some_and(|steal| steal > STOLEN_PERCENT)
-        })
+        .filter(|row| too_much_steal(row).is_some())
         .collect()
 }
 
