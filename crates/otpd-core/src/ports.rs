@@ -122,6 +122,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<OutboxMessage>, StoreError>;
     /// Stores the outcomes of attempts and releases their claims, all in one transaction (the
     /// dispatcher gathers the outcomes that finish while the previous batch is being written).
+    /// A batch the database refuses, but not one lost with the connection, is stored outcome by
+    /// outcome where the database can refuse one transaction alone (PostgreSQL: a deadlock); an
+    /// error then means some outcomes were not stored.
     async fn finish_attempts(
         &self,
         outcomes: Vec<(MessageId, AttemptOutcome)>,

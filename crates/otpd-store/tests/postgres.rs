@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::connect_raw;
 use otpd_core::account::{Name, NewAccount};
-use otpd_core::ports::{Store, StoreError};
+use otpd_core::outbox::{AttemptOutcome, MessageId, MessageState, NewOutboxMessage};
+use otpd_core::ports::{DeliveryReport, DeliveryStatus, Store, StoreError};
+use otpd_core::sms::Encoding;
 use otpd_core::verification::{
     Candidate, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, Dialect, NewVerification,
     SendGuards, VerificationKey,
@@ -469,6 +471,81 @@ async fn a_group_rolled_back_by_a_deadlock_is_answered() {
             .expect("exists");
         assert_eq!(stored.attempts_used, 1, "the rolled-back try left no trace");
     }
+}
+
+/// A batch of delivery outcomes and another transaction wait for each other's rows, and
+/// PostgreSQL rolls the batch back. Each outcome is then stored on its own, once the other has
+/// committed: no message is left claimed, to be sent again when its claim runs out.
+#[tokio::test]
+async fn outcomes_of_a_batch_rolled_back_by_a_deadlock_are_stored() {
+    let database = scratch().await;
+    let store = PgStore::connect(options(database.url()))
+        .await
+        .expect("connect");
+    let account = create_account(&store).await;
+    let server_key = ServerKey::from_hex(&"66".repeat(32)).expect("key");
+    for destination in ["+393481234501", "+393481234502"] {
+        let id = VerifyId::generate();
+        let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+        let mut send = sandbox_send(&server_key, &id, amm_key(&account, destination), &code, 300);
+        send.sandbox = false;
+        send.outbox = Some(NewOutboxMessage {
+            id: MessageId::generate(),
+            sealed_text: b"sealed".to_vec(),
+            encoding: Encoding::Gsm7,
+            parts: 1,
+            entity_id: None,
+            template_id: None,
+            claimed_for: None,
+        });
+        store.create_verification(send, GUARDS).await.expect("send");
+    }
+    let claimed = store
+        .claim_outbox(10, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    let ids: Vec<MessageId> = claimed.iter().map(|message| message.id.clone()).collect();
+    assert_eq!(ids.len(), 2);
+    let accepted = AttemptOutcome::Accepted(DeliveryReport {
+        status: DeliveryStatus::Successful,
+        message_id: None,
+        status_code: 200,
+        status_message: "accepted".into(),
+    });
+    let lock_sql = "SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE";
+
+    let mut other = connect_raw(database.url()).await;
+    let transaction = other.transaction().await.expect("begin");
+    transaction
+        .execute(lock_sql, &[&ids[1].as_str()])
+        .await
+        .expect("lock the second message");
+    // The batch updates the first message, then waits for the second.
+    let batch = store.finish_attempts(vec![
+        (ids[0].clone(), accepted.clone()),
+        (ids[1].clone(), accepted),
+    ]);
+    let close_the_circle = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let locked = transaction.execute(lock_sql, &[&ids[0].as_str()]).await;
+        (locked, transaction.commit().await)
+    };
+    let (stored, (locked, committed)) = tokio::join!(batch, close_the_circle);
+    locked.expect("the other transaction gets the first message once the batch is rolled back");
+    committed.expect("commit");
+    stored.expect("every outcome stored, one by one");
+    for id in &ids {
+        let message = store.find_message(id).await.expect("find").expect("exists");
+        assert_eq!(message.state, MessageState::Sent, "{id}");
+    }
+    assert!(
+        store
+            .claim_outbox(10, Duration::from_secs(60))
+            .await
+            .expect("claim")
+            .is_empty(),
+        "nothing is left to send again"
+    );
 }
 
 /// Two stores on one database, as two otpd nodes run.

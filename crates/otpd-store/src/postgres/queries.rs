@@ -829,13 +829,26 @@ pub(super) async fn claim_outbox(
 
 /// The whole batch in one transaction and one round trip: BEGIN, an UPDATE by primary key per
 /// outcome, COMMIT, pipelined. (A single UPDATE joined to `unnest` arrays was tried first: its
-/// generic plan scanned the whole outbox.)
+/// generic plan scanned the whole outbox.) A batch the database refuses (a deadlock with
+/// another transaction, say) was rolled back whole; each outcome is then stored on its own, as
+/// the groups run their requests, so that one the database will not take does not leave the
+/// others' messages claimed, to be sent again when their claims run out.
 pub(super) async fn finish_attempts(
     client: Object,
     now: Option<i64>,
     outcomes: Vec<(MessageId, AttemptOutcome)>,
 ) -> Result<(), Failure> {
-    let result = finish_in_one_transaction(&client, now, &outcomes).await;
+    let result = match finish_in_one_transaction(&client, now, &outcomes).await {
+        Err(error) if error.as_db_error().is_some() && outcomes.len() > 1 => {
+            tracing::warn!(
+                error = %super::describe(&error),
+                outcomes = outcomes.len(),
+                "a batch of delivery outcomes was refused; storing them one by one"
+            );
+            finish_one_by_one(&client, now, &outcomes).await
+        }
+        other => other.map_err(Failure::from),
+    };
     close_on_error(client, result)
 }
 
@@ -848,12 +861,8 @@ fn close_on_error<T>(client: Object, result: Result<T, Failure>) -> Result<T, Fa
     result
 }
 
-async fn finish_in_one_transaction(
-    client: &ClientWrapper,
-    now: Option<i64>,
-    outcomes: &[(MessageId, AttemptOutcome)],
-) -> Result<(), Failure> {
-    let statement = client
+async fn finish_statement(client: &ClientWrapper) -> Result<Statement, tokio_postgres::Error> {
+    client
         .prepare_cached(&format!(
             "WITH clock AS (SELECT {NOW} AS now)
              UPDATE outbox SET state = $3, lease_until = 0, updated_at = clock.now,
@@ -864,7 +873,15 @@ async fn finish_in_one_transaction(
                  sealed_text = CASE WHEN $3 = 'pending' THEN sealed_text END
              FROM clock WHERE id = $2"
         ))
-        .await?;
+        .await
+}
+
+async fn finish_in_one_transaction(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    outcomes: &[(MessageId, AttemptOutcome)],
+) -> Result<(), tokio_postgres::Error> {
+    let statement = finish_statement(client).await?;
     if let [(id, outcome)] = outcomes {
         store_outcome(client, &statement, now, id, outcome).await?;
         return Ok(());
@@ -883,6 +900,35 @@ async fn finish_in_one_transaction(
     }
     committed?;
     Ok(())
+}
+
+/// Each outcome in a transaction of its own. One the database refuses is logged with its
+/// message id; the others are stored.
+async fn finish_one_by_one(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    outcomes: &[(MessageId, AttemptOutcome)],
+) -> Result<(), Failure> {
+    // The batch's COMMIT ended its transaction, whatever failed in it; this makes sure.
+    client.batch_execute("ROLLBACK").await?;
+    let statement = finish_statement(client).await?;
+    let mut refused = 0;
+    let mut last_error = None;
+    for (id, outcome) in outcomes {
+        if let Err(error) = store_outcome(client, &statement, now, id, outcome).await {
+            let error = super::describe(&error);
+            tracing::error!(message_id = %id, %error, "cannot record a delivery attempt");
+            refused += 1;
+            last_error = Some(error);
+        }
+    }
+    match last_error {
+        None => Ok(()),
+        Some(error) => Err(Failure::Database(format!(
+            "{refused} of {} delivery outcomes were not stored: {error}",
+            outcomes.len()
+        ))),
+    }
 }
 
 async fn store_outcome(
