@@ -84,10 +84,12 @@ def test_the_overview_lists_accounts_with_their_credit_escaped(otpd, operator, s
 def test_the_overview_shows_an_accounts_own_limits(otpd, operator):
     limited = otpd.create_account("Limited")
     otpd.cli("accounts", "limit", limited["access_key_id"], "--max-sms-per-hour", "120", "--countries", "it,de")
+    for n in range(2):
+        otpd.amm_send(limited, f"39348660100{n}")
     page = operator.get(f"{otpd.url}/console", timeout=10).text
     row = re.search(rf"<tr><td>Limited.*?{limited['access_key_id']}.*?</tr>", page)
     assert row, page
-    assert "<td>120 SMS parts an hour, only DE,IT</td>" in row.group(0)
+    assert "<td>120 SMS parts an hour (2 in the last), only DE,IT</td>" in row.group(0)
     assert "messages waiting for delivery" in text_of(page)
 
 

@@ -66,11 +66,13 @@ fn optional_time(at: Option<Timestamp>) -> String {
     at.map_or_else(|| "-".to_owned(), time)
 }
 
-/// An account's own limits in a few words (`accounts limit`).
-fn limits(limits: &AccountLimits) -> String {
-    let hourly = limits
-        .sms_per_hour
-        .map(|limit| format!("{} SMS parts an hour", limit.get()));
+/// An account's own limits in a few words (`accounts limit`), with what it sent in its last
+/// hour against the hourly one.
+fn limits(limits: &AccountLimits, sms_in_last_hour: Option<&u64>) -> String {
+    let hourly = limits.sms_per_hour.map(|limit| match sms_in_last_hour {
+        Some(sent) => format!("{} SMS parts an hour ({sent} in the last)", limit.get()),
+        None => format!("{} SMS parts an hour", limit.get()),
+    });
     let countries = match &limits.countries {
         DestinationCountries::Any => None,
         only => Some(format!("only {only}")),
@@ -106,6 +108,8 @@ pub struct Overview {
     pub backlog: OutboxBacklog,
     /// The newest deliveries given up on, newest first.
     pub failed: Vec<MessageRecord>,
+    /// The SMS parts each account with an hourly limit sent in its last hour, by account id.
+    pub sms_in_last_hour: HashMap<String, u64>,
 }
 
 pub fn overview(overview: &Overview) -> Markup {
@@ -114,6 +118,7 @@ pub fn overview(overview: &Overview) -> Markup {
         applications,
         backlog,
         failed,
+        sms_in_last_hour,
     } = overview;
     let mut applications_of: HashMap<&str, usize> = HashMap::new();
     for application in applications {
@@ -154,7 +159,9 @@ pub fn overview(overview: &Overview) -> Markup {
                                     None => "no limit",
                                 }
                             }
-                            td { (limits(&account.limits)) }
+                            td {
+                                (limits(&account.limits, sms_in_last_hour.get(account.id.as_str())))
+                            }
                             td { (account.default_sender.as_deref().unwrap_or("-")) }
                             td { (applications_of.get(account.id.as_str()).copied().unwrap_or(0)) }
                             td { (time(account.created_at)) }
