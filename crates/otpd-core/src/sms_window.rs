@@ -35,18 +35,16 @@ impl SmsWindow {
 
     /// The window as a store keeps it: the newest bucket's start and `BUCKETS` counts, oldest
     /// first. `None` for anything these could not have written.
-    pub fn from_stored(newest: Timestamp, parts: &[i64]) -> Option<Self> {
+    pub fn from_stored(newest: Timestamp, parts: impl IntoIterator<Item = i64>) -> Option<Self> {
         if newest.millis().rem_euclid(BUCKET_MILLIS) != 0 {
             return None;
         }
         let mut counts = [0; Self::BUCKETS];
-        if parts.len() != counts.len() {
-            return None;
+        let mut stored = parts.into_iter();
+        for count in &mut counts {
+            *count = u32::try_from(stored.next()?).ok()?;
         }
-        for (count, stored) in counts.iter_mut().zip(parts) {
-            *count = u32::try_from(*stored).ok()?;
-        }
-        Some(Self {
+        stored.next().is_none().then_some(Self {
             newest,
             parts: counts,
         })
@@ -143,18 +141,21 @@ mod tests {
         window.add(7);
         let stored: Vec<i64> = window.parts().iter().map(|&p| i64::from(p)).collect();
         assert_eq!(
-            SmsWindow::from_stored(window.newest(), &stored),
+            SmsWindow::from_stored(window.newest(), stored.clone()),
             Some(window.clone())
         );
         assert_eq!(stored[SmsWindow::BUCKETS - 3..], [2, 0, 7]);
-        assert_eq!(SmsWindow::from_stored(window.newest(), &stored[1..]), None);
         assert_eq!(
-            SmsWindow::from_stored(Timestamp(START.0 + 1), &stored),
+            SmsWindow::from_stored(window.newest(), stored[1..].to_vec()),
+            None
+        );
+        assert_eq!(
+            SmsWindow::from_stored(Timestamp(START.0 + 1), stored.clone()),
             None
         );
         let mut negative = stored.clone();
         negative[0] = -1;
-        assert_eq!(SmsWindow::from_stored(window.newest(), &negative), None);
+        assert_eq!(SmsWindow::from_stored(window.newest(), negative), None);
     }
 
     proptest! {

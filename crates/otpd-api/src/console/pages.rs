@@ -68,7 +68,7 @@ fn optional_time(at: Option<Timestamp>) -> String {
 
 /// An account's own limits in a few words (`accounts limit`), with what it sent in its last
 /// hour against the hourly one.
-fn limits(limits: &AccountLimits, sms_in_last_hour: Option<&u64>) -> String {
+fn limits(limits: &AccountLimits, sms_in_last_hour: Option<u64>) -> String {
     let hourly = limits.sms_per_hour.map(|limit| match sms_in_last_hour {
         Some(sent) => format!("{} SMS parts an hour ({sent} in the last)", limit.get()),
         None => format!("{} SMS parts an hour", limit.get()),
@@ -160,7 +160,7 @@ pub fn overview(overview: &Overview) -> Markup {
                                 }
                             }
                             td {
-                                (limits(&account.limits, sms_in_last_hour.get(account.id.as_str())))
+                                (limits(&account.limits, sms_in_last_hour.get(account.id.as_str()).copied()))
                             }
                             td { (account.default_sender.as_deref().unwrap_or("-")) }
                             td { (applications_of.get(account.id.as_str()).copied().unwrap_or(0)) }

@@ -262,8 +262,7 @@ pub(super) async fn sms_in_last_hour(
     let window = match row.try_get::<_, Option<Vec<i32>>>(2)? {
         None => SmsWindow::empty(),
         Some(parts) => {
-            let parts: Vec<i64> = parts.into_iter().map(i64::from).collect();
-            SmsWindow::from_stored(Timestamp(row.try_get(1)?), &parts)
+            SmsWindow::from_stored(Timestamp(row.try_get(1)?), parts.into_iter().map(i64::from))
                 .ok_or_else(|| malformed(2))?
         }
     };

@@ -205,12 +205,12 @@ fn sms_window(newest: i64, parts: Option<Vec<u8>>) -> Result<SmsWindow, Failure>
     let Some(bytes) = parts else {
         return Ok(SmsWindow::empty());
     };
-    // A short last chunk reads as -1, which `from_stored` refuses like a wrong count of chunks.
-    let counts: Vec<i64> = bytes
-        .chunks(4)
-        .map(|count| <[u8; 4]>::try_from(count).map_or(-1, |be| i64::from(u32::from_be_bytes(be))))
-        .collect();
-    SmsWindow::from_stored(Timestamp(newest), &counts)
+    let counts = bytes
+        .chunks_exact(4)
+        .map(|be| i64::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]])));
+    let window = SmsWindow::from_stored(Timestamp(newest), counts);
+    window
+        .filter(|_| bytes.len() % 4 == 0)
         .ok_or_else(|| Failure::Database("an account's SMS count is unreadable".into()))
 }
 
@@ -1014,4 +1014,34 @@ pub(super) fn purge_verifications(
             i64::try_from(limit).unwrap_or(i64::MAX)
         ])?;
     Ok(deleted as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_read_back_from_its_bytes_and_a_torn_one_is_refused() {
+        let mut window = SmsWindow::empty().at(Timestamp(1_699_999_800_000));
+        window.add(7);
+        let bytes = sms_window_bytes(&window);
+        assert_eq!(bytes.len(), 4 * SmsWindow::BUCKETS);
+        let newest = window.newest().millis();
+        assert_eq!(
+            sms_window(newest, Some(bytes.clone())).ok(),
+            Some(window.clone())
+        );
+        assert_eq!(sms_window(newest, None).ok(), Some(SmsWindow::empty()));
+        for torn in [
+            &bytes[..bytes.len() - 1],
+            &bytes[4..],
+            &[bytes.as_slice(), &[0]].concat(),
+        ] {
+            assert!(
+                sms_window(newest, Some(torn.to_vec())).is_err(),
+                "{} bytes",
+                torn.len()
+            );
+        }
+    }
 }
