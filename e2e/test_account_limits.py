@@ -47,6 +47,8 @@ def test_an_amm_account_past_its_hour_gets_antispam_and_pays_nothing_more(otpd):
     refused = amm_send(otpd, account, "393486610009")
     assert refused.status_code == 400
     assert refused.json() == {"errorMsg": "ANTISPAM"}
+    # The parts stay counted for 60 to 65 minutes (5-minute buckets).
+    assert 3500 < int(refused.headers["Retry-After"]) <= 3900
     assert not any(message["to"] == "+393486610009" for message in otpd.messages())
     listed = otpd.account_info(account["access_key_id"])
     assert (listed["credits"], listed["sms_in_last_hour"]) == (7, 3)
@@ -66,6 +68,8 @@ def test_a_pinpoint_account_past_its_hour_gets_too_many_requests(otpd):
         pinpoint_send(client, app_id, "+393486620003")
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
     assert "SMS limit for the last hour" in raised.value.response["Error"]["Message"]
+    retry_after = int(raised.value.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"])
+    assert 3500 < retry_after <= 3900
     assert sends_counted(otpd, "pinpoint", "account_hourly_limit") >= 1
     # Another account's hour is its own.
     other = otpd.create_account("unlimited")

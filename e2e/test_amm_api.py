@@ -179,7 +179,9 @@ def test_antispam_after_ten_sms_to_one_recipient(otpd, amm):
     to = new_number()
     for _ in range(10):
         sent(otpd, amm, to=to, sandbox="true")
-    assert error(send(otpd, amm, to=to)) == (400, "ANTISPAM")
+    refused = send(otpd, amm, to=to)
+    assert error(refused) == (400, "ANTISPAM")
+    assert 3000 < int(refused.headers["Retry-After"]) <= 3600, "when the first send leaves the hour"
     sent(otpd, amm)  # another recipient is fine
 
 
@@ -191,6 +193,7 @@ def test_antispam_for_wrong_checks_from_one_ip_address(otpd):
         assert check(otpd, amm, verify_ids[i % 2], "0000", ip_address="198.51.100.9")["verify_status"] == "FAILED"
     response = amm.get(url(otpd, "check"), params={"verify_id": verify_ids[0], "verify_code": "0", "ip_address": "198.51.100.9"})
     assert error(response) == (400, "ANTISPAM")
+    assert "Retry-After" not in response.headers, "the address's window is not read back"
 
 
 def test_check_command_search_errors(otpd, amm):

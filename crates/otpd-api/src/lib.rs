@@ -12,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod observe;
 pub mod pinpoint;
+mod retry_after;
 #[cfg(test)]
 mod test_support;
 

@@ -148,10 +148,10 @@ impl VerificationMetrics {
                 message_id: None, ..
             }) => "sandbox",
             Ok(_) => "accepted",
-            Err(SendError::Rejected(SendRejected::TooManySends)) => "antispam",
+            Err(SendError::Rejected(SendRejected::TooManySends { .. })) => "antispam",
             Err(SendError::Rejected(SendRejected::NoCredit)) => "no_credit",
             Err(SendError::Rejected(SendRejected::UnknownAccount)) => "unknown_account",
-            Err(SendError::Rejected(SendRejected::HourlyLimit)) => "account_hourly_limit",
+            Err(SendError::Rejected(SendRejected::HourlyLimit { .. })) => "account_hourly_limit",
             Err(SendError::CountryNotAllowed(_)) => "country_not_allowed",
             Err(SendError::CountryNotAllowedForAccount(_)) => "account_country_not_allowed",
             Err(SendError::Compose(_)) => "bad_message",
@@ -235,11 +235,14 @@ mod tests {
         };
         let cases: [(Result<SendReceipt, SendError>, &str); 9] = [
             (Ok(sandbox), "sandbox"),
-            (Err(SendRejected::TooManySends.into()), "antispam"),
+            (
+                Err(SendRejected::TooManySends { retry_after: None }.into()),
+                "antispam",
+            ),
             (Err(SendRejected::NoCredit.into()), "no_credit"),
             (Err(SendRejected::UnknownAccount.into()), "unknown_account"),
             (
-                Err(SendRejected::HourlyLimit.into()),
+                Err(SendRejected::HourlyLimit { retry_after: None }.into()),
                 "account_hourly_limit",
             ),
             (

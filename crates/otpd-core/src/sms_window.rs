@@ -7,6 +7,8 @@
 //! them, so no 60 minutes hold more than the limit. The price is that a part stays counted for
 //! 60 to 65 minutes: the window errs on the side of refusing.
 
+use std::time::Duration;
+
 use crate::clock::Timestamp;
 
 /// Parts sent in each of the last 13 five-minute buckets.
@@ -71,6 +73,26 @@ impl SmsWindow {
     /// Every part in the window.
     pub fn total(&self) -> u64 {
         self.parts.iter().map(|&parts| u64::from(parts)).sum()
+    }
+
+    /// How long after `now` the window first has room for `parts` more under `limit`: zero if it
+    /// has room now, `None` if it never will (`parts` alone are over the limit). Buckets leave
+    /// the window oldest first, each when a bucket 65 minutes younger begins.
+    pub fn wait_for_room(&self, now: Timestamp, parts: u64, limit: u64) -> Option<Duration> {
+        if parts > limit {
+            return None;
+        }
+        let window = self.at(now);
+        let mut total = window.total();
+        let mut room_at = now;
+        for (leaving, &count) in (1i64..).zip(&window.parts) {
+            if total + parts <= limit {
+                break;
+            }
+            total -= u64::from(count);
+            room_at = Timestamp(window.newest.millis() + leaving * BUCKET_MILLIS);
+        }
+        Some(room_at.since(now))
     }
 
     /// Counts `parts` more in the newest bucket.
@@ -158,7 +180,61 @@ mod tests {
         assert_eq!(SmsWindow::from_stored(window.newest(), negative), None);
     }
 
+    #[test]
+    fn room_comes_when_enough_buckets_have_left() {
+        // 2 parts at START + 4 min, 3 at START + 12 min: a limit of 5 is full.
+        let mut window = sent_at(Timestamp(START.0 + 4 * MINUTE), 2);
+        window = window.at(Timestamp(START.0 + 12 * MINUTE));
+        window.add(3);
+        let now = Timestamp(START.0 + 20 * MINUTE);
+        assert_eq!(window.wait_for_room(now, 0, 5), Some(Duration::ZERO));
+        // One part more fits once the first bucket (START) leaves, at START + 65 min.
+        assert_eq!(
+            window.wait_for_room(now, 1, 5),
+            Some(Duration::from_secs(45 * 60))
+        );
+        // Three parts more need the second bucket (START + 10 min) gone too.
+        assert_eq!(
+            window.wait_for_room(now, 3, 5),
+            Some(Duration::from_secs(55 * 60))
+        );
+        assert_eq!(
+            window.wait_for_room(now, 5, 5),
+            Some(Duration::from_secs(55 * 60))
+        );
+        assert_eq!(window.wait_for_room(now, 6, 5), None);
+        assert_eq!(window.wait_for_room(now, 1, 6), Some(Duration::ZERO));
+    }
+
     proptest! {
+        /// The wait is exact: the window has room at its end and none a millisecond before.
+        #[test]
+        fn the_wait_for_room_ends_exactly_when_room_comes(
+            sends in proptest::collection::vec((0i64..20 * MINUTE, 1u32..4), 1..40),
+            later in 0i64..90 * MINUTE,
+            parts in 0u64..8,
+            limit in 1u64..30,
+        ) {
+            let mut window = SmsWindow::empty();
+            let mut now = START.0;
+            for (gap, sent) in sends {
+                now += gap;
+                window = window.at(Timestamp(now));
+                window.add(sent);
+            }
+            let now = Timestamp(now + later);
+            let has_room = |at: Timestamp| window.at(at).total() + parts <= limit;
+            match window.wait_for_room(now, parts, limit) {
+                None => prop_assert!(parts > limit),
+                Some(wait) => {
+                    prop_assert!(has_room(now.plus(wait)));
+                    if !wait.is_zero() {
+                        prop_assert!(!has_room(now.plus(wait - Duration::from_millis(1))));
+                    }
+                }
+            }
+        }
+
         /// Sends at random moments, each let through only if the window at that moment has room:
         /// no 60 minutes hold more than the limit.
         #[test]

@@ -384,14 +384,31 @@ pub struct SendGuards {
 /// Why the store refused to create a verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendRejected {
+    /// `retry_after`: how long until the oldest of the sends that fill the window leaves it.
+    /// `None` when the store could not tell.
     #[error("too many messages to this destination in the anti-spam window")]
-    TooManySends,
+    TooManySends { retry_after: Option<Duration> },
     #[error("the account's credit does not cover the message")]
     NoCredit,
     #[error("the account no longer exists")]
     UnknownAccount,
+    /// `retry_after`: how long until enough of the last hour's parts leave the count for this
+    /// message. `None` when none ever will (the message alone has more parts than the limit)
+    /// or the store could not tell.
     #[error("the account has sent its hourly limit of SMS")]
-    HourlyLimit,
+    HourlyLimit { retry_after: Option<Duration> },
+}
+
+impl SendRejected {
+    /// The same refusal, telling a rate limit's `retry_after`; a refusal that does not lift by
+    /// itself is left as it is.
+    pub fn with_retry_after(self, retry_after: Option<Duration>) -> Self {
+        match self {
+            Self::TooManySends { .. } => Self::TooManySends { retry_after },
+            Self::HourlyLimit { .. } => Self::HourlyLimit { retry_after },
+            Self::NoCredit | Self::UnknownAccount => self,
+        }
+    }
 }
 
 /// What a cancel command found.

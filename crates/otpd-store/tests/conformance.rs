@@ -576,12 +576,29 @@ async fn the_antispam_window_allows_ten_sends_per_hour(backend: Backend) {
         h.send(h.key_for("+393481234567"), 3, guards)
             .await
             .expect("send");
+        h.clock.advance(Duration::from_secs(60));
     }
     let refused = h.send(h.key_for("+393481234567"), 3, guards).await;
     assert!(matches!(
         refused,
-        Err(CreateError::Rejected(SendRejected::TooManySends))
+        Err(CreateError::Rejected(SendRejected::TooManySends { .. }))
     ));
+    // The first send leaves the window an hour after it was made, 10 minutes ago.
+    assert_eq!(told_to_wait(&refused), Some(Duration::from_secs(50 * 60)));
+    h.clock
+        .advance(Duration::from_secs(50 * 60) - Duration::from_millis(1));
+    let last_moment = h.send(h.key_for("+393481234567"), 3, guards).await;
+    assert_eq!(told_to_wait(&last_moment), Some(Duration::from_millis(1)));
+    h.clock.advance(Duration::from_millis(1));
+    h.send(h.key_for("+393481234567"), 3, guards)
+        .await
+        .expect("the first send left the window");
+    let refused_again = h.send(h.key_for("+393481234567"), 3, guards).await;
+    assert_eq!(
+        told_to_wait(&refused_again),
+        Some(Duration::from_secs(60)),
+        "the second send leaves the window a minute after the first"
+    );
     // Another destination is not affected, nor is another account's count for this one.
     h.send(h.key_for("+393481234568"), 3, guards)
         .await
@@ -660,8 +677,18 @@ async fn a_send_for_a_deleted_account_is_refused(backend: Backend) {
     }
 }
 
+/// How long a send refused by a rate limit was told to wait for room.
+fn told_to_wait<T>(outcome: &Result<T, CreateError>) -> Option<Duration> {
+    match outcome {
+        Err(CreateError::Rejected(
+            SendRejected::TooManySends { retry_after } | SendRejected::HourlyLimit { retry_after },
+        )) => *retry_after,
+        _ => None,
+    }
+}
+
 /// Sends to `count` destinations at once, each on a task of its own, and returns how many were
-/// accepted; every other must have been refused as `refusal`.
+/// accepted; every other must have been refused as `refusal` (whatever wait it was told).
 async fn sends_at_once(h: &Harness, count: usize, refusal: SendRejected) -> usize {
     let sends = (0..count).map(|i| {
         let store = h.store.clone();
@@ -673,7 +700,8 @@ async fn sends_at_once(h: &Harness, count: usize, refusal: SendRejected) -> usiz
     for send in sends.collect::<Vec<_>>() {
         match send.await.expect("join") {
             Ok(()) => accepted += 1,
-            Err(CreateError::Rejected(refused)) if refused == refusal => {}
+            Err(CreateError::Rejected(refused))
+                if std::mem::discriminant(&refused) == std::mem::discriminant(&refusal) => {}
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
@@ -1866,7 +1894,7 @@ impl Harness {
 fn past_hourly_limit<T>(outcome: &Result<T, CreateError>) -> bool {
     matches!(
         outcome,
-        Err(CreateError::Rejected(SendRejected::HourlyLimit))
+        Err(CreateError::Rejected(SendRejected::HourlyLimit { .. }))
     )
 }
 
@@ -1900,6 +1928,11 @@ async fn the_hourly_limit_counts_parts_in_any_sixty_minutes(backend: Backend) {
             past_hourly_limit(&outcome),
             "credits {credits:?}: {outcome:?}"
         );
+        assert_eq!(
+            told_to_wait(&outcome),
+            Some(START_COUNTED_FOR),
+            "room comes when the parts sent at START leave the count"
+        );
         assert!(
             !h.is_stored(&refused_id).await,
             "a refused send keeps nothing"
@@ -1921,10 +1954,15 @@ async fn the_hourly_limit_counts_parts_in_any_sixty_minutes(backend: Backend) {
         h.clock.advance(REST_OF_START_HOUR);
         let next_hour = h.send(h.key_for("+393481234506"), 3, charging(1)).await;
         assert!(past_hourly_limit(&next_hour), "{next_hour:?}");
+        assert_eq!(
+            told_to_wait(&next_hour),
+            Some(START_COUNTED_FOR - REST_OF_START_HOUR)
+        );
         h.clock
             .advance(START_COUNTED_FOR - REST_OF_START_HOUR - Duration::from_millis(1));
         let last_moment = h.send(h.key_for("+393481234507"), 3, charging(1)).await;
         assert!(past_hourly_limit(&last_moment), "{last_moment:?}");
+        assert_eq!(told_to_wait(&last_moment), Some(Duration::from_millis(1)));
         h.clock.advance(Duration::from_millis(1));
         for destination in ["+393481234508", "+393481234509"] {
             h.send(h.key_for(destination), 3, charging(2))
@@ -1982,10 +2020,22 @@ async fn credit_is_judged_before_the_hourly_limit(backend: Backend) {
     ));
 }
 
+/// A message with more parts than the hourly limit never fits: it is not told to wait.
+async fn a_send_over_the_whole_hourly_limit_is_told_no_wait(backend: Backend) {
+    let h = harness(backend).await;
+    h.limit_per_hour(2).await;
+    let refused = h.send(h.key_for("+393481234567"), 3, charging(3)).await;
+    assert!(past_hourly_limit(&refused), "{refused:?}");
+    assert_eq!(told_to_wait(&refused), None);
+}
+
 async fn parallel_sends_never_pass_the_hourly_limit(backend: Backend) {
     let h = harness(backend).await;
     h.limit_per_hour(25).await;
-    assert_eq!(sends_at_once(&h, 60, SendRejected::HourlyLimit).await, 25);
+    assert_eq!(
+        sends_at_once(&h, 60, SendRejected::HourlyLimit { retry_after: None }).await,
+        25
+    );
 }
 
 async fn account_limits_are_stored_and_changed(backend: Backend) {
@@ -2115,6 +2165,7 @@ on_every_backend!(
     the_hourly_limit_counts_parts_in_any_sixty_minutes,
     parts_leave_the_count_an_hour_after_they_were_sent,
     credit_is_judged_before_the_hourly_limit,
+    a_send_over_the_whole_hourly_limit_is_told_no_wait,
     parallel_sends_never_pass_the_hourly_limit,
     account_limits_are_stored_and_changed,
 );

@@ -1,15 +1,20 @@
 //! The amm API's errors: `{"errorMsg": "<CODE>"}` with the codes spelled exactly as the provider
 //! documents them (`BAD STATUS` and `VERIFY ID ERROR` have spaces, the others underscores).
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::response::{IntoResponse, Response};
+use http::header::RETRY_AFTER;
 use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AmmError {
+    /// A rate limit. `retry_after`, when known, becomes a `Retry-After` header: not in the
+    /// provider's documents, and harmless to a client that does not read it.
     #[error("ANTISPAM")]
-    Antispam,
+    Antispam { retry_after: Option<Duration> },
     #[error("BAD_TO")]
     BadTo,
     #[error("BAD_TEXT_PLACEHOLDER")]
@@ -88,12 +93,40 @@ impl IntoResponse for AmmError {
             }),
         )
             .into_response();
-        if self == Self::Unauthorized {
-            response.headers_mut().insert(
-                "www-authenticate",
-                HeaderValue::from_static("Basic realm=\"otpd\""),
-            );
+        match self {
+            Self::Unauthorized => {
+                response.headers_mut().insert(
+                    "www-authenticate",
+                    HeaderValue::from_static("Basic realm=\"otpd\""),
+                );
+            }
+            Self::Antispam {
+                retry_after: Some(wait),
+            } => {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, crate::retry_after::header(wait));
+            }
+            _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn antispam_says_when_to_try_again_in_a_header_only() {
+        let told = AmmError::Antispam {
+            retry_after: Some(Duration::from_secs(3_000)),
+        };
+        assert_eq!(told.to_string(), "ANTISPAM");
+        let response = told.into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[RETRY_AFTER], "3000");
+        let untold = AmmError::Antispam { retry_after: None }.into_response();
+        assert!(!untold.headers().contains_key(RETRY_AFTER));
     }
 }

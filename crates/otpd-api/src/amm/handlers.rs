@@ -30,10 +30,14 @@ pub async fn send(
         .send(send)
         .await
         .map_err(|error| match error {
-            SendError::Rejected(SendRejected::TooManySends) => AmmError::Antispam,
+            SendError::Rejected(SendRejected::TooManySends { retry_after }) => {
+                AmmError::Antispam { retry_after }
+            }
             SendError::Rejected(SendRejected::NoCredit) => AmmError::NoCredit,
             // The provider's code for sending too much; its API has no account-wide one.
-            SendError::Rejected(SendRejected::HourlyLimit) => AmmError::Antispam,
+            SendError::Rejected(SendRejected::HourlyLimit { retry_after }) => {
+                AmmError::Antispam { retry_after }
+            }
             // The provider's code for a recipient that cannot be texted.
             SendError::CountryNotAllowed(_) | SendError::CountryNotAllowedForAccount(_) => {
                 AmmError::BadTo
@@ -70,7 +74,7 @@ pub async fn check(
         .await
         .map_err(internal)?;
     if report.outcome == CheckOutcome::RateLimited {
-        return Err(AmmError::Antispam);
+        return Err(AmmError::Antispam { retry_after: None });
     }
     record_outcome(report.outcome.as_str());
     Ok(Json(CheckResponse {

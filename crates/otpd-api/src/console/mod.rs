@@ -142,9 +142,9 @@ impl FromRequestParts<AppState> for Operator {
         let client = crate::observe::peer_ip(&parts.extensions);
         let now = Instant::now();
         if let Some(wait) = access.throttle.wait(client, now) {
-            // Rounded up: a client that waits as told is let in.
-            let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return Err(Refusal::Throttled { retry_after_secs });
+            return Err(Refusal::Throttled {
+                retry_after_secs: crate::retry_after::whole_seconds(wait),
+            });
         }
         match crate::basic_auth::credentials(parts.headers.get(AUTHORIZATION)) {
             Some((user, given)) if user == OPERATOR && access.password.admits(&given) => {

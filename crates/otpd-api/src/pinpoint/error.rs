@@ -1,8 +1,11 @@
 //! Pinpoint's errors as the AWS SDKs expect them: the status, the `x-amzn-ErrorType` header that
 //! names the exception class, and a `{"RequestID", "Message"}` body.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::response::{IntoResponse, Response};
+use http::header::RETRY_AFTER;
 use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 
@@ -25,13 +28,32 @@ pub enum PinpointError {
     /// named exception.
     #[error("The request body did not arrive within {0} seconds")]
     RequestTimeout(u64),
-    #[error("{0}")]
-    TooManyRequests(String),
+    /// A rate limit; `retry_after` becomes the `Retry-After` header.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error("An internal error occurred")]
     Internal,
 }
 
 impl PinpointError {
+    /// A rate limit's refusal, whose message says when to try again if that is known.
+    pub fn too_many_requests(reason: &str, retry_after: Option<Duration>) -> Self {
+        let message = match retry_after {
+            Some(wait) => format!(
+                "{reason}; try again in {} seconds",
+                crate::retry_after::whole_seconds(wait)
+            ),
+            None => format!("{reason}; try again later"),
+        };
+        Self::TooManyRequests {
+            message,
+            retry_after,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -40,7 +62,7 @@ impl PinpointError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -54,7 +76,7 @@ impl PinpointError {
             Self::MethodNotAllowed => "MethodNotAllowedException",
             Self::PayloadTooLarge(_) => "PayloadTooLargeException",
             Self::RequestTimeout(_) => "RequestTimeoutException",
-            Self::TooManyRequests(_) => "TooManyRequestsException",
+            Self::TooManyRequests { .. } => "TooManyRequestsException",
             Self::Internal => "InternalServerErrorException",
         }
     }
@@ -75,10 +97,44 @@ impl IntoResponse for PinpointError {
             message: self.to_string(),
         };
         let mut response = (self.status(), Json(body)).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             "x-amzn-errortype",
             HeaderValue::from_static(self.error_type()),
         );
+        if let Self::TooManyRequests {
+            retry_after: Some(wait),
+            ..
+        } = self
+        {
+            headers.insert(RETRY_AFTER, crate::retry_after::header(wait));
+        }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_says_when_to_try_again() {
+        let error =
+            PinpointError::too_many_requests("Too many", Some(Duration::from_millis(59_001)));
+        assert_eq!(error.to_string(), "Too many; try again in 60 seconds");
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "60");
+        assert_eq!(
+            response.headers()["x-amzn-errortype"],
+            "TooManyRequestsException"
+        );
+    }
+
+    #[test]
+    fn a_rate_limit_that_cannot_tell_has_no_retry_after() {
+        let error = PinpointError::too_many_requests("Too many", None);
+        assert_eq!(error.to_string(), "Too many; try again later");
+        assert!(!error.into_response().headers().contains_key(RETRY_AFTER));
     }
 }

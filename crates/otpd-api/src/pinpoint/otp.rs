@@ -33,15 +33,21 @@ pub async fn send(
         .send(request)
         .await
         .map_err(|error| match error {
-            SendError::Rejected(SendRejected::TooManySends) => PinpointError::TooManyRequests(
-                "Too many messages were sent to this destination recently; try again later".into(),
-            ),
+            SendError::Rejected(SendRejected::TooManySends { retry_after }) => {
+                PinpointError::too_many_requests(
+                    "Too many messages were sent to this destination recently",
+                    retry_after,
+                )
+            }
             SendError::Rejected(SendRejected::NoCredit) => {
                 PinpointError::Forbidden("The account's credit does not cover this message".into())
             }
-            SendError::Rejected(SendRejected::HourlyLimit) => PinpointError::TooManyRequests(
-                "The account has sent its SMS limit for the last hour; try again later".into(),
-            ),
+            SendError::Rejected(SendRejected::HourlyLimit { retry_after }) => {
+                PinpointError::too_many_requests(
+                    "The account has sent its SMS limit for the last hour",
+                    retry_after,
+                )
+            }
             SendError::CountryNotAllowed(country) => PinpointError::BadRequest(format!(
                 "DestinationIdentity is in a country this server sends no SMS to ({})",
                 country.unwrap_or("unknown")

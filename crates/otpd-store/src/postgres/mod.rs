@@ -22,9 +22,9 @@ use otpd_core::outbox::{
 use otpd_core::ports::{CreateError, Store, StoreError};
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
-    Verification,
+    SendRejected, Verification,
 };
-use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, Timestamp, VerifyId};
+use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, E164, Timestamp, VerifyId};
 use tokio_postgres::error::SqlState;
 
 use crate::failure::Failure;
@@ -149,6 +149,41 @@ impl PgStore {
         })
         .await
         .map_err(|e| Failure::Database(format!("a store task failed: {e}")))?
+    }
+
+    /// A refused send with how long until there is room for it. The group answers refusals
+    /// without it, so that only refused sends pay for the query; without it the refusal stands.
+    async fn when_room_comes(
+        &self,
+        rejected: SendRejected,
+        account_id: AccountId,
+        destination: E164,
+        guards: SendGuards,
+    ) -> SendRejected {
+        let wait = match rejected {
+            SendRejected::TooManySends { .. } => {
+                self.with_client(move |client, now| async move {
+                    queries::wait_for_destination(&client, now, &account_id, &destination, guards)
+                        .await
+                })
+                .await
+            }
+            SendRejected::HourlyLimit { .. } => {
+                self.with_client(move |client, now| async move {
+                    queries::wait_for_hourly_room(&client, now, &account_id, guards.charge).await
+                })
+                .await
+            }
+            SendRejected::NoCredit | SendRejected::UnknownAccount => return rejected,
+        };
+        let retry_after = wait.unwrap_or_else(|failure| {
+            tracing::warn!(
+                ?failure,
+                "could not tell when a refused send would have room"
+            );
+            None
+        });
+        rejected.with_retry_after(retry_after)
     }
 }
 
@@ -289,12 +324,20 @@ impl Store for PgStore {
         verification: NewVerification,
         guards: SendGuards,
     ) -> Result<(), CreateError> {
+        let account_id = verification.key.account_id.clone();
+        let destination = verification.key.destination.clone();
         let request = queries::CreateRequest {
             now: self.now(),
             verification,
             guards,
         };
-        Ok(self.sends.run(request).await?)
+        match self.sends.run(request).await {
+            Err(Failure::Rejected(rejected)) => Err(CreateError::Rejected(
+                self.when_room_comes(rejected, account_id, destination, guards)
+                    .await,
+            )),
+            other => Ok(other?),
+        }
     }
 
     async fn check(

@@ -259,14 +259,83 @@ pub(super) async fn sms_in_last_hour(
     let Some(row) = client.query_opt(&statement, &[&now, &key.as_str()]).await? else {
         return Ok(None);
     };
-    let window = match row.try_get::<_, Option<Vec<i32>>>(2)? {
-        None => SmsWindow::empty(),
-        Some(parts) => {
-            SmsWindow::from_stored(Timestamp(row.try_get(1)?), parts.into_iter().map(i64::from))
-                .ok_or_else(|| malformed(2))?
-        }
-    };
+    let window = stored_window(&row, 1)?;
     Ok(Some(window.at(Timestamp(row.try_get(0)?)).total()))
+}
+
+/// An account's `sms_window_newest` and `sms_window`, in columns `first` and `first + 1`.
+fn stored_window(row: &Row, first: usize) -> Result<SmsWindow, Failure> {
+    match row.try_get::<_, Option<Vec<i32>>>(first + 1)? {
+        None => Ok(SmsWindow::empty()),
+        Some(parts) => SmsWindow::from_stored(
+            Timestamp(row.try_get(first)?),
+            parts.into_iter().map(i64::from),
+        )
+        .ok_or_else(|| malformed(first + 1)),
+    }
+}
+
+/// After a send was refused by its account's hourly limit: how long until the window has room
+/// for it. `None` if it never will, or the account is gone.
+pub(super) async fn wait_for_hourly_room(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    account_id: &AccountId,
+    charge: u32,
+) -> Result<Option<Duration>, Failure> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {NOW}, sms_per_hour, sms_window_newest, sms_window FROM accounts WHERE id = $2"
+        ))
+        .await?;
+    let Some(row) = client
+        .query_opt(&statement, &[&now, &account_id.as_str()])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let now = Timestamp(row.try_get(0)?);
+    let Some(limit) = row.try_get::<_, Option<i32>>(1)? else {
+        // The limit was lifted since: there is room now.
+        return Ok(Some(Duration::ZERO));
+    };
+    let limit = u64::try_from(limit).map_err(|_| malformed(1))?;
+    Ok(stored_window(&row, 2)?.wait_for_room(now, charge.into(), limit))
+}
+
+/// After a send was refused by the destination's anti-spam window: how long until the oldest
+/// of its newest `max_sends_per_destination` sends leaves the window.
+pub(super) async fn wait_for_destination(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    account_id: &AccountId,
+    destination: &E164,
+    guards: SendGuards,
+) -> Result<Option<Duration>, Failure> {
+    let Some(offset) = guards.max_sends_per_destination.checked_sub(1) else {
+        return Ok(None);
+    };
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT created_at + $2 - {NOW} FROM verifications
+             WHERE account_id = $3 AND destination = $4 AND created_at > {NOW} - $2
+             ORDER BY created_at DESC OFFSET $5 LIMIT 1"
+        ))
+        .await?;
+    let row = client
+        .query_opt(
+            &statement,
+            &[
+                &now,
+                &millis(guards.window),
+                &account_id.as_str(),
+                &destination.as_str(),
+                &i64::from(offset),
+            ],
+        )
+        .await?;
+    let wait: Option<i64> = row.map(|row| row.try_get(0)).transpose()?;
+    Ok(wait.map(|millis| Duration::from_millis(u64::try_from(millis).unwrap_or(0))))
 }
 
 const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
@@ -464,9 +533,15 @@ impl GroupStatement for CreateVerifications {
 fn send_verdict(row: &Row) -> Result<(), Failure> {
     match row.try_get::<_, &str>(0)? {
         "ok" => Ok(()),
-        "too_many_sends" => Err(Failure::Rejected(SendRejected::TooManySends)),
+        // How long until there is room is read after the group, by `wait_for_destination`
+        // and `wait_for_hourly_room`: the refusal path alone pays for it.
+        "too_many_sends" => Err(Failure::Rejected(SendRejected::TooManySends {
+            retry_after: None,
+        })),
         "no_credit" => Err(Failure::Rejected(SendRejected::NoCredit)),
-        "hourly_limit" => Err(Failure::Rejected(SendRejected::HourlyLimit)),
+        "hourly_limit" => Err(Failure::Rejected(SendRejected::HourlyLimit {
+            retry_after: None,
+        })),
         "unknown_account" => Err(Failure::Rejected(SendRejected::UnknownAccount)),
         other => Err(Failure::Database(format!("unexpected verdict {other}"))),
     }

@@ -376,7 +376,10 @@ pub(super) fn insert_verification(
         Guarded::from_row,
     )?;
     if guarded.recent_sends >= guards.max_sends_per_destination {
-        return Err(Failure::Rejected(SendRejected::TooManySends));
+        let retry_after = wait_for_destination(connection, digests.destination, guards, now)?;
+        return Err(Failure::Rejected(SendRejected::TooManySends {
+            retry_after,
+        }));
     }
     debit(connection, &key.account_id, guards.charge, now)?;
     // The new row must be the key's newest for `newest_of_key` to find it,
@@ -432,6 +435,30 @@ pub(super) fn insert_verification(
     Ok(())
 }
 
+/// How long until the destination's window has room for one more send: until the oldest of the
+/// newest `max_sends_per_destination` sends leaves it. Read only when a send was refused.
+fn wait_for_destination(
+    connection: &Connection,
+    destination_hash: i64,
+    guards: SendGuards,
+    now: Timestamp,
+) -> Result<Option<Duration>, Failure> {
+    let Some(offset) = guards.max_sends_per_destination.checked_sub(1) else {
+        return Ok(None);
+    };
+    let oldest_that_counts: Option<i64> = connection
+        .prepare_cached(
+            "SELECT created_at FROM verifications WHERE destination_hash = ?1 AND created_at > ?2
+             ORDER BY created_at DESC LIMIT 1 OFFSET ?3",
+        )?
+        .query_row(
+            params![destination_hash, now.minus(guards.window).millis(), offset],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(oldest_that_counts.map(|at| Timestamp(at).plus(guards.window).since(now)))
+}
+
 /// The key's live code (the one-live-code rule: a new send replaces it) becomes expired or
 /// cancelled.
 fn retire_live_code(connection: &Connection, rowid: i64, now: Timestamp) -> Result<(), Failure> {
@@ -478,11 +505,12 @@ fn debit(
         return Ok(());
     }
     let mut window = sms_window(ledger.window_newest, ledger.window)?.at(now);
-    if ledger
-        .sms_per_hour
-        .is_some_and(|limit| window.total() + u64::from(charge) > u64::try_from(limit).unwrap_or(0))
-    {
-        return Err(Failure::Rejected(SendRejected::HourlyLimit));
+    if let Some(limit) = ledger.sms_per_hour {
+        let limit = u64::try_from(limit).unwrap_or(0);
+        if window.total() + u64::from(charge) > limit {
+            let retry_after = window.wait_for_room(now, charge.into(), limit);
+            return Err(Failure::Rejected(SendRejected::HourlyLimit { retry_after }));
+        }
     }
     window.add(charge);
     connection
