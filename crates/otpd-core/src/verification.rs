@@ -314,6 +314,9 @@ pub struct IpLimit {
 pub struct CheckReport {
     pub outcome: CheckOutcome,
     pub message_id: Option<String>,
+    /// For a `RateLimited` check: how long until the oldest of the address's wrong codes that
+    /// fill its window leaves it. `None` for any other outcome, or when the store could not tell.
+    pub retry_after: Option<Duration>,
 }
 
 /// Which verification a check is for.

@@ -1057,12 +1057,17 @@ async fn one_ip_address_gets_a_bounded_number_of_wrong_checks(backend: Backend) 
             .expect("check");
         assert!(matches!(report.outcome, CheckOutcome::Mismatch { .. }));
     }
+    h.clock.advance(Duration::from_secs(30));
     let report = h
         .store
         .check(h.by_id(second), limited(&wrong(second_code), "203.0.113.7"))
         .await
         .expect("check");
     assert!(matches!(report.outcome, CheckOutcome::Mismatch { .. }));
+    assert_eq!(
+        report.retry_after, None,
+        "only a refused check is told to wait"
+    );
     // The limit spans the account's codes; the right code is not even compared now.
     let report = h
         .store
@@ -1073,6 +1078,11 @@ async fn one_ip_address_gets_a_bounded_number_of_wrong_checks(backend: Backend) 
         .await
         .expect("check");
     assert_eq!(report.outcome, CheckOutcome::RateLimited);
+    assert_eq!(
+        report.retry_after,
+        Some(Duration::from_secs(170)),
+        "the first two wrong codes, 30 s ago, leave the 200 s window in 170 s"
+    );
     // Another address is unaffected, and the window slides.
     let report = h
         .store
@@ -1171,7 +1181,8 @@ async fn checks_report_the_message_id(backend: Backend) {
         unknown,
         CheckReport {
             outcome: CheckOutcome::NotFound,
-            message_id: None
+            message_id: None,
+            retry_after: None,
         }
     );
 }

@@ -74,7 +74,9 @@ pub async fn check(
         .await
         .map_err(internal)?;
     if report.outcome == CheckOutcome::RateLimited {
-        return Err(AmmError::Antispam { retry_after: None });
+        return Err(AmmError::Antispam {
+            retry_after: report.retry_after,
+        });
     }
     record_outcome(report.outcome.as_str());
     Ok(Json(CheckResponse {

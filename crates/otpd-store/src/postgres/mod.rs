@@ -21,8 +21,8 @@ use otpd_core::outbox::{
 };
 use otpd_core::ports::{CreateError, Store, StoreError};
 use otpd_core::verification::{
-    CancelOutcome, CheckAttempt, CheckLookup, CheckReport, NewVerification, SendGuards,
-    SendRejected, Verification,
+    CancelOutcome, CheckAttempt, CheckLookup, CheckOutcome, CheckReport, NewVerification,
+    SendGuards, SendRejected, Verification,
 };
 use otpd_core::{AccessKeyId, AccountId, ApplicationId, Clock, E164, Timestamp, VerifyId};
 use tokio_postgres::error::SqlState;
@@ -345,7 +345,28 @@ impl Store for PgStore {
         lookup: CheckLookup,
         attempt: CheckAttempt,
     ) -> Result<CheckReport, StoreError> {
-        Ok(queries::check(&self.checks, self.now(), lookup, &attempt).await?)
+        // Only a check with an address can be refused by the address's limit.
+        let address = attempt
+            .ip_limit
+            .zip(attempt.client_ip.clone())
+            .map(|(limit, ip)| (lookup.account_id().clone(), ip, limit));
+        let mut report = queries::check(&self.checks, self.now(), lookup, &attempt).await?;
+        if let (CheckOutcome::RateLimited, Some((account_id, ip, limit))) =
+            (report.outcome, address)
+        {
+            // The group answers without the wait, so that only refused checks pay for it;
+            // without it the refusal stands.
+            let wait = self
+                .with_client(move |client, now| async move {
+                    queries::wait_for_address(&client, now, &account_id, &ip, limit).await
+                })
+                .await;
+            report.retry_after = wait.unwrap_or_else(|failure| {
+                tracing::warn!(?failure, "could not tell when an address may check again");
+                None
+            });
+        }
+        Ok(report)
     }
 
     async fn cancel(

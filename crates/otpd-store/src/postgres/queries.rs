@@ -334,8 +334,7 @@ pub(super) async fn wait_for_destination(
             ],
         )
         .await?;
-    let wait: Option<i64> = row.map(|row| row.try_get(0)).transpose()?;
-    Ok(wait.map(|millis| Duration::from_millis(u64::try_from(millis).unwrap_or(0))))
+    wait_in_column(row)
 }
 
 const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
@@ -720,9 +719,11 @@ fn checked(row: &Row, account_id: &AccountId) -> Result<Checked, Failure> {
     if outcome != "rebind" {
         let outcome = CheckOutcome::parse(outcome)
             .ok_or_else(|| Failure::Database(format!("unexpected check outcome {outcome}")))?;
+        // A rate-limited check's wait is read after the group, by `wait_for_address`.
         return Ok(Checked::Decided(CheckReport {
             outcome,
             message_id,
+            retry_after: None,
         }));
     }
     let key = match parsed(row, 3, DigestBinding::parse)? {
@@ -739,6 +740,47 @@ fn checked(row: &Row, account_id: &AccountId) -> Result<Checked, Failure> {
         id: parsed(row, 2, VerifyId::parse)?,
         key,
     })
+}
+
+/// After a check was refused by its address's limit of wrong codes: how long until the oldest
+/// of the address's newest `max_failures` wrong codes leaves the window.
+pub(super) async fn wait_for_address(
+    client: &ClientWrapper,
+    now: Option<i64>,
+    account_id: &AccountId,
+    client_ip: &str,
+    limit: IpLimit,
+) -> Result<Option<Duration>, Failure> {
+    let Some(offset) = limit.max_failures.checked_sub(1) else {
+        return Ok(None);
+    };
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT at + $2 - {NOW} FROM checks
+             WHERE account_id = $3 AND client_ip = $4 AND at > {NOW} - $2
+               AND outcome IN ('mismatch', 'mismatch_exhausted')
+             ORDER BY at DESC OFFSET $5 LIMIT 1"
+        ))
+        .await?;
+    let row = client
+        .query_opt(
+            &statement,
+            &[
+                &now,
+                &millis(limit.window),
+                &account_id.as_str(),
+                &client_ip,
+                &i64::from(offset),
+            ],
+        )
+        .await?;
+    wait_in_column(row)
+}
+
+/// The milliseconds a wait query answered, as a wait; none if it found no row.
+fn wait_in_column(row: Option<Row>) -> Result<Option<Duration>, Failure> {
+    let wait: Option<i64> = row.map(|row| row.try_get(0)).transpose()?;
+    Ok(wait.map(|millis| Duration::from_millis(u64::try_from(millis).unwrap_or(0))))
 }
 
 /// One statement: cancel the code if it is still live.

@@ -14,8 +14,8 @@ use otpd_core::sms::Encoding;
 use otpd_core::sms_window::SmsWindow;
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckRecord, CheckReport,
-    CheckState, Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
-    VerificationStatus,
+    CheckState, Dialect, IpLimit, NewVerification, SendGuards, SendRejected, Verification,
+    VerificationKey, VerificationStatus,
 };
 use otpd_core::{
     AccessKeyId, AccountId, ApplicationId, DigestBinding, DigestSubject, E164, Timestamp, VerifyId,
@@ -542,6 +542,13 @@ pub(super) const COUNT_RECENT_FAILURES: &str = "SELECT COUNT(*) FROM checks
      WHERE account_id = ?1 AND client_ip = ?2 AND at > ?3
        AND outcome IN ('mismatch', 'mismatch_exhausted')";
 
+/// The `?4`-th newest of an address's wrong codes counted by `COUNT_RECENT_FAILURES`, by the
+/// same partial index.
+const OLDEST_COUNTED_FAILURE: &str = "SELECT at FROM checks
+     WHERE account_id = ?1 AND client_ip = ?2 AND at > ?3
+       AND outcome IN ('mismatch', 'mismatch_exhausted')
+     ORDER BY at DESC LIMIT 1 OFFSET ?4";
+
 /// The columns of a verification that a check reads.
 struct CheckedRow {
     /// The row's own number: the check's `UPDATE` finds the row by it, without a second search
@@ -639,6 +646,7 @@ pub(super) fn check(
         return Ok(CheckReport {
             outcome: CheckOutcome::NotFound,
             message_id: None,
+            retry_after: None,
         });
     };
     let account_id = lookup.account_id().as_str();
@@ -653,6 +661,7 @@ pub(super) fn check(
             return Ok(CheckReport {
                 outcome: CheckOutcome::RateLimited,
                 message_id,
+                retry_after: wait_for_address(connection, account_id, ip, limit, now)?,
             });
         }
     }
@@ -694,7 +703,36 @@ pub(super) fn check(
     Ok(CheckReport {
         outcome: transition.outcome,
         message_id,
+        retry_after: None,
     })
+}
+
+/// How long until an address that reached its limit of wrong codes may check again: until the
+/// oldest of its newest `max_failures` wrong codes leaves the window. Read only for a check
+/// refused so.
+fn wait_for_address(
+    connection: &Connection,
+    account_id: &str,
+    client_ip: &str,
+    limit: IpLimit,
+    now: Timestamp,
+) -> Result<Option<Duration>, Failure> {
+    let Some(offset) = limit.max_failures.checked_sub(1) else {
+        return Ok(None);
+    };
+    let oldest_that_counts: Option<i64> = connection
+        .prepare_cached(OLDEST_COUNTED_FAILURE)?
+        .query_row(
+            params![
+                account_id,
+                client_ip,
+                now.minus(limit.window).millis(),
+                offset
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(oldest_that_counts.map(|at| Timestamp(at).plus(limit.window).since(now)))
 }
 
 pub(super) fn cancel(
