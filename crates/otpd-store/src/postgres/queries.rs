@@ -303,8 +303,7 @@ pub(super) async fn wait_for_hourly_room(
     Ok(stored_window(&row, 2)?.wait_for_room(now, charge.into(), limit))
 }
 
-/// After a send was refused by the destination's anti-spam window: how long until the oldest
-/// of its newest `max_sends_per_destination` sends leaves the window.
+/// After a send was refused by the destination's anti-spam window: how long until it has room.
 pub(super) async fn wait_for_destination(
     client: &ClientWrapper,
     now: Option<i64>,
@@ -312,29 +311,14 @@ pub(super) async fn wait_for_destination(
     destination: &E164,
     guards: SendGuards,
 ) -> Result<Option<Duration>, Failure> {
-    let Some(offset) = guards.max_sends_per_destination.checked_sub(1) else {
-        return Ok(None);
-    };
-    let statement = client
-        .prepare_cached(&format!(
-            "SELECT created_at + $2 - {NOW} FROM verifications
-             WHERE account_id = $3 AND destination = $4 AND created_at > {NOW} - $2
-             ORDER BY created_at DESC OFFSET $5 LIMIT 1"
-        ))
-        .await?;
-    let row = client
-        .query_opt(
-            &statement,
-            &[
-                &now,
-                &millis(guards.window),
-                &account_id.as_str(),
-                &destination.as_str(),
-                &i64::from(offset),
-            ],
-        )
-        .await?;
-    wait_in_column(row)
+    let wait = format!(
+        "SELECT created_at + $2 - {NOW} FROM verifications
+         WHERE account_id = $3 AND destination = $4 AND created_at > {NOW} - $2
+         ORDER BY created_at DESC OFFSET $5 LIMIT 1"
+    );
+    let keys = [account_id.as_str(), destination.as_str()];
+    let max = guards.max_sends_per_destination;
+    wait_for_window(client, &wait, now, guards.window, keys, max).await
 }
 
 const APPLICATION_COLUMNS: &str = "id, account_id, name, tags, created_at";
@@ -742,8 +726,8 @@ fn checked(row: &Row, account_id: &AccountId) -> Result<Checked, Failure> {
     })
 }
 
-/// After a check was refused by its address's limit of wrong codes: how long until the oldest
-/// of the address's newest `max_failures` wrong codes leaves the window.
+/// After a check was refused by its address's limit of wrong codes: how long until the address
+/// may check again.
 pub(super) async fn wait_for_address(
     client: &ClientWrapper,
     now: Option<i64>,
@@ -751,34 +735,44 @@ pub(super) async fn wait_for_address(
     client_ip: &str,
     limit: IpLimit,
 ) -> Result<Option<Duration>, Failure> {
-    let Some(offset) = limit.max_failures.checked_sub(1) else {
+    let wait = format!(
+        "SELECT at + $2 - {NOW} FROM checks
+         WHERE account_id = $3 AND client_ip = $4 AND at > {NOW} - $2
+           AND outcome IN ('mismatch', 'mismatch_exhausted')
+         ORDER BY at DESC OFFSET $5 LIMIT 1"
+    );
+    let keys = [account_id.as_str(), client_ip];
+    wait_for_window(client, &wait, now, limit.window, keys, limit.max_failures).await
+}
+
+/// How long until a sliding window that holds `max` or more events has room for one more: until
+/// the `max`-th newest leaves it. `wait` answers that in milliseconds, from `$1` now, `$2` the
+/// window, `$3` and `$4` what is counted, and `$5` the offset of the `max`-th newest; no row,
+/// no wait to tell. Asked only after a refusal, so its cost is the refusal's alone.
+async fn wait_for_window(
+    client: &ClientWrapper,
+    wait: &str,
+    now: Option<i64>,
+    window: Duration,
+    keys: [&str; 2],
+    max: u32,
+) -> Result<Option<Duration>, Failure> {
+    let Some(offset) = max.checked_sub(1) else {
         return Ok(None);
     };
-    let statement = client
-        .prepare_cached(&format!(
-            "SELECT at + $2 - {NOW} FROM checks
-             WHERE account_id = $3 AND client_ip = $4 AND at > {NOW} - $2
-               AND outcome IN ('mismatch', 'mismatch_exhausted')
-             ORDER BY at DESC OFFSET $5 LIMIT 1"
-        ))
-        .await?;
+    let statement = client.prepare_cached(wait).await?;
     let row = client
         .query_opt(
             &statement,
             &[
                 &now,
-                &millis(limit.window),
-                &account_id.as_str(),
-                &client_ip,
+                &millis(window),
+                &keys[0],
+                &keys[1],
                 &i64::from(offset),
             ],
         )
         .await?;
-    wait_in_column(row)
-}
-
-/// The milliseconds a wait query answered, as a wait; none if it found no row.
-fn wait_in_column(row: Option<Row>) -> Result<Option<Duration>, Failure> {
     let wait: Option<i64> = row.map(|row| row.try_get(0)).transpose()?;
     Ok(wait.map(|millis| Duration::from_millis(u64::try_from(millis).unwrap_or(0))))
 }

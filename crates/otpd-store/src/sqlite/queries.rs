@@ -14,13 +14,13 @@ use otpd_core::sms::Encoding;
 use otpd_core::sms_window::SmsWindow;
 use otpd_core::verification::{
     CancelOutcome, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, CheckRecord, CheckReport,
-    CheckState, Dialect, IpLimit, NewVerification, SendGuards, SendRejected, Verification,
-    VerificationKey, VerificationStatus,
+    CheckState, Dialect, NewVerification, SendGuards, SendRejected, Verification, VerificationKey,
+    VerificationStatus,
 };
 use otpd_core::{
     AccessKeyId, AccountId, ApplicationId, DigestBinding, DigestSubject, E164, Timestamp, VerifyId,
 };
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
 
 use super::Failure;
 use super::digests::IndexDigests;
@@ -347,6 +347,11 @@ impl Guarded {
     }
 }
 
+/// For `wait_for_window`: a destination's sends as `SEND_GUARDS` counts them.
+const OLDEST_COUNTED_SEND: &str = "SELECT created_at FROM verifications
+     WHERE destination_hash = ?3 AND created_at > ?1
+     ORDER BY created_at DESC LIMIT 1 OFFSET ?2";
+
 /// Guards, retirement of the previous live code, and the insert, in the writer's transaction. The
 /// guards refuse before anything is written, so a refusal fails only this request.
 pub(super) fn insert_verification(
@@ -376,7 +381,14 @@ pub(super) fn insert_verification(
         Guarded::from_row,
     )?;
     if guarded.recent_sends >= guards.max_sends_per_destination {
-        let retry_after = wait_for_destination(connection, digests.destination, guards, now)?;
+        let retry_after = wait_for_window(
+            connection,
+            OLDEST_COUNTED_SEND,
+            &[&digests.destination],
+            guards.window,
+            guards.max_sends_per_destination,
+            now,
+        )?;
         return Err(Failure::Rejected(SendRejected::TooManySends {
             retry_after,
         }));
@@ -435,28 +447,30 @@ pub(super) fn insert_verification(
     Ok(())
 }
 
-/// How long until the destination's window has room for one more send: until the oldest of the
-/// newest `max_sends_per_destination` sends leaves it. Read only when a send was refused.
-fn wait_for_destination(
+/// How long until a sliding window that holds `max` or more events has room for one more: until
+/// the `max`-th newest leaves it. `newest_at` reads that event's time, from `?1` the window's
+/// start, `?2` the offset of the `max`-th newest, and `keys` from `?3` on. Read only for a
+/// request refused by the window, so its cost is the refusal's alone.
+fn wait_for_window(
     connection: &Connection,
-    destination_hash: i64,
-    guards: SendGuards,
+    newest_at: &str,
+    keys: &[&dyn ToSql],
+    window: Duration,
+    max: u32,
     now: Timestamp,
 ) -> Result<Option<Duration>, Failure> {
-    let Some(offset) = guards.max_sends_per_destination.checked_sub(1) else {
+    let Some(offset) = max.checked_sub(1) else {
         return Ok(None);
     };
+    let start = now.minus(window).millis();
+    let values = [&start as &dyn ToSql, &offset]
+        .into_iter()
+        .chain(keys.iter().copied());
     let oldest_that_counts: Option<i64> = connection
-        .prepare_cached(
-            "SELECT created_at FROM verifications WHERE destination_hash = ?1 AND created_at > ?2
-             ORDER BY created_at DESC LIMIT 1 OFFSET ?3",
-        )?
-        .query_row(
-            params![destination_hash, now.minus(guards.window).millis(), offset],
-            |row| row.get(0),
-        )
+        .prepare_cached(newest_at)?
+        .query_row(params_from_iter(values), |row| row.get(0))
         .optional()?;
-    Ok(oldest_that_counts.map(|at| Timestamp(at).plus(guards.window).since(now)))
+    Ok(oldest_that_counts.map(|at| Timestamp(at).plus(window).since(now)))
 }
 
 /// The key's live code (the one-live-code rule: a new send replaces it) becomes expired or
@@ -542,12 +556,12 @@ pub(super) const COUNT_RECENT_FAILURES: &str = "SELECT COUNT(*) FROM checks
      WHERE account_id = ?1 AND client_ip = ?2 AND at > ?3
        AND outcome IN ('mismatch', 'mismatch_exhausted')";
 
-/// The `?4`-th newest of an address's wrong codes counted by `COUNT_RECENT_FAILURES`, by the
-/// same partial index.
+/// For `wait_for_window`: an address's wrong codes as `COUNT_RECENT_FAILURES` counts them, by
+/// the same partial index.
 const OLDEST_COUNTED_FAILURE: &str = "SELECT at FROM checks
-     WHERE account_id = ?1 AND client_ip = ?2 AND at > ?3
+     WHERE account_id = ?3 AND client_ip = ?4 AND at > ?1
        AND outcome IN ('mismatch', 'mismatch_exhausted')
-     ORDER BY at DESC LIMIT 1 OFFSET ?4";
+     ORDER BY at DESC LIMIT 1 OFFSET ?2";
 
 /// The columns of a verification that a check reads.
 struct CheckedRow {
@@ -661,7 +675,14 @@ pub(super) fn check(
             return Ok(CheckReport {
                 outcome: CheckOutcome::RateLimited,
                 message_id,
-                retry_after: wait_for_address(connection, account_id, ip, limit, now)?,
+                retry_after: wait_for_window(
+                    connection,
+                    OLDEST_COUNTED_FAILURE,
+                    &[&account_id, ip],
+                    limit.window,
+                    limit.max_failures,
+                    now,
+                )?,
             });
         }
     }
@@ -705,34 +726,6 @@ pub(super) fn check(
         message_id,
         retry_after: None,
     })
-}
-
-/// How long until an address that reached its limit of wrong codes may check again: until the
-/// oldest of its newest `max_failures` wrong codes leaves the window. Read only for a check
-/// refused so.
-fn wait_for_address(
-    connection: &Connection,
-    account_id: &str,
-    client_ip: &str,
-    limit: IpLimit,
-    now: Timestamp,
-) -> Result<Option<Duration>, Failure> {
-    let Some(offset) = limit.max_failures.checked_sub(1) else {
-        return Ok(None);
-    };
-    let oldest_that_counts: Option<i64> = connection
-        .prepare_cached(OLDEST_COUNTED_FAILURE)?
-        .query_row(
-            params![
-                account_id,
-                client_ip,
-                now.minus(limit.window).millis(),
-                offset
-            ],
-            |row| row.get(0),
-        )
-        .optional()?;
-    Ok(oldest_that_counts.map(|at| Timestamp(at).plus(limit.window).since(now)))
 }
 
 pub(super) fn cancel(
