@@ -1,6 +1,7 @@
 //! The ports the core drives. Adapters live in other crates: `otpd-store` implements `Store`,
 //! `otpd-sms` implements `MessageComposer` and `SmsTransport`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -72,10 +73,12 @@ pub trait Store: Send + Sync + 'static {
         key: &AccessKeyId,
         limits: &AccountLimits,
     ) -> Result<Option<Account>, StoreError>;
-    /// SMS parts the account has sent in the last hour (by the store's clock), as its hourly
-    /// limit counts them (`SmsWindow`: 60 to 65 minutes back). Only sends of an account with an
-    /// hourly or a credit limit are counted. `None` if no account has that access key id.
-    async fn sms_in_last_hour(&self, key: &AccessKeyId) -> Result<Option<u64>, StoreError>;
+    /// The SMS parts each account has sent in its last hour (by the store's clock), as its
+    /// hourly limit counts them (`SmsWindow`: 60 to 65 minutes back), by access key id; an
+    /// account that sent none is left out. Only sends of an account with an hourly or a credit
+    /// limit are counted. One read for every account, so that a listing of thousands of
+    /// accounts asks once.
+    async fn sms_in_last_hour(&self) -> Result<HashMap<AccessKeyId, u64>, StoreError>;
     async fn create_application(&self, application: Application)
     -> Result<Application, StoreError>;
     async fn list_applications(

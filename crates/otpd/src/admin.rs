@@ -1,6 +1,7 @@
 //! The admin commands: accounts, applications, credit, messages and backups, printing JSON on
 //! stdout.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,21 +89,14 @@ fn account_json(account: &Account) -> Value {
 }
 
 /// An account, and for one with an hourly limit the SMS parts counted against it in the last
-/// hour.
-async fn with_hourly_usage(
-    store: &Arc<dyn Store>,
-    account: &Account,
-) -> Result<Value, CommandError> {
+/// hour (`sms_in_last_hour`, the store's count of every account's).
+fn with_hourly_usage(account: &Account, sms_in_last_hour: &HashMap<AccessKeyId, u64>) -> Value {
     let mut value = account_json(account);
     if account.limits.sms_per_hour.is_some() {
-        value["sms_in_last_hour"] = json!(
-            store
-                .sms_in_last_hour(&account.access_key_id)
-                .await
-                .map_err(failed)?
-        );
+        let sent = sms_in_last_hour.get(&account.access_key_id);
+        value["sms_in_last_hour"] = json!(sent.copied().unwrap_or(0));
     }
-    Ok(value)
+    value
 }
 
 /// An account with the one copy of its new secret anyone will see.
@@ -162,10 +156,11 @@ pub async fn accounts(
             }
             AccountsCommand::List => {
                 let accounts = store.list_accounts().await.map_err(failed)?;
-                let mut listed = Vec::with_capacity(accounts.len());
-                for account in &accounts {
-                    listed.push(with_hourly_usage(store, account).await?);
-                }
+                let sent = store.sms_in_last_hour().await.map_err(failed)?;
+                let listed = accounts
+                    .iter()
+                    .map(|account| with_hourly_usage(account, &sent))
+                    .collect();
                 print(&Value::Array(listed));
             }
             AccountsCommand::RotateSecret {
@@ -200,7 +195,8 @@ pub async fn accounts(
                     .await
                     .map_err(failed)?
                     .ok_or_else(|| no_account(&access_key_id))?;
-                print(&with_hourly_usage(store, &changed).await?);
+                let sent = store.sms_in_last_hour().await.map_err(failed)?;
+                print(&with_hourly_usage(&changed, &sent));
             }
             AccountsCommand::Delete { access_key_id } => {
                 let key = access_key(&access_key_id)?;

@@ -11,9 +11,9 @@
 mod pages;
 mod throttle;
 
-use axum::Router;
-use std::collections::HashMap;
 use std::time::Instant;
+
+use axum::Router;
 
 use axum::extract::{FromRequestParts, Query, State};
 use axum::response::{Html, IntoResponse, Response};
@@ -193,19 +193,12 @@ fn unavailable(error: &StoreError) -> Response {
 async fn overview(_: Operator, State(state): State<AppState>) -> Response {
     let store = state.store();
     let read = async {
-        let accounts = store.list_accounts().await?;
-        let mut sms_in_last_hour = HashMap::new();
-        for account in accounts.iter().filter(|a| a.limits.sms_per_hour.is_some()) {
-            if let Some(sent) = store.sms_in_last_hour(&account.access_key_id).await? {
-                sms_in_last_hour.insert(account.id.as_str().to_owned(), sent);
-            }
-        }
         Ok::<_, StoreError>(pages::Overview {
-            accounts,
+            accounts: store.list_accounts().await?,
             applications: store.list_applications(None).await?,
             backlog: store.outbox_backlog().await?,
             failed: store.failed_messages(FAILED_SHOWN).await?,
-            sms_in_last_hour,
+            sms_in_last_hour: store.sms_in_last_hour().await?,
         })
     };
     match read.await {

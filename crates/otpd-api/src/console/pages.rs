@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use maud::{DOCTYPE, Markup, html};
-use otpd_core::Timestamp;
 use otpd_core::account::{Account, AccountLimits, Application};
 use otpd_core::countries::DestinationCountries;
 use otpd_core::iso8601::iso8601;
 use otpd_core::outbox::{MessageRecord, OutboxBacklog};
 use otpd_core::verification::Verification;
+use otpd_core::{AccessKeyId, Timestamp};
 
 const STYLE: &str = "
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0; color: #1d2430; background: #f6f7f9; }
@@ -68,10 +68,12 @@ fn optional_time(at: Option<Timestamp>) -> String {
 
 /// An account's own limits in a few words (`accounts limit`), with what it sent in its last
 /// hour against the hourly one.
-fn limits(limits: &AccountLimits, sms_in_last_hour: Option<u64>) -> String {
-    let hourly = limits.sms_per_hour.map(|limit| match sms_in_last_hour {
-        Some(sent) => format!("{} SMS parts an hour ({sent} in the last)", limit.get()),
-        None => format!("{} SMS parts an hour", limit.get()),
+fn limits(limits: &AccountLimits, sms_in_last_hour: u64) -> String {
+    let hourly = limits.sms_per_hour.map(|limit| {
+        format!(
+            "{} SMS parts an hour ({sms_in_last_hour} in the last)",
+            limit.get()
+        )
     });
     let countries = match &limits.countries {
         DestinationCountries::Any => None,
@@ -108,8 +110,8 @@ pub struct Overview {
     pub backlog: OutboxBacklog,
     /// The newest deliveries given up on, newest first.
     pub failed: Vec<MessageRecord>,
-    /// The SMS parts each account with an hourly limit sent in its last hour, by account id.
-    pub sms_in_last_hour: HashMap<String, u64>,
+    /// The SMS parts each account sent in its last hour, by access key id; none if absent.
+    pub sms_in_last_hour: HashMap<AccessKeyId, u64>,
 }
 
 pub fn overview(overview: &Overview) -> Markup {
@@ -160,7 +162,7 @@ pub fn overview(overview: &Overview) -> Markup {
                                 }
                             }
                             td {
-                                (limits(&account.limits, sms_in_last_hour.get(account.id.as_str()).copied()))
+                                (limits(&account.limits, sms_in_last_hour.get(&account.access_key_id).copied().unwrap_or(0)))
                             }
                             td { (account.default_sender.as_deref().unwrap_or("-")) }
                             td { (applications_of.get(account.id.as_str()).copied().unwrap_or(0)) }

@@ -9,6 +9,7 @@ mod queries;
 mod scratch;
 mod tls;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,12 +267,11 @@ impl Store for PgStore {
             .await?)
     }
 
-    async fn sms_in_last_hour(&self, key: &AccessKeyId) -> Result<Option<u64>, StoreError> {
-        let key = key.clone();
+    async fn sms_in_last_hour(&self) -> Result<HashMap<AccessKeyId, u64>, StoreError> {
         Ok(self
-            .with_client(move |client, now| async move {
-                queries::sms_in_last_hour(&client, now, &key).await
-            })
+            .with_client(
+                move |client, now| async move { queries::sms_in_last_hour(&client, now).await },
+            )
             .await?)
     }
 

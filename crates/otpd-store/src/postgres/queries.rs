@@ -2,6 +2,7 @@
 //! connection. `now` is `None` in production, and every statement then reads the database's
 //! clock (`otpd_now_ms()`); tests pass their own time.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Object};
@@ -249,18 +250,23 @@ pub(super) async fn set_account_limits(
 pub(super) async fn sms_in_last_hour(
     client: &ClientWrapper,
     now: Option<i64>,
-    key: &AccessKeyId,
-) -> Result<Option<u64>, Failure> {
+) -> Result<HashMap<AccessKeyId, u64>, Failure> {
     let statement = client
         .prepare_cached(&format!(
-            "SELECT {NOW}, sms_window_newest, sms_window FROM accounts WHERE access_key_id = $2"
+            "SELECT {NOW}, access_key_id, sms_window_newest, sms_window FROM accounts
+             WHERE sms_window IS NOT NULL"
         ))
         .await?;
-    let Some(row) = client.query_opt(&statement, &[&now, &key.as_str()]).await? else {
-        return Ok(None);
-    };
-    let window = stored_window(&row, 1)?;
-    Ok(Some(window.at(Timestamp(row.try_get(0)?)).total()))
+    let mut counted = HashMap::new();
+    for row in client.query(&statement, &[&now]).await? {
+        let sent = stored_window(&row, 2)?
+            .at(Timestamp(row.try_get(0)?))
+            .total();
+        if sent > 0 {
+            counted.insert(parsed(&row, 1, AccessKeyId::parse)?, sent);
+        }
+    }
+    Ok(counted)
 }
 
 /// An account's `sms_window_newest` and `sms_window`, in columns `first` and `first + 1`.

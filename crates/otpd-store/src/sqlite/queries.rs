@@ -4,6 +4,7 @@
 use otpd_core::account::{
     Account, AccountLimits, Application, NewAccount, PreviousSecret, SmsPerHour,
 };
+use std::collections::HashMap;
 use std::time::Duration;
 
 use otpd_core::outbox::{
@@ -185,18 +186,21 @@ pub(super) fn set_account_limits(
 
 pub(super) fn sms_in_last_hour(
     connection: &Connection,
-    key: &AccessKeyId,
     now: Timestamp,
-) -> Result<Option<u64>, Failure> {
-    let stored = connection
-        .prepare_cached(
-            "SELECT sms_window_newest, sms_window FROM accounts WHERE access_key_id = ?1",
-        )?
-        .query_row([key.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
-    stored
-        .map(|(newest, parts)| Ok(sms_window(newest, parts)?.at(now).total()))
-        .transpose()
+) -> Result<HashMap<AccessKeyId, u64>, Failure> {
+    let mut statement = connection.prepare_cached(
+        "SELECT access_key_id, sms_window_newest, sms_window FROM accounts
+         WHERE sms_window IS NOT NULL",
+    )?;
+    let mut rows = statement.query([])?;
+    let mut counted = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let sent = sms_window(row.get(1)?, row.get(2)?)?.at(now).total();
+        if sent > 0 {
+            counted.insert(parse_column(row, 0, AccessKeyId::parse)?, sent);
+        }
+    }
+    Ok(counted)
 }
 
 /// An account's `SmsWindow` from its two columns: the newest bucket's start, and the counts as
