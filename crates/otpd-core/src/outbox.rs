@@ -319,6 +319,11 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The longest wait a carrier may ask for (`DeliveryReport::retry_after`) that is honoured
+    /// as asked; a longer one is cut to it. A code rarely lives longer, and a message whose code
+    /// expired meanwhile is dropped at its next turn rather than sent.
+    pub const LONGEST_ASKED_WAIT: Duration = Duration::from_secs(3600);
+
     /// The delay before attempt `attempts + 1`, given `attempts` made: doubling from
     /// `first_delay`, capped at `max_delay`, then scaled by `jitter` (0.0 to 1.0) into 50-100 %
     /// of that, so that retries after an outage do not arrive all at once.
@@ -343,8 +348,14 @@ impl RetryPolicy {
             DeliveryStatus::Successful => AttemptOutcome::Accepted(report),
             DeliveryStatus::PermanentFailure => AttemptOutcome::Failed(report),
             _ if attempts >= self.max_attempts => AttemptOutcome::Failed(report),
+            // The carrier's own wait, when it asked for a longer one than the backoff's.
             _ => AttemptOutcome::Retry {
-                retry_after: self.delay(attempts, jitter()),
+                retry_after: self.delay(attempts, jitter()).max(
+                    report
+                        .retry_after
+                        .unwrap_or_default()
+                        .min(Self::LONGEST_ASKED_WAIT),
+                ),
                 report,
             },
         }
@@ -377,6 +388,7 @@ pub(crate) mod tests {
     /// A transport's answer with nothing but its status.
     pub(crate) fn report(status: DeliveryStatus) -> DeliveryReport {
         DeliveryReport {
+            retry_after: None,
             status,
             message_id: None,
             status_code: 0,
@@ -427,6 +439,38 @@ pub(crate) mod tests {
         }
         assert!(matches!(
             policy.outcome(report(DeliveryStatus::TemporaryFailure), 12, || 0.5),
+            AttemptOutcome::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn a_carriers_wait_is_honoured_when_longer_than_the_backoff() {
+        let policy = RetryPolicy::default();
+        let asked = |wait: u64| DeliveryReport {
+            retry_after: Some(Duration::from_secs(wait)),
+            ..report(DeliveryStatus::Throttled)
+        };
+        let delay = |report: DeliveryReport, attempts: u32| match policy.outcome(
+            report,
+            attempts,
+            || 1.0,
+        ) {
+            AttemptOutcome::Retry { retry_after, .. } => retry_after,
+            other => panic!("expected a retry, got {other:?}"),
+        };
+        assert_eq!(delay(asked(30), 1), Duration::from_secs(30));
+        assert_eq!(
+            delay(asked(1), 4),
+            Duration::from_secs(8),
+            "the backoff is longer"
+        );
+        assert_eq!(
+            delay(asked(86_400), 1),
+            RetryPolicy::LONGEST_ASKED_WAIT,
+            "a day is cut to the longest wait honoured"
+        );
+        assert!(matches!(
+            policy.outcome(asked(30), 12, || 1.0),
             AttemptOutcome::Failed(_)
         ));
     }

@@ -217,6 +217,9 @@ pub struct DeliveryReport {
     /// The downstream status code (HTTP-like: 200 for accepted).
     pub status_code: u16,
     pub status_message: StatusMessage,
+    /// How long the carrier asked otpd to wait before it tries again (an HTTP provider's
+    /// `Retry-After`); the retry policy honours it, within `RetryPolicy::LONGEST_ASKED_WAIT`.
+    pub retry_after: Option<Duration>,
 }
 
 /// Delivers what the outbox holds. The core hands it each message it just committed (already

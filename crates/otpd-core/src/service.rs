@@ -232,6 +232,7 @@ impl VerificationService {
             .deliver(to_deliver, self.limits.first_attempt_wait)
             .await
             .unwrap_or_else(|| DeliveryReport {
+                retry_after: None,
                 // Committed and queued: the dispatcher delivers it even though the first
                 // attempt did not finish in time.
                 status: DeliveryStatus::Successful,

@@ -285,6 +285,7 @@ async fn try_once(inner: &Inner, message: OutboxMessage) -> (MessageId, AttemptO
             inner.transport.send(&sms).await
         }
         None => DeliveryReport {
+            retry_after: None,
             status: DeliveryStatus::PermanentFailure,
             message_id: None,
             status_code: 500,

@@ -1,13 +1,16 @@
 //! The HTTP transport against a local HTTP server that answers 200, 429, 500 and 400 (or takes
-//! its time), the dispatcher retrying through it until the provider recovers, and a send's
+//! its time), the dispatcher retrying through it until the provider recovers (and no sooner
+//! than the provider asked), and a send's
 //! first attempt through it: answered, outlasting the send's wait, outliving the send.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use otpd_core::account::{Name, NewAccount};
@@ -33,7 +36,12 @@ const SLOW_PROVIDER: Duration = Duration::from_millis(300);
 struct Provider {
     received: std::sync::Mutex<Vec<(HeaderMap, Value)>>,
     flaky_calls: AtomicUsize,
+    /// When each call of `/busy-for-a-second` came.
+    busy_calls: std::sync::Mutex<Vec<Instant>>,
 }
+
+/// What `/busy-for-a-second` asks of its first caller.
+const BUSY_FOR: Duration = Duration::from_secs(1);
 
 async fn provider() -> (String, Arc<Provider>) {
     let state = Arc::new(Provider::default());
@@ -68,6 +76,19 @@ async fn provider() -> (String, Arc<Provider>) {
                 post(|| async {
                     tokio::time::sleep(SLOW_PROVIDER).await;
                     (StatusCode::OK, Json(json!({"message_id": "slow-1"})))
+                }),
+            )
+            .route(
+                "/busy-for-a-second",
+                post(|State(s): State<Arc<Provider>>| async move {
+                    let mut calls = s.busy_calls.lock().expect("lock");
+                    calls.push(Instant::now());
+                    if calls.len() == 1 {
+                        let wait = [(RETRY_AFTER, BUSY_FOR.as_secs().to_string())];
+                        (StatusCode::TOO_MANY_REQUESTS, wait, Json(json!({}))).into_response()
+                    } else {
+                        Json(json!({"message_id": "after-wait"})).into_response()
+                    }
                 }),
             )
             .route(
@@ -267,7 +288,12 @@ async fn committed_message(
 
 /// The message's record once it is no longer pending, within two seconds.
 async fn settled(store: &Arc<dyn Store>, id: &MessageId) -> MessageRecord {
-    for _ in 0..100 {
+    settled_within(store, id, Duration::from_secs(2)).await
+}
+
+async fn settled_within(store: &Arc<dyn Store>, id: &MessageId, limit: Duration) -> MessageRecord {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
         let found = store.find_message(id).await.expect("find").expect("exists");
         if found.state != MessageState::Pending {
             return found;
@@ -304,6 +330,49 @@ async fn the_dispatcher_retries_until_the_provider_recovers() {
     assert_eq!(record.attempts, 3);
     assert_eq!(record.carrier_message_id.as_deref(), Some("77"));
     assert_eq!(provider.flaky_calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_provider_that_asks_for_a_wait_is_not_called_again_before_it() {
+    let (base, provider) = provider().await;
+    let (store, key, _dir) = store();
+    let message = committed_message(&store, &key, None).await;
+    let report = transport(&base, "/busy-for-a-second").send(&sms()).await;
+    assert_eq!(
+        (report.status, report.retry_after),
+        (DeliveryStatus::Throttled, Some(BUSY_FOR))
+    );
+    provider.busy_calls.lock().expect("lock").clear();
+    let settings = DispatchSettings {
+        poll_interval: Duration::from_millis(20),
+        // Without the provider's wait, the next attempt would come within 100 ms.
+        retry: RetryPolicy {
+            first_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(100),
+            max_attempts: 5,
+        },
+        ..DispatchSettings::default()
+    };
+    let dispatcher = OutboxDispatcher::new(
+        store.clone(),
+        Arc::new(transport(&base, "/busy-for-a-second")),
+        key,
+        settings,
+    );
+    tokio::spawn(dispatcher.run(std::future::pending()));
+    let mut record = settled_within(&store, &message.id, Duration::from_secs(10)).await;
+    assert_eq!(record.state, MessageState::Sent);
+    assert_eq!(
+        record.carrier_message_id.take().as_deref(),
+        Some("after-wait")
+    );
+    let calls = provider.busy_calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls[1] - calls[0] >= BUSY_FOR,
+        "called again after {:?}",
+        calls[1] - calls[0]
+    );
 }
 
 /// A message committed as a send commits it (claimed for its first attempt), and a dispatcher

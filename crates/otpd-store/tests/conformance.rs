@@ -1117,6 +1117,7 @@ fn outbox_message() -> NewOutboxMessage {
 
 fn accepted(id: &str) -> AttemptOutcome {
     AttemptOutcome::Accepted(DeliveryReport {
+        retry_after: None,
         status: DeliveryStatus::Successful,
         message_id: Some(carrier_id(id)),
         status_code: 200,
@@ -1127,6 +1128,7 @@ fn accepted(id: &str) -> AttemptOutcome {
 /// A carrier's answer to a message it did not take.
 fn unsent(status: DeliveryStatus) -> DeliveryReport {
     DeliveryReport {
+        retry_after: None,
         status,
         message_id: None,
         status_code: 200,
@@ -1242,6 +1244,7 @@ async fn retries_wait_for_their_time(backend: Backend) {
         .expect("send");
     let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
     let report = DeliveryReport {
+        retry_after: None,
         status: DeliveryStatus::Throttled,
         message_id: None,
         status_code: 88,
@@ -1385,6 +1388,7 @@ async fn outcomes_are_stored_in_batches(backend: Backend) {
     let h = harness(backend).await;
     let claimed = h.three_messages_claimed().await;
     let report = |status, message_id: Option<&str>| DeliveryReport {
+        retry_after: None,
         status,
         message_id: message_id.and_then(CarrierMessageId::parse),
         status_code: 200,
@@ -1540,6 +1544,7 @@ async fn the_backlog_counts_what_waits_for_delivery(backend: Backend) {
     let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
     assert_eq!(backlog().await, waiting, "being sent is still waiting");
     let throttled = DeliveryReport {
+        retry_after: None,
         status: DeliveryStatus::Throttled,
         message_id: None,
         status_code: 88,
@@ -1584,6 +1589,7 @@ async fn outcomes_with_odd_status_messages_are_stored_with_their_batch(backend: 
     let claimed = h.three_messages_claimed().await;
     let failed = |text: String| {
         AttemptOutcome::Failed(DeliveryReport {
+            retry_after: None,
             status: DeliveryStatus::PermanentFailure,
             message_id: None,
             status_code: 0,
@@ -1615,6 +1621,7 @@ async fn failed_messages_are_listed_newest_first(backend: Backend) {
     let claimed = h.three_messages_claimed().await;
     let refused = |text: &str| {
         AttemptOutcome::Failed(DeliveryReport {
+            retry_after: None,
             status: DeliveryStatus::PermanentFailure,
             message_id: None,
             status_code: 400,

@@ -504,6 +504,7 @@ async fn outcomes_of_a_batch_rolled_back_by_a_deadlock_are_stored() {
     let ids: Vec<MessageId> = claimed.iter().map(|message| message.id.clone()).collect();
     assert_eq!(ids.len(), 2);
     let accepted = AttemptOutcome::Accepted(DeliveryReport {
+        retry_after: None,
         status: DeliveryStatus::Successful,
         message_id: None,
         status_code: 200,

@@ -135,6 +135,7 @@ struct ConsoleLine<'a> {
 /// A message not printed, for now: the outbox tries it again later.
 fn not_printed(status_message: &str) -> DeliveryReport {
     DeliveryReport {
+        retry_after: None,
         status: DeliveryStatus::TemporaryFailure,
         message_id: None,
         status_code: 503,
@@ -152,6 +153,7 @@ impl SmsTransport for ConsoleTransport {
             Ok(()) => {
                 self.backed_up.store(false, Ordering::Relaxed);
                 DeliveryReport {
+                    retry_after: None,
                     status: DeliveryStatus::Successful,
                     message_id: Some((&sms.message_id).into()),
                     status_code: 200,

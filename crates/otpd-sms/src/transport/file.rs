@@ -59,6 +59,7 @@ impl SmsTransport for FileTransport {
         bytes.push(b'\n');
         match self.append(&bytes) {
             Ok(()) => DeliveryReport {
+                retry_after: None,
                 status: DeliveryStatus::Successful,
                 message_id: Some((&sms.message_id).into()),
                 status_code: 200,
@@ -67,6 +68,7 @@ impl SmsTransport for FileTransport {
             Err(error) => {
                 tracing::error!(%error, path = %self.path.display(), "cannot write to the SMS file");
                 DeliveryReport {
+                    retry_after: None,
                     status: DeliveryStatus::TemporaryFailure,
                     message_id: None,
                     status_code: 500,

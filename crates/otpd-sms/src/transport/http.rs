@@ -3,9 +3,10 @@
 //! status is permanent. A body with `message_id` (or `id`) gives the carrier's id.
 
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use http::header::RETRY_AFTER;
 use http::{HeaderName, HeaderValue, StatusCode};
 use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport};
 
@@ -78,6 +79,7 @@ impl SmsTransport for HttpTransport {
             Ok(response) => response,
             Err(error) => {
                 return DeliveryReport {
+                    retry_after: None,
                     status: DeliveryStatus::TemporaryFailure,
                     message_id: None,
                     status_code: 0,
@@ -91,6 +93,10 @@ impl SmsTransport for HttpTransport {
             }
         };
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| asked_wait(value, SystemTime::now()));
         let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
         let carrier_id = ["message_id", "id"]
             .iter()
@@ -106,8 +112,20 @@ impl SmsTransport for HttpTransport {
                 .or_else(|| status.is_success().then(|| (&sms.message_id).into())),
             status_code: status.as_u16(),
             status_message: format!("the provider answered {status}").into(),
+            retry_after,
         }
     }
+}
+
+/// A `Retry-After` value (RFC 9110, section 10.2.3) as a wait from `now`: delay-seconds, or an
+/// HTTP-date, which is no wait once past. `None` for anything else.
+fn asked_wait(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 fn classify(status: StatusCode) -> DeliveryStatus {
@@ -142,6 +160,26 @@ mod tests {
             Err(HttpSpecError::BadHeader)
         );
         assert_eq!(HttpSpec::new("https://x", None).map(|s| s.header), Ok(None));
+    }
+
+    #[test]
+    fn a_retry_after_is_read_as_seconds_or_a_date() {
+        let now = httpdate::parse_http_date("Mon, 07 Dec 2026 03:00:00 GMT").expect("date");
+        let wait = |value: &'static str| asked_wait(&HeaderValue::from_static(value), now);
+        assert_eq!(wait("120"), Some(Duration::from_secs(120)));
+        assert_eq!(wait(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            wait("Mon, 07 Dec 2026 03:01:30 GMT"),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            wait("Mon, 07 Dec 2026 02:59:00 GMT"),
+            Some(Duration::ZERO),
+            "a date already past asks for no wait"
+        );
+        for unreadable in ["-5", "soon", "1.5", ""] {
+            assert_eq!(wait(unreadable), None, "{unreadable:?}");
+        }
     }
 
     #[test]

@@ -208,6 +208,7 @@ impl SmsTransport for SmppTransport {
             }
         }
         DeliveryReport {
+            retry_after: None,
             status: DeliveryStatus::Successful,
             message_id: last_id,
             status_code: 0,
@@ -218,6 +219,7 @@ impl SmsTransport for SmppTransport {
 
 fn temporary(reason: &str) -> DeliveryReport {
     DeliveryReport {
+        retry_after: None,
         status: DeliveryStatus::TemporaryFailure,
         message_id: None,
         status_code: 0,
@@ -227,6 +229,7 @@ fn temporary(reason: &str) -> DeliveryReport {
 
 fn permanent(reason: String) -> DeliveryReport {
     DeliveryReport {
+        retry_after: None,
         status: DeliveryStatus::PermanentFailure,
         message_id: None,
         status_code: 0,
@@ -248,6 +251,7 @@ fn report_error(error: rusmppc::error::Error) -> DeliveryReport {
                 _ => DeliveryStatus::PermanentFailure,
             };
             DeliveryReport {
+                retry_after: None,
                 status,
                 message_id: None,
                 status_code: u16::try_from(code).unwrap_or(u16::MAX),
