@@ -303,11 +303,9 @@ async fn settled_within(store: &Arc<dyn Store>, id: &MessageId, limit: Duration)
     panic!("message {id} still pending");
 }
 
-#[tokio::test]
-async fn the_dispatcher_retries_until_the_provider_recovers() {
-    let (base, provider) = provider().await;
-    let (store, key, _dir) = store();
-    let message = committed_message(&store, &key, None).await;
+/// Starts the outbox loop of a dispatcher that delivers through the provider's `path` and
+/// retries within 50 to 100 ms.
+fn run_outbox(store: &Arc<dyn Store>, key: Arc<ServerKey>, base: &str, path: &str) {
     let settings = DispatchSettings {
         poll_interval: Duration::from_millis(20),
         retry: RetryPolicy {
@@ -317,14 +315,18 @@ async fn the_dispatcher_retries_until_the_provider_recovers() {
         },
         ..DispatchSettings::default()
     };
-    let dispatcher = OutboxDispatcher::new(
-        store.clone(),
-        Arc::new(transport(&base, "/flaky")),
-        key,
-        settings,
-    );
-    // Committed unclaimed, as after a restart: the outbox loop finds it.
+    let transport = Arc::new(transport(base, path));
+    let dispatcher = OutboxDispatcher::new(store.clone(), transport, key, settings);
     tokio::spawn(dispatcher.run(std::future::pending()));
+}
+
+#[tokio::test]
+async fn the_dispatcher_retries_until_the_provider_recovers() {
+    let (base, provider) = provider().await;
+    let (store, key, _dir) = store();
+    let message = committed_message(&store, &key, None).await;
+    // Committed unclaimed, as after a restart: the outbox loop finds it.
+    run_outbox(&store, key, &base, "/flaky");
     let record = settled(&store, &message.id).await;
     assert_eq!(record.state, MessageState::Sent);
     assert_eq!(record.attempts, 3);
@@ -343,29 +345,11 @@ async fn a_provider_that_asks_for_a_wait_is_not_called_again_before_it() {
         (DeliveryStatus::Throttled, Some(BUSY_FOR))
     );
     provider.busy_calls.lock().expect("lock").clear();
-    let settings = DispatchSettings {
-        poll_interval: Duration::from_millis(20),
-        // Without the provider's wait, the next attempt would come within 100 ms.
-        retry: RetryPolicy {
-            first_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(100),
-            max_attempts: 5,
-        },
-        ..DispatchSettings::default()
-    };
-    let dispatcher = OutboxDispatcher::new(
-        store.clone(),
-        Arc::new(transport(&base, "/busy-for-a-second")),
-        key,
-        settings,
-    );
-    tokio::spawn(dispatcher.run(std::future::pending()));
-    let mut record = settled_within(&store, &message.id, Duration::from_secs(10)).await;
+    // Without the provider's wait, the next attempt would come within 100 ms.
+    run_outbox(&store, key, &base, "/busy-for-a-second");
+    let record = settled_within(&store, &message.id, Duration::from_secs(10)).await;
     assert_eq!(record.state, MessageState::Sent);
-    assert_eq!(
-        record.carrier_message_id.take().as_deref(),
-        Some("after-wait")
-    );
+    assert_eq!(record.carrier_message_id.as_deref(), Some("after-wait"));
     let calls = provider.busy_calls.lock().expect("lock").clone();
     assert_eq!(calls.len(), 2);
     assert!(
