@@ -1,5 +1,5 @@
-//! The `Retry-After` header of a refusal that lifts by itself: a send past a rate limit, a
-//! console login past its wrong passwords.
+//! The `Retry-After` header of a refusal that lifts by itself: a send or a check past a rate
+//! limit, a console login past its wrong passwords.
 
 use std::time::Duration;
 

@@ -14,7 +14,6 @@ mod throttle;
 use std::time::Instant;
 
 use axum::Router;
-
 use axum::extract::{FromRequestParts, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
