@@ -294,9 +294,9 @@ class SendLoad:
 
 class SmsGateway:
     """An SMS provider's HTTP API on a free port: it keeps every message it is given and answers
-    each, after `delay` seconds, with `status` and the JSON `answer`."""
+    each, after `delay` seconds, with `status`, the extra `headers` and the JSON `answer`."""
 
-    def __init__(self, status=200, answer=b'{"id": "carrier-1"}', delay=0.0):
+    def __init__(self, status=200, answer=b'{"id": "carrier-1"}', delay=0.0, headers=()):
         received = self.received = []
 
         class Gateway(BaseHTTPRequestHandler):
@@ -305,6 +305,8 @@ class SmsGateway:
                 time.sleep(delay)
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(answer)
 

@@ -3,6 +3,7 @@
 import json
 import secrets
 import signal
+import time
 
 import pytest
 
@@ -26,6 +27,28 @@ def test_delivery_is_visible_in_search_and_the_message_record(otpd, account):
     assert record["verify_id"] == verify_id
     assert "text" not in record
     assert otpd.messages()[-1]["message_id"] == found["id_sms"]
+
+
+def test_a_provider_that_asks_for_a_wait_is_left_alone_that_long(tmp_path):
+    gateway = SmsGateway(status=429, answer=b"{}", headers=[("Retry-After", "600")])
+    server = Otpd(tmp_path, sms=gateway.url)
+    server.start()
+    try:
+        _, message_id = server.amm_send(server.create_account(), "393471110003")
+
+        def attempted():
+            record = json.loads(server.cli("messages", "show", message_id).stdout)
+            return record if record["delivery_status"] else None
+
+        record = wait_for(attempted, timeout=5)
+        assert (record["state"], record["attempts"], record["delivery_status"]) == ("pending", 1, "THROTTLED")
+        # Ten minutes as asked, not the backoff's one second.
+        assert 599_000 <= record["next_attempt_at"] - record["created_at"] <= 605_000
+        time.sleep(2)
+        assert len(gateway.received) == 1
+    finally:
+        server.stop()
+        gateway.stop()
 
 
 @pytest.mark.parametrize(

@@ -298,6 +298,10 @@ pub struct MessageRecord {
     pub carrier_message_id: Option<String>,
     pub receipt_state: Option<String>,
     pub receipt_at: Option<Timestamp>,
+    /// When a pending message's next attempt is due: a carrier that asked for a wait
+    /// (`DeliveryReport::retry_after`) puts it up to an hour away. `None` once the message is
+    /// final.
+    pub next_attempt_at: Option<Timestamp>,
 }
 
 /// How failed attempts are retried: capped exponential backoff with jitter.

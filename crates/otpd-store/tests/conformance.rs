@@ -1235,6 +1235,10 @@ async fn the_outbox_hands_out_each_message_once_per_lease(backend: Backend) {
     assert_eq!(record.attempts, 2);
     assert_eq!(record.carrier_message_id.as_deref(), Some("carrier-1"));
     assert_eq!(record.sent_at, Some(h.clock.now().minus(LEASE * 2)));
+    assert_eq!(
+        record.next_attempt_at, None,
+        "a sent message has no next attempt"
+    );
 }
 
 async fn retries_wait_for_their_time(backend: Backend) {
@@ -1260,6 +1264,11 @@ async fn retries_wait_for_their_time(backend: Backend) {
         )
         .await
         .expect("finish");
+    assert_eq!(
+        h.stored_message(&claimed[0].id).await.next_attempt_at,
+        Some(h.clock.now().plus(Duration::from_secs(5))),
+        "the record says when the retry is due"
+    );
     h.clock.advance(Duration::from_secs(4));
     assert!(
         h.store

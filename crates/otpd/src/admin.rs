@@ -310,6 +310,7 @@ pub async fn messages(
                     "carrier_message_id": message.carrier_message_id,
                     "receipt_state": message.receipt_state,
                     "receipt_at": message.receipt_at.map(|at| at.millis()),
+                    "next_attempt_at": message.next_attempt_at.map(|at| at.millis()),
                 }));
             }
         }

@@ -213,6 +213,9 @@ pub fn message(record: &MessageRecord) -> Markup {
                 dt { "Encoding, parts" } dd { (record.encoding.as_str()) ", " (record.parts) }
                 dt { "State" } dd { (record.state.as_str()) }
                 dt { "Attempts" } dd { (record.attempts) }
+                @if let Some(at) = record.next_attempt_at {
+                    dt { "Next attempt" } dd { (time(at)) }
+                }
                 dt { "Created" } dd { (time(record.created_at)) }
                 dt { "Handed to the carrier" } dd { (optional_time(record.sent_at)) }
                 dt { "Delivery status" } dd { (record.delivery_status.as_deref().unwrap_or("-")) }

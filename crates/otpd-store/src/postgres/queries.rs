@@ -1113,7 +1113,7 @@ pub(super) async fn release_messages(
 /// The columns `message_record` reads, in its order.
 const MESSAGE_COLUMNS: &str = "id, verification_id, account_id, destination, sender, encoding, parts, state, \
      attempts, created_at, sent_at, delivery_status, status_message, carrier_message_id, \
-     receipt_state, receipt_at";
+     receipt_state, receipt_at, CASE WHEN state = 'pending' THEN next_attempt_at END";
 
 pub(super) async fn find_message(
     client: &ClientWrapper,
@@ -1167,6 +1167,7 @@ fn message_record(row: &Row) -> Result<MessageRecord, Failure> {
         carrier_message_id: row.try_get(13)?,
         receipt_state: row.try_get(14)?,
         receipt_at: optional_time(row, 15)?,
+        next_attempt_at: optional_time(row, 16)?,
     })
 }
 

@@ -1002,7 +1002,8 @@ macro_rules! message_columns {
     () => {
         "SELECT message_id, id, account_id, destination, sender, encoding, parts, message_state,
                 delivery_attempts, created_at, sent_at, delivery_status, status_message,
-                carrier_message_id, receipt_state, receipt_at
+                carrier_message_id, receipt_state, receipt_at,
+                CASE WHEN message_state = 'pending' THEN next_attempt_at END
          FROM verifications"
     };
 }
@@ -1033,6 +1034,7 @@ fn message_record(row: &Row) -> rusqlite::Result<MessageRecord> {
         carrier_message_id: row.get(13)?,
         receipt_state: row.get(14)?,
         receipt_at: row.get::<_, Option<i64>>(15)?.map(Timestamp),
+        next_attempt_at: row.get::<_, Option<i64>>(16)?.map(Timestamp),
     })
 }
 
