@@ -1,12 +1,12 @@
 //! The SQL of the SQLite store, one function per operation. Each runs on the writer or a reader
 //! thread with the connection it is handed.
 
-use otpd_core::account::{
-    Account, AccountLimits, Application, NewAccount, PreviousSecret, SmsPerHour,
-};
 use std::collections::HashMap;
 use std::time::Duration;
 
+use otpd_core::account::{
+    Account, AccountLimits, Application, NewAccount, PreviousSecret, SmsPerHour,
+};
 use otpd_core::outbox::{
     AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, MessageState, MessageText,
     OutboxBacklog, OutboxMessage, Receipt,
@@ -392,7 +392,7 @@ pub(super) fn insert_verification(
             guards.window,
             guards.max_sends_per_destination,
             now,
-        )?;
+        );
         return Err(Failure::Rejected(SendRejected::TooManySends {
             retry_after,
         }));
@@ -454,7 +454,8 @@ pub(super) fn insert_verification(
 /// How long until a sliding window that holds `max` or more events has room for one more: until
 /// the `max`-th newest leaves it. `newest_at` reads that event's time, from `?1` the window's
 /// start, `?2` the offset of the `max`-th newest, and `keys` from `?3` on. Read only for a
-/// request refused by the window, so its cost is the refusal's alone.
+/// request refused by the window, so its cost is the refusal's alone. `None` if it cannot
+/// tell: the refusal stands without a wait rather than fail.
 fn wait_for_window(
     connection: &Connection,
     newest_at: &str,
@@ -462,19 +463,26 @@ fn wait_for_window(
     window: Duration,
     max: u32,
     now: Timestamp,
-) -> Result<Option<Duration>, Failure> {
-    let Some(offset) = max.checked_sub(1) else {
-        return Ok(None);
-    };
+) -> Option<Duration> {
+    let offset = max.checked_sub(1)?;
     let start = now.minus(window).millis();
     let values = [&start as &dyn ToSql, &offset]
         .into_iter()
         .chain(keys.iter().copied());
-    let oldest_that_counts: Option<i64> = connection
-        .prepare_cached(newest_at)?
-        .query_row(params_from_iter(values), |row| row.get(0))
-        .optional()?;
-    Ok(oldest_that_counts.map(|at| Timestamp(at).plus(window).since(now)))
+    let oldest_that_counts = connection
+        .prepare_cached(newest_at)
+        .and_then(|mut statement| {
+            statement
+                .query_row(params_from_iter(values), |row| row.get::<_, i64>(0))
+                .optional()
+        });
+    match oldest_that_counts {
+        Ok(oldest) => oldest.map(|at| Timestamp(at).plus(window).since(now)),
+        Err(error) => {
+            tracing::warn!(%error, "could not tell when a refused request would have room");
+            None
+        }
+    }
 }
 
 /// The key's live code (the one-live-code rule: a new send replaces it) becomes expired or
@@ -686,7 +694,7 @@ pub(super) fn check(
                     limit.window,
                     limit.max_failures,
                     now,
-                )?,
+                ),
             });
         }
     }
