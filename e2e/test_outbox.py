@@ -1,5 +1,6 @@
 """The durable outbox: what got a 200 is delivered, even across a kill -9."""
 
+import contextlib
 import json
 import secrets
 import signal
@@ -29,26 +30,32 @@ def test_delivery_is_visible_in_search_and_the_message_record(otpd, account):
     assert otpd.messages()[-1]["message_id"] == found["id_sms"]
 
 
-def test_a_provider_that_asks_for_a_wait_is_left_alone_that_long(tmp_path):
-    gateway = SmsGateway(status=429, answer=b"{}", headers=[("Retry-After", "600")])
+@contextlib.contextmanager
+def delivering_through(tmp_path, gateway):
+    """An otpd that sends its SMS to `gateway`; both are stopped afterwards."""
     server = Otpd(tmp_path, sms=gateway.url)
     server.start()
     try:
+        yield server
+    finally:
+        server.stop()
+        gateway.stop()
+
+
+def message_record(server, message_id):
+    return json.loads(server.cli("messages", "show", message_id).stdout)
+
+
+def test_a_provider_that_asks_for_a_wait_is_left_alone_that_long(tmp_path):
+    gateway = SmsGateway(status=429, answer=b"{}", headers=[("Retry-After", "600")])
+    with delivering_through(tmp_path, gateway) as server:
         _, message_id = server.amm_send(server.create_account(), "393471110003")
-
-        def attempted():
-            record = json.loads(server.cli("messages", "show", message_id).stdout)
-            return record if record["delivery_status"] else None
-
-        record = wait_for(attempted, timeout=5)
+        record = wait_for(lambda: (r := message_record(server, message_id))["delivery_status"] and r, timeout=5)
         assert (record["state"], record["attempts"], record["delivery_status"]) == ("pending", 1, "THROTTLED")
         # Ten minutes as asked, not the backoff's one second.
         assert 599_000 <= record["next_attempt_at"] - record["created_at"] <= 605_000
         time.sleep(2)
         assert len(gateway.received) == 1
-    finally:
-        server.stop()
-        gateway.stop()
 
 
 @pytest.mark.parametrize(
@@ -62,25 +69,15 @@ def test_a_carrier_id_that_cannot_be_stored_is_dropped_not_sent_again(tmp_path, 
     # such an id from the provider failed the outcome's commit (with every other outcome in
     # it), and the message was sent again when its claim ran out.
     gateway = SmsGateway(answer=f'{{"message_id": "{carrier_id}"}}'.encode())
-    server = Otpd(tmp_path, sms=gateway.url)
-    server.start()
-    try:
+    with delivering_through(tmp_path, gateway) as server:
         _, message_id = server.amm_send(server.create_account(), "393471110002")
-
-        def stored():
-            record = json.loads(server.cli("messages", "show", message_id).stdout)
-            return record if record["state"] != "pending" else None
-
-        record = wait_for(stored, timeout=5)
+        record = wait_for(lambda: (r := message_record(server, message_id))["state"] != "pending" and r, timeout=5)
         assert record["state"] == "sent" and record["attempts"] == 1
         # Without a usable id of its own from the provider, the message is known by otpd's.
         assert record["carrier_message_id"] == message_id
         assert len(gateway.received) == 1
         assert "cannot record delivery attempts" not in server.log_file.read_text()
         assert "carrier's message id" in server.log_file.read_text()
-    finally:
-        server.stop()
-        gateway.stop()
 
 
 def test_every_accepted_send_survives_kill_9(tmp_path):
