@@ -186,7 +186,7 @@ async fn nodes_starting_together_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        (1..=13).collect::<Vec<_>>(),
+        (1..=14).collect::<Vec<_>>(),
         "each migration ran once"
     );
 
@@ -673,6 +673,129 @@ async fn two_nodes_sending_to_one_key_leave_one_live_code() {
         statuses,
         [("cancelled".to_owned(), 79), ("pending".to_owned(), 1)]
     );
+}
+
+/// Two nodes guessing at the same codes at once, by id and by key. A group settles its first
+/// guess at each code in one UPDATE (migration 14), which waits for the other node's change of
+/// the row and then tests the code's attempts again, so between them the nodes use each
+/// attempt once and record every check that found the code; and a right code verifies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_checking_one_code_use_each_attempt_once() {
+    let database = scratch().await;
+    let nodes = two_nodes(&database).await;
+    let account = create_account(&nodes[0]).await;
+    let server_key = Arc::new(ServerKey::from_hex(&"68".repeat(32)).expect("key"));
+    let mut codes = Vec::new();
+    for (n, key) in [
+        amm_key(&account, "+393481234567"),
+        pinpoint_key(&account, "+393481234568"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = VerifyId::generate();
+        let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+        let mut send = sandbox_send(&server_key, &id, key.clone(), &code, 300);
+        send.max_attempts = MaxAttempts::new(5).expect("attempts");
+        nodes[0]
+            .create_verification(send, GUARDS)
+            .await
+            .expect("send");
+        let lookup = if n == 0 {
+            CheckLookup::ById {
+                account_id: account.clone(),
+                id: id.clone(),
+            }
+        } else {
+            CheckLookup::ByKey(key)
+        };
+        codes.push((id, code, lookup));
+    }
+    let wrong = |code: &OtpCode| {
+        let digit = (code.expose().as_bytes()[0] - b'0' + 1) % 10;
+        format!("{digit}{}", &code.expose()[1..])
+    };
+    let mut checks = Vec::new();
+    for (id, code, lookup) in &codes {
+        for round in 0..60 {
+            let store = nodes[round % 2].clone();
+            let lookup = lookup.clone();
+            let attempt = CheckAttempt {
+                history: CheckHistory::WithCode,
+                ..attempt(&server_key, &wrong(code))
+            };
+            checks.push((
+                id.clone(),
+                tokio::spawn(async move { store.check(lookup, attempt).await }),
+            ));
+        }
+    }
+    let mut mismatches: HashMap<VerifyId, usize> = HashMap::new();
+    let mut found: HashMap<VerifyId, i64> = HashMap::new();
+    for (id, check) in checks {
+        let outcome = check.await.expect("join").expect("check").outcome;
+        if let CheckOutcome::Mismatch { .. } = outcome {
+            *mismatches.entry(id.clone()).or_default() += 1;
+        }
+        if outcome != CheckOutcome::NotFound {
+            *found.entry(id).or_default() += 1;
+        }
+    }
+    let client = connect_raw(database.url()).await;
+    for (id, _, _) in &codes {
+        assert_eq!(
+            mismatches.get(id),
+            Some(&5),
+            "five attempts, each used once"
+        );
+        let row = client
+            .query_one(
+                "SELECT v.attempts_used, v.status,
+                        (SELECT count(*) FROM checks c WHERE c.verification_id = v.id)
+                   FROM verifications v WHERE v.id = $1",
+                &[&id.as_str()],
+            )
+            .await
+            .expect("row");
+        let recorded: (i32, String, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(recorded, (5, "failed".to_owned(), found[id]));
+    }
+
+    let id = VerifyId::generate();
+    let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+    let send = sandbox_send(
+        &server_key,
+        &id,
+        amm_key(&account, "+393481234569"),
+        &code,
+        300,
+    );
+    nodes[1]
+        .create_verification(send, GUARDS)
+        .await
+        .expect("send");
+    let mut checks = Vec::new();
+    for round in 0..60 {
+        let store = nodes[round % 2].clone();
+        let lookup = CheckLookup::ById {
+            account_id: account.clone(),
+            id: id.clone(),
+        };
+        let attempt = attempt(&server_key, code.expose());
+        checks.push(tokio::spawn(
+            async move { store.check(lookup, attempt).await },
+        ));
+    }
+    let mut verified = 0;
+    for check in checks {
+        let outcome = check.await.expect("join").expect("check").outcome;
+        match outcome {
+            CheckOutcome::Verified => verified += 1,
+            CheckOutcome::AlreadyVerified => {}
+            other => panic!("a right code was answered {other:?}"),
+        }
+    }
+    assert_eq!(verified, 1);
 }
 
 /// A check changes a verification's status and attempts_used. PostgreSQL writes the new row

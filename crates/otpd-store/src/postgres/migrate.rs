@@ -55,6 +55,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         13,
         include_str!("../../migrations/postgres/0013_rolling_hour.sql"),
     ),
+    (
+        14,
+        include_str!("../../migrations/postgres/0014_checks_as_one_update.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.
