@@ -709,6 +709,53 @@ async fn sends_at_once(h: &Harness, count: usize, refusal: SendRejected) -> usiz
     accepted
 }
 
+/// Sends to one destination at once, for three keys, under an anti-spam limit of 10: exactly
+/// 10 are stored, each key keeps one live code, and every other send is refused. On PostgreSQL
+/// a group stores its first send to a destination with the rest of the group in one statement
+/// (migration 15) and the others one by one after it, each counting those before.
+async fn parallel_sends_to_one_destination_never_pass_its_limit(backend: Backend) {
+    let h = harness(backend).await;
+    let guards = SendGuards {
+        max_sends_per_destination: 10,
+        ..UNLIMITED
+    };
+    let sends = (0..30).map(|i| {
+        let store = h.store.clone();
+        let key = VerificationKey {
+            reference: format!("ref-{}", i % 3),
+            ..h.key_for("+393481234567")
+        };
+        let (verification, _) = h.new_verification(key, 3, Some(outbox_message()));
+        let id = verification.id.clone();
+        (
+            id,
+            tokio::spawn(async move { store.create_verification(verification, guards).await }),
+        )
+    });
+    let mut stored = Vec::new();
+    for (id, send) in sends.collect::<Vec<_>>() {
+        match send.await.expect("join") {
+            Ok(()) => stored.push(id),
+            Err(CreateError::Rejected(SendRejected::TooManySends { .. })) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(stored.len(), 10);
+    let mut live_per_key = HashMap::new();
+    for id in &stored {
+        let verification = h.stored(id).await;
+        if verification.status == VerificationStatus::Pending {
+            *live_per_key
+                .entry(verification.key.reference.clone())
+                .or_insert(0) += 1;
+        }
+    }
+    assert!(
+        live_per_key.values().all(|live| *live == 1),
+        "one live code per key: {live_per_key:?}"
+    );
+}
+
 async fn parallel_sends_never_overdraw(backend: Backend) {
     let h = harness_with_credits(backend, Some(25)).await;
     assert_eq!(sends_at_once(&h, 60, SendRejected::NoCredit).await, 25);
@@ -2195,6 +2242,7 @@ on_every_backend!(
     credit_is_debited_per_part_and_never_overdrawn,
     a_send_for_a_deleted_account_is_refused,
     parallel_sends_never_overdraw,
+    parallel_sends_to_one_destination_never_pass_its_limit,
     a_failed_request_does_not_fail_its_batch_mates,
     a_duplicate_id_fails_alone,
     cancel_only_live_codes,

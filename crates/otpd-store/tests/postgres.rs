@@ -186,7 +186,7 @@ async fn nodes_starting_together_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        (1..=14).collect::<Vec<_>>(),
+        (1..=15).collect::<Vec<_>>(),
         "each migration ran once"
     );
 

@@ -59,6 +59,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         14,
         include_str!("../../migrations/postgres/0014_checks_as_one_update.sql"),
     ),
+    (
+        15,
+        include_str!("../../migrations/postgres/0015_sends_as_one_statement.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.
