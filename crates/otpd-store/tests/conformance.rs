@@ -450,6 +450,45 @@ async fn parallel_wrong_guesses_from_one_address_never_exceed_its_limit(backend:
     assert_eq!(count(&outcomes, |o| *o == CheckOutcome::RateLimited), 47);
 }
 
+/// Wrong codes for many verifications at once from one address limited to 3: the address's
+/// limit counts failures across codes, so 3 are compared and every other check is refused. On
+/// PostgreSQL a group settles only an address's first check with the rest of the group
+/// (migration 14); its others count the failures before them one by one.
+async fn parallel_wrong_codes_from_one_address_never_exceed_its_limit(backend: Backend) {
+    let h = harness(backend).await;
+    let mut codes = Vec::new();
+    for i in 0..30 {
+        let destination = format!("+3934812345{i:02}");
+        codes.push(
+            h.send(h.amm_key_for(&destination), 5, UNLIMITED)
+                .await
+                .expect("send"),
+        );
+    }
+    let mut checks = Vec::new();
+    for (id, code) in codes {
+        let limited = CheckAttempt {
+            client_ip: Some("203.0.113.8".into()),
+            ip_limit: Some(IpLimit {
+                max_failures: 3,
+                window: Duration::from_secs(200),
+            }),
+            ..h.attempt(&wrong(&code))
+        };
+        let store = h.store.clone();
+        let lookup = h.by_id(&id);
+        checks.push(tokio::spawn(
+            async move { store.check(lookup, limited).await },
+        ));
+    }
+    let mut outcomes = Vec::new();
+    for check in checks {
+        outcomes.push(check.await.expect("join").expect("check").outcome);
+    }
+    assert_eq!(count(&outcomes, is_mismatch), 3);
+    assert_eq!(count(&outcomes, |o| *o == CheckOutcome::RateLimited), 27);
+}
+
 async fn parallel_right_codes_verify_exactly_once(backend: Backend) {
     let h = harness(backend).await;
     let (id, code) = h
@@ -2233,6 +2272,7 @@ on_every_backend!(
     parallel_right_codes_verify_exactly_once,
     parallel_guesses_by_key_use_each_attempt_once,
     parallel_wrong_guesses_from_one_address_never_exceed_its_limit,
+    parallel_wrong_codes_from_one_address_never_exceed_its_limit,
     codes_expire_by_the_store_clock,
     a_new_send_cancels_the_live_code_for_the_same_key,
     a_resend_after_the_clock_stepped_back_replaces_the_live_code,

@@ -7,13 +7,14 @@
 -- attempts left, whose digest is bound as the caller computed it, uses its attempt and settles
 -- the status in one UPDATE joined to the group, and the checks that keep a history record
 -- insert them in the same statement. Which checks may go there:
---   * not those with an end-user address (amm's ip_address): their limit counts the failures
---     before them, in the group too, so they run one by one as before;
 --   * only the first check of each code in the group: an UPDATE changes a row once, so a second
---     guess at the same code runs after it, one by one, and sees its outcome.
+--     guess at the same code runs after it, one by one, and sees its outcome;
+--   * of the checks from one end-user address (amm's ip_address), only the first in the group,
+--     and only while the address is under its limit of wrong codes: the others count the
+--     failures before them, this one's too, one by one after it.
 -- Every check the UPDATE did not settle (no such code, settled, expired, out of attempts, a
--- digest to rebind, an address, a second guess) then runs otpd_check, unchanged, in the
--- group's order. Parallel groups, from any nodes, still queue on the rows: under READ
+-- digest to rebind, a second guess, an address's second check or one over its limit) then
+-- runs otpd_check, unchanged, in the group's order. Parallel groups, from any nodes, still queue on the rows: under READ
 -- COMMITTED an UPDATE that waited for another transaction's change of a row tests its
 -- conditions again on the new version, so a code can never use more attempts than it has.
 -- A group answers in the order of its checks, as before; nodes of the previous release call
@@ -50,10 +51,19 @@ BEGIN
          ORDER BY 1) AS locks;
 
     WITH checks_in_order AS (
-        SELECT r.*, COALESCE(r.now_ms, otpd_now_ms()) AS at,
+        SELECT r.*, arrival.at,
                row_number() OVER (PARTITION BY r.account_id, r.id, r.dialect, r.app,
                                                r.reference, r.destination
                                   ORDER BY r.ordinal) AS nth_of_its_code,
+               row_number() OVER (PARTITION BY r.account_id, r.client_ip
+                                  ORDER BY r.ordinal) AS nth_from_its_address,
+               -- otpd_check's count, under the same lock (taken above).
+               CASE WHEN r.client_ip IS NOT NULL AND r.ip_window_ms IS NOT NULL THEN
+                   (SELECT count(*) FROM checks k
+                     WHERE k.account_id = r.account_id AND k.client_ip = r.client_ip
+                       AND k.at > arrival.at - r.ip_window_ms
+                       AND k.outcome IN ('mismatch', 'mismatch_exhausted'))
+               ELSE 0 END AS failures_from_its_address,
                -- The row a check is for: by its id, or the key's live code, found through
                -- the destination index here so that the UPDATE below joins on the primary
                -- key alone (joined on the key's columns, the planner chose to read the whole
@@ -65,9 +75,12 @@ BEGIN
                                   AND x.status = 'pending'
                                 LIMIT 1)) AS target
           FROM unnest(p_now, p_account_id, p_id, p_dialect, p_app, p_reference,
-                      p_destination, p_bound_to, p_digest, p_record_code, p_client_ip)
+                      p_destination, p_bound_to, p_digest, p_record_code, p_client_ip,
+                      p_ip_window_ms, p_ip_max_failures)
                WITH ORDINALITY AS r(now_ms, account_id, id, dialect, app, reference,
-                    destination, bound_to, digest, record_code, client_ip, ordinal)
+                    destination, bound_to, digest, record_code, client_ip, ip_window_ms,
+                    ip_max_failures, ordinal)
+         CROSS JOIN LATERAL (SELECT COALESCE(r.now_ms, otpd_now_ms()) AS at) AS arrival
     ), settled AS (
         UPDATE verifications v
            SET attempts_used = v.attempts_used + 1,
@@ -79,18 +92,22 @@ BEGIN
                    ELSE 'pending' END
           FROM checks_in_order c
          WHERE v.id = c.target AND v.account_id = c.account_id
-           AND c.nth_of_its_code = 1 AND c.client_ip IS NULL
+           AND c.nth_of_its_code = 1
+           AND (c.client_ip IS NULL OR c.nth_from_its_address = 1)
+           AND (c.failures_from_its_address >= c.ip_max_failures) IS NOT TRUE
            AND v.status = 'pending' AND v.expires_at > c.at
            AND v.attempts_used < v.max_attempts
            AND CASE c.bound_to WHEN 'id' THEN v.code_digest
                                WHEN 'key' THEN v.key_bound_digest END IS NOT NULL
-        RETURNING c.ordinal, c.account_id, c.at, c.record_code, v.id, v.message_id,
+        RETURNING c.ordinal, c.account_id, c.at, c.record_code, c.client_ip, v.id,
+                  v.message_id,
                   CASE v.status WHEN 'verified' THEN 'verified'
                                 WHEN 'failed' THEN 'mismatch_exhausted'
                                 ELSE 'mismatch' END AS outcome
     ), recorded AS (
-        INSERT INTO checks (verification_id, account_id, at, submitted_code, outcome)
-        SELECT s.id, s.account_id, s.at, s.record_code, s.outcome
+        INSERT INTO checks (verification_id, account_id, at, submitted_code, outcome,
+                            client_ip)
+        SELECT s.id, s.account_id, s.at, s.record_code, s.outcome, s.client_ip
           FROM settled s
          WHERE s.record_code IS NOT NULL
     )
