@@ -37,11 +37,10 @@ CREATE OR REPLACE FUNCTION otpd_checks(
                  dialect text, app text, reference text, destination text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_settled_ordinal   bigint[];
+    -- What the UPDATE settled, by the check's place in the group (NULL: not settled).
     v_settled_outcome   text[];
     v_settled_message   text[];
     v_settled_id        text[];
-    v_check             record;
 BEGIN
     PERFORM pg_advisory_xact_lock(lock_key) FROM (
         SELECT DISTINCT hashtextextended(account_id || '/ip/' || client_ip, 0) AS lock_key
@@ -111,36 +110,23 @@ BEGIN
           FROM settled s
          WHERE s.record_code IS NOT NULL
     )
-    SELECT array_agg(s.ordinal), array_agg(s.outcome), array_agg(s.message_id),
-           array_agg(s.id)
-      INTO v_settled_ordinal, v_settled_outcome, v_settled_message, v_settled_id
-      FROM settled s;
+    SELECT array_agg(s.outcome ORDER BY g.i), array_agg(s.message_id ORDER BY g.i),
+           array_agg(s.id ORDER BY g.i)
+      INTO v_settled_outcome, v_settled_message, v_settled_id
+      FROM generate_subscripts(p_account_id, 1) AS g(i)
+      LEFT JOIN settled s ON s.ordinal = g.i;
 
-    FOR v_check IN
-        SELECT r.*, settled.outcome AS settled_outcome, settled.message_id AS settled_message,
-               settled.id AS settled_id
-          FROM unnest(p_now, p_account_id, p_id, p_dialect, p_app, p_reference,
-                      p_destination, p_bound_to, p_digest, p_record_code, p_client_ip,
-                      p_ip_window_ms, p_ip_max_failures)
-               WITH ORDINALITY AS r(now_ms, account_id, id, dialect, app, reference,
-                    destination, bound_to, digest, record_code, client_ip, ip_window_ms,
-                    ip_max_failures, ordinal)
-          LEFT JOIN unnest(v_settled_ordinal, v_settled_outcome, v_settled_message,
-                           v_settled_id) AS settled(ordinal, outcome, message_id, id)
-                 ON settled.ordinal = r.ordinal
-         ORDER BY r.ordinal
-    LOOP
-        IF v_check.settled_outcome IS NOT NULL THEN
-            outcome := v_check.settled_outcome;
-            message_id := v_check.settled_message;
-            verification_id := v_check.settled_id;
+    FOR i IN 1 .. COALESCE(cardinality(p_account_id), 0) LOOP
+        IF v_settled_outcome[i] IS NOT NULL THEN
+            outcome := v_settled_outcome[i];
+            message_id := v_settled_message[i];
+            verification_id := v_settled_id[i];
             RETURN NEXT;
         ELSE
             RETURN QUERY
-            SELECT * FROM otpd_check(v_check.now_ms, v_check.account_id, v_check.id,
-                v_check.dialect, v_check.app, v_check.reference, v_check.destination,
-                v_check.bound_to, v_check.digest, v_check.record_code, v_check.client_ip,
-                v_check.ip_window_ms, v_check.ip_max_failures);
+            SELECT * FROM otpd_check(p_now[i], p_account_id[i], p_id[i], p_dialect[i], p_app[i],
+                p_reference[i], p_destination[i], p_bound_to[i], p_digest[i],
+                p_record_code[i], p_client_ip[i], p_ip_window_ms[i], p_ip_max_failures[i]);
         END IF;
     END LOOP;
 END

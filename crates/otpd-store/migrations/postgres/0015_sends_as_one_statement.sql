@@ -40,8 +40,8 @@ CREATE OR REPLACE FUNCTION otpd_create_verifications(
     p_claim_ms          bigint[]
 ) RETURNS TABLE (verdict text) LANGUAGE plpgsql AS $$
 DECLARE
-    v_stored_ordinal    bigint[];
-    v_send              record;
+    -- Whether the statement stored each send, by its place in the group.
+    v_stored            boolean[];
 BEGIN
     PERFORM pg_advisory_xact_lock(lock_key) FROM (
         SELECT DISTINCT hashtextextended(account_id || '/' || destination, 0) AS lock_key
@@ -100,32 +100,20 @@ BEGIN
           FROM unguarded s
          WHERE s.message_id IS NOT NULL
     )
-    SELECT array_agg(s.ordinal) INTO v_stored_ordinal FROM unguarded s;
+    SELECT array_agg(s.ordinal IS NOT NULL ORDER BY g.i) INTO v_stored
+      FROM generate_subscripts(p_id, 1) AS g(i)
+      LEFT JOIN unguarded s ON s.ordinal = g.i;
 
-    FOR v_send IN
-        SELECT r.*, r.ordinal = ANY (v_stored_ordinal) AS stored
-          FROM unnest(p_now, p_window_ms, p_max_sends, p_charge, p_id, p_account_id,
-                      p_dialect, p_app, p_reference, p_destination, p_sender, p_code_digest,
-                      p_code_bound_to, p_ttl_ms, p_max_attempts, p_sandbox, p_sandbox_code,
-                      p_parts, p_message_id, p_sealed_text, p_encoding, p_message_parts,
-                      p_entity_id, p_template_id, p_claim_ms)
-               WITH ORDINALITY AS r(now_ms, window_ms, max_sends, charge, id, account_id,
-                    dialect, app, reference, destination, sender, code_digest, code_bound_to,
-                    ttl_ms, max_attempts, sandbox, sandbox_code, parts, message_id,
-                    sealed_text, encoding, message_parts, entity_id, template_id, claim_ms,
-                    ordinal)
-         ORDER BY r.ordinal
-    LOOP
-        IF v_send.stored THEN
+    FOR i IN 1 .. COALESCE(cardinality(p_id), 0) LOOP
+        IF v_stored[i] THEN
             verdict := 'ok';
         ELSE
-            verdict := otpd_create_verification(v_send.now_ms, v_send.window_ms,
-                v_send.max_sends, v_send.charge, v_send.id, v_send.account_id, v_send.dialect,
-                v_send.app, v_send.reference, v_send.destination, v_send.sender,
-                v_send.code_digest, v_send.code_bound_to, v_send.ttl_ms, v_send.max_attempts,
-                v_send.sandbox, v_send.sandbox_code, v_send.parts, v_send.message_id,
-                v_send.sealed_text, v_send.encoding, v_send.message_parts, v_send.entity_id,
-                v_send.template_id, v_send.claim_ms);
+            verdict := otpd_create_verification(p_now[i], p_window_ms[i], p_max_sends[i],
+                p_charge[i], p_id[i], p_account_id[i], p_dialect[i], p_app[i], p_reference[i],
+                p_destination[i], p_sender[i], p_code_digest[i], p_code_bound_to[i],
+                p_ttl_ms[i], p_max_attempts[i], p_sandbox[i], p_sandbox_code[i], p_parts[i],
+                p_message_id[i], p_sealed_text[i], p_encoding[i], p_message_parts[i],
+                p_entity_id[i], p_template_id[i], p_claim_ms[i]);
         END IF;
         RETURN NEXT;
     END LOOP;
