@@ -945,8 +945,9 @@ pub(super) async fn claim_outbox(
         .collect()
 }
 
-/// The whole batch in one statement, so one round trip, one transaction and one executor start
-/// for every outcome (`finish_batch_statement`). A batch the database refuses (a deadlock with
+/// The whole batch in one transaction and one round trip: BEGIN, an UPDATE by primary key per
+/// outcome, COMMIT, pipelined. (A single UPDATE joined to `unnest` arrays was tried first: its
+/// generic plan scanned the whole outbox.) A batch the database refuses (a deadlock with
 /// another transaction, say) was rolled back whole; each outcome is then stored on its own, as
 /// the groups run their requests, so that one the database will not take does not leave the
 /// others' messages claimed, to be sent again when their claims run out.
@@ -955,7 +956,7 @@ pub(super) async fn finish_attempts(
     now: Option<i64>,
     outcomes: Vec<(MessageId, AttemptOutcome)>,
 ) -> Result<(), Failure> {
-    match finish_in_one_statement(&client, now, &outcomes).await {
+    let result = match finish_in_one_transaction(&client, now, &outcomes).await {
         Err(error) if error.as_db_error().is_some() && outcomes.len() > 1 => {
             tracing::warn!(
                 error = %super::describe(&error),
@@ -965,7 +966,17 @@ pub(super) async fn finish_attempts(
             finish_one_by_one(&client, now, &outcomes).await
         }
         other => other.map_err(Failure::from),
+    };
+    close_on_error(client, result)
+}
+
+/// After a failure inside an explicit transaction the session may still be in it: the
+/// connection is closed instead of going back to the pool.
+fn close_on_error<T>(client: Object, result: Result<T, Failure>) -> Result<T, Failure> {
+    if result.is_err() {
+        drop(Object::take(client));
     }
+    result
 }
 
 async fn finish_statement(client: &ClientWrapper) -> Result<Statement, tokio_postgres::Error> {
@@ -983,66 +994,29 @@ async fn finish_statement(client: &ClientWrapper) -> Result<Statement, tokio_pos
         .await
 }
 
-/// Every outcome of a batch in one UPDATE joined to the batch's arrays. The rows are found
-/// through `id = ANY ($2)`: joined only on `o.id = u.id`, the generic plan read the whole outbox
-/// (tried when the batches were first written, and pipelined updates by primary key used
-/// instead, at about a third of PostgreSQL's CPU a send).
-async fn finish_in_one_statement(
+async fn finish_in_one_transaction(
     client: &ClientWrapper,
     now: Option<i64>,
     outcomes: &[(MessageId, AttemptOutcome)],
 ) -> Result<(), tokio_postgres::Error> {
-    let statement = client
-        .prepare_cached(&format!(
-            "WITH clock AS (SELECT {NOW} AS now)
-             UPDATE outbox o SET state = u.state, lease_until = 0, updated_at = clock.now,
-                 next_attempt_at = COALESCE(clock.now + u.retry_ms, o.next_attempt_at),
-                 sent_at = CASE WHEN u.state = 'sent' THEN clock.now ELSE o.sent_at END,
-                 delivery_status = u.delivery_status, status_code = u.status_code,
-                 status_message = u.status_message,
-                 carrier_message_id = COALESCE(u.carrier_message_id, o.carrier_message_id),
-                 sealed_text = CASE WHEN u.state = 'pending' THEN o.sealed_text END
-             FROM clock, unnest($2::text[], $3::text[], $4::bigint[], $5::text[],
-                                $6::integer[], $7::text[], $8::text[])
-                  AS u(id, state, retry_ms, delivery_status, status_code, status_message,
-                       carrier_message_id)
-             WHERE o.id = ANY ($2) AND o.id = u.id"
-        ))
-        .await?;
-    let id: Vec<&str> = column(outcomes, |(id, _)| id.as_str());
-    let state: Vec<&str> = column(outcomes, |(_, outcome)| outcome.next_state().as_str());
-    let retry: Vec<Option<i64>> =
-        column(outcomes, |(_, outcome)| outcome.retry_after().map(millis));
-    let delivery_status: Vec<&str> =
-        column(outcomes, |(_, outcome)| outcome.report().status.as_str());
-    let status_code: Vec<i32> = column(outcomes, |(_, outcome)| {
-        i32::from(outcome.report().status_code)
-    });
-    let status_message: Vec<&str> = column(outcomes, |(_, outcome)| {
-        outcome.report().status_message.as_str()
-    });
-    let carrier_message_id: Vec<Option<&str>> = column(outcomes, |(_, outcome)| {
-        outcome
-            .report()
-            .message_id
-            .as_ref()
-            .map(CarrierMessageId::as_str)
-    });
-    client
-        .execute(
-            &statement,
-            &[
-                &now,
-                &id,
-                &state,
-                &retry,
-                &delivery_status,
-                &status_code,
-                &status_message,
-                &carrier_message_id,
-            ],
-        )
-        .await?;
+    let statement = finish_statement(client).await?;
+    if let [(id, outcome)] = outcomes {
+        store_outcome(client, &statement, now, id, outcome).await?;
+        return Ok(());
+    }
+    let updates = outcomes
+        .iter()
+        .map(|(id, outcome)| store_outcome(client, &statement, now, id, outcome));
+    let (begun, updated, committed) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        futures_util::future::join_all(updates),
+        client.batch_execute("COMMIT"),
+    );
+    begun?;
+    for result in updated {
+        result?;
+    }
+    committed?;
     Ok(())
 }
 
@@ -1053,6 +1027,8 @@ async fn finish_one_by_one(
     now: Option<i64>,
     outcomes: &[(MessageId, AttemptOutcome)],
 ) -> Result<(), Failure> {
+    // The batch's COMMIT ended its transaction, whatever failed in it; this makes sure.
+    client.batch_execute("ROLLBACK").await?;
     let statement = finish_statement(client).await?;
     let mut refused = 0;
     let mut last_error = None;
