@@ -545,11 +545,12 @@ fn saturating_i32(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-/// The check step, in one statement, comparing the digest this computes beforehand: the group's
-/// statement (`Checks`) settles a check of a live code in one UPDATE with the rest of its
-/// group, and `otpd_check` (both in the migrations) finds and locks the row, runs the state
-/// machine and stores what it decided for every other. Parallel checks of one code, from any
-/// node, queue on the row; a code's second check in one group runs after its first.
+/// The check step, in one statement, comparing the digest this computes beforehand: in a group
+/// of 8 or more, the group's statement (`Checks`) settles a check of a live code in one UPDATE
+/// with the rest of its group, and `otpd_check` (both in the migrations) finds and locks the
+/// row, runs the state machine and stores what it decided for every other check. Parallel
+/// checks of one code, from any node, queue on the row; a code's second check in one group
+/// runs after its first.
 pub(super) async fn check(
     checks: &Group<Checks>,
     now: Option<i64>,
@@ -640,8 +641,8 @@ pub(super) enum Checked {
 }
 
 /// Checks in groups: `otpd_checks` (in the migrations) takes the group's locks, settles its
-/// checks of live codes in one UPDATE and runs `otpd_check` for each of the others; all in one
-/// statement and one transaction.
+/// checks of live codes in one UPDATE when it holds 8 or more, and runs `otpd_check` for each
+/// of the others; all in one statement and one transaction.
 pub(super) struct Checks;
 
 impl GroupStatement for Checks {
