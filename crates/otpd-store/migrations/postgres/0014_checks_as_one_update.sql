@@ -3,7 +3,8 @@
 -- an UPDATE and, for amm, an INSERT, each started and ended per check, and a row lock written
 -- before each new row version. Starting those statements was most of PostgreSQL's CPU a check.
 --
--- Now the common case of the whole group is one statement: every check of a live code with
+-- Now the common case of a group of 8 or more is one statement (a smaller group runs as
+-- before: see the comment at the IF below): every check of a live code with
 -- attempts left, whose digest is bound as the caller computed it, uses its attempt and settles
 -- the status in one UPDATE joined to the group, and the checks that keep a history record
 -- insert them in the same statement. Which checks may go there:
@@ -14,9 +15,10 @@
 --     failures before them, this one's too, one by one after it.
 -- Every check the UPDATE did not settle (no such code, settled, expired, out of attempts, a
 -- digest to rebind, a second guess, an address's second check or one over its limit) then
--- runs otpd_check, unchanged, in the group's order. Parallel groups, from any nodes, still queue on the rows: under READ
--- COMMITTED an UPDATE that waited for another transaction's change of a row tests its
--- conditions again on the new version, so a code can never use more attempts than it has.
+-- runs otpd_check, unchanged, in the group's order. Parallel groups, from any nodes, still
+-- queue on the rows: under READ COMMITTED an UPDATE that waited for another transaction's
+-- change of a row tests its conditions again on the new version, so a code can never use more
+-- attempts than it has.
 -- A group answers in the order of its checks, as before; nodes of the previous release call
 -- this function too.
 CREATE OR REPLACE FUNCTION otpd_checks(

@@ -3,7 +3,8 @@
 -- its own: the destination's lock again, the anti-spam count, the account's limits, the
 -- retirement of the key's live code and two inserts, each statement started and ended per send.
 --
--- Now the sends that no guard can refuse are stored together by one statement: the first send
+-- Now, in a group of 8 or more (a smaller one runs as before: see the comment at the IF
+-- below), the sends that no guard can refuse are stored together by one statement: the first send
 -- of the group to its destination, under the destination's anti-spam limit, for an account
 -- with neither a credit limit nor an hourly one (or free of charge). It retires their keys'
 -- live codes, inserts their verifications and inserts their messages, for the whole group at
