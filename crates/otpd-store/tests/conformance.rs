@@ -730,11 +730,24 @@ fn told_to_wait<T>(outcome: &Result<T, CreateError>) -> Option<Duration> {
 /// Sends to `count` destinations at once, each on a task of its own, and returns how many were
 /// accepted; every other must have been refused as `refusal` (whatever wait it was told).
 async fn sends_at_once(h: &Harness, count: usize, refusal: SendRejected) -> usize {
+    sends_at_once_to(h, count, count, UNLIMITED, refusal).await
+}
+
+/// Makes `count` sends at once under `guards`, each on a task of its own, to `destinations`
+/// numbers in turn, and returns how many were accepted; every other must have been refused as
+/// `refusal` (whatever wait it was told).
+async fn sends_at_once_to(
+    h: &Harness,
+    count: usize,
+    destinations: usize,
+    guards: SendGuards,
+    refusal: SendRejected,
+) -> usize {
     let sends = (0..count).map(|i| {
         let store = h.store.clone();
-        let (verification, _) =
-            h.new_verification(h.key_for(&format!("+3934812345{:02}", i)), 3, None);
-        tokio::spawn(async move { store.create_verification(verification, UNLIMITED).await })
+        let destination = format!("+3934812345{:02}", i % destinations);
+        let (verification, _) = h.new_verification(h.key_for(&destination), 3, None);
+        tokio::spawn(async move { store.create_verification(verification, guards).await })
     });
     let mut accepted = 0;
     for send in sends.collect::<Vec<_>>() {
@@ -2187,6 +2200,64 @@ async fn parallel_sends_never_pass_the_hourly_limit(backend: Backend) {
     );
 }
 
+/// Parallel sends for an account with room for all of them are all stored, and each is
+/// charged once, to the credit and to the hour. On PostgreSQL a group of them is stored by one
+/// statement and debited by one UPDATE (migration 16).
+async fn parallel_sends_within_the_account_limits_are_each_charged_once(backend: Backend) {
+    let h = harness_with_credits(backend, Some(100)).await;
+    h.limit_per_hour(60).await;
+    assert_eq!(
+        sends_at_once(&h, 60, SendRejected::HourlyLimit { retry_after: None }).await,
+        60
+    );
+    assert_eq!(h.credits().await, Some(40));
+    assert_eq!(h.sms_in_last_hour().await, 60);
+    let over = h.send(h.key_for("+393481234599"), 3, UNLIMITED).await;
+    assert!(past_hourly_limit(&over), "the hour is full: {over:?}");
+}
+
+/// Parallel sends for an account with room for all of them, where half are refused by the
+/// destination's anti-spam limit: only the stored ones are charged.
+async fn parallel_sends_refused_by_anti_spam_are_not_charged(backend: Backend) {
+    let h = harness_with_credits(backend, Some(100)).await;
+    h.limit_per_hour(100).await;
+    let one_each = SendGuards {
+        max_sends_per_destination: 1,
+        charge: 2,
+        ..UNLIMITED
+    };
+    let refusal = SendRejected::TooManySends { retry_after: None };
+    assert_eq!(sends_at_once_to(&h, 40, 20, one_each, refusal).await, 20);
+    assert_eq!(h.credits().await, Some(60));
+    assert_eq!(h.sms_in_last_hour().await, 40);
+}
+
+/// Parallel sends half an hour after an earlier one are counted in their own five-minute
+/// bucket: they leave the hour's count an hour after they were sent, not with the earlier one.
+async fn parallel_sends_are_counted_in_the_bucket_they_were_sent_in(backend: Backend) {
+    let h = harness_with_credits(backend, Some(100)).await;
+    h.limit_per_hour(50).await;
+    h.send(h.key_for("+393481234599"), 3, charging(10))
+        .await
+        .expect("the earlier send");
+    h.clock.advance(Duration::from_secs(30 * 60));
+    assert_eq!(
+        sends_at_once(&h, 40, SendRejected::HourlyLimit { retry_after: None }).await,
+        40
+    );
+    assert_eq!(h.sms_in_last_hour().await, 50);
+    let full = h.send(h.key_for("+393481234598"), 3, UNLIMITED).await;
+    assert!(past_hourly_limit(&full), "the hour is full: {full:?}");
+    h.clock
+        .advance(START_COUNTED_FOR - Duration::from_secs(30 * 60));
+    assert_eq!(
+        h.sms_in_last_hour().await,
+        40,
+        "the earlier send's parts left; the group's stay"
+    );
+    assert_eq!(h.credits().await, Some(50));
+}
+
 async fn account_limits_are_stored_and_changed(backend: Backend) {
     let h = harness(backend).await;
     let limits = AccountLimits {
@@ -2312,6 +2383,9 @@ on_every_backend!(
     a_send_over_the_whole_hourly_limit_is_told_no_wait,
     every_accounts_last_hour_is_read_at_once,
     parallel_sends_never_pass_the_hourly_limit,
+    parallel_sends_within_the_account_limits_are_each_charged_once,
+    parallel_sends_refused_by_anti_spam_are_not_charged,
+    parallel_sends_are_counted_in_the_bucket_they_were_sent_in,
     account_limits_are_stored_and_changed,
 );
 

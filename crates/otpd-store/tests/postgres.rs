@@ -11,17 +11,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::connect_raw;
-use otpd_core::account::{Name, NewAccount};
+use otpd_core::account::{AccountLimits, Name, NewAccount, SmsPerHour};
+use otpd_core::clock::ManualClock;
 use otpd_core::outbox::{AttemptOutcome, MessageId, MessageState, NewOutboxMessage};
-use otpd_core::ports::{DeliveryReport, DeliveryStatus, Store, StoreError};
+use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::sms::Encoding;
 use otpd_core::verification::{
     Candidate, CheckAttempt, CheckHistory, CheckLookup, CheckOutcome, Dialect, NewVerification,
-    SendGuards, VerificationKey,
+    SendGuards, SendRejected, VerificationKey,
 };
 use otpd_core::{
-    AccessKeyId, AccountId, CodeLength, DigestSubject, E164, MaxAttempts, OtpCode, ServerKey, Ttl,
-    VerifyId,
+    AccessKeyId, AccountId, CodeLength, DigestSubject, E164, MaxAttempts, OtpCode, ServerKey,
+    Timestamp, Ttl, VerifyId,
 };
 use otpd_store::{PgStore, PgStoreOptions, ScratchDatabase};
 use rustls::pki_types::CertificateDer;
@@ -186,7 +187,7 @@ async fn nodes_starting_together_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        (1..=15).collect::<Vec<_>>(),
+        (1..=16).collect::<Vec<_>>(),
         "each migration ran once"
     );
 
@@ -626,6 +627,122 @@ async fn two_nodes_sending_for_one_account_never_deadlock() {
     )
     .await;
     assert_eq!(deadlocks, 0);
+}
+
+/// A group of sends for an account with an hourly limit and room for all of them, stored by one
+/// statement and debited by one UPDATE (migration 16), half an hour after the account's last
+/// send: the window moves on to the group's five-minute bucket, where the group's parts are
+/// counted, and the credit is debited once per part. The group is made whole by holding the
+/// node's previous group (a send for another account) on a lock until every send is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_for_a_limited_account_is_counted_in_its_own_bucket() {
+    const START_MS: i64 = 1_700_000_000_000;
+    const BUCKET_MS: i64 = 300_000;
+    let database = scratch().await;
+    let clock = Arc::new(ManualClock::starting_at(Timestamp(START_MS)));
+    let store = PgStore::connect(PgStoreOptions {
+        clock: Some(clock.clone()),
+        ..options(database.url())
+    })
+    .await
+    .expect("connect");
+    let access_key = AccessKeyId::generate();
+    let account = AccountId::generate();
+    store
+        .create_account(NewAccount {
+            id: account.clone(),
+            name: Name::parse("limited").expect("name"),
+            access_key_id: access_key.clone(),
+            sealed_secret: vec![1],
+            credits: Some(100),
+            default_sender: None,
+            limits: AccountLimits {
+                sms_per_hour: SmsPerHour::new(50),
+                ..AccountLimits::default()
+            },
+        })
+        .await
+        .expect("account");
+    let other_account = create_account(&store).await;
+    let server_key = ServerKey::from_hex(&"69".repeat(32)).expect("key");
+    let paid_send = |key: VerificationKey| {
+        let id = VerifyId::generate();
+        let code = OtpCode::generate(CodeLength::new(6).expect("length"));
+        let mut send = sandbox_send(&server_key, &id, key, &code, 300);
+        send.sandbox = false;
+        send
+    };
+    let earlier = SendGuards {
+        charge: 10,
+        ..GUARDS
+    };
+    store
+        .create_verification(paid_send(amm_key(&account, "+393481234599")), earlier)
+        .await
+        .expect("the earlier send");
+    clock.advance(Duration::from_secs(30 * 60));
+
+    let decoy = amm_key(&other_account, "+393481234598");
+    let mut holder = connect_raw(database.url()).await;
+    let hold = holder.transaction().await.expect("begin");
+    hold.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
+        &[&decoy.account_id.as_str(), &decoy.destination.as_str()],
+    )
+    .await
+    .expect("lock the decoy's destination");
+    let held = {
+        let store = store.clone();
+        let send = paid_send(decoy);
+        tokio::spawn(async move { store.create_verification(send, GUARDS).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let group: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            let send = paid_send(amm_key(&account, &format!("+3934812345{i:02}")));
+            tokio::spawn(async move { store.create_verification(send, GUARDS).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    hold.commit().await.expect("release the held group");
+    held.await.expect("join").expect("the decoy is accepted");
+    for send in group {
+        send.await
+            .expect("join")
+            .expect("every send fits the limits");
+    }
+
+    let row = connect_raw(database.url())
+        .await
+        .query_one(
+            "SELECT credits, sms_window_newest, sms_window FROM accounts WHERE id = $1",
+            &[&account.as_str()],
+        )
+        .await
+        .expect("the account");
+    let (credits, newest, window): (i64, i64, Vec<i32>) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(credits, 100 - 10 - 40, "each part debited once");
+    let now = START_MS + 30 * 60 * 1000;
+    assert_eq!(
+        newest,
+        now - now % BUCKET_MS,
+        "the window moved to the group's bucket"
+    );
+    let mut expected = vec![0; 13];
+    expected[6] = 10;
+    expected[12] = 40;
+    assert_eq!(window, expected, "six buckets apart");
+    let full = store
+        .create_verification(paid_send(amm_key(&account, "+393481234597")), GUARDS)
+        .await;
+    assert!(
+        matches!(
+            full,
+            Err(CreateError::Rejected(SendRejected::HourlyLimit { .. }))
+        ),
+        "the hour is full: {full:?}"
+    );
 }
 
 /// Two nodes sending to one key at once. No index enforces the one-live-code rule (an index

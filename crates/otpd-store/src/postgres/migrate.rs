@@ -63,6 +63,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         15,
         include_str!("../../migrations/postgres/0015_sends_as_one_statement.sql"),
     ),
+    (
+        16,
+        include_str!("../../migrations/postgres/0016_limited_sends_as_one_statement.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming otpd's migration lock among the database's advisory locks.
