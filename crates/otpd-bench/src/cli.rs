@@ -63,6 +63,10 @@ pub struct Args {
     /// the rates it prints are valgrind's, dozens of times slower.
     #[arg(long)]
     pub instructions: bool,
+    /// Give the benchmark's account a credit and an hourly limit that a run never reaches, so
+    /// that sends take the path of an account with limits (its row is locked and debited).
+    #[arg(long)]
+    pub limited_account: bool,
     #[command(subcommand)]
     pub command: Option<Internal>,
 }

@@ -75,13 +75,20 @@ pub struct Deployed {
     pub cold_start: Duration,
 }
 
-/// Creates an account and an application, then starts the nodes: the first on the server core
-/// (started twice, the second start measuring a cold start on an existing database), any
-/// second one on the other core, sharing the first one's database and server key.
+/// Credit (SMS parts) of a `--limited-account`: more than any run sends.
+const LIMITED_CREDITS: &str = "1000000000000";
+/// Hourly limit of a `--limited-account`: the most otpd takes, more than a run sends.
+const LIMITED_SMS_PER_HOUR: &str = "10000000";
+
+/// Creates an account (with limits it never reaches, if `limited`) and an application, then
+/// starts the nodes: the first on the server core (started twice, the second start measuring a
+/// cold start on an existing database), any second one on the other core, sharing the first
+/// one's database and server key.
 pub fn deploy(
     otpd: &Path,
     work: &Path,
     deployment: &Deployment,
+    limited: bool,
     callgrind: Option<&Arc<Callgrind>>,
 ) -> anyhow::Result<Deployed> {
     let (url, nodes, cpu_share) = match deployment {
@@ -117,7 +124,16 @@ pub fn deploy(
         );
         Ok(serde_json::from_slice(&output.stdout)?)
     };
-    let account = cli(&["accounts", "create", "bench"])?;
+    let mut create = vec!["accounts", "create", "bench"];
+    if limited {
+        create.extend([
+            "--credits",
+            LIMITED_CREDITS,
+            "--max-sms-per-hour",
+            LIMITED_SMS_PER_HOUR,
+        ]);
+    }
+    let account = cli(&create)?;
     let key = account["access_key_id"].as_str().context("key")?.to_owned();
     let secret = account["secret_access_key"]
         .as_str()

@@ -183,7 +183,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     for (index, deployment) in deployments.iter().enumerate() {
         let store = deployment.label();
         println!("\n== otpd on {store}");
-        let deployed = deploy(&otpd, work, deployment, callgrind.as_ref())?;
+        let deployed = deploy(
+            &otpd,
+            work,
+            deployment,
+            args.limited_account,
+            callgrind.as_ref(),
+        )?;
         let cold_start_ms = deployed.cold_start.as_secs_f64() * 1000.0;
         println!(
             "cold start of `otpd serve` to a ready /readyz on an existing database: {cold_start_ms:.1} ms"
