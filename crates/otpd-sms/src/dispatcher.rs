@@ -68,6 +68,19 @@ struct Inner {
     attempts: AttemptMetrics,
 }
 
+/// Outcomes stored together at most. A backlog (the database slowed down, a burst of sends)
+/// goes in batches of this size, not all at once: each batch's transaction stays short, what
+/// waits for it stays bounded, and a batch as one statement over arrays (tried on PostgreSQL,
+/// see docs/benchmark-history.md) was planned as a read of the whole outbox once its arrays
+/// held thousands of ids, and fell further behind with every batch.
+const MAX_OUTCOMES_A_BATCH: usize = 256;
+
+/// Takes the oldest queued outcomes, up to a batch.
+fn next_batch<T>(queued: &mut Vec<T>) -> Vec<T> {
+    let oldest = queued.len().min(MAX_OUTCOMES_A_BATCH);
+    queued.drain(..oldest).collect()
+}
+
 /// Attempt outcomes waiting to be stored, and whether a task is storing a batch now.
 #[derive(Default)]
 struct Outcomes {
@@ -341,7 +354,7 @@ async fn write_outcomes(inner: Arc<Inner>) {
                 outcomes.writing = false;
                 return;
             }
-            std::mem::take(&mut outcomes.queued)
+            next_batch(&mut outcomes.queued)
         };
         let ended: Vec<MessageId> = batch.iter().map(|(id, _)| id.clone()).collect();
         if let Err(error) = inner.store.finish_attempts(batch).await {
@@ -368,4 +381,25 @@ fn jitter() -> f64 {
     let mut bytes = [0u8; 4];
     fill_random(&mut bytes);
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_OUTCOMES_A_BATCH, next_batch};
+
+    #[test]
+    fn a_backlog_is_stored_oldest_first_in_bounded_batches() {
+        let mut queued: Vec<usize> = (0..2 * MAX_OUTCOMES_A_BATCH + 88).collect();
+        let mut batches = Vec::new();
+        while !queued.is_empty() {
+            batches.push(next_batch(&mut queued));
+        }
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [MAX_OUTCOMES_A_BATCH, MAX_OUTCOMES_A_BATCH, 88]);
+        let in_order: Vec<usize> = batches.concat();
+        assert_eq!(
+            in_order,
+            (0..2 * MAX_OUTCOMES_A_BATCH + 88).collect::<Vec<_>>()
+        );
+    }
 }
