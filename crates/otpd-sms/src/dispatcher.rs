@@ -4,7 +4,7 @@
 //! the store's claim, never sent. After a crash, unfinished messages come back when their claim
 //! is released (at start) or its lease runs out (on shared stores).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -75,8 +75,9 @@ struct Inner {
 /// held thousands of ids, and fell further behind with every batch.
 const MAX_OUTCOMES_A_BATCH: usize = 256;
 
-/// Takes the oldest queued outcomes, up to a batch.
-fn next_batch<T>(queued: &mut Vec<T>) -> Vec<T> {
+/// Takes the oldest queued outcomes, up to a batch (from the front of a deque: a backlog of
+/// thousands is not moved along at every batch).
+fn next_batch<T>(queued: &mut VecDeque<T>) -> Vec<T> {
     let oldest = queued.len().min(MAX_OUTCOMES_A_BATCH);
     queued.drain(..oldest).collect()
 }
@@ -84,7 +85,7 @@ fn next_batch<T>(queued: &mut Vec<T>) -> Vec<T> {
 /// Attempt outcomes waiting to be stored, and whether a task is storing a batch now.
 #[derive(Default)]
 struct Outcomes {
-    queued: Vec<(MessageId, AttemptOutcome)>,
+    queued: VecDeque<(MessageId, AttemptOutcome)>,
     writing: bool,
 }
 
@@ -336,7 +337,7 @@ async fn try_once(inner: &Inner, message: OutboxMessage) -> (MessageId, AttemptO
 fn queue_outcome(inner: &Arc<Inner>, id: MessageId, outcome: AttemptOutcome) {
     {
         let mut outcomes = inner.outcomes();
-        outcomes.queued.push((id, outcome));
+        outcomes.queued.push_back((id, outcome));
         if outcomes.writing {
             return;
         }
@@ -385,11 +386,13 @@ fn jitter() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::{MAX_OUTCOMES_A_BATCH, next_batch};
 
     #[test]
     fn a_backlog_is_stored_oldest_first_in_bounded_batches() {
-        let mut queued: Vec<usize> = (0..2 * MAX_OUTCOMES_A_BATCH + 88).collect();
+        let mut queued: VecDeque<usize> = (0..2 * MAX_OUTCOMES_A_BATCH + 88).collect();
         let mut batches = Vec::new();
         while !queued.is_empty() {
             batches.push(next_batch(&mut queued));
