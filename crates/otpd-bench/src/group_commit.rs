@@ -36,20 +36,10 @@ pub struct Grouping {
 }
 
 impl Totals {
-    /// Reads otpd's `/metrics` at `address`. `None` where there is no SQLite writer (a ceiling,
-    /// otpd on PostgreSQL) or the server does not answer in time: the figures are extra, and
-    /// their absence stops no run.
-    pub async fn read(address: SocketAddr) -> Option<Self> {
-        let text = tokio::time::timeout(METRICS_TIMEOUT, fetch_metrics(address))
-            .await
-            .ok()?
-            .ok()?;
-        Self::parse(&text)
-    }
-
-    /// Totals from Prometheus' text format: each histogram's `_sum` and `_count`, summed over
-    /// any labels. `None` unless all three histograms are there.
-    fn parse(text: &str) -> Option<Self> {
+    /// Totals from otpd's `/metrics`, in Prometheus' text format: each histogram's `_sum` and
+    /// `_count`, summed over any labels. `None` unless all three histograms are there (a
+    /// ceiling, otpd on PostgreSQL): the figures are extra, and their absence stops no run.
+    pub fn parse(text: &str) -> Option<Self> {
         let total = |name: &str| -> Option<f64> {
             text.lines()
                 .filter(|line| !line.starts_with('#'))
@@ -90,6 +80,14 @@ impl Totals {
             milliseconds_per_flush: (self.flush_seconds - earlier.flush_seconds) * 1e3 / flushes,
         })
     }
+}
+
+/// The body of otpd's `/metrics` at `address`; `None` if the server does not answer in time.
+pub async fn read_metrics(address: SocketAddr) -> Option<String> {
+    tokio::time::timeout(METRICS_TIMEOUT, fetch_metrics(address))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// The body of `GET /metrics`, over a connection of its own (hyper's client, as the load's).

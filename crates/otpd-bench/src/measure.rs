@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::cli::Args;
-use crate::group_commit::Totals;
+use crate::group_commit::{self, Totals};
 use crate::instructions;
 use crate::load::{self, MakeRequest, Measured, Phases};
+use crate::postgres_groups::GroupTotals;
 use crate::report::{Row, write_timeline};
 use crate::server::{self, MachineTimes, Server};
 
@@ -81,7 +82,7 @@ pub async fn measure(
     // Read after the CPU figures, which must bracket the window closely; these are ratios. Not
     // under callgrind, whose count of the window's instructions would take in `/metrics` too.
     let grouped: &[Server] = if args.instructions { &[] } else { servers };
-    let grouping_before = writer_totals(grouped).await;
+    let grouping_before = metrics_totals(grouped).await;
     tokio::time::sleep_until(phases.measure_until.into()).await;
     let threads_after = thread_cpu_times();
     let after = (
@@ -90,7 +91,7 @@ pub async fn measure(
         server::own_cpu_time(),
         MachineTimes::read(),
     );
-    let grouping_after = writer_totals(grouped).await;
+    let grouping_after = metrics_totals(grouped).await;
     let counted = counting
         .into_iter()
         .map(instructions::Counting::finish)
@@ -144,8 +145,14 @@ pub async fn measure(
             })
             .collect(),
         sqlite_grouping: grouping_before
-            .zip(grouping_after)
+            .0
+            .zip(grouping_after.0)
             .and_then(|(before, after)| after.since(&before, phases.window())),
+        postgres_group_sizes: grouping_before
+            .1
+            .zip(grouping_after.1)
+            .map(|(before, after)| after.since(&before))
+            .unwrap_or_default(),
         // The ratios are the report's, once every row is in.
         ..Row::default()
     };
@@ -198,6 +205,19 @@ pub async fn measure(
             grouping.milliseconds_per_flush
         );
     }
+    if !row.postgres_group_sizes.is_empty() {
+        let groups: Vec<String> = row
+            .postgres_group_sizes
+            .iter()
+            .map(|(statement, size)| format!("{statement} {size:.1}"))
+            .collect();
+        println!(
+            "  {:<40} {:>3} conns  PostgreSQL requests a group: {}",
+            row.operation,
+            row.connections,
+            groups.join(", ")
+        );
+    }
     if let Some(threads) = &row.thread_instructions_per_request {
         let each: Vec<String> = threads
             .iter()
@@ -215,16 +235,24 @@ pub async fn measure(
     Ok(row)
 }
 
-/// The SQLite writer's totals so far, summed over the servers that have one (see
-/// `group_commit`); `None` when none has (or there are none).
-async fn writer_totals(servers: &[Server]) -> Option<Totals> {
-    let mut sum: Option<Totals> = None;
+/// The SQLite writer's totals so far (see `group_commit`) and the PostgreSQL groups' (see
+/// `postgres_groups`), each summed over the servers that have them; `None` when none has (or
+/// there are none).
+async fn metrics_totals(servers: &[Server]) -> (Option<Totals>, Option<GroupTotals>) {
+    let mut writer: Option<Totals> = None;
+    let mut groups: Option<GroupTotals> = None;
     for server in servers {
-        if let Some(totals) = Totals::read(server.address).await {
-            sum = Some(sum.map_or(totals, |sum| sum.plus(&totals)));
+        let Some(text) = group_commit::read_metrics(server.address).await else {
+            continue;
+        };
+        if let Some(totals) = Totals::parse(&text) {
+            writer = Some(writer.map_or(totals, |sum| sum.plus(&totals)));
+        }
+        if let Some(totals) = GroupTotals::parse(&text) {
+            groups = Some(groups.map_or(totals.clone(), |sum| sum.plus(&totals)));
         }
     }
-    sum
+    (writer, groups)
 }
 
 /// The threads that took a tenth of a microsecond a request or more, busiest first.

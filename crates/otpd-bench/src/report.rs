@@ -64,6 +64,9 @@ pub struct Row {
     pub thread_cpu_us_per_request: BTreeMap<String, f64>,
     /// How otpd's SQLite writer grouped the window's work (SQLite rows; see `group_commit`).
     pub sqlite_grouping: Option<Grouping>,
+    /// PostgreSQL rows: the mean requests a group statement, by statement (`send`, `check`,
+    /// ...), over every node; a group of 8 or more runs set statements (see `postgres_groups`).
+    pub postgres_group_sizes: BTreeMap<String, f64>,
 }
 
 /// A ceiling's row (its store is `- (before)` or `- (after)`), not otpd's.

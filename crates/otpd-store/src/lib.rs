@@ -16,3 +16,9 @@ pub use sqlite::{BackupError, SqliteStore, back_up as back_up_sqlite};
 pub mod sqlite_metrics {
     pub use crate::sqlite::{COMMIT_SIZE, LOG_FLUSH_COMMITS, LOG_FLUSH_DURATION};
 }
+
+/// The name under which a PostgreSQL node reports its groups' sizes on `/metrics` (a histogram
+/// labelled by `statement`), for the readers of that page (the benchmark).
+pub mod postgres_metrics {
+    pub use crate::postgres::GROUP_SIZE;
+}

@@ -28,7 +28,7 @@ use crate::failure::Failure;
 const MAX_GROUP: usize = 128;
 
 /// Requests per group, by statement: how well a node groups them.
-const GROUP_SIZE: &str = "otpd_postgres_group_size";
+pub const GROUP_SIZE: &str = "otpd_postgres_group_size";
 /// From a group's first request leaving the queue to its answers: the round trip, the
 /// statement, its lock waits and the commit.
 const GROUP_DURATION: &str = "otpd_postgres_group_duration_seconds";

@@ -31,6 +31,7 @@ use tokio_postgres::error::SqlState;
 use crate::failure::Failure;
 use group::Group;
 
+pub use group::GROUP_SIZE;
 pub use scratch::{DEFAULT_TEST_SERVER, ScratchDatabase};
 
 /// How long a request waits for a connection (or for a new one to open) before it is answered
