@@ -3,18 +3,9 @@
 //! the window. At 64 connections the sends' p99 depends on how their requests fall into
 //! commits and flushes (docs/benchmark-history.md), which the CPU a request cannot show.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-
 use otpd_store::sqlite_metrics::{COMMIT_SIZE, LOG_FLUSH_COMMITS, LOG_FLUSH_DURATION};
-
-/// Longer than a server under full load takes to answer, short enough not to hold up a run.
-const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The running totals of the writer's three histograms at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -80,33 +71,6 @@ impl Totals {
             milliseconds_per_flush: (self.flush_seconds - earlier.flush_seconds) * 1e3 / flushes,
         })
     }
-}
-
-/// The body of otpd's `/metrics` at `address`; `None` if the server does not answer in time.
-pub async fn read_metrics(address: SocketAddr) -> Option<String> {
-    tokio::time::timeout(METRICS_TIMEOUT, fetch_metrics(address))
-        .await
-        .ok()?
-        .ok()
-}
-
-/// The body of `GET /metrics`, over a connection of its own (hyper's client, as the load's).
-async fn fetch_metrics(address: SocketAddr) -> anyhow::Result<String> {
-    let stream = tokio::net::TcpStream::connect(address).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = Request::get("/metrics")
-        .header(http::header::HOST, address.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "/metrics answered {}",
-        response.status()
-    );
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod group_commit;
 mod instructions;
 mod load;
 mod measure;
+mod metrics_page;
 mod postgres_groups;
 mod report;
 mod requests;

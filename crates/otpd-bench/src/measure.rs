@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::cli::Args;
-use crate::group_commit::{self, Totals};
+use crate::group_commit::Totals;
 use crate::instructions;
 use crate::load::{self, MakeRequest, Measured, Phases};
+use crate::metrics_page;
 use crate::postgres_groups::GroupTotals;
 use crate::report::{Row, write_timeline};
 use crate::server::{self, MachineTimes, Server};
@@ -242,14 +243,17 @@ async fn metrics_totals(servers: &[Server]) -> (Option<Totals>, Option<GroupTota
     let mut writer: Option<Totals> = None;
     let mut groups: Option<GroupTotals> = None;
     for server in servers {
-        let Some(text) = group_commit::read_metrics(server.address).await else {
+        let Some(text) = metrics_page::read_metrics(server.address).await else {
             continue;
         };
         if let Some(totals) = Totals::parse(&text) {
             writer = Some(writer.map_or(totals, |sum| sum.plus(&totals)));
         }
         if let Some(totals) = GroupTotals::parse(&text) {
-            groups = Some(groups.map_or(totals.clone(), |sum| sum.plus(&totals)));
+            groups = Some(match groups {
+                Some(sum) => sum.plus(&totals),
+                None => totals,
+            });
         }
     }
     (writer, groups)
