@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import json
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from conftest import Otpd, SendLoad, wait_for
+from conftest import Otpd, SendLoad, SmsGateway, wait_for
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))[-1]
 
@@ -151,3 +152,73 @@ def test_a_database_restart_under_load_loses_no_accepted_send(node, cluster):
     wait_for(lambda: ready(node) == 200, timeout=15)
     wait_for(lambda: not node.undelivered(account, load.accepted), timeout=30)
     assert "panicked" not in node.logs()
+
+
+def test_an_outcome_that_ends_while_the_database_is_away_is_stored_once_it_is_back(tmp_path, cluster):
+    # The provider accepts the SMS while PostgreSQL is down. Before, its outcome was dropped at
+    # the first failed write, the message stayed claimed, and it was sent a second time when
+    # the claim ran out.
+    gateway = SmsGateway(delay=5.0)
+    server = Otpd(tmp_path, sms=gateway.url, database_url=cluster.server_url())
+    server.env["OTPD_OUTBOX_LEASE_SECONDS"] = "20"
+    server.start()
+    try:
+        # The send answers "queued" after its 2 s wait for the provider, which holds its
+        # answer for 5 s: the database is stopped before the answer comes.
+        _, message_id = server.amm_send(server.create_account("outcome"), "393471110009")
+        assert len(gateway.received) == 1
+        cluster.stop()
+        wait_for(lambda: "cannot record delivery attempts" in server.log_file.read_text(), timeout=10)
+        cluster.start()
+
+        def stored():
+            record = json.loads(server.cli("messages", "show", message_id).stdout)
+            return record["state"] != "pending" and record
+
+        # Well inside the 20 s lease: nothing else could have ended the claim.
+        record = wait_for(stored, timeout=10)
+        assert (record["state"], record["attempts"]) == ("sent", 1)
+        assert record["carrier_message_id"] == "carrier-1"
+        time.sleep(1)
+        assert len(gateway.received) == 1, "sent once"
+        log = server.log_file.read_text()
+        given_up = log.count("cannot record delivery attempts") - log.count("cannot record delivery attempts yet")
+        assert given_up == 0
+        assert "panicked" not in log
+    finally:
+        server.stop()
+        gateway.stop()
+
+
+def test_an_outcome_given_up_on_is_sent_again_once_and_only_once(tmp_path, cluster):
+    # Outcomes are offered again for three quarters of the claim's lease, no longer: past the
+    # lease another worker may have claimed the message. Given up, the message goes out once
+    # more when its claim runs out, and never a third time.
+    gateway = SmsGateway(delay=4.0)
+    server = Otpd(tmp_path, sms=gateway.url, database_url=cluster.server_url())
+    server.env["OTPD_OUTBOX_LEASE_SECONDS"] = "8"
+    server.start()
+    try:
+        _, message_id = server.amm_send(server.create_account("given-up"), "393471110010")
+        cluster.stop()
+
+        def given_up():
+            log = server.log_file.read_text()
+            return log.count("cannot record delivery attempts") > log.count("cannot record delivery attempts yet")
+
+        wait_for(given_up, timeout=15)
+        assert len(gateway.received) == 1
+        cluster.start()
+
+        def stored():
+            record = json.loads(server.cli("messages", "show", message_id).stdout)
+            return record["state"] != "pending" and record
+
+        record = wait_for(stored, timeout=25)
+        assert (record["state"], record["attempts"]) == ("sent", 2)
+        time.sleep(1)
+        assert len(gateway.received) == 2, "sent again once"
+        assert "panicked" not in server.log_file.read_text()
+    finally:
+        server.stop()
+        gateway.stop()

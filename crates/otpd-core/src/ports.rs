@@ -2,6 +2,7 @@
 //! `otpd-sms` implements `MessageComposer` and `SmsTransport`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -127,10 +128,11 @@ pub trait Store: Send + Sync + 'static {
     /// dispatcher gathers the outcomes that finish while the previous batch is being written).
     /// A batch the database refuses, but not one lost with the connection, is stored outcome by
     /// outcome where the database can refuse one transaction alone (PostgreSQL: a deadlock); an
-    /// error then means some outcomes were not stored.
+    /// error then means some outcomes were not stored. The batch is shared, not moved, so that
+    /// the dispatcher can offer it again after an error without copying every outcome.
     async fn finish_attempts(
         &self,
-        outcomes: Vec<(MessageId, AttemptOutcome)>,
+        outcomes: Arc<[(MessageId, AttemptOutcome)]>,
     ) -> Result<(), StoreError>;
     /// Stores the outcome of one attempt and releases the claim.
     async fn finish_attempt(
@@ -138,7 +140,8 @@ pub trait Store: Send + Sync + 'static {
         id: &MessageId,
         outcome: AttemptOutcome,
     ) -> Result<(), StoreError> {
-        self.finish_attempts(vec![(id.clone(), outcome)]).await
+        self.finish_attempts(Arc::from([(id.clone(), outcome)]))
+            .await
     }
     /// Stores a carrier's delivery receipt; `false` if no message has that carrier id.
     async fn record_receipt(&self, receipt: Receipt) -> Result<bool, StoreError>;

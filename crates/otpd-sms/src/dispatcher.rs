@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use otpd_core::ServerKey;
@@ -85,8 +85,28 @@ fn next_batch<T>(queued: &mut VecDeque<T>) -> Vec<T> {
 /// Attempt outcomes waiting to be stored, and whether a task is storing a batch now.
 #[derive(Default)]
 struct Outcomes {
-    queued: VecDeque<(MessageId, AttemptOutcome)>,
+    queued: VecDeque<QueuedOutcome>,
     writing: bool,
+}
+
+/// An attempt's outcome, and until when storing it may still be tried.
+struct QueuedOutcome {
+    id: MessageId,
+    outcome: AttemptOutcome,
+    store_by: Instant,
+}
+
+/// A batch of outcomes the database did not take is offered again after this, then after twice
+/// as long each time, up to `OUTCOME_RETRY_MAX_WAIT`.
+const OUTCOME_RETRY_FIRST_WAIT: Duration = Duration::from_millis(100);
+const OUTCOME_RETRY_MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// Until when an attempt that began at `started` may have its outcome stored: three quarters of
+/// its claim's lease. Past the lease another worker may claim the message and try it again, and
+/// an outcome stored then would end that worker's claim under it; the quarter left covers the
+/// moments between the claim and the attempt's start, and the nodes' clocks.
+fn store_outcome_by(started: Instant, lease: Duration) -> Instant {
+    started + lease.mul_f64(0.75)
 }
 
 impl Inner {
@@ -246,22 +266,23 @@ async fn first_attempt(inner: Arc<Inner>, message: OutboxMessage) -> Option<Deli
     let Ok(permit) = inner.permits.acquire().await else {
         return None;
     };
-    let (id, outcome) = try_once(&inner, message).await;
+    let attempted = try_once(&inner, message).await;
     drop(permit);
-    let report = outcome.report().clone();
-    queue_outcome(&inner, id, outcome);
+    let report = attempted.outcome.report().clone();
+    queue_outcome(&inner, attempted);
     Some(report)
 }
 
 /// One delivery attempt, start to stored outcome. The message was put in `in_flight` when it
 /// was claimed; it leaves when its outcome is stored.
 async fn attempt(inner: &Arc<Inner>, message: OutboxMessage) {
-    let (id, outcome) = try_once(inner, message).await;
-    queue_outcome(inner, id, outcome);
+    let attempted = try_once(inner, message).await;
+    queue_outcome(inner, attempted);
 }
 
 /// Hands the message to the transport and judges its answer.
-async fn try_once(inner: &Inner, message: OutboxMessage) -> (MessageId, AttemptOutcome) {
+async fn try_once(inner: &Inner, message: OutboxMessage) -> QueuedOutcome {
+    let started = Instant::now();
     let OutboxMessage {
         id,
         verify_id,
@@ -323,7 +344,11 @@ async fn try_once(inner: &Inner, message: OutboxMessage) -> (MessageId, AttemptO
             tracing::error!(message_id = %id, status = report.status.as_str(), reason = %report.status_message, "SMS delivery failed for good")
         }
     }
-    (id, outcome)
+    QueuedOutcome {
+        id,
+        outcome,
+        store_by: store_outcome_by(started, inner.settings.lease),
+    }
 }
 
 /// Queues an attempt's outcome to be stored. Outcomes that finish while a batch is being
@@ -334,10 +359,10 @@ async fn try_once(inner: &Inner, message: OutboxMessage) -> (MessageId, AttemptO
 /// 0.8-1.1 ms without it). Until the outcome is stored, a moment later, a search shows the
 /// message without a delivery status; a crash in between sends it again at the next start, as
 /// a crash between the carrier's answer and the commit always did.
-fn queue_outcome(inner: &Arc<Inner>, id: MessageId, outcome: AttemptOutcome) {
+fn queue_outcome(inner: &Arc<Inner>, attempted: QueuedOutcome) {
     {
         let mut outcomes = inner.outcomes();
-        outcomes.queued.push_back((id, outcome));
+        outcomes.queued.push_back(attempted);
         if outcomes.writing {
             return;
         }
@@ -357,14 +382,46 @@ async fn write_outcomes(inner: Arc<Inner>) {
             }
             next_batch(&mut outcomes.queued)
         };
-        let ended: Vec<MessageId> = batch.iter().map(|(id, _)| id.clone()).collect();
-        if let Err(error) = inner.store.finish_attempts(batch).await {
-            // The claims' leases run out and the messages are tried again: at worst sent twice.
-            tracing::error!(%error, messages = ended.len(), "cannot record delivery attempts");
-        }
-        for id in &ended {
+        let store_by = batch.iter().map(|queued| queued.store_by).min();
+        let batch: Arc<[(MessageId, AttemptOutcome)]> = batch
+            .into_iter()
+            .map(|queued| (queued.id, queued.outcome))
+            .collect();
+        store_batch(&inner, Arc::clone(&batch), store_by).await;
+        for (id, _) in batch.iter() {
             end_attempt(&inner, id);
         }
+    }
+}
+
+/// Stores a batch of outcomes, offering it again while the database is away (a restart, a
+/// failover, a dropped connection) until the first of its deadlines. An outcome that is not
+/// stored leaves its message claimed until the lease runs out, and it is then sent again: a
+/// database back within seconds would otherwise cost a second SMS for every attempt that ended
+/// while it was away.
+async fn store_batch(
+    inner: &Inner,
+    batch: Arc<[(MessageId, AttemptOutcome)]>,
+    store_by: Option<Instant>,
+) {
+    let mut wait = OUTCOME_RETRY_FIRST_WAIT;
+    loop {
+        let Err(error) = inner.store.finish_attempts(Arc::clone(&batch)).await else {
+            return;
+        };
+        if store_by.is_none_or(|deadline| Instant::now() + wait >= deadline) {
+            // The claims' leases run out and the messages are tried again: at worst sent twice.
+            tracing::error!(%error, messages = batch.len(), "cannot record delivery attempts");
+            return;
+        }
+        tracing::warn!(
+            %error,
+            messages = batch.len(),
+            retry_in_ms = wait.as_millis(),
+            "cannot record delivery attempts yet; trying again"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(OUTCOME_RETRY_MAX_WAIT);
     }
 }
 
@@ -388,7 +445,18 @@ fn jitter() -> f64 {
 mod tests {
     use std::collections::VecDeque;
 
-    use super::{MAX_OUTCOMES_A_BATCH, next_batch};
+    use std::time::{Duration, Instant};
+
+    use super::{MAX_OUTCOMES_A_BATCH, next_batch, store_outcome_by};
+
+    #[test]
+    fn an_outcome_is_offered_for_three_quarters_of_its_lease() {
+        let started = Instant::now();
+        for (lease, offered) in [(60_000, 45_000), (5_000, 3_750)] {
+            let deadline = store_outcome_by(started, Duration::from_millis(lease));
+            assert_eq!(deadline - started, Duration::from_millis(offered));
+        }
+    }
 
     #[test]
     fn a_backlog_is_stored_oldest_first_in_bounded_batches() {

@@ -1430,7 +1430,7 @@ async fn a_final_message_keeps_no_sealed_text(backend: Backend) {
         "a message waiting for its first attempt keeps its text"
     );
     h.store
-        .finish_attempts(vec![
+        .finish_attempts(Arc::from(vec![
             (claimed[0].id.clone(), accepted("carrier-1")),
             (
                 claimed[1].id.clone(),
@@ -1443,7 +1443,7 @@ async fn a_final_message_keeps_no_sealed_text(backend: Backend) {
                 claimed[2].id.clone(),
                 AttemptOutcome::Failed(unsent(DeliveryStatus::PermanentFailure)),
             ),
-        ])
+        ]))
         .await
         .expect("finish");
     assert_eq!(h.location.sealed_text(&claimed[0].id).await, None, "sent");
@@ -1503,7 +1503,7 @@ async fn outcomes_are_stored_in_batches(backend: Backend) {
         status_message: "ok".into(),
     };
     h.store
-        .finish_attempts(vec![
+        .finish_attempts(Arc::from(vec![
             (
                 claimed[0].id.clone(),
                 AttemptOutcome::Accepted(report(DeliveryStatus::Successful, Some("carrier-1"))),
@@ -1519,7 +1519,7 @@ async fn outcomes_are_stored_in_batches(backend: Backend) {
                 claimed[2].id.clone(),
                 AttemptOutcome::Failed(report(DeliveryStatus::PermanentFailure, None)),
             ),
-        ])
+        ]))
         .await
         .expect("finish");
     let state = |n: usize| h.stored_message(&claimed[n].id);
@@ -1659,7 +1659,7 @@ async fn the_backlog_counts_what_waits_for_delivery(backend: Backend) {
         status_message: "throttled".into(),
     };
     h.store
-        .finish_attempts(vec![
+        .finish_attempts(Arc::from(vec![
             (claimed[0].id.clone(), accepted("carrier-1")),
             (
                 claimed[1].id.clone(),
@@ -1668,7 +1668,7 @@ async fn the_backlog_counts_what_waits_for_delivery(backend: Backend) {
                     retry_after: Duration::from_secs(5),
                 },
             ),
-        ])
+        ]))
         .await
         .expect("finish");
     assert_eq!(
@@ -1705,11 +1705,11 @@ async fn outcomes_with_odd_status_messages_are_stored_with_their_batch(backend: 
         })
     };
     h.store
-        .finish_attempts(vec![
+        .finish_attempts(Arc::from(vec![
             (claimed[0].id.clone(), failed("link\0failure".into())),
             (claimed[1].id.clone(), failed("x".repeat(10_000))),
             (claimed[2].id.clone(), accepted("carrier-1")),
-        ])
+        ]))
         .await
         .expect("the whole batch is stored");
     let stored = |index: usize| h.stored_message(&claimed[index].id);

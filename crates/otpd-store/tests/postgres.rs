@@ -520,10 +520,10 @@ async fn outcomes_of_a_batch_rolled_back_by_a_deadlock_are_stored() {
         .await
         .expect("lock the second message");
     // The batch updates the first message, then waits for the second.
-    let batch = store.finish_attempts(vec![
+    let batch = store.finish_attempts(Arc::from(vec![
         (ids[0].clone(), accepted.clone()),
         (ids[1].clone(), accepted),
-    ]);
+    ]));
     let close_the_circle = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let locked = transaction.execute(lock_sql, &[&ids[0].as_str()]).await;

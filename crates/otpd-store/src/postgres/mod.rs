@@ -410,7 +410,7 @@ impl Store for PgStore {
 
     async fn finish_attempts(
         &self,
-        outcomes: Vec<(MessageId, AttemptOutcome)>,
+        outcomes: Arc<[(MessageId, AttemptOutcome)]>,
     ) -> Result<(), StoreError> {
         Ok(self
             .with_client(move |client, now| queries::finish_attempts(client, now, outcomes))

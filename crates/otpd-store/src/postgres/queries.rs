@@ -3,6 +3,7 @@
 //! clock (`otpd_now_ms()`); tests pass their own time.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Object};
@@ -955,7 +956,7 @@ pub(super) async fn claim_outbox(
 pub(super) async fn finish_attempts(
     client: Object,
     now: Option<i64>,
-    outcomes: Vec<(MessageId, AttemptOutcome)>,
+    outcomes: Arc<[(MessageId, AttemptOutcome)]>,
 ) -> Result<(), Failure> {
     let result = match finish_in_one_transaction(&client, now, &outcomes).await {
         Err(error) if error.as_db_error().is_some() && outcomes.len() > 1 => {

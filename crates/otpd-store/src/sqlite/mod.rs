@@ -445,7 +445,7 @@ impl Store for SqliteStore {
 
     async fn finish_attempts(
         &self,
-        outcomes: Vec<(MessageId, AttemptOutcome)>,
+        outcomes: Arc<[(MessageId, AttemptOutcome)]>,
     ) -> Result<(), StoreError> {
         Ok(self
             .write(move |connection, clock| {
