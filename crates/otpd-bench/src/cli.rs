@@ -50,9 +50,10 @@ pub struct Args {
     /// two builds, run one after the other).
     #[arg(long, value_parser = existing_file)]
     pub otpd: Option<PathBuf>,
-    /// Where the JSON results go.
-    #[arg(long, default_value = "bench-results/otpd-bench.json")]
-    pub output: PathBuf,
+    /// Where the JSON results go. By default a file of the run's own in bench-results/, named
+    /// by its start (UTC), and bench-results/otpd-bench.json, a copy of the latest run's.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
     /// Also write every measured request of every run, as `completed_us,latency_us` lines, to
     /// one CSV file per run in this directory (to see when the slow requests happened).
     #[arg(long)]

@@ -23,6 +23,7 @@ mod metrics_page;
 mod postgres_groups;
 mod report;
 mod requests;
+mod results_file;
 mod server;
 mod targets;
 mod workload;
@@ -42,6 +43,7 @@ use measure::measure;
 use otpd_store::ScratchDatabase;
 use report::{CeilingReading, Row, print_table};
 use requests::Client;
+use results_file::ResultsFiles;
 use server::Server;
 use tokio::signal::unix::{SignalKind, signal};
 use workload::{Operation, codes_for, run_with_enough_codes, selected_operations, workload};
@@ -106,6 +108,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
+    let started_at = results_file::utc_now();
     println!(
         "otpd-bench: server pinned to core {}, load generator to core {}",
         server::SERVER_CORE,
@@ -233,22 +236,22 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         targets::assess(&rows, &cold_starts)
     };
     targets::print(&assessments);
-    if let Some(parent) = args.output.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     let cold_start_ms: serde_json::Map<String, serde_json::Value> = cold_starts
         .into_iter()
         .map(|(store, ms)| (store, ms.into()))
         .collect();
     let report = serde_json::json!({
+        "started_at": started_at,
+        "arguments": std::env::args().skip(1).collect::<Vec<_>>(),
         "cold_start_ms": cold_start_ms,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "rows": rows,
         "targets": assessments,
     });
-    std::fs::write(&args.output, serde_json::to_vec_pretty(&report)?)?;
-    println!("\nresults written to {}", args.output.display());
+    let files = ResultsFiles::for_run(args.output.as_deref(), &started_at);
+    files.write(&serde_json::to_vec_pretty(&report)?)?;
+    println!("\nresults written to {}", files.own.display());
     Ok(())
 }
 
