@@ -17,7 +17,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from conftest import Otpd, SendLoad, SmsGateway, wait_for
+from conftest import Otpd, SendLoad, Smsc, SmsGateway, wait_for
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))[-1]
 
@@ -222,3 +222,34 @@ def test_an_outcome_given_up_on_is_sent_again_once_and_only_once(tmp_path, clust
     finally:
         server.stop()
         gateway.stop()
+
+
+def test_a_receipt_that_comes_while_the_database_is_away_is_asked_for_again(tmp_path, cluster):
+    # A delivery receipt otpd cannot store is answered with ESME_RX_T_APPN, a temporary error,
+    # so that the SMSC delivers it again later; before, it was acknowledged and lost.
+    (tmp_path / "smsc").mkdir()
+    (tmp_path / "otpd").mkdir()
+    smsc = Smsc(tmp_path / "smsc")
+    smsc.steer(receipt_delay_ms=3000)
+    server = Otpd(tmp_path / "otpd", sms=smsc.url, database_url=cluster.server_url())
+    server.start()
+    try:
+        _, message_id = server.amm_send(server.create_account("receipt"), "393461110011")
+
+        def show():
+            return json.loads(server.cli("messages", "show", message_id).stdout)
+
+        wait_for(lambda: show()["state"] == "sent", timeout=5)
+        cluster.stop()
+        refused = lambda: [e for e in smsc.events("deliver_sm_resp") if e["command_status"] == 0x64]
+        wait_for(refused, timeout=10)
+        cluster.start()
+
+        record = wait_for(lambda: (r := show())["receipt_state"] == "DELIVRD" and r, timeout=20)
+        assert record["carrier_message_id"] == smsc.events("submit_sm")[0]["id"]
+        statuses = [e["command_status"] for e in smsc.events("deliver_sm_resp")]
+        assert statuses[-1] == 0 and set(statuses) == {0x64, 0}, statuses
+        assert "panicked" not in server.log_file.read_text()
+    finally:
+        server.stop()
+        smsc.stop()

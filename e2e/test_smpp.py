@@ -87,6 +87,8 @@ def test_receipts_update_the_delivery_status(otpd, smsc, account):
     record = json.loads(otpd.cli("messages", "show", found["id_sms"]).stdout)
     assert record["receipt_state"] == "DELIVRD"
     assert record["carrier_message_id"] in {e["id"] for e in smsc.events("submit_sm")}
+    answers = [e["command_status"] for e in smsc.events("deliver_sm_resp") if e["id"] == record["carrier_message_id"]]
+    assert answers == [0], "a stored receipt is acknowledged once, with ESME_ROK"
 
 
 def test_pinpoint_reports_the_smsc_answer(otpd, smsc, account, app_id):

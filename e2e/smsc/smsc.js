@@ -4,6 +4,9 @@
 //   {"refuse_binds": true}        bind_transceiver answered with ESME_RBINDFAIL
 //   {"throttle_next": 3}          the next 3 submit_sm answered with ESME_RTHROTTLED
 //   {"drop_link": true}           the next submit_sm closes the TCP connection unanswered
+//   {"receipt_delay_ms": 3000}    receipts go out this long after submit_sm (50 ms otherwise)
+// A receipt whose deliver_sm_resp is not ESME_ROK is delivered again 500 ms later, as SMSCs
+// retry, up to 60 times; every deliver_sm_resp's status is recorded.
 // Usage: node smsc.js SYSTEM_ID PASSWORD RECORD_FILE CONTROL_FILE  (prints "listening PORT")
 'use strict';
 const fs = require('fs');
@@ -52,7 +55,6 @@ const server = smpp.createServer({ debug: false }, (session) => {
     session.send(pdu.response());
     session.close();
   });
-  session.on('deliver_sm_resp', () => {});
   session.on('submit_sm', (pdu) => {
     const steer = control();
     if (steer.drop_link) {
@@ -87,15 +89,22 @@ const server = smpp.createServer({ debug: false }, (session) => {
     });
     session.send(pdu.response({ message_id: id }));
     if (pdu.registered_delivery & 0x01) {
-      setTimeout(() => {
-        const now = stamp(new Date());
-        session.deliver_sm({
-          source_addr: pdu.destination_addr,
-          destination_addr: pdu.source_addr,
-          esm_class: 0x04,
-          short_message: `id:${id} sub:001 dlvrd:001 submit date:${now} done date:${now} stat:DELIVRD err:000 text:`,
+      const now = stamp(new Date());
+      const receipt = {
+        source_addr: pdu.destination_addr,
+        destination_addr: pdu.source_addr,
+        esm_class: 0x04,
+        short_message: `id:${id} sub:001 dlvrd:001 submit date:${now} done date:${now} stat:DELIVRD err:000 text:`,
+      };
+      const deliver = (tries) => {
+        session.deliver_sm(receipt, (resp) => {
+          record({ event: 'deliver_sm_resp', id, command_status: resp.command_status });
+          if (resp.command_status !== smpp.ESME_ROK && tries < 60) {
+            setTimeout(() => deliver(tries + 1), 500);
+          }
         });
-      }, 50);
+      };
+      setTimeout(() => deliver(1), steer.receipt_delay_ms || 50);
     }
   });
 });

@@ -404,14 +404,21 @@ async fn serve_events(
                     let receipt = is_receipt
                         .then(|| parse_receipt(deliver.short_message(), SystemClock.now()))
                         .flatten();
+                    let mut status = CommandStatus::EsmeRok;
                     if let Some(receipt) = receipt {
                         match store.record_receipt(receipt).await {
                             Ok(true) => {}
                             Ok(false) => tracing::warn!("a receipt for an unknown message"),
-                            Err(error) => tracing::error!(%error, "cannot store a receipt"),
+                            Err(error) => {
+                                // A temporary error asks the SMSC to deliver the receipt again
+                                // later, rather than have it lost with the database away.
+                                tracing::warn!(%error, "cannot store a receipt; the SMSC is asked to deliver it again");
+                                status = CommandStatus::EsmeRxTAppn;
+                            }
                         }
                     }
                     let _ = client
+                        .status(status)
                         .deliver_sm_resp(command.sequence_number, DeliverSmResp::default())
                         .await;
                 }
