@@ -4,12 +4,13 @@ These tests run a PostgreSQL cluster of their own (initdb into a temporary direc
 port), so that they can stop and start it without touching the machine's server.
 """
 
+import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import json
 import time
 from pathlib import Path
 
@@ -154,15 +155,49 @@ def test_a_database_restart_under_load_loses_no_accepted_send(node, cluster):
     assert "panicked" not in node.logs()
 
 
+@contextlib.contextmanager
+def stopped_after(peer):
+    """Stops an SMS peer (a gateway, an SMSC) when the block ends, however it ends."""
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@contextlib.contextmanager
+def node_delivering_to(data_dir, cluster, sms_url, lease_seconds=None):
+    """An otpd on the private cluster that delivers to `sms_url`; stopped afterwards."""
+    server = Otpd(data_dir, sms=sms_url, database_url=cluster.server_url())
+    if lease_seconds is not None:
+        server.env["OTPD_OUTBOX_LEASE_SECONDS"] = str(lease_seconds)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def message_record(server, message_id):
+    return json.loads(server.cli("messages", "show", message_id).stdout)
+
+
+def stored_outcome(server, message_id):
+    """The message's record once an outcome has ended its wait, else nothing."""
+    record = message_record(server, message_id)
+    return record["state"] != "pending" and record
+
+
+def outcomes_given_up(server):
+    log = server.log_file.read_text()
+    return log.count("cannot record delivery attempts") - log.count("cannot record delivery attempts yet")
+
+
 def test_an_outcome_that_ends_while_the_database_is_away_is_stored_once_it_is_back(tmp_path, cluster):
     # The provider accepts the SMS while PostgreSQL is down. Before, its outcome was dropped at
     # the first failed write, the message stayed claimed, and it was sent a second time when
     # the claim ran out.
     gateway = SmsGateway(delay=5.0)
-    server = Otpd(tmp_path, sms=gateway.url, database_url=cluster.server_url())
-    server.env["OTPD_OUTBOX_LEASE_SECONDS"] = "20"
-    server.start()
-    try:
+    with stopped_after(gateway), node_delivering_to(tmp_path, cluster, gateway.url, lease_seconds=20) as server:
         # The send answers "queued" after its 2 s wait for the provider, which holds its
         # answer for 5 s: the database is stopped before the answer comes.
         _, message_id = server.amm_send(server.create_account("outcome"), "393471110009")
@@ -171,23 +206,14 @@ def test_an_outcome_that_ends_while_the_database_is_away_is_stored_once_it_is_ba
         wait_for(lambda: "cannot record delivery attempts" in server.log_file.read_text(), timeout=10)
         cluster.start()
 
-        def stored():
-            record = json.loads(server.cli("messages", "show", message_id).stdout)
-            return record["state"] != "pending" and record
-
         # Well inside the 20 s lease: nothing else could have ended the claim.
-        record = wait_for(stored, timeout=10)
+        record = wait_for(lambda: stored_outcome(server, message_id), timeout=10)
         assert (record["state"], record["attempts"]) == ("sent", 1)
         assert record["carrier_message_id"] == "carrier-1"
         time.sleep(1)
         assert len(gateway.received) == 1, "sent once"
-        log = server.log_file.read_text()
-        given_up = log.count("cannot record delivery attempts") - log.count("cannot record delivery attempts yet")
-        assert given_up == 0
-        assert "panicked" not in log
-    finally:
-        server.stop()
-        gateway.stop()
+        assert outcomes_given_up(server) == 0
+        assert "panicked" not in server.log_file.read_text()
 
 
 def test_an_outcome_given_up_on_is_sent_again_once_and_only_once(tmp_path, cluster):
@@ -195,33 +221,18 @@ def test_an_outcome_given_up_on_is_sent_again_once_and_only_once(tmp_path, clust
     # lease another worker may have claimed the message. Given up, the message goes out once
     # more when its claim runs out, and never a third time.
     gateway = SmsGateway(delay=4.0)
-    server = Otpd(tmp_path, sms=gateway.url, database_url=cluster.server_url())
-    server.env["OTPD_OUTBOX_LEASE_SECONDS"] = "8"
-    server.start()
-    try:
+    with stopped_after(gateway), node_delivering_to(tmp_path, cluster, gateway.url, lease_seconds=8) as server:
         _, message_id = server.amm_send(server.create_account("given-up"), "393471110010")
         cluster.stop()
-
-        def given_up():
-            log = server.log_file.read_text()
-            return log.count("cannot record delivery attempts") > log.count("cannot record delivery attempts yet")
-
-        wait_for(given_up, timeout=15)
+        wait_for(lambda: outcomes_given_up(server) > 0, timeout=15)
         assert len(gateway.received) == 1
         cluster.start()
 
-        def stored():
-            record = json.loads(server.cli("messages", "show", message_id).stdout)
-            return record["state"] != "pending" and record
-
-        record = wait_for(stored, timeout=25)
+        record = wait_for(lambda: stored_outcome(server, message_id), timeout=25)
         assert (record["state"], record["attempts"]) == ("sent", 2)
         time.sleep(1)
         assert len(gateway.received) == 2, "sent again once"
         assert "panicked" not in server.log_file.read_text()
-    finally:
-        server.stop()
-        gateway.stop()
 
 
 def test_a_receipt_that_comes_while_the_database_is_away_is_asked_for_again(tmp_path, cluster):
@@ -231,25 +242,17 @@ def test_a_receipt_that_comes_while_the_database_is_away_is_asked_for_again(tmp_
     (tmp_path / "otpd").mkdir()
     smsc = Smsc(tmp_path / "smsc")
     smsc.steer(receipt_delay_ms=3000)
-    server = Otpd(tmp_path / "otpd", sms=smsc.url, database_url=cluster.server_url())
-    server.start()
-    try:
+    with stopped_after(smsc), node_delivering_to(tmp_path / "otpd", cluster, smsc.url) as server:
         _, message_id = server.amm_send(server.create_account("receipt"), "393461110011")
-
-        def show():
-            return json.loads(server.cli("messages", "show", message_id).stdout)
-
-        wait_for(lambda: show()["state"] == "sent", timeout=5)
+        wait_for(lambda: stored_outcome(server, message_id), timeout=5)
         cluster.stop()
         refused = lambda: [e for e in smsc.events("deliver_sm_resp") if e["command_status"] == 0x64]
         wait_for(refused, timeout=10)
         cluster.start()
 
-        record = wait_for(lambda: (r := show())["receipt_state"] == "DELIVRD" and r, timeout=20)
+        record = wait_for(lambda: (r := message_record(server, message_id))["receipt_state"] == "DELIVRD" and r, timeout=20)
+        assert record["state"] == "sent"
         assert record["carrier_message_id"] == smsc.events("submit_sm")[0]["id"]
         statuses = [e["command_status"] for e in smsc.events("deliver_sm_resp")]
         assert statuses[-1] == 0 and set(statuses) == {0x64, 0}, statuses
         assert "panicked" not in server.log_file.read_text()
-    finally:
-        server.stop()
-        smsc.stop()
