@@ -232,6 +232,8 @@ def test_an_outcome_given_up_on_is_sent_again_once_and_only_once(tmp_path, clust
         assert (record["state"], record["attempts"]) == ("sent", 2)
         time.sleep(1)
         assert len(gateway.received) == 2, "sent again once"
+        metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+        assert "\notpd_sms_outcomes_unrecorded_total 1\n" in metrics
         assert "panicked" not in server.log_file.read_text()
 
 

@@ -21,6 +21,8 @@ pub const CHECKS: &str = "otpd_otp_checks_total";
 pub const SMS_PARTS: &str = "otpd_sms_parts_total";
 /// Delivery attempts, by `result` and the carrier's `status`.
 pub const SMS_ATTEMPTS: &str = "otpd_sms_attempts_total";
+/// Attempts whose outcome the database never took: their messages go out again.
+pub const SMS_OUTCOMES_UNRECORDED: &str = "otpd_sms_outcomes_unrecorded_total";
 /// Messages waiting for delivery, read from the database at each scrape.
 pub const OUTBOX_PENDING: &str = "otpd_outbox_pending_messages";
 /// How long the oldest of them has waited.
@@ -54,6 +56,12 @@ pub fn describe() {
         SMS_ATTEMPTS,
         Unit::Count,
         "Delivery attempts by result (accepted, retry, failed) and the carrier's status"
+    );
+    describe_counter!(
+        SMS_OUTCOMES_UNRECORDED,
+        Unit::Count,
+        "Delivery attempts whose outcome could not be stored within three quarters of the claim's \
+         lease (the database away): each of their messages is sent again when its lease runs out"
     );
     describe_gauge!(
         OUTBOX_PENDING,
@@ -205,6 +213,12 @@ impl AttemptMetrics {
         self.attempts
             .increment([result, outcome.report().status.as_str()], 1);
     }
+
+    /// Counts attempts whose outcomes were given up on; rare, so the series is looked up each
+    /// time rather than kept.
+    pub fn record_unrecorded(&self, attempts: usize) {
+        counter!(SMS_OUTCOMES_UNRECORDED).increment(attempts as u64);
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +309,19 @@ mod tests {
         assert!(text.contains(&format!("{DATABASE_UP} 0")), "{text}");
         assert!(text.contains(&format!("{OUTBOX_PENDING} 3")), "{text}");
         assert!(text.contains(&format!("{OUTBOX_OLDEST_AGE} 2.5")), "{text}");
+    }
+
+    #[test]
+    fn outcomes_given_up_on_are_counted_by_attempt() {
+        let text = rendered(|| {
+            let metrics = AttemptMetrics::default();
+            metrics.record_unrecorded(3);
+            metrics.record_unrecorded(1);
+        });
+        assert!(
+            text.contains(&format!("{SMS_OUTCOMES_UNRECORDED} 4")),
+            "{text}"
+        );
     }
 
     #[test]

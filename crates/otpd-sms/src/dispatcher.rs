@@ -412,6 +412,7 @@ async fn store_batch(
         if store_by.is_none_or(|deadline| Instant::now() + wait >= deadline) {
             // The claims' leases run out and the messages are tried again: at worst sent twice.
             tracing::error!(%error, messages = batch.len(), "cannot record delivery attempts");
+            inner.attempts.record_unrecorded(batch.len());
             return;
         }
         tracing::warn!(
