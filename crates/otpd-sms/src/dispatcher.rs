@@ -101,12 +101,12 @@ struct QueuedOutcome {
 const OUTCOME_RETRY_FIRST_WAIT: Duration = Duration::from_millis(100);
 const OUTCOME_RETRY_MAX_WAIT: Duration = Duration::from_secs(2);
 
-/// Until when an attempt that began at `started` may have its outcome stored: three quarters of
-/// its claim's lease. Past the lease another worker may claim the message and try it again, and
-/// an outcome stored then would end that worker's claim under it; the quarter left covers the
-/// moments between the claim and the attempt's start, and the nodes' clocks.
-fn store_outcome_by(started: Instant, lease: Duration) -> Instant {
-    started + lease.mul_f64(0.75)
+/// Until when the outcome of an attempt on a message claimed at `claimed_at` may be stored:
+/// three quarters of the claim's lease. Past the lease another worker may claim the message and
+/// try it again, and an outcome stored then would end that worker's claim under it; the quarter
+/// left covers the moments between the store's claim and `claimed_at`, and the nodes' clocks.
+fn store_outcome_by(claimed_at: Instant, lease: Duration) -> Instant {
+    claimed_at + lease.mul_f64(0.75)
 }
 
 impl Inner {
@@ -164,6 +164,7 @@ impl OutboxDispatcher {
             if room > 0 {
                 match inner.store.claim_outbox(room, inner.settings.lease).await {
                     Ok(messages) => {
+                        let claimed_at = Instant::now();
                         claimed_full_batch = messages.len() == room;
                         inner
                             .in_flight()
@@ -174,7 +175,7 @@ impl OutboxDispatcher {
                             };
                             let inner = inner.clone();
                             attempts.spawn(async move {
-                                attempt(&inner, message).await;
+                                attempt(&inner, message, claimed_at).await;
                                 drop(permit);
                             });
                         }
@@ -235,7 +236,9 @@ impl Dispatcher for OutboxDispatcher {
     /// the send waits for its report at most `wait`.
     async fn deliver(&self, message: OutboxMessage, wait: Duration) -> Option<DeliveryReport> {
         self.inner.in_flight().insert(message.id.clone());
-        let mut first = Box::pin(first_attempt(Arc::clone(&self.inner), message));
+        // The send's commit claimed the message a moment ago.
+        let claimed_at = Instant::now();
+        let mut first = Box::pin(first_attempt(Arc::clone(&self.inner), message, claimed_at));
         if let Some(report) = ready_now(first.as_mut()) {
             return report;
         }
@@ -261,12 +264,16 @@ fn ready_now<F: Future>(future: Pin<&mut F>) -> Option<F::Output> {
 
 /// A message's first attempt, made for the send that queued it: the report is handed back as
 /// soon as the transport has answered, and the outcome is stored after.
-async fn first_attempt(inner: Arc<Inner>, message: OutboxMessage) -> Option<DeliveryReport> {
+async fn first_attempt(
+    inner: Arc<Inner>,
+    message: OutboxMessage,
+    claimed_at: Instant,
+) -> Option<DeliveryReport> {
     // The same limit on deliveries in flight as the outbox loop's.
     let Ok(permit) = inner.permits.acquire().await else {
         return None;
     };
-    let attempted = try_once(&inner, message).await;
+    let attempted = try_once(&inner, message, claimed_at).await;
     drop(permit);
     let report = attempted.outcome.report().clone();
     queue_outcome(&inner, attempted);
@@ -275,14 +282,13 @@ async fn first_attempt(inner: Arc<Inner>, message: OutboxMessage) -> Option<Deli
 
 /// One delivery attempt, start to stored outcome. The message was put in `in_flight` when it
 /// was claimed; it leaves when its outcome is stored.
-async fn attempt(inner: &Arc<Inner>, message: OutboxMessage) {
-    let attempted = try_once(inner, message).await;
+async fn attempt(inner: &Arc<Inner>, message: OutboxMessage, claimed_at: Instant) {
+    let attempted = try_once(inner, message, claimed_at).await;
     queue_outcome(inner, attempted);
 }
 
-/// Hands the message to the transport and judges its answer.
-async fn try_once(inner: &Inner, message: OutboxMessage) -> QueuedOutcome {
-    let started = Instant::now();
+/// Hands the message, claimed at `claimed_at`, to the transport and judges its answer.
+async fn try_once(inner: &Inner, message: OutboxMessage, claimed_at: Instant) -> QueuedOutcome {
     let OutboxMessage {
         id,
         verify_id,
@@ -347,7 +353,7 @@ async fn try_once(inner: &Inner, message: OutboxMessage) -> QueuedOutcome {
     QueuedOutcome {
         id,
         outcome,
-        store_by: store_outcome_by(started, inner.settings.lease),
+        store_by: store_outcome_by(claimed_at, inner.settings.lease),
     }
 }
 
@@ -452,10 +458,10 @@ mod tests {
 
     #[test]
     fn an_outcome_is_offered_for_three_quarters_of_its_lease() {
-        let started = Instant::now();
+        let claimed_at = Instant::now();
         for (lease, offered) in [(60_000, 45_000), (5_000, 3_750)] {
-            let deadline = store_outcome_by(started, Duration::from_millis(lease));
-            assert_eq!(deadline - started, Duration::from_millis(offered));
+            let deadline = store_outcome_by(claimed_at, Duration::from_millis(lease));
+            assert_eq!(deadline - claimed_at, Duration::from_millis(offered));
         }
     }
 
