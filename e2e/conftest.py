@@ -4,6 +4,7 @@ The binary comes from OTPD_BIN (the test script builds it first); every test mod
 own server, and helpers create accounts and applications through otpd's own command line.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -219,6 +220,10 @@ class Otpd:
     def logs(self):
         return self.log_file.read_text()
 
+    def message_record(self, message_id):
+        """`otpd messages show`: the message's whole record, without its text."""
+        return json.loads(self.cli("messages", "show", message_id).stdout)
+
     def metric(self, name, **labels):
         """The value of the sample `name` with exactly `labels` on /metrics now (0 if absent),
         read through the reference parser."""
@@ -251,6 +256,23 @@ class Otpd:
             if found.json()["id_sms"] not in delivered:
                 missing.append(verify_id)
         return missing
+
+
+@contextlib.contextmanager
+def delivering_through(data_dir, peer, database_url=None, lease_seconds=None):
+    """An otpd that sends its SMS to `peer` (an `SmsGateway` or an `Smsc`), on `database_url` when
+    given; both are stopped afterwards, however the block ends."""
+    try:
+        server = Otpd(data_dir, sms=peer.url, database_url=database_url)
+        if lease_seconds is not None:
+            server.env["OTPD_OUTBOX_LEASE_SECONDS"] = str(lease_seconds)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        peer.stop()
 
 
 class SendLoad:

@@ -1,14 +1,12 @@
 """The durable outbox: what got a 200 is delivered, even across a kill -9."""
 
-import contextlib
-import json
 import secrets
 import signal
 import time
 
 import pytest
 
-from conftest import Otpd, SendLoad, SmsGateway, wait_for
+from conftest import Otpd, SendLoad, SmsGateway, delivering_through, wait_for
 
 
 def test_delivery_is_visible_in_search_and_the_message_record(otpd, account):
@@ -23,34 +21,18 @@ def test_delivery_is_visible_in_search_and_the_message_record(otpd, account):
     found = wait_for(lambda: (f := search()).get("delivery_status") and f, timeout=5)
     assert found["delivery_status"] == "SUCCESSFUL"
     assert found["delivery_date"] >= found["date_submit"]
-    record = json.loads(otpd.cli("messages", "show", found["id_sms"]).stdout)
+    record = otpd.message_record(found["id_sms"])
     assert record["state"] == "sent" and record["attempts"] == 1
     assert record["verify_id"] == verify_id
     assert "text" not in record
     assert otpd.messages()[-1]["message_id"] == found["id_sms"]
 
 
-@contextlib.contextmanager
-def delivering_through(tmp_path, gateway):
-    """An otpd that sends its SMS to `gateway`; both are stopped afterwards."""
-    server = Otpd(tmp_path, sms=gateway.url)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        gateway.stop()
-
-
-def message_record(server, message_id):
-    return json.loads(server.cli("messages", "show", message_id).stdout)
-
-
 def test_a_provider_that_asks_for_a_wait_is_left_alone_that_long(tmp_path):
     gateway = SmsGateway(status=429, answer=b"{}", headers=[("Retry-After", "600")])
     with delivering_through(tmp_path, gateway) as server:
         _, message_id = server.amm_send(server.create_account(), "393471110003")
-        record = wait_for(lambda: (r := message_record(server, message_id))["delivery_status"] and r, timeout=5)
+        record = wait_for(lambda: (r := server.message_record(message_id))["delivery_status"] and r, timeout=5)
         assert (record["state"], record["attempts"], record["delivery_status"]) == ("pending", 1, "THROTTLED")
         # Ten minutes as asked, not the backoff's one second.
         assert 599_000 <= record["next_attempt_at"] - record["created_at"] <= 605_000
@@ -71,7 +53,7 @@ def test_a_carrier_id_that_cannot_be_stored_is_dropped_not_sent_again(tmp_path, 
     gateway = SmsGateway(answer=f'{{"message_id": "{carrier_id}"}}'.encode())
     with delivering_through(tmp_path, gateway) as server:
         _, message_id = server.amm_send(server.create_account(), "393471110002")
-        record = wait_for(lambda: (r := message_record(server, message_id))["state"] != "pending" and r, timeout=5)
+        record = wait_for(lambda: (r := server.message_record(message_id))["state"] != "pending" and r, timeout=5)
         assert record["state"] == "sent" and record["attempts"] == 1
         # Without a usable id of its own from the provider, the message is known by otpd's.
         assert record["carrier_message_id"] == message_id

@@ -1,7 +1,6 @@
 """Delivery over SMPP v3.4 to a third-party SMSC (node-smpp's server mode, e2e/smsc)."""
 
 import itertools
-import json
 import time
 
 import pytest
@@ -84,7 +83,7 @@ def test_receipts_update_the_delivery_status(otpd, smsc, account):
     amm = otpd.amm(account)
     verify_id = send(otpd, amm, new_number(), "Code ${verify_code}")
     found = wait_for(lambda: (f := search(otpd, amm, verify_id)).get("delivery_status") == "DELIVRD" and f)
-    record = json.loads(otpd.cli("messages", "show", found["id_sms"]).stdout)
+    record = otpd.message_record(found["id_sms"])
     assert record["receipt_state"] == "DELIVRD"
     assert record["carrier_message_id"] in {e["id"] for e in smsc.events("submit_sm")}
     answers = [e["command_status"] for e in smsc.events("deliver_sm_resp") if e["id"] == record["carrier_message_id"]]
@@ -118,7 +117,7 @@ def test_throttling_answers_are_retried(otpd, smsc, account):
     found = search(otpd, amm, verify_id)
     # The SMSC has the message; its outcome is committed a moment after.
     record = wait_for(
-        lambda: (r := json.loads(otpd.cli("messages", "show", found["id_sms"]).stdout))["state"] == "sent" and r
+        lambda: (r := otpd.message_record(found["id_sms"]))["state"] == "sent" and r
     )
     assert record["attempts"] == 3
     assert len(submits_to(smsc, to)) == 1

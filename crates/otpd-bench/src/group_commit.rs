@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use otpd_store::sqlite_metrics::{COMMIT_SIZE, LOG_FLUSH_COMMITS, LOG_FLUSH_DURATION};
 
+use crate::metrics_page::samples;
+
 /// The running totals of the writer's three histograms at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
@@ -32,11 +34,9 @@ impl Totals {
     /// ceiling, otpd on PostgreSQL): the figures are extra, and their absence stops no run.
     pub fn parse(text: &str) -> Option<Self> {
         let total = |name: &str| -> Option<f64> {
-            text.lines()
-                .filter(|line| !line.starts_with('#'))
-                .filter_map(|line| line.rsplit_once(' '))
-                .filter(|(series, _)| series.split('{').next() == Some(name))
-                .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+            samples(text)
+                .filter(|sample| sample.name == name)
+                .map(|sample| sample.value)
                 .reduce(|sum, value| sum + value)
         };
         Some(Self {

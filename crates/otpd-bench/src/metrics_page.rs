@@ -21,6 +21,34 @@ pub async fn read_metrics(address: SocketAddr) -> Option<String> {
         .ok()
 }
 
+/// One sample of Prometheus' text format: `name{labels} value`, with `labels` the text between
+/// the braces (empty when there are none).
+#[derive(Debug, PartialEq)]
+pub struct Sample<'a> {
+    pub name: &'a str,
+    pub labels: &'a str,
+    pub value: f64,
+}
+
+/// The samples of a `/metrics` page, comments and unreadable lines left out.
+pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = value.trim().parse::<f64>().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some(Sample {
+                name,
+                labels,
+                value,
+            })
+        })
+}
+
 /// The body of `GET /metrics`, over a connection of its own (hyper's client, as the load's).
 async fn fetch_metrics(address: SocketAddr) -> anyhow::Result<String> {
     let stream = tokio::net::TcpStream::connect(address).await?;
@@ -38,4 +66,30 @@ async fn fetch_metrics(address: SocketAddr) -> anyhow::Result<String> {
     );
     let body = response.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_read_with_and_without_labels() {
+        let text = "# TYPE a counter\na_total 3\nb_sum{statement=\"send\",le=\"8\"} 2.5\nbroken\n";
+        let read: Vec<Sample<'_>> = samples(text).collect();
+        assert_eq!(
+            read,
+            [
+                Sample {
+                    name: "a_total",
+                    labels: "",
+                    value: 3.0
+                },
+                Sample {
+                    name: "b_sum",
+                    labels: "statement=\"send\",le=\"8\"",
+                    value: 2.5
+                },
+            ]
+        );
+    }
 }

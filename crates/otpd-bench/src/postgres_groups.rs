@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use otpd_store::postgres_metrics::GROUP_SIZE;
 
+use crate::metrics_page::samples;
+
 /// The running totals of the group histogram at one moment: by statement, the requests and
 /// the groups so far.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,36 +28,28 @@ impl GroupTotals {
         let sum = format!("{GROUP_SIZE}_sum");
         let count = format!("{GROUP_SIZE}_count");
         let mut totals = BTreeMap::<String, Counts>::new();
-        for line in text.lines().filter(|line| !line.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.trim().parse::<f64>() else {
-                continue;
-            };
-            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-            let Some(statement) = statement_label(labels) else {
+        for sample in samples(text) {
+            let Some(statement) = statement_label(sample.labels) else {
                 continue;
             };
             let counts = totals.entry(statement.to_owned()).or_default();
-            if name == sum {
-                counts.requests += value;
-            } else if name == count {
-                counts.groups += value;
+            if sample.name == sum {
+                counts.requests += sample.value;
+            } else if sample.name == count {
+                counts.groups += sample.value;
             }
         }
         (!totals.is_empty()).then_some(Self(totals))
     }
 
     /// These totals and another node's together.
-    pub fn plus(&self, other: &Self) -> Self {
-        let mut totals = self.0.clone();
+    pub fn plus(mut self, other: &Self) -> Self {
         for (statement, counts) in &other.0 {
-            let sum = totals.entry(statement.clone()).or_default();
+            let sum = self.0.entry(statement.clone()).or_default();
             sum.requests += counts.requests;
             sum.groups += counts.groups;
         }
-        Self(totals)
+        self
     }
 
     /// The mean requests a group of each statement that ran between `earlier` and these
