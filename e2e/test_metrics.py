@@ -189,3 +189,31 @@ def test_failed_deliveries_are_counted_as_retries(tmp_path):
         assert 0 <= value(found, "otpd_outbox_oldest_pending_age_seconds") < 60
     finally:
         server.stop()
+
+
+def test_the_counters_alerts_watch_are_there_at_zero_before_anything_happens(tmp_path):
+    """A series that appears only with its first event hides that event from `increase()`: a
+    fresh server publishes the sends, checks and parts by every label, the outcomes given up
+    on and the timed-out connections, all at 0."""
+    server = Otpd(tmp_path)
+    server.start()
+    try:
+        found = samples(scrape(server))
+        watched = [
+            ("otpd_otp_sends_total", {"dialect": "amm", "result": "antispam"}),
+            ("otpd_otp_sends_total", {"dialect": "pinpoint", "result": "store_error"}),
+            ("otpd_otp_checks_total", {"dialect": "amm", "outcome": "rate_limited"}),
+            ("otpd_otp_checks_total", {"dialect": "pinpoint", "outcome": "mismatch"}),
+            ("otpd_sms_parts_total", {"dialect": "pinpoint"}),
+            ("otpd_sms_outcomes_unrecorded_total", {}),
+            ("otpd_http_connections_timed_out_total", {}),
+        ]
+        for name, labels in watched:
+            assert found.get((name, frozenset(labels.items()))) == 0.0, (name, labels)
+        sends = [labels for (name, labels) in found if name == "otpd_otp_sends_total"]
+        checks = [labels for (name, labels) in found if name == "otpd_otp_checks_total"]
+        assert len(sends) == 2 * 10 and len(checks) == 2 * 10
+        assert not any(name == "otpd_tls_handshakes_failed_total" for (name, _) in found), "no TLS here"
+        assert not any(name == "otpd_sms_attempts_total" for (name, _) in found), "no attempt yet"
+    finally:
+        server.stop()

@@ -81,6 +81,7 @@ fn install_recorder() -> PrometheusHandle {
         return handle;
     }
     describe();
+    otpd_core::metrics::publish_at_zero();
     record_process_facts();
     let upkeep = handle.clone();
     let spawned = std::thread::Builder::new()

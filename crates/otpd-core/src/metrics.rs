@@ -30,6 +30,22 @@ pub const OUTBOX_OLDEST_AGE: &str = "otpd_outbox_oldest_pending_age_seconds";
 /// Whether the database answered the scrape's backlog query.
 pub const DATABASE_UP: &str = "otpd_database_up";
 
+/// Every `result` label `record_send` gives.
+const SEND_RESULTS: [&str; 10] = [
+    "accepted",
+    "sandbox",
+    "antispam",
+    "no_credit",
+    "unknown_account",
+    "account_hourly_limit",
+    "country_not_allowed",
+    "account_country_not_allowed",
+    "bad_message",
+    "store_error",
+];
+/// The `outcome` label of a check the store could not run (the others are `CheckOutcome`'s).
+const CHECK_STORE_ERROR: &str = "store_error";
+
 /// The sends counter's help text: it names every `result` label `record_send` gives.
 const SENDS_HELP: &str = "Code sends by result: accepted, sandbox (no SMS), antispam, no_credit, \
      country_not_allowed (--sms-countries), account_country_not_allowed and account_hourly_limit \
@@ -79,6 +95,27 @@ pub fn describe() {
         "1 when the database answered the last scrape, 0 when not (the outbox figures are then \
          the last ones read)"
     );
+}
+
+/// Publishes every series of the counters above that an alert or a dashboard may watch, at 0,
+/// in the recorder installed now. A series that appears only with its first event hides that
+/// event from `increase()` and `rate()` (they need a sample before it), and a ratio of two
+/// counters reads "no data" until both have counted: a first store error, a first refused
+/// check, a first outcome given up on would go unseen. Delivery attempts are left to appear as
+/// they happen: their carrier statuses are the transport's, not a set known here.
+pub fn publish_at_zero() {
+    for dialect in [Dialect::Pinpoint, Dialect::Amm] {
+        let dialect = dialect.as_str();
+        for result in SEND_RESULTS {
+            counter!(SENDS, "dialect" => dialect, "result" => result).increment(0);
+        }
+        let outcomes = CheckOutcome::ALL.map(CheckOutcome::as_str);
+        for outcome in outcomes.into_iter().chain([CHECK_STORE_ERROR]) {
+            counter!(CHECKS, "dialect" => dialect, "outcome" => outcome).increment(0);
+        }
+        counter!(SMS_PARTS, "dialect" => dialect).increment(0);
+    }
+    counter!(SMS_OUTCOMES_UNRECORDED).increment(0);
 }
 
 /// The handles of one counter's series, by label values, each registered on first use.
@@ -175,7 +212,7 @@ impl VerificationMetrics {
 
     /// Counts a check; `None` when the store could not run it.
     pub(crate) fn record_check(&self, dialect: Dialect, outcome: Option<CheckOutcome>) {
-        let outcome = outcome.map_or("store_error", CheckOutcome::as_str);
+        let outcome = outcome.map_or(CHECK_STORE_ERROR, CheckOutcome::as_str);
         self.checks.increment([dialect.as_str(), outcome], 1);
     }
 }
@@ -279,7 +316,40 @@ mod tests {
             let line = format!("{SENDS}{{dialect=\"amm\",result=\"{label}\"}} 1");
             assert!(text.contains(&line), "{line} in {text}");
             assert!(SENDS_HELP.contains(label), "the help text names {label}");
+            assert!(SEND_RESULTS.contains(&label), "{label} is published at 0");
         }
+        let accepted = SendReceipt {
+            verify_id: VerifyId::generate(),
+            message_id: Some(crate::outbox::MessageId::generate()),
+            delivery: None,
+        };
+        let text =
+            rendered(|| VerificationMetrics::default().record_send(Dialect::Amm, &Ok(accepted)));
+        assert!(text.contains(&format!("{SENDS}{{dialect=\"amm\",result=\"accepted\"}} 1")));
+        assert_eq!(SEND_RESULTS.len(), 10, "accepted and the nine cases above");
+    }
+
+    #[test]
+    fn the_series_alerts_watch_exist_at_zero_before_anything_happens() {
+        let text = rendered(publish_at_zero);
+        for line in [
+            format!("{SENDS}{{dialect=\"pinpoint\",result=\"store_error\"}} 0"),
+            format!("{SENDS}{{dialect=\"amm\",result=\"antispam\"}} 0"),
+            format!("{CHECKS}{{dialect=\"amm\",outcome=\"rate_limited\"}} 0"),
+            format!("{CHECKS}{{dialect=\"pinpoint\",outcome=\"store_error\"}} 0"),
+            format!("{SMS_PARTS}{{dialect=\"pinpoint\"}} 0"),
+            format!("{SMS_OUTCOMES_UNRECORDED} 0"),
+        ] {
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        let sends = text.lines().filter(|line| line.starts_with(SENDS)).count();
+        let checks = text.lines().filter(|line| line.starts_with(CHECKS)).count();
+        assert_eq!(sends, 2 * SEND_RESULTS.len());
+        assert_eq!(checks, 2 * (CheckOutcome::ALL.len() + 1));
+        assert!(
+            !text.contains(SMS_ATTEMPTS),
+            "attempts appear as they happen"
+        );
     }
 
     #[test]

@@ -132,6 +132,19 @@ pub enum CheckOutcome {
 }
 
 impl CheckOutcome {
+    /// Every outcome, for whoever must list them all (the metrics publish each at zero).
+    pub const ALL: [Self; 9] = [
+        Self::Verified,
+        Self::Mismatch { exhausted: false },
+        Self::Mismatch { exhausted: true },
+        Self::AttemptsExhausted,
+        Self::Expired,
+        Self::AlreadyVerified,
+        Self::Cancelled,
+        Self::NotFound,
+        Self::RateLimited,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Verified => "verified",
@@ -515,21 +528,15 @@ mod tests {
     }
 
     #[test]
-    fn outcome_names_round_trip() {
-        let all = [
-            CheckOutcome::Verified,
-            CheckOutcome::Mismatch { exhausted: false },
-            CheckOutcome::Mismatch { exhausted: true },
-            CheckOutcome::AttemptsExhausted,
-            CheckOutcome::Expired,
-            CheckOutcome::AlreadyVerified,
-            CheckOutcome::Cancelled,
-            CheckOutcome::NotFound,
-            CheckOutcome::RateLimited,
-        ];
-        for outcome in all {
+    fn outcome_names_round_trip_and_all_lists_each_once() {
+        for outcome in CheckOutcome::ALL {
             assert_eq!(CheckOutcome::parse(outcome.as_str()), Some(outcome));
         }
+        let names: std::collections::HashSet<&str> = CheckOutcome::ALL
+            .iter()
+            .map(|outcome| outcome.as_str())
+            .collect();
+        assert_eq!(names.len(), CheckOutcome::ALL.len());
     }
 
     #[test]

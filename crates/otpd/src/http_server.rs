@@ -91,7 +91,7 @@ pub async fn serve(
     tls: Option<CurrentAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    describe_metrics();
+    describe_metrics(tls.is_some());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -308,7 +308,10 @@ impl CapacityWarning {
     }
 }
 
-fn describe_metrics() {
+/// Gives the connection metrics their help text, and publishes the counters at 0 so that an
+/// alert sees their first event (see `otpd_core::metrics::publish_at_zero`); the handshakes'
+/// only when the server speaks TLS.
+fn describe_metrics(tls: bool) {
     metrics::describe_gauge!(OPEN_CONNECTIONS, "HTTP connections open");
     metrics::describe_counter!(
         TIMED_OUT_CONNECTIONS,
@@ -320,6 +323,10 @@ fn describe_metrics() {
         "HTTPS connections closed because their TLS handshake failed or did not end within the \
          client timeout"
     );
+    metrics::counter!(TIMED_OUT_CONNECTIONS).increment(0);
+    if tls {
+        metrics::counter!(FAILED_HANDSHAKES).increment(0);
+    }
 }
 
 /// Raises the process's soft limit on open files to its hard limit, as far as allowed, and
