@@ -88,6 +88,12 @@ def test_receipts_update_the_delivery_status(otpd, smsc, account):
     assert record["carrier_message_id"] in {e["id"] for e in smsc.events("submit_sm")}
     answers = [e["command_status"] for e in smsc.events("deliver_sm_resp") if e["id"] == record["carrier_message_id"]]
     assert answers == [0], "a stored receipt is acknowledged once, with ESME_ROK"
+    # Every receipt this module's SMSC delivered (each DELIVRD, each for a known message) and
+    # otpd acknowledged was counted once.
+    acknowledged = lambda: len([e for e in smsc.events("deliver_sm_resp") if e["command_status"] == 0])
+    wait_for(lambda: otpd.metric("otpd_sms_receipts_total", state="DELIVRD") == acknowledged())
+    assert otpd.metric("otpd_sms_receipts_total", state="UNDELIV") == 0
+    assert otpd.metric("otpd_smpp_bound") == 1
 
 
 def test_pinpoint_reports_the_smsc_answer(otpd, smsc, account, app_id):
@@ -132,6 +138,7 @@ def test_a_dropped_link_reconnects(otpd, smsc, account):
     wait_for(lambda: submits_to(smsc, to), timeout=30)
     assert len(smsc.events("bind")) > binds
     assert len(submits_to(smsc, to)) == 1
+    assert otpd.metric("otpd_smpp_bound") == 1, "bound again"
 
 
 @pytest.fixture
@@ -160,9 +167,13 @@ def test_refused_binds_then_recovery(refusing):
     time.sleep(11)
     assert smsc.events("bind_refused"), "otpd kept trying to bind"
     assert not smsc.events("submit_sm")
+    assert otpd.metric("otpd_smpp_bound") == 0
+    assert otpd.metric("otpd_smpp_bind_failures_total") >= len(smsc.events("bind_refused")) - 1
+    assert otpd.metric("otpd_smpp_bind_failures_total") >= 2
     smsc.steer(refuse_binds=False)
     for to in valid:
         wait_for(lambda to=to: submits_to(smsc, to), timeout=60)
+    assert otpd.metric("otpd_smpp_bound") == 1
     time.sleep(1)
     for to in valid:
         assert len(submits_to(smsc, to)) == 1, "delivered exactly once"

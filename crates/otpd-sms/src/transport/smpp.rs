@@ -26,7 +26,7 @@ use rusmpp::{CommandStatus, Pdu};
 use rusmppc::{Client, ConnectionBuilder, Event};
 use tokio::sync::{Mutex, RwLock, Semaphore, watch};
 
-use super::kept;
+use super::{kept, smpp_metrics};
 use crate::{gsm, segments};
 
 /// `smpp://SYSTEM_ID:PASSWORD@HOST:PORT?system_type=..&window=..&tps=..&source_ton=..&source_npi=..`
@@ -139,6 +139,7 @@ impl SmppTransport {
     /// Starts the supervisor that binds, keeps the link alive and rebinds; receipts go to
     /// `store`.
     pub fn start(spec: SmppSpec, store: Arc<dyn Store>) -> Self {
+        smpp_metrics::publish();
         let (bound, _) = watch::channel(false);
         let link = Arc::new(Link {
             client: RwLock::new(None),
@@ -336,13 +337,16 @@ async fn supervise(spec: SmppSpec, link: Arc<Link>, store: Arc<dyn Store>) {
                 backoff = Duration::from_millis(250);
                 *link.client.write().await = Some(client.clone());
                 link.bound.send_replace(true);
+                smpp_metrics::record_bound(true);
                 serve_events(&client, events, store.as_ref()).await;
                 link.bound.send_replace(false);
+                smpp_metrics::record_bound(false);
                 *link.client.write().await = None;
                 let _ = client.close().await;
                 tracing::warn!("the SMPP link dropped; rebinding");
             }
             Err(error) => {
+                smpp_metrics::record_bind_failure();
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot bind to the SMSC");
             }
         }
@@ -406,8 +410,9 @@ async fn serve_events(
                         .flatten();
                     let mut status = CommandStatus::EsmeRok;
                     if let Some(receipt) = receipt {
+                        let state = receipt.state.clone();
                         match store.record_receipt(receipt).await {
-                            Ok(true) => {}
+                            Ok(true) => smpp_metrics::record_receipt(&state),
                             Ok(false) => tracing::warn!("a receipt for an unknown message"),
                             Err(error) => {
                                 // A temporary error asks the SMSC to deliver the receipt again
