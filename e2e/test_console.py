@@ -97,6 +97,7 @@ def test_the_overview_shows_an_accounts_own_limits(otpd, operator):
     assert row, page
     assert "<td>120 SMS parts an hour (2 in the last), only DE,IT</td>" in row.group(0)
     assert "messages waiting for delivery" in text_of(page)
+    assert "SMSC" not in page, "a file sink keeps no link to show"
 
 
 def test_a_message_shows_its_delivery_without_its_text_or_number(otpd, operator, sent):

@@ -4,6 +4,7 @@ import itertools
 import time
 
 import pytest
+import requests
 
 from conftest import Otpd, Smsc, wait_for
 
@@ -141,6 +142,13 @@ def test_a_dropped_link_reconnects(otpd, smsc, account):
     assert otpd.metric("otpd_smpp_bound") == 1, "bound again"
 
 
+def console_overview(otpd):
+    password = (otpd.data_dir / "console.password").read_text().strip()
+    answer = requests.get(f"{otpd.url}/console", auth=("operator", password), timeout=10)
+    assert answer.status_code == 200
+    return answer.text
+
+
 @pytest.fixture
 def refusing(tmp_path):
     """A fresh otpd pointed at a fresh SMSC that refuses its binds until told otherwise."""
@@ -170,10 +178,12 @@ def test_refused_binds_then_recovery(refusing):
     assert otpd.metric("otpd_smpp_bound") == 0
     assert otpd.metric("otpd_smpp_bind_failures_total") >= len(smsc.events("bind_refused")) - 1
     assert otpd.metric("otpd_smpp_bind_failures_total") >= 2
+    assert "<b class=\"warn\">down</b>this node's link to the SMSC" in console_overview(otpd)
     smsc.steer(refuse_binds=False)
     for to in valid:
         wait_for(lambda to=to: submits_to(smsc, to), timeout=60)
     assert otpd.metric("otpd_smpp_bound") == 1
+    assert "<b>up</b>this node's link to the SMSC" in console_overview(otpd)
     time.sleep(1)
     for to in valid:
         assert len(submits_to(smsc, to)) == 1, "delivered exactly once"

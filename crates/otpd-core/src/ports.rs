@@ -235,10 +235,28 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// `message` was just committed, claimed for this dispatcher: deliver it now. Returns the
     /// first attempt's report if it comes within `wait`.
     async fn deliver(&self, message: OutboxMessage, wait: Duration) -> Option<DeliveryReport>;
+    /// The state of the link its transport keeps to the carrier, for the operator.
+    fn carrier_link(&self) -> CarrierLink;
 }
 
 /// Something that hands SMS to the network (or, in development, to a console or a file).
 #[async_trait]
 pub trait SmsTransport: Send + Sync + 'static {
     async fn send(&self, sms: &OutgoingSms) -> DeliveryReport;
+    /// The link it keeps to the carrier, if it keeps one (an SMPP bind does; an HTTP provider,
+    /// a file or the console are reached afresh for each message).
+    fn carrier_link(&self) -> CarrierLink {
+        CarrierLink::PerMessage
+    }
+}
+
+/// Whether the carrier can be reached now, as far as the transport knows without sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CarrierLink {
+    /// The transport keeps no link: each message finds out for itself.
+    PerMessage,
+    /// A kept link (an SMPP bind) is up.
+    Up,
+    /// A kept link is down: messages wait in the outbox until it is up again.
+    Down,
 }

@@ -14,7 +14,8 @@ use crate::metrics::VerificationMetrics;
 use crate::outbox::{MessageId, MessageText, NewOutboxMessage, OutboxMessage};
 use crate::policy::{MaxAttempts, Ttl};
 use crate::ports::{
-    CreateError, DeliveryReport, DeliveryStatus, Dispatcher, MessageComposer, Store, StoreError,
+    CarrierLink, CreateError, DeliveryReport, DeliveryStatus, Dispatcher, MessageComposer, Store,
+    StoreError,
 };
 use crate::sms::{ComposeError, MessageBody, Sender};
 use crate::verification::{
@@ -139,6 +140,11 @@ impl VerificationService {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Whether the carrier can be reached now, as the transport knows it.
+    pub fn carrier_link(&self) -> CarrierLink {
+        self.dispatcher.carrier_link()
     }
 
     /// Generates a code and, in one transaction, stores its digest (with the guards applied)

@@ -17,7 +17,7 @@ use otpd_core::crypto::fill_random;
 use otpd_core::metrics::AttemptMetrics;
 use otpd_core::outbox::{AttemptOutcome, MessageId, MessageText, OutboxMessage, RetryPolicy};
 use otpd_core::ports::{
-    DeliveryReport, DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store,
+    CarrierLink, DeliveryReport, DeliveryStatus, Dispatcher, OutgoingSms, SmsTransport, Store,
 };
 use otpd_core::sms::{ComposedSms, Sender};
 use tokio::sync::{Notify, Semaphore, oneshot};
@@ -227,6 +227,10 @@ impl OutboxDispatcher {
 impl Dispatcher for OutboxDispatcher {
     fn claim(&self) -> Duration {
         self.inner.settings.lease
+    }
+
+    fn carrier_link(&self) -> CarrierLink {
+        self.inner.transport.carrier_link()
     }
 
     /// A transport that answers at once (a file, the console) is tried within the send's own

@@ -198,6 +198,7 @@ async fn overview(_: Operator, State(state): State<AppState>) -> Response {
             backlog: store.outbox_backlog().await?,
             failed: store.failed_messages(FAILED_SHOWN).await?,
             sms_in_last_hour: store.sms_in_last_hour().await?,
+            carrier_link: state.service.carrier_link(),
         })
     };
     match read.await {

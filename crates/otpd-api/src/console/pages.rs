@@ -8,6 +8,7 @@ use otpd_core::account::{Account, AccountLimits, Application};
 use otpd_core::countries::DestinationCountries;
 use otpd_core::iso8601::iso8601;
 use otpd_core::outbox::{MessageRecord, OutboxBacklog};
+use otpd_core::ports::CarrierLink;
 use otpd_core::verification::Verification;
 use otpd_core::{AccessKeyId, Timestamp};
 
@@ -112,6 +113,8 @@ pub struct Overview {
     pub failed: Vec<MessageRecord>,
     /// The SMS parts each account sent in its last hour, by access key id; none if absent.
     pub sms_in_last_hour: HashMap<AccessKeyId, u64>,
+    /// This node's link to the carrier, when its transport keeps one.
+    pub carrier_link: CarrierLink,
 }
 
 pub fn overview(overview: &Overview) -> Markup {
@@ -121,6 +124,7 @@ pub fn overview(overview: &Overview) -> Markup {
         backlog,
         failed,
         sms_in_last_hour,
+        carrier_link,
     } = overview;
     let mut applications_of: HashMap<&str, usize> = HashMap::new();
     for application in applications {
@@ -139,6 +143,14 @@ pub fn overview(overview: &Overview) -> Markup {
                     "the oldest has waited"
                 }
                 div class="figure" { b { (accounts.len()) } "accounts" }
+                @match carrier_link {
+                    CarrierLink::PerMessage => {}
+                    CarrierLink::Up => div class="figure" { b { "up" } "this node's link to the SMSC" },
+                    CarrierLink::Down => div class="figure" {
+                        b class="warn" { "down" }
+                        "this node's link to the SMSC: messages wait until it is up again"
+                    },
+                }
             }
             (lookup_forms())
             h2 { "Accounts" }

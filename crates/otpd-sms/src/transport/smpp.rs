@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use otpd_core::outbox::{CarrierMessageId, Receipt};
-use otpd_core::ports::{DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport, Store};
+use otpd_core::ports::{
+    CarrierLink, DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport, Store,
+};
 use otpd_core::sms::{Encoding, Sender};
 use otpd_core::text::is_short_printable;
 use otpd_core::{Clock, SystemClock, Timestamp};
@@ -184,6 +186,14 @@ impl SmppTransport {
 
 #[async_trait]
 impl SmsTransport for SmppTransport {
+    fn carrier_link(&self) -> CarrierLink {
+        if *self.link.bound.borrow() {
+            CarrierLink::Up
+        } else {
+            CarrierLink::Down
+        }
+    }
+
     async fn send(&self, sms: &OutgoingSms) -> DeliveryReport {
         let Ok(_permit) = self.window.acquire().await else {
             return temporary("the SMPP window is closed");
