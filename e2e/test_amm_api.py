@@ -188,10 +188,12 @@ def test_antispam_after_ten_sms_to_one_recipient(otpd, amm):
 def test_antispam_for_wrong_checks_from_one_ip_address(otpd):
     account = otpd.create_account("ip-limited")
     amm = otpd.amm(account)
-    verify_ids = [sent(otpd, amm, max_retry="20")[0] for _ in range(2)]
+    codes = [sent(otpd, amm, max_retry="20") for _ in range(2)]
     for i in range(20):
-        assert check(otpd, amm, verify_ids[i % 2], "0000", ip_address="198.51.100.9")["verify_status"] == "FAILED"
-    response = amm.get(url(otpd, "check"), params={"verify_id": verify_ids[0], "verify_code": "0", "ip_address": "198.51.100.9"})
+        verify_id, code = codes[i % 2]
+        # Wrong for certain: a fixed guess such as "0000" is some code's right one, one time in 10,000.
+        assert check(otpd, amm, verify_id, wrong(code), ip_address="198.51.100.9")["verify_status"] == "FAILED"
+    response = amm.get(url(otpd, "check"), params={"verify_id": codes[0][0], "verify_code": "0", "ip_address": "198.51.100.9"})
     assert error(response) == (400, "ANTISPAM")
     assert 3000 < int(response.headers["Retry-After"]) <= 3600, "when the first wrong check leaves the hour"
 

@@ -182,10 +182,13 @@ def test_the_per_address_limit_holds_across_nodes(nodes):
     a, b = nodes
     account = a.create_account("per-ip")
     sessions = [node.amm(account) for node in nodes]
-    verify_ids = [amm_send(a, sessions[0], new_number(), max_retry="20").json()["verify_id"] for _ in range(4)]
+    numbers = [new_number() for _ in range(4)]
+    verify_ids = [amm_send(a, sessions[0], to, max_retry="20").json()["verify_id"] for to in numbers]
+    # Wrong for certain: a fixed guess such as "0000" is some code's right one, one time in 10,000.
+    guesses = [wrong(code_sent_to([a], "+" + to)) for to in numbers]
 
     def check(i):
-        response = amm_check(nodes[i % 2], sessions[i % 2], verify_ids[i % 4], "0000", ip_address="203.0.113.5")
+        response = amm_check(nodes[i % 2], sessions[i % 2], verify_ids[i % 4], guesses[i % 4], ip_address="203.0.113.5")
         return response.status_code, response.json().get("verify_status") or response.json().get("errorMsg")
 
     with ThreadPoolExecutor(16) as pool:
