@@ -23,6 +23,12 @@ pub const SMS_PARTS: &str = "otpd_sms_parts_total";
 pub const SMS_ATTEMPTS: &str = "otpd_sms_attempts_total";
 /// Attempts whose outcome the database never took: their messages go out again.
 pub const SMS_OUTCOMES_UNRECORDED: &str = "otpd_sms_outcomes_unrecorded_total";
+/// Delivery receipts stored, by `state` (SMPP's, or `other`).
+pub const SMS_RECEIPTS: &str = "otpd_sms_receipts_total";
+/// 1 while the SMPP transceiver is bound, 0 otherwise (with `--sms smpp://...` only).
+pub const SMPP_BOUND: &str = "otpd_smpp_bound";
+/// Binds to the SMSC that failed: unreachable, or refusing the system id and password.
+pub const SMPP_BIND_FAILURES: &str = "otpd_smpp_bind_failures_total";
 /// Messages waiting for delivery, read from the database at each scrape.
 pub const OUTBOX_PENDING: &str = "otpd_outbox_pending_messages";
 /// How long the oldest of them has waited.
@@ -45,6 +51,12 @@ const SEND_RESULTS: [&str; 10] = [
 ];
 /// The `outcome` label of a check the store could not run (the others are `CheckOutcome`'s).
 const CHECK_STORE_ERROR: &str = "store_error";
+/// The final and interim message states of SMPP v3.4 (appendix B), the `stat:` of a receipt.
+/// Any other text is counted as `OTHER_RECEIPT_STATE`, so that an SMSC cannot make series up.
+const RECEIPT_STATES: [&str; 8] = [
+    "DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD", "ENROUTE",
+];
+const OTHER_RECEIPT_STATE: &str = "other";
 
 /// The sends counter's help text: it names every `result` label `record_send` gives.
 const SENDS_HELP: &str = "Code sends by result: accepted, sandbox (no SMS), antispam, no_credit, \
@@ -78,6 +90,22 @@ pub fn describe() {
         Unit::Count,
         "Delivery attempts whose outcome could not be stored within three quarters of the claim's \
          lease (the database away): each of their messages is sent again when its lease runs out"
+    );
+    describe_counter!(
+        SMS_RECEIPTS,
+        Unit::Count,
+        "SMPP delivery receipts stored, by state (DELIVRD, UNDELIV, EXPIRED, REJECTD, ...; \
+         `other` for a state outside SMPP's)"
+    );
+    describe_gauge!(
+        SMPP_BOUND,
+        "1 while the SMPP transceiver is bound to the SMSC, else 0"
+    );
+    describe_counter!(
+        SMPP_BIND_FAILURES,
+        Unit::Count,
+        "Binds to the SMSC that failed (unreachable, or the credentials refused); otpd binds \
+         again with backoff"
     );
     describe_gauge!(
         OUTBOX_PENDING,
@@ -258,6 +286,45 @@ impl AttemptMetrics {
     }
 }
 
+/// What an SMPP link shows an operator: whether it is bound, how often binding fails, and the
+/// receipts it brings back. Each is rare (a bind, a receipt), so the series are looked up each
+/// time rather than kept.
+pub mod smpp {
+    use metrics::{counter, gauge};
+
+    use super::{
+        OTHER_RECEIPT_STATE, RECEIPT_STATES, SMPP_BIND_FAILURES, SMPP_BOUND, SMS_RECEIPTS,
+    };
+
+    /// Publishes the link's series at 0 (not bound, nothing failed, no receipt), as
+    /// `publish_at_zero` does the service's; called when an SMPP transport starts, so that a
+    /// server without one shows none.
+    pub fn publish_at_zero() {
+        gauge!(SMPP_BOUND).set(0.0);
+        counter!(SMPP_BIND_FAILURES).increment(0);
+        for state in RECEIPT_STATES.into_iter().chain([OTHER_RECEIPT_STATE]) {
+            counter!(SMS_RECEIPTS, "state" => state).increment(0);
+        }
+    }
+
+    pub fn record_bound(bound: bool) {
+        gauge!(SMPP_BOUND).set(if bound { 1.0 } else { 0.0 });
+    }
+
+    pub fn record_bind_failure() {
+        counter!(SMPP_BIND_FAILURES).increment(1);
+    }
+
+    /// Counts a stored receipt by its state.
+    pub fn record_receipt(state: &str) {
+        let state = RECEIPT_STATES
+            .into_iter()
+            .find(|known| *known == state)
+            .unwrap_or(OTHER_RECEIPT_STATE);
+        counter!(SMS_RECEIPTS, "state" => state).increment(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -422,5 +489,40 @@ mod tests {
         assert!(text.contains(&format!(
             "{SMS_ATTEMPTS}{{result=\"failed\",status=\"PERMANENT_FAILURE\"}} 2"
         )));
+    }
+    #[test]
+    fn an_smpp_link_starts_unbound_with_every_receipt_state_at_zero() {
+        let text = rendered(smpp::publish_at_zero);
+        assert!(text.contains(&format!("{SMPP_BOUND} 0")), "{text}");
+        assert!(text.contains(&format!("{SMPP_BIND_FAILURES} 0")), "{text}");
+        for state in ["DELIVRD", "UNDELIV", "REJECTD", "other"] {
+            let line = format!("{SMS_RECEIPTS}{{state=\"{state}\"}} 0");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn receipts_are_counted_by_state_and_an_unknown_state_is_other() {
+        let text = rendered(|| {
+            smpp::record_bound(true);
+            smpp::record_bind_failure();
+            smpp::record_receipt("DELIVRD");
+            smpp::record_receipt("DELIVRD");
+            smpp::record_receipt("delivered, honest");
+            smpp::record_receipt("UNDELIV");
+        });
+        for line in [
+            format!("{SMPP_BOUND} 1"),
+            format!("{SMPP_BIND_FAILURES} 1"),
+            format!("{SMS_RECEIPTS}{{state=\"DELIVRD\"}} 2"),
+            format!("{SMS_RECEIPTS}{{state=\"UNDELIV\"}} 1"),
+            format!("{SMS_RECEIPTS}{{state=\"other\"}} 1"),
+        ] {
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains("honest"),
+            "no state outside SMPP's becomes a label"
+        );
     }
 }

@@ -4,7 +4,6 @@ mod console;
 mod file;
 mod http;
 mod smpp;
-mod smpp_metrics;
 
 use std::path::PathBuf;
 use std::sync::Arc;

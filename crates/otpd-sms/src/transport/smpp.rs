@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use otpd_core::metrics::smpp as smpp_metrics;
 use otpd_core::outbox::{CarrierMessageId, Receipt};
 use otpd_core::ports::{
     CarrierLink, DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport, Store,
@@ -28,7 +29,7 @@ use rusmpp::{CommandStatus, Pdu};
 use rusmppc::{Client, ConnectionBuilder, Event};
 use tokio::sync::{Mutex, RwLock, Semaphore, watch};
 
-use super::{kept, smpp_metrics};
+use super::kept;
 use crate::{gsm, segments};
 
 /// `smpp://SYSTEM_ID:PASSWORD@HOST:PORT?system_type=..&window=..&tps=..&source_ton=..&source_npi=..`
@@ -141,7 +142,7 @@ impl SmppTransport {
     /// Starts the supervisor that binds, keeps the link alive and rebinds; receipts go to
     /// `store`.
     pub fn start(spec: SmppSpec, store: Arc<dyn Store>) -> Self {
-        smpp_metrics::publish();
+        smpp_metrics::publish_at_zero();
         let (bound, _) = watch::channel(false);
         let link = Arc::new(Link {
             client: RwLock::new(None),
