@@ -114,6 +114,23 @@ pub struct SqliteStore {
 /// is far longer than any lock here is held: a RESTART checkpoint (now only `wal`'s fallback)
 /// holds the write lock while it waits for readers to leave the log, and with the coarse sleeps
 /// it held it (and the writer, so every request, waited) for 0.1 to 3 seconds under load.
+/// Opens a connection through otpd's layers over SQLite: its page cache (installed first, as
+/// it must be before SQLite starts) and its VFS, which writes a commit's log frames in one call.
+/// Without either, SQLite's own is used: correct, only slower.
+fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let installed = otpd_sqlite_cache::install();
+    if installed == otpd_sqlite_cache::Installed::TooLate {
+        tracing::debug!("SQLite had started before otpd's page cache could be installed");
+    }
+    match otpd_sqlite_vfs::registered() {
+        Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
+        None => {
+            tracing::debug!("SQLite's default VFS could not be wrapped; using it as it is");
+            Connection::open_with_flags(path, flags)
+        }
+    }
+}
+
 fn wait_briefly(retries: i32) -> bool {
     std::thread::sleep(std::time::Duration::from_micros(50));
     retries < 100_000
@@ -236,11 +253,7 @@ impl SqliteStore {
 }
 
 fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
-    let installed = otpd_sqlite_cache::install();
-    if installed == otpd_sqlite_cache::Installed::TooLate {
-        tracing::debug!("SQLite had started before otpd's page cache could be installed");
-    }
-    let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+    let connection = open_connection(path, flags).map_err(unavailable)?;
     // Room for every statement the store uses, so none is ever prepared twice.
     connection.set_prepared_statement_cache_capacity(64);
     // FULL: a commit is on disk before anyone is told it happened. That holds for the
@@ -533,12 +546,11 @@ impl Store for SqliteStore {
 }
 
 /// A connection of a test's own, opened as the store opens its: after the page cache is
-/// installed. Installing must not overlap another thread's use of SQLite, so no test may open
-/// a connection before it.
+/// installed, through otpd's VFS. Installing must not overlap another thread's use of SQLite,
+/// so no test may open a connection before it.
 #[cfg(test)]
 fn open_for_test(path: &Path) -> Connection {
-    otpd_sqlite_cache::install();
-    Connection::open(path).expect("open")
+    open_connection(path, OpenFlags::default()).expect("open")
 }
 
 #[cfg(test)]
