@@ -77,15 +77,15 @@ static ASKED: AtomicU64 = AtomicU64::new(0);
 static MADE: AtomicU64 = AtomicU64::new(0);
 
 /// The default VFS, which every call is passed on to.
-struct Default(*mut ffi::sqlite3_vfs);
+struct DefaultVfs(*mut ffi::sqlite3_vfs);
 
 // SAFETY: a registered VFS is never freed nor changed by SQLite, and SQLite calls its methods
 // from any thread (they are thread-safe in the serialized and multi-thread modes alike).
-unsafe impl Send for Default {}
+unsafe impl Send for DefaultVfs {}
 // SAFETY: as for `Send`: the pointer is written once and only read after.
-unsafe impl Sync for Default {}
+unsafe impl Sync for DefaultVfs {}
 
-static DEFAULT: OnceLock<Default> = OnceLock::new();
+static DEFAULT: OnceLock<DefaultVfs> = OnceLock::new();
 
 fn register_once() -> Option<&'static str> {
     // SAFETY: a null name asks for the default VFS; the pointer returned (or null) stays valid,
@@ -97,7 +97,7 @@ fn register_once() -> Option<&'static str> {
     // SAFETY: not null, so a VFS SQLite keeps alive (above).
     let default_vfs = unsafe { *default };
     let file_bytes = c_int::try_from(size_of::<File>()).ok()?;
-    if DEFAULT.set(Default(default)).is_err() {
+    if DEFAULT.set(DefaultVfs(default)).is_err() {
         return None;
     }
     // Every method but `xOpen` is the default's own: they read nothing of the VFS they are given
@@ -183,7 +183,7 @@ unsafe extern "C" fn open(
     let inner = unsafe { file.cast::<u8>().add(size_of::<File>()) }.cast::<ffi::sqlite3_file>();
     // SAFETY: writable and ours: SQLite must find null methods if the open fails.
     unsafe { (*file).pMethods = ptr::null() };
-    let Some(Default(default)) = DEFAULT.get() else {
+    let Some(DefaultVfs(default)) = DEFAULT.get() else {
         return ffi::SQLITE_CANTOPEN;
     };
     // SAFETY: a VFS SQLite keeps alive (see `register_once`).
