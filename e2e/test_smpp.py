@@ -91,10 +91,33 @@ def test_receipts_update_the_delivery_status(otpd, smsc, account):
     assert answers == [0], "a stored receipt is acknowledged once, with ESME_ROK"
     # Every receipt this module's SMSC delivered (each DELIVRD, each for a known message) and
     # otpd acknowledged was counted once.
-    acknowledged = lambda: len([e for e in smsc.events("deliver_sm_resp") if e["command_status"] == 0])
-    wait_for(lambda: otpd.metric("otpd_sms_receipts_total", state="DELIVRD") == acknowledged())
+    wait_for(lambda: otpd.metric("otpd_sms_receipts_total", state="DELIVRD") == receipts_acknowledged(smsc))
     assert otpd.metric("otpd_sms_receipts_total", state="UNDELIV") == 0
     assert otpd.metric("otpd_smpp_bound") == 1
+
+
+def receipts_acknowledged(smsc):
+    """The messages whose receipt otpd acknowledged with ESME_ROK, however often it came."""
+    return len({e["id"] for e in smsc.events("deliver_sm_resp") if e["command_status"] == 0})
+
+
+def test_a_receipt_delivered_again_is_acknowledged_each_time_and_counted_once(otpd, smsc, account):
+    # As an SMSC does when it misses our acknowledgement: the same receipt twice more.
+    smsc.steer(repeat_receipts=2)
+    try:
+        amm = otpd.amm(account)
+        verify_id = send(otpd, amm, new_number(), "Code ${verify_code}")
+        found = wait_for(lambda: (f := search(otpd, amm, verify_id)).get("delivery_status") == "DELIVRD" and f)
+        first = otpd.message_record(found["id_sms"])
+        carrier_id = first["carrier_message_id"]
+        answers = lambda: [e["command_status"] for e in smsc.events("deliver_sm_resp") if e["id"] == carrier_id]
+        wait_for(lambda: len(answers()) == 3)
+        assert answers() == [0, 0, 0], "each delivery of the receipt is acknowledged"
+        wait_for(lambda: otpd.metric("otpd_sms_receipts_total", state="DELIVRD") == receipts_acknowledged(smsc))
+        again = otpd.message_record(found["id_sms"])
+        assert (again["receipt_state"], again["receipt_at"]) == (first["receipt_state"], first["receipt_at"])
+    finally:
+        smsc.steer(repeat_receipts=0)
 
 
 def test_pinpoint_reports_the_smsc_answer(otpd, smsc, account, app_id):

@@ -5,6 +5,8 @@
 //   {"throttle_next": 3}          the next 3 submit_sm answered with ESME_RTHROTTLED
 //   {"drop_link": true}           the next submit_sm closes the TCP connection unanswered
 //   {"receipt_delay_ms": 3000}    receipts go out this long after submit_sm (50 ms otherwise)
+//   {"repeat_receipts": 2}        each receipt is delivered this many more times once
+//                                 acknowledged, as an SMSC does when an acknowledgement is lost
 // A receipt whose deliver_sm_resp is not ESME_ROK is delivered again 500 ms later, as SMSCs
 // retry, up to 60 times; every deliver_sm_resp's status is recorded.
 // Usage: node smsc.js SYSTEM_ID PASSWORD RECORD_FILE CONTROL_FILE  (prints "listening PORT")
@@ -96,11 +98,15 @@ const server = smpp.createServer({ debug: false }, (session) => {
         esm_class: 0x04,
         short_message: `id:${id} sub:001 dlvrd:001 submit date:${now} done date:${now} stat:DELIVRD err:000 text:`,
       };
+      let repeats = steer.repeat_receipts || 0;
       const deliver = (tries) => {
         session.deliver_sm(receipt, (resp) => {
           record({ event: 'deliver_sm_resp', id, command_status: resp.command_status });
           if (resp.command_status !== smpp.ESME_ROK && tries < 60) {
             setTimeout(() => deliver(tries + 1), 500);
+          } else if (resp.command_status === smpp.ESME_ROK && repeats > 0) {
+            repeats -= 1;
+            setTimeout(() => deliver(1), 50);
           }
         });
       };

@@ -260,6 +260,18 @@ pub struct Receipt {
     pub at: Timestamp,
 }
 
+/// What storing a receipt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptStored {
+    /// The message's receipt state is now the receipt's.
+    New,
+    /// The message already had a receipt in that state, which is kept as it was: the carrier
+    /// delivered the same receipt again, as an SMSC does when it missed the acknowledgement.
+    Repeated,
+    /// No message has the receipt's carrier id.
+    UnknownMessage,
+}
+
 /// What waits in the outbox, for monitoring: messages neither handed to a carrier nor given up
 /// on (due, waiting to retry, or being sent now).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -13,7 +13,7 @@ use crate::code::OtpCode;
 use crate::ids::{AccessKeyId, AccountId, ApplicationId, VerifyId};
 use crate::outbox::{
     AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, OutboxBacklog, OutboxMessage,
-    Receipt, StatusMessage,
+    Receipt, ReceiptStored, StatusMessage,
 };
 use crate::phone::E164;
 use crate::sms::{ComposeError, ComposedSms, MessageBody, Sender};
@@ -143,8 +143,8 @@ pub trait Store: Send + Sync + 'static {
         self.finish_attempts(Arc::from([(id.clone(), outcome)]))
             .await
     }
-    /// Stores a carrier's delivery receipt; `false` if no message has that carrier id.
-    async fn record_receipt(&self, receipt: Receipt) -> Result<bool, StoreError>;
+    /// Stores a carrier's delivery receipt, unless its message already has one in that state.
+    async fn record_receipt(&self, receipt: Receipt) -> Result<ReceiptStored, StoreError>;
     /// Releases every claim. Only for a store that one process owns (SQLite), at start: a
     /// process that died mid-send leaves its claims behind.
     async fn release_claims(&self) -> Result<u64, StoreError>;

@@ -16,7 +16,7 @@ use otpd_core::clock::ManualClock;
 use otpd_core::countries::DestinationCountries;
 use otpd_core::outbox::{
     AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, MessageState, MessageText,
-    NewOutboxMessage, OutboxBacklog, OutboxMessage, Receipt, StatusMessage,
+    NewOutboxMessage, OutboxBacklog, OutboxMessage, Receipt, ReceiptStored, StatusMessage,
 };
 use otpd_core::ports::{CreateError, DeliveryReport, DeliveryStatus, Store, StoreError};
 use otpd_core::sms::Encoding;
@@ -1580,20 +1580,34 @@ async fn receipts_update_the_delivery_status(backend: Backend) {
         state: "DELIVRD".into(),
         at,
     };
-    assert!(
+    assert_eq!(
         h.store
             .record_receipt(receipt.clone())
             .await
-            .expect("receipt")
+            .expect("receipt"),
+        ReceiptStored::New
     );
-    assert!(
-        !h.store
+    assert_eq!(
+        h.store
             .record_receipt(Receipt {
                 carrier_message_id: carrier_id("other"),
-                ..receipt
+                ..receipt.clone()
             })
             .await
-            .expect("receipt")
+            .expect("receipt"),
+        ReceiptStored::UnknownMessage
+    );
+    // The SMSC delivers the same receipt again (it missed the acknowledgement), later: it is
+    // known, and the first one's time stays.
+    assert_eq!(
+        h.store
+            .record_receipt(Receipt {
+                at: at.plus(Duration::from_secs(30)),
+                ..receipt.clone()
+            })
+            .await
+            .expect("receipt"),
+        ReceiptStored::Repeated
     );
     let found = h.stored(&id).await;
     assert_eq!(found.delivery_status.as_deref(), Some("DELIVRD"));
@@ -1601,6 +1615,52 @@ async fn receipts_update_the_delivery_status(backend: Backend) {
     let record = h.stored_message(&claimed[0].id).await;
     assert_eq!(record.receipt_state.as_deref(), Some("DELIVRD"));
     assert_eq!(record.receipt_at, Some(at));
+}
+
+async fn a_receipt_in_another_state_replaces_the_one_before(backend: Backend) {
+    let h = harness(backend).await;
+    let (id, _) = h
+        .send(h.key_for("+393481234567"), 3, UNLIMITED)
+        .await
+        .expect("send");
+    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
+    h.store
+        .finish_attempt(&claimed[0].id, accepted("smsc-43"))
+        .await
+        .expect("finish");
+    let at = h.clock.now().plus(Duration::from_secs(3));
+    let enroute = Receipt {
+        carrier_message_id: carrier_id("smsc-43"),
+        state: "ENROUTE".into(),
+        at,
+    };
+    let delivered = Receipt {
+        state: "DELIVRD".into(),
+        at: at.plus(Duration::from_secs(5)),
+        ..enroute.clone()
+    };
+    for (receipt, stored) in [
+        (&enroute, ReceiptStored::New),
+        (&delivered, ReceiptStored::New),
+        (&delivered, ReceiptStored::Repeated),
+    ] {
+        assert_eq!(
+            h.store
+                .record_receipt(receipt.clone())
+                .await
+                .expect("receipt"),
+            stored,
+            "{}",
+            receipt.state
+        );
+    }
+    assert_eq!(
+        h.stored(&id).await.delivery_status.as_deref(),
+        Some("DELIVRD")
+    );
+    let record = h.stored_message(&claimed[0].id).await;
+    assert_eq!(record.receipt_state.as_deref(), Some("DELIVRD"));
+    assert_eq!(record.receipt_at, Some(delivered.at));
 }
 
 async fn a_message_committed_for_immediate_delivery_is_claimed_from_the_start(backend: Backend) {
@@ -2370,6 +2430,7 @@ on_every_backend!(
     outcomes_are_stored_in_batches,
     a_final_message_keeps_no_sealed_text,
     receipts_update_the_delivery_status,
+    a_receipt_in_another_state_replaces_the_one_before,
     a_message_committed_for_immediate_delivery_is_claimed_from_the_start,
     the_backlog_counts_what_waits_for_delivery,
     failed_messages_are_listed_newest_first,

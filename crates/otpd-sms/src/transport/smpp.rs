@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use otpd_core::metrics::smpp as smpp_metrics;
-use otpd_core::outbox::{CarrierMessageId, Receipt};
+use otpd_core::outbox::{CarrierMessageId, Receipt, ReceiptStored};
 use otpd_core::ports::{
     CarrierLink, DeliveryReport, DeliveryStatus, OutgoingSms, SmsTransport, Store,
 };
@@ -423,8 +423,15 @@ async fn serve_events(
                     if let Some(receipt) = receipt {
                         let state = receipt.state.clone();
                         match store.record_receipt(receipt).await {
-                            Ok(true) => smpp_metrics::record_receipt(&state),
-                            Ok(false) => tracing::warn!("a receipt for an unknown message"),
+                            Ok(ReceiptStored::New) => smpp_metrics::record_receipt(&state),
+                            // The SMSC missed our acknowledgement and delivered it again: stored
+                            // and counted once already, acknowledged again below.
+                            Ok(ReceiptStored::Repeated) => {
+                                tracing::debug!("a receipt delivered again");
+                            }
+                            Ok(ReceiptStored::UnknownMessage) => {
+                                tracing::warn!("a receipt for an unknown message");
+                            }
                             Err(error) => {
                                 // A temporary error asks the SMSC to deliver the receipt again
                                 // later, rather than have it lost with the database away.

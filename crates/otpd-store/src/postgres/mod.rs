@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use otpd_core::account::{Account, AccountLimits, Application, NewAccount};
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt,
+    AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt, ReceiptStored,
 };
 use otpd_core::ports::{CreateError, Store, StoreError};
 use otpd_core::verification::{
@@ -417,7 +417,7 @@ impl Store for PgStore {
             .await?)
     }
 
-    async fn record_receipt(&self, receipt: Receipt) -> Result<bool, StoreError> {
+    async fn record_receipt(&self, receipt: Receipt) -> Result<ReceiptStored, StoreError> {
         Ok(self
             .with_client(move |client, now| async move {
                 queries::record_receipt(&client, now, &receipt).await

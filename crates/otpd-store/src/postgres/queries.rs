@@ -10,7 +10,7 @@ use deadpool_postgres::{ClientWrapper, Object};
 use otpd_core::account::{Account, AccountLimits, Application, NewAccount, PreviousSecret};
 use otpd_core::outbox::{
     AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, MessageState, MessageText,
-    NewOutboxMessage, OutboxBacklog, OutboxMessage, Receipt,
+    NewOutboxMessage, OutboxBacklog, OutboxMessage, Receipt, ReceiptStored,
 };
 use otpd_core::sms::Encoding;
 use otpd_core::sms_window::SmsWindow;
@@ -1076,19 +1076,25 @@ async fn store_outcome(
         .await
 }
 
+/// Stores a receipt's state and time, unless the message already has a receipt in that state,
+/// and says which (one statement: the `EXISTS` sees the rows as they were before the update).
 pub(super) async fn record_receipt(
     client: &ClientWrapper,
     now: Option<i64>,
     receipt: &Receipt,
-) -> Result<bool, Failure> {
+) -> Result<ReceiptStored, Failure> {
     let statement = client
         .prepare_cached(&format!(
-            "UPDATE outbox SET receipt_state = $3, receipt_at = $4, updated_at = {NOW}
-             WHERE carrier_message_id = $2"
+            "WITH updated AS (
+                 UPDATE outbox SET receipt_state = $3, receipt_at = $4, updated_at = {NOW}
+                 WHERE carrier_message_id = $2 AND receipt_state IS DISTINCT FROM $3
+                 RETURNING 1)
+             SELECT (SELECT count(*) FROM updated),
+                    EXISTS (SELECT 1 FROM outbox WHERE carrier_message_id = $2)"
         ))
         .await?;
-    let updated = client
-        .execute(
+    let row = client
+        .query_one(
             &statement,
             &[
                 &now,
@@ -1098,7 +1104,14 @@ pub(super) async fn record_receipt(
             ],
         )
         .await?;
-    Ok(updated > 0)
+    let (updated, known): (i64, bool) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(if updated > 0 {
+        ReceiptStored::New
+    } else if known {
+        ReceiptStored::Repeated
+    } else {
+        ReceiptStored::UnknownMessage
+    })
 }
 
 pub(super) async fn release_messages(

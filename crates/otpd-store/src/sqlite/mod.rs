@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use otpd_core::account::{Account, AccountLimits, Application, NewAccount};
 use otpd_core::outbox::{
-    AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt,
+    AttemptOutcome, MessageId, MessageRecord, OutboxBacklog, OutboxMessage, Receipt, ReceiptStored,
 };
 use otpd_core::ports::{CreateError, Store, StoreError};
 use otpd_core::verification::{
@@ -114,23 +114,6 @@ pub struct SqliteStore {
 /// is far longer than any lock here is held: a RESTART checkpoint (now only `wal`'s fallback)
 /// holds the write lock while it waits for readers to leave the log, and with the coarse sleeps
 /// it held it (and the writer, so every request, waited) for 0.1 to 3 seconds under load.
-/// Opens a connection through otpd's layers over SQLite: its page cache (installed first, as
-/// it must be before SQLite starts) and its VFS, which writes a commit's log frames in one call.
-/// Without either, SQLite's own is used: correct, only slower.
-fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
-    let installed = otpd_sqlite_cache::install();
-    if installed == otpd_sqlite_cache::Installed::TooLate {
-        tracing::debug!("SQLite had started before otpd's page cache could be installed");
-    }
-    match otpd_sqlite_vfs::registered() {
-        Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
-        None => {
-            tracing::debug!("SQLite's default VFS could not be wrapped; using it as it is");
-            Connection::open_with_flags(path, flags)
-        }
-    }
-}
-
 fn wait_briefly(retries: i32) -> bool {
     std::thread::sleep(std::time::Duration::from_micros(50));
     retries < 100_000
@@ -249,6 +232,23 @@ impl SqliteStore {
         self.readers
             .read(move |connection| work(connection, clock.as_ref()))
             .await
+    }
+}
+
+/// Opens a connection through otpd's layers over SQLite: its page cache (installed first, as
+/// it must be before SQLite starts) and its VFS, which writes a commit's log frames in one call.
+/// Without either, SQLite's own is used: correct, only slower.
+fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let installed = otpd_sqlite_cache::install();
+    if installed == otpd_sqlite_cache::Installed::TooLate {
+        tracing::debug!("SQLite had started before otpd's page cache could be installed");
+    }
+    match otpd_sqlite_vfs::registered() {
+        Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
+        None => {
+            tracing::debug!("SQLite's default VFS could not be wrapped; using it as it is");
+            Connection::open_with_flags(path, flags)
+        }
     }
 }
 
@@ -467,7 +467,7 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn record_receipt(&self, receipt: Receipt) -> Result<bool, StoreError> {
+    async fn record_receipt(&self, receipt: Receipt) -> Result<ReceiptStored, StoreError> {
         Ok(self
             .write(move |connection, clock| {
                 queries::record_receipt(connection, &receipt, clock.now())

@@ -9,7 +9,7 @@ use otpd_core::account::{
 };
 use otpd_core::outbox::{
     AttemptOutcome, CarrierMessageId, MessageId, MessageRecord, MessageState, MessageText,
-    OutboxBacklog, OutboxMessage, Receipt,
+    OutboxBacklog, OutboxMessage, Receipt, ReceiptStored,
 };
 use otpd_core::sms::Encoding;
 use otpd_core::sms_window::SmsWindow;
@@ -948,22 +948,35 @@ pub(super) fn finish_attempts(
     Ok(())
 }
 
+/// A receipt's state and time, unless the message already has a receipt in that state.
 pub(super) const RECORD_RECEIPT: &str =
     "UPDATE verifications SET receipt_state = ?2, receipt_at = ?3, message_updated_at = ?4
-     WHERE carrier_message_id = ?1";
+     WHERE carrier_message_id = ?1 AND receipt_state IS NOT ?2";
 
 pub(super) fn record_receipt(
     connection: &Connection,
     receipt: &Receipt,
     now: Timestamp,
-) -> Result<bool, Failure> {
+) -> Result<ReceiptStored, Failure> {
     let updated = connection.prepare_cached(RECORD_RECEIPT)?.execute(params![
         receipt.carrier_message_id.as_str(),
         receipt.state,
         receipt.at.millis(),
         now.millis()
     ])?;
-    Ok(updated > 0)
+    if updated > 0 {
+        return Ok(ReceiptStored::New);
+    }
+    let known: bool = connection
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM verifications WHERE carrier_message_id = ?1)",
+        )?
+        .query_row([receipt.carrier_message_id.as_str()], |row| row.get(0))?;
+    Ok(if known {
+        ReceiptStored::Repeated
+    } else {
+        ReceiptStored::UnknownMessage
+    })
 }
 
 /// The messages waiting and the oldest's commit time; `/metrics` asks at every scrape.
