@@ -42,6 +42,23 @@ fn send(connection: &Connection, rows: usize) {
     connection.execute_batch("COMMIT").expect("commit");
 }
 
+/// Inserts `rows` rows in one statement, in whatever transaction is open.
+fn insert_many(connection: &Connection, rows: i64) {
+    connection
+        .execute(
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO sends (destination) SELECT randomblob(16) FROM n",
+            [rows],
+        )
+        .expect("insert");
+}
+
+/// The database as `connection` reads it holds `expected` rows and is whole.
+fn assert_holds(connection: &Connection, expected: i64) {
+    assert_eq!(rows(connection), expected);
+    assert_eq!(integrity(connection), "ok");
+}
+
 fn rows(connection: &Connection) -> i64 {
     connection
         .query_row("SELECT COUNT(*) FROM sends", [], |row| row.get(0))
@@ -75,8 +92,7 @@ fn every_commit_is_in_the_log_file_when_it_returns() {
         assert_eq!(rows(&reader), expected, "round {round}");
     }
     let crashed = copy_as_a_crash_would_leave_it(&path, &dir.path().join("crashed.db"));
-    assert_eq!(rows(&crashed), expected);
-    assert_eq!(integrity(&crashed), "ok");
+    assert_holds(&crashed, expected);
 }
 
 #[test]
@@ -92,13 +108,7 @@ fn a_transaction_that_spills_and_rewrites_its_frames_commits_whole() {
         .expect("small cache");
     writer.execute_batch("BEGIN IMMEDIATE").expect("begin");
     for _ in 0..3 {
-        writer
-            .execute(
-                "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
-                 INSERT INTO sends (destination) SELECT randomblob(16) FROM n",
-                [],
-            )
-            .expect("insert");
+        insert_many(&writer, 2000);
         writer
             .execute(
                 "UPDATE sends SET destination = randomblob(16) WHERE id % 7 = 0",
@@ -108,12 +118,9 @@ fn a_transaction_that_spills_and_rewrites_its_frames_commits_whole() {
     }
     writer.execute_batch("COMMIT").expect("commit");
     let expected = rows(&writer);
-    let reader = open_default(&path);
-    assert_eq!(rows(&reader), expected);
-    assert_eq!(integrity(&reader), "ok");
+    assert_holds(&open_default(&path), expected);
     let crashed = copy_as_a_crash_would_leave_it(&path, &dir.path().join("crashed.db"));
-    assert_eq!(rows(&crashed), expected);
-    assert_eq!(integrity(&crashed), "ok");
+    assert_holds(&crashed, expected);
 }
 
 #[test]
@@ -126,18 +133,10 @@ fn a_rolled_back_transaction_leaves_nothing_and_the_next_commits() {
         .execute_batch("PRAGMA cache_size = 10")
         .expect("small cache");
     writer.execute_batch("BEGIN IMMEDIATE").expect("begin");
-    writer
-        .execute(
-            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
-             INSERT INTO sends (destination) SELECT randomblob(16) FROM n",
-            [],
-        )
-        .expect("insert");
+    insert_many(&writer, 3000);
     writer.execute_batch("ROLLBACK").expect("rollback");
     send(&writer, 3);
-    let reader = open_default(&path);
-    assert_eq!(rows(&reader), 8);
-    assert_eq!(integrity(&reader), "ok");
+    assert_holds(&open_default(&path), 8);
 }
 
 #[test]
@@ -157,12 +156,9 @@ fn the_log_starts_over_and_the_database_closes_clean() {
             send(&writer, 50);
         }
         let crashed = copy_as_a_crash_would_leave_it(&path, &dir.path().join("crashed.db"));
-        assert_eq!(rows(&crashed), 500);
-        assert_eq!(integrity(&crashed), "ok");
+        assert_holds(&crashed, 500);
     }
     // Closed last, the writer copied its log into the database and removed it.
     assert!(!dir.path().join("otpd.db-wal").exists());
-    let reopened = open_default(&path);
-    assert_eq!(rows(&reopened), 500);
-    assert_eq!(integrity(&reopened), "ok");
+    assert_holds(&open_default(&path), 500);
 }

@@ -1563,15 +1563,7 @@ async fn a_stopping_node_gives_its_claims_back(backend: Backend) {
 
 async fn receipts_update_the_delivery_status(backend: Backend) {
     let h = harness(backend).await;
-    let (id, _) = h
-        .send(h.key_for("+393481234567"), 3, UNLIMITED)
-        .await
-        .expect("send");
-    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
-    h.store
-        .finish_attempt(&claimed[0].id, accepted("smsc-42"))
-        .await
-        .expect("finish");
+    let (id, message_id) = h.sent_and_accepted("smsc-42").await;
     let found = h.stored(&id).await;
     assert_eq!(found.delivery_status.as_deref(), Some("SUCCESSFUL"));
     let at = h.clock.now().plus(Duration::from_secs(3));
@@ -1612,22 +1604,14 @@ async fn receipts_update_the_delivery_status(backend: Backend) {
     let found = h.stored(&id).await;
     assert_eq!(found.delivery_status.as_deref(), Some("DELIVRD"));
     assert_eq!(found.delivery_updated_at, Some(at));
-    let record = h.stored_message(&claimed[0].id).await;
+    let record = h.stored_message(&message_id).await;
     assert_eq!(record.receipt_state.as_deref(), Some("DELIVRD"));
     assert_eq!(record.receipt_at, Some(at));
 }
 
 async fn a_receipt_in_another_state_replaces_the_one_before(backend: Backend) {
     let h = harness(backend).await;
-    let (id, _) = h
-        .send(h.key_for("+393481234567"), 3, UNLIMITED)
-        .await
-        .expect("send");
-    let claimed = h.store.claim_outbox(10, LEASE).await.expect("claim");
-    h.store
-        .finish_attempt(&claimed[0].id, accepted("smsc-43"))
-        .await
-        .expect("finish");
+    let (id, message_id) = h.sent_and_accepted("smsc-43").await;
     let at = h.clock.now().plus(Duration::from_secs(3));
     let enroute = Receipt {
         carrier_message_id: carrier_id("smsc-43"),
@@ -1658,7 +1642,7 @@ async fn a_receipt_in_another_state_replaces_the_one_before(backend: Backend) {
         h.stored(&id).await.delivery_status.as_deref(),
         Some("DELIVRD")
     );
-    let record = h.stored_message(&claimed[0].id).await;
+    let record = h.stored_message(&message_id).await;
     assert_eq!(record.receipt_state.as_deref(), Some("DELIVRD"));
     assert_eq!(record.receipt_at, Some(delivered.at));
 }
@@ -2050,6 +2034,21 @@ impl Harness {
             .await
             .expect("set limits")
             .expect("the account exists");
+    }
+
+    /// Sends a code and stores its delivery as accepted by the carrier under `carrier_id`:
+    /// the verification's id and its message's.
+    async fn sent_and_accepted(&self, carrier_id: &str) -> (VerifyId, MessageId) {
+        let (id, _) = self
+            .send(self.key_for("+393481234567"), 3, UNLIMITED)
+            .await
+            .expect("send");
+        let claimed = self.store.claim_outbox(10, LEASE).await.expect("claim");
+        self.store
+            .finish_attempt(&claimed[0].id, accepted(carrier_id))
+            .await
+            .expect("finish");
+        (id, claimed[0].id.clone())
     }
 
     async fn stored_message(&self, id: &MessageId) -> MessageRecord {
