@@ -1199,6 +1199,11 @@ mod tests {
                 "verifications_by_carrier_id (carrier_message_id=?)",
             ),
             (
+                queries::CARRIER_ID_KNOWN,
+                params!["c"].to_vec(),
+                "verifications_by_carrier_id (carrier_message_id=?)",
+            ),
+            (
                 queries::MESSAGE_BY_ID,
                 params!["m"].to_vec(),
                 "verifications_by_message_id (message_id=?)",
@@ -1221,7 +1226,8 @@ mod tests {
         ] {
             let plan = query_plan(sql, params.as_slice());
             assert!(
-                plan.contains(&format!("USING INDEX {index}")),
+                plan.contains(&format!("USING INDEX {index}"))
+                    || plan.contains(&format!("USING COVERING INDEX {index}")),
                 "{sql}\n{plan}"
             );
             assert!(!plan.contains("TEMP B-TREE"), "no sort: {sql}\n{plan}");

@@ -953,6 +953,10 @@ pub(super) const RECORD_RECEIPT: &str =
     "UPDATE verifications SET receipt_state = ?2, receipt_at = ?3, message_updated_at = ?4
      WHERE carrier_message_id = ?1 AND receipt_state IS NOT ?2";
 
+/// Whether a message has the carrier id `?1`: asked when `RECORD_RECEIPT` changed nothing.
+pub(super) const CARRIER_ID_KNOWN: &str =
+    "SELECT EXISTS (SELECT 1 FROM verifications WHERE carrier_message_id = ?1)";
+
 pub(super) fn record_receipt(
     connection: &Connection,
     receipt: &Receipt,
@@ -968,9 +972,7 @@ pub(super) fn record_receipt(
         return Ok(ReceiptStored::New);
     }
     let known: bool = connection
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM verifications WHERE carrier_message_id = ?1)",
-        )?
+        .prepare_cached(CARRIER_ID_KNOWN)?
         .query_row([receipt.carrier_message_id.as_str()], |row| row.get(0))?;
     Ok(if known {
         ReceiptStored::Repeated
