@@ -143,32 +143,28 @@ impl File {
     }
 
     /// Writes what is gathered, if anything: before any other call on a log file.
-    fn write_gathered(&mut self) -> c_int {
+    fn write_gathered(&self) -> c_int {
         if self.gathered.is_null() {
             return ffi::SQLITE_OK;
         }
-        let inner = self.inner;
-        let Some(write) = self.methods().xWrite else {
-            return ffi::SQLITE_IOERR_WRITE;
-        };
         // SAFETY: not null, so the `Gathered` this file owns (see `open` and `close`).
         let gathered = unsafe { &mut *self.gathered };
-        gathered.flush(&mut |bytes, offset| write_to(write, inner, bytes, offset))
+        gathered.flush(&mut |bytes, offset| self.write_inner(bytes, offset))
     }
-}
 
-type WriteMethod =
-    unsafe extern "C" fn(*mut ffi::sqlite3_file, *const c_void, c_int, ffi::sqlite3_int64) -> c_int;
-
-/// One write to the default VFS's file.
-fn write_to(write: WriteMethod, inner: *mut ffi::sqlite3_file, bytes: &[u8], offset: i64) -> c_int {
-    let Ok(length) = c_int::try_from(bytes.len()) else {
-        return ffi::SQLITE_IOERR_WRITE;
-    };
-    MADE.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: `inner` is an open file of the default VFS and `write` its method; `bytes` is
-    // valid for `length` bytes for the call.
-    unsafe { write(inner, bytes.as_ptr().cast(), length, offset) }
+    /// One write to the default VFS's file (counted in `LogWrites::made` for a log file).
+    fn write_inner(&self, bytes: &[u8], offset: i64) -> c_int {
+        let (Some(write), Ok(length)) = (self.methods().xWrite, c_int::try_from(bytes.len()))
+        else {
+            return ffi::SQLITE_IOERR_WRITE;
+        };
+        if !self.gathered.is_null() {
+            MADE.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the default VFS's open file and its own method; `bytes` is valid for
+        // `length` bytes for the call.
+        unsafe { write(self.inner, bytes.as_ptr().cast(), length, offset) }
+    }
 }
 
 unsafe extern "C" fn open(
@@ -261,24 +257,19 @@ unsafe extern "C" fn write(
 ) -> c_int {
     // SAFETY: SQLite calls a file's methods only on a file it opened and has not closed.
     let file = unsafe { File::from_sqlite(file) };
-    let inner = file.inner;
-    let Some(inner_write) = file.methods().xWrite else {
-        return ffi::SQLITE_IOERR_WRITE;
-    };
-    if file.gathered.is_null() {
-        // SAFETY: SQLite's own arguments, passed on to the default VFS's file.
-        return unsafe { inner_write(inner, data, amount, offset) };
-    }
-    ASKED.fetch_add(1, Ordering::Relaxed);
     let Ok(length) = usize::try_from(amount) else {
         return ffi::SQLITE_IOERR_WRITE;
     };
     // SAFETY: SQLite's buffer of `amount` bytes, valid for the call.
     let bytes = unsafe { slice::from_raw_parts(data.cast::<u8>(), length) };
+    if file.gathered.is_null() {
+        return file.write_inner(bytes, offset);
+    }
+    ASKED.fetch_add(1, Ordering::Relaxed);
     // SAFETY: not null, so the `Gathered` this file owns.
     let gathered = unsafe { &mut *file.gathered };
     gathered.write(bytes, offset, &mut |bytes, offset| {
-        write_to(inner_write, inner, bytes, offset)
+        file.write_inner(bytes, offset)
     })
 }
 

@@ -42,6 +42,14 @@ fn send(connection: &Connection, rows: usize) {
     connection.execute_batch("COMMIT").expect("commit");
 }
 
+/// Opens a write transaction on a cache of 10 pages, so that a large one spills frames into
+/// the log before its commit.
+fn begin_with_a_small_cache(connection: &Connection) {
+    connection
+        .execute_batch("PRAGMA cache_size = 10; BEGIN IMMEDIATE")
+        .expect("a small cache, and a transaction");
+}
+
 /// Inserts `rows` rows in one statement, in whatever transaction is open.
 fn insert_many(connection: &Connection, rows: i64) {
     connection
@@ -101,12 +109,9 @@ fn a_transaction_that_spills_and_rewrites_its_frames_commits_whole() {
     let path = dir.path().join("otpd.db");
     let writer = open_ours(&path);
     send(&writer, 10);
-    // A cache of 10 pages: a transaction of thousands of rows writes frames before its commit,
-    // then rewrites some of them in place, then fixes their checksums before publishing.
-    writer
-        .execute_batch("PRAGMA cache_size = 10")
-        .expect("small cache");
-    writer.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    // Thousands of rows write frames before the commit, then rewrite some of them in place,
+    // then fix their checksums before publishing.
+    begin_with_a_small_cache(&writer);
     for _ in 0..3 {
         insert_many(&writer, 2000);
         writer
@@ -129,10 +134,7 @@ fn a_rolled_back_transaction_leaves_nothing_and_the_next_commits() {
     let path = dir.path().join("otpd.db");
     let writer = open_ours(&path);
     send(&writer, 5);
-    writer
-        .execute_batch("PRAGMA cache_size = 10")
-        .expect("small cache");
-    writer.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    begin_with_a_small_cache(&writer);
     insert_many(&writer, 3000);
     writer.execute_batch("ROLLBACK").expect("rollback");
     send(&writer, 3);

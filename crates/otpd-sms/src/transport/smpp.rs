@@ -130,6 +130,15 @@ struct Link {
     bound: watch::Sender<bool>,
 }
 
+impl Link {
+    /// Says whether the transceiver is bound: to the senders waiting for a bind, and on
+    /// `/metrics`, so the two never disagree.
+    fn set_bound(&self, bound: bool) {
+        self.bound.send_replace(bound);
+        smpp_metrics::record_bound(bound);
+    }
+}
+
 pub struct SmppTransport {
     spec: SmppSpec,
     link: Arc<Link>,
@@ -347,11 +356,9 @@ async fn supervise(spec: SmppSpec, link: Arc<Link>, store: Arc<dyn Store>) {
                 tracing::info!(host = %spec.host, port = spec.port, "bound to the SMSC");
                 backoff = Duration::from_millis(250);
                 *link.client.write().await = Some(client.clone());
-                link.bound.send_replace(true);
-                smpp_metrics::record_bound(true);
+                link.set_bound(true);
                 serve_events(&client, events, store.as_ref()).await;
-                link.bound.send_replace(false);
-                smpp_metrics::record_bound(false);
+                link.set_bound(false);
                 *link.client.write().await = None;
                 let _ = client.close().await;
                 tracing::warn!("the SMPP link dropped; rebinding");
