@@ -17,6 +17,10 @@
 //! answered yet, and which a power cut would undo. Every write and every check goes through the
 //! writer, so none is answered on the strength of such a row.
 //!
+//! The thread runs at a higher CPU priority than the request threads where the system allows
+//! it (see `thread_priority`): when the disk is done it answers at once, instead of waiting for
+//! a turn on a core the request threads keep busy.
+//!
 //! A flush that fails leaves the writes it should have made durable in doubt (after a failed
 //! `fsync` Linux may have dropped the pages it could not write, and a later `fsync` succeeds).
 //! The store then refuses every write until otpd is restarted, which recovers the database from
@@ -30,6 +34,7 @@ use std::thread;
 use std::time::Instant;
 
 use super::Failure;
+use super::thread_priority;
 use super::writer::Answer;
 
 /// From a flush's start to its end: the disk's time, and the flushing thread's waits for the
@@ -68,7 +73,10 @@ impl LogSync {
         let flag = failed.clone();
         thread::Builder::new()
             .name("otpd-sqlite-flush".into())
-            .spawn(move || run(LogFile::new(log_path), &queue, &flag))?;
+            .spawn(move || {
+                thread_priority::set_own_niceness(thread_priority::LOG_FLUSHER, "log flusher");
+                run(LogFile::new(log_path), &queue, &flag)
+            })?;
         Ok(Self { committed, failed })
     }
 

@@ -7,6 +7,7 @@ mod digests;
 mod log_sync;
 mod queries;
 mod readers;
+mod thread_priority;
 mod wal;
 mod writer;
 
@@ -656,6 +657,47 @@ mod tests {
             HashMap::from([(this_hour, 4)]),
             "the count of two hours ago is not carried over"
         );
+    }
+
+    /// The nice values of this process's threads named `name`.
+    #[cfg(target_os = "linux")]
+    fn niceness_of_threads_named(name: &str) -> Vec<i32> {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("the process's threads");
+        tasks
+            .filter_map(|task| {
+                let task = task.ok()?;
+                let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                let id: i32 = task.file_name().to_str()?.parse().ok()?;
+                let thread = rustix::process::Pid::from_raw(id)?;
+                (comm.trim_end() == name)
+                    .then(|| rustix::process::getpriority_process(Some(thread)).ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_log_flusher_runs_above_the_request_threads_where_the_system_allows() {
+        let dir = tempfile::tempdir().expect("dir");
+        let _store =
+            SqliteStore::open(&dir.path().join("otpd.db"), Arc::new(SystemClock)).expect("open");
+        // The kernel shows a thread's first 15 bytes of name. Other tests' stores have flushers
+        // too, and one may be starting: each is given a moment to set its priority.
+        let expected = if rustix::process::geteuid().is_root() {
+            thread_priority::LOG_FLUSHER
+        } else {
+            0
+        };
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            seen = niceness_of_threads_named("otpd-sqlite-flu");
+            if !seen.is_empty() && seen.iter().all(|&niceness| niceness == expected) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the log flushers' nice values are {seen:?}, not all {expected}");
     }
 
     #[tokio::test]

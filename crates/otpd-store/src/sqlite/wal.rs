@@ -43,6 +43,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::thread_priority;
+
 /// How often the checkpointer copies the log into the database, off the writer's path. A page
 /// the writer keeps changing (an index's last leaf, the page a row was just added to) is in the
 /// log once per commit but copied once per pass, and a pass that reaches the log's end (one
@@ -112,10 +114,6 @@ fn describe_metrics() {
     );
 }
 
-/// The lowest CPU priority (nice value) a thread can have: the checkpointer's.
-#[cfg(target_os = "linux")]
-const CHECKPOINTER_NICENESS: i32 = 19;
-
 /// The checkpointer's requests that the writer finish a checkpoint between two batches.
 #[derive(Default)]
 pub(super) struct LogReset {
@@ -174,7 +172,10 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("otpd-sqlite-checkpoint".into())
             .spawn(move || {
-                lower_own_priority();
+                thread_priority::set_own_niceness(
+                    thread_priority::CHECKPOINTER,
+                    "WAL checkpointer",
+                );
                 let closing = loop {
                     match requests.recv_timeout(CHECKPOINT_INTERVAL) {
                         Err(flume::RecvTimeoutError::Timeout) => {
@@ -203,20 +204,6 @@ impl Checkpointer {
         }
     }
 }
-
-/// Gives the calling thread the lowest CPU priority. Where that is refused, it keeps the
-/// priority it has: the checkpoints are the same, only their timing changes.
-#[cfg(target_os = "linux")]
-fn lower_own_priority() {
-    let thread = rustix::thread::gettid();
-    if let Err(error) = rustix::process::setpriority_process(Some(thread), CHECKPOINTER_NICENESS) {
-        tracing::debug!(%error, "the WAL checkpointer keeps its CPU priority");
-    }
-}
-
-/// Elsewhere a nice value belongs to the whole process, whose request threads must keep theirs.
-#[cfg(not(target_os = "linux"))]
-fn lower_own_priority() {}
 
 /// What one pass of the checkpointer did besides copying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,24 +421,5 @@ mod tests {
         assert!(frames(&checkpointer) < 5);
         assert_eq!(log_file_bytes(&dir), limits.file_size_limit as u64);
         assert_eq!(rows(&writer), 41);
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_checkpointer_runs_at_the_lowest_priority() {
-        let niceness_here = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
-        let before = niceness_here().expect("getpriority");
-        let lowered = std::thread::spawn(move || {
-            lower_own_priority();
-            niceness_here()
-        })
-        .join()
-        .expect("thread");
-        assert_eq!(lowered.expect("getpriority"), CHECKPOINTER_NICENESS);
-        assert_eq!(
-            niceness_here().expect("getpriority"),
-            before,
-            "only the checkpointer's own thread"
-        );
     }
 }
