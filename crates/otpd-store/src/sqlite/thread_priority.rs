@@ -8,11 +8,17 @@
 //!   turn (see `LOG_FLUSHER`);
 //! - the checkpointer's copy can always wait (see `wal`).
 
-/// The log flusher's nice value. Alternating 8 s runs of Pinpoint sends at 64 connections
-/// (2026-12-07, 2-core Xeon, seven pairs) gave a p99 of 3.94-4.57 ms at -10 against 4.15-4.87
-/// at 0 in six of them, and rates 1-7% higher; -19 did no better than -10. The writer at -5 as
-/// well made it worse (p99 5.68-6.25 against 4.30-4.57): it is a third of a send's CPU, and
-/// what it gains the request threads lose.
+/// The log flusher's nice value. Alternating 8 s runs at 64 connections (2026-12-07, 2-core
+/// Xeon, the flusher reniced from outside, then the built change against the build before):
+/// - Pinpoint sends, eleven pairs: the p99 fell in eight, by 0.3 ms on average (4.10-4.57 ms
+///   against 4.25-5.51 in most), and the rate rose 1-7% in most;
+/// - verifies and checks, whose p99 is 2.5-3.4 ms either way: no clear change in the p99, and
+///   wrong-code verifies 1-7% slower against the batched ceiling (the flusher, sooner on the
+///   core, starts more and smaller flushes of these cheap commits);
+/// - -19 did no better than -10, and the writer at -5 as well made sends worse (p99 5.68-6.25
+///   against 4.30-4.57): it is a third of a send's CPU, and what it gains the requests lose;
+/// - a short EEVDF slice instead (`sched_setattr`, which needs no privilege) made sends worse
+///   in four pairs of four: it also cuts the flush's own kernel work into pieces.
 pub(super) const LOG_FLUSHER: i32 = -10;
 
 /// The checkpointer's nice value: the lowest there is.
