@@ -10,8 +10,8 @@
 
 /// The log flusher's nice value. Alternating 8 s runs at 64 connections (2026-12-07, 2-core
 /// Xeon, the flusher reniced from outside, then the built change against the build before):
-/// - Pinpoint sends, eleven pairs: the p99 fell in eight, by 0.3 ms on average (4.10-4.57 ms
-///   against 4.25-5.51 in most), and the rate rose 1-7% in most;
+/// - Pinpoint sends, eleven pairs: the p99 fell in eight, by 0.3 ms on average (3.94-4.96 ms
+///   against 4.15-5.51), and the rate rose 1-7% in most;
 /// - verifies and checks, whose p99 is 2.5-3.4 ms either way: no clear change in the p99, and
 ///   wrong-code verifies 1-7% slower against the batched ceiling (the flusher, sooner on the
 ///   core, starts more and smaller flushes of these cheap commits);
