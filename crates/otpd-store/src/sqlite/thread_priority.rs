@@ -13,7 +13,7 @@
 /// - Pinpoint sends, eleven pairs: the p99 fell in eight, by 0.3 ms on average (3.94-4.96 ms
 ///   against 4.15-5.51), and the rate rose 1-7% in most;
 /// - verifies and checks, whose p99 is 2.5-3.4 ms either way: no clear change in the p99, and
-///   wrong-code verifies 1-7% slower against the batched ceiling (the flusher, sooner on the
+///   wrong-code verifies 2-7% slower against the batched ceiling (the flusher, sooner on the
 ///   core, starts more and smaller flushes of these cheap commits);
 /// - -19 did no better than -10, and the writer at -5 as well made sends worse (p99 5.68-6.25
 ///   against 4.30-4.57): it is a third of a send's CPU, and what it gains the requests lose;
