@@ -272,6 +272,18 @@ pub enum ReceiptStored {
     UnknownMessage,
 }
 
+impl ReceiptStored {
+    /// What a store's conditional update of the receipt did: whether it `changed` a message,
+    /// and whether a message with the receipt's carrier id exists at all.
+    pub fn from_update(changed: bool, message_exists: bool) -> Self {
+        match (changed, message_exists) {
+            (true, _) => Self::New,
+            (false, true) => Self::Repeated,
+            (false, false) => Self::UnknownMessage,
+        }
+    }
+}
+
 /// What waits in the outbox, for monitoring: messages neither handed to a carrier nor given up
 /// on (due, waiting to retry, or being sent now).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -381,6 +393,19 @@ impl RetryPolicy {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_receipt_that_changed_nothing_is_a_repeat_only_for_a_known_message() {
+        assert_eq!(ReceiptStored::from_update(true, true), ReceiptStored::New);
+        assert_eq!(
+            ReceiptStored::from_update(false, true),
+            ReceiptStored::Repeated
+        );
+        assert_eq!(
+            ReceiptStored::from_update(false, false),
+            ReceiptStored::UnknownMessage
+        );
+    }
 
     #[test]
     fn a_carrier_id_is_kept_only_if_a_store_can_index_it() {

@@ -1104,14 +1104,8 @@ pub(super) async fn record_receipt(
             ],
         )
         .await?;
-    let (updated, known): (i64, bool) = (row.try_get(0)?, row.try_get(1)?);
-    Ok(if updated > 0 {
-        ReceiptStored::New
-    } else if known {
-        ReceiptStored::Repeated
-    } else {
-        ReceiptStored::UnknownMessage
-    })
+    let (updated, exists): (i64, bool) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(ReceiptStored::from_update(updated > 0, exists))
 }
 
 pub(super) async fn release_messages(

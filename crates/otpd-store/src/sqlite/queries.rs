@@ -968,17 +968,12 @@ pub(super) fn record_receipt(
         receipt.at.millis(),
         now.millis()
     ])?;
-    if updated > 0 {
-        return Ok(ReceiptStored::New);
-    }
-    let known: bool = connection
-        .prepare_cached(CARRIER_ID_KNOWN)?
-        .query_row([receipt.carrier_message_id.as_str()], |row| row.get(0))?;
-    Ok(if known {
-        ReceiptStored::Repeated
-    } else {
-        ReceiptStored::UnknownMessage
-    })
+    let changed = updated > 0;
+    let exists = changed
+        || connection
+            .prepare_cached(CARRIER_ID_KNOWN)?
+            .query_row([receipt.carrier_message_id.as_str()], |row| row.get(0))?;
+    Ok(ReceiptStored::from_update(changed, exists))
 }
 
 /// The messages waiting and the oldest's commit time; `/metrics` asks at every scrape.

@@ -67,52 +67,53 @@ mod tests {
         rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("getpriority")
     }
 
-    /// Runs `work` on a thread of its own and returns what it returned, with the niceness the
-    /// test's own thread had before and after.
-    fn on_a_thread_of_its_own<T: Send + 'static>(
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> (T, i32, i32) {
-        let before = own_niceness();
-        let result = std::thread::spawn(work).join().expect("thread");
-        (result, before, own_niceness())
+    /// What setting `niceness` does on a fresh thread once `prepare` has run on it: what
+    /// `prepare` returned, the thread's nice value before, the outcome, and its value after.
+    fn set_on_a_fresh_thread<P: Send + 'static>(
+        niceness: i32,
+        prepare: impl FnOnce() -> P + Send + 'static,
+    ) -> (P, i32, Result<(), Refused>, i32) {
+        std::thread::spawn(move || {
+            let prepared = prepare();
+            let before = own_niceness();
+            let result = try_set_own_niceness(niceness);
+            (prepared, before, result, own_niceness())
+        })
+        .join()
+        .expect("thread")
     }
 
     #[test]
     fn the_checkpointer_runs_at_the_lowest_priority_and_only_its_thread() {
-        let ((result, niceness), before, after) = on_a_thread_of_its_own(|| {
-            let result = try_set_own_niceness(CHECKPOINTER);
-            (result, own_niceness())
-        });
+        let callers = own_niceness();
+        let ((), _, result, after) = set_on_a_fresh_thread(CHECKPOINTER, || ());
         result.expect("anyone may lower their own priority");
-        assert_eq!(niceness, CHECKPOINTER);
-        assert_eq!(after, before, "only the checkpointer's own thread");
+        assert_eq!(after, CHECKPOINTER);
+        assert_eq!(
+            own_niceness(),
+            callers,
+            "only the checkpointer's own thread"
+        );
     }
 
     #[test]
     fn the_log_flusher_is_raised_where_allowed_and_otherwise_keeps_its_priority() {
-        let ((result, niceness, before), ..) = on_a_thread_of_its_own(|| {
-            let before = own_niceness();
-            let result = try_set_own_niceness(LOG_FLUSHER);
-            (result, own_niceness(), before)
-        });
+        let ((), before, result, after) = set_on_a_fresh_thread(LOG_FLUSHER, || ());
         match result {
-            Ok(()) => assert_eq!(niceness, LOG_FLUSHER),
+            Ok(()) => assert_eq!(after, LOG_FLUSHER),
             Err(refused) => {
                 assert!(matches!(refused, Refused::Kernel(_)), "{refused}");
-                assert_eq!(niceness, before, "a refusal changes nothing");
+                assert_eq!(after, before, "a refusal changes nothing");
             }
         }
     }
 
     #[test]
     fn a_thread_without_the_privilege_is_refused_and_keeps_its_priority() {
-        let ((dropped, result, niceness, before), ..) = on_a_thread_of_its_own(|| {
-            let before = own_niceness();
-            // On Linux a uid is per thread: this one alone gives up root's privileges (and
-            // where the tests do not run as root, it has none to give up).
-            let dropped = rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(65534));
-            let result = try_set_own_niceness(LOG_FLUSHER);
-            (dropped, result, own_niceness(), before)
+        // On Linux a uid is per thread: the fresh thread alone gives up root's privileges (and
+        // where the tests do not run as root, it has none to give up).
+        let (dropped, before, result, after) = set_on_a_fresh_thread(LOG_FLUSHER, || {
+            rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(65534))
         });
         let unprivileged = dropped.is_ok() || !rustix::process::geteuid().is_root();
         assert!(
@@ -123,6 +124,6 @@ mod tests {
             matches!(result, Err(Refused::Kernel(_))),
             "a higher priority needs a privilege: {result:?}"
         );
-        assert_eq!(niceness, before, "a refusal changes nothing");
+        assert_eq!(after, before, "a refusal changes nothing");
     }
 }
