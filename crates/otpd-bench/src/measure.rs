@@ -9,8 +9,8 @@ use crate::instructions;
 use crate::load::{self, MakeRequest, Measured, Phases};
 use crate::metrics_page;
 use crate::postgres_groups::GroupTotals;
-use crate::report::{Row, write_timeline};
-use crate::server::{self, MachineTimes, Server};
+use crate::report::{Row, SwitchesPerRequest, write_timeline};
+use crate::server::{self, MachineTimes, Server, Switches};
 
 /// Whether a run measured for `measured_seconds` of its planned window stopped early enough to
 /// be run again.
@@ -73,7 +73,14 @@ pub async fn measure(
         );
         Vec::new()
     };
+    let switches = || {
+        servers
+            .iter()
+            .map(Server::request_thread_switches)
+            .fold(Switches::default(), Switches::plus)
+    };
     let threads_before = thread_cpu_times();
+    let switches_before = switches();
     let before = (
         cpu_time(),
         server::postgres_cpu_time(),
@@ -86,6 +93,7 @@ pub async fn measure(
     let grouping_before = metrics_totals(grouped).await;
     tokio::time::sleep_until(phases.measure_until.into()).await;
     let threads_after = thread_cpu_times();
+    let switched = switches().since(switches_before);
     let after = (
         cpu_time(),
         server::postgres_cpu_time(),
@@ -145,6 +153,12 @@ pub async fn measure(
                 Some((name.clone(), per_request(after.saturating_sub(*before))))
             })
             .collect(),
+        request_thread_switches_per_request: (!args.instructions && measured.requests > 0).then(
+            || SwitchesPerRequest {
+                waiting: switched.waiting as f64 / measured.requests as f64,
+                preempted: switched.preempted as f64 / measured.requests as f64,
+            },
+        ),
         sqlite_grouping: grouping_before
             .0
             .zip(grouping_after.0)
@@ -188,8 +202,17 @@ pub async fn measure(
         .map(|(name, us)| format!("{name} {us:.1}"))
         .collect();
     if !busiest.is_empty() {
+        let switches = row
+            .request_thread_switches_per_request
+            .map(|s| {
+                format!(
+                    "; main left its core {:.3} times a request to wait, {:.3} preempted",
+                    s.waiting, s.preempted
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "  {:<40} {:>3} conns  µs CPU/req by thread: {}",
+            "  {:<40} {:>3} conns  µs CPU/req by thread: {}{switches}",
             row.operation,
             row.connections,
             busiest.join(", ")

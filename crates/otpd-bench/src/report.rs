@@ -17,6 +17,13 @@ pub struct CeilingReading {
     pub p99_ms: f64,
 }
 
+/// Times a thread left its core per request (see `server::Switches`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SwitchesPerRequest {
+    pub waiting: f64,
+    pub preempted: f64,
+}
+
 /// One run's figures: a line of the table, and of the JSON.
 #[derive(Debug, Default, Serialize)]
 pub struct Row {
@@ -62,6 +69,11 @@ pub struct Row {
     /// compares two builds' writers when the machine's speed moves too much for rates: the
     /// main thread does the same work in both.
     pub thread_cpu_us_per_request: BTreeMap<String, f64>,
+    /// How often the servers' request threads left their cores, over all their requests: to
+    /// wait (a PostgreSQL node sleeps about once or twice a group while the group is in the
+    /// database, so groups half as large cost it twice the waits a request), or preempted by
+    /// another process on their core. Each switch costs a node its caches as well.
+    pub request_thread_switches_per_request: Option<SwitchesPerRequest>,
     /// How otpd's SQLite writer grouped the window's work (SQLite rows; see `group_commit`).
     pub sqlite_grouping: Option<Grouping>,
     /// PostgreSQL rows: the mean requests a group statement, by statement (`send`, `check`,

@@ -132,6 +132,14 @@ impl Server {
         times
     }
 
+    /// How often the main thread, which runs the requests, has been switched out so far.
+    pub fn request_thread_switches(&self) -> Switches {
+        let pid = self.pid();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status"))
+            .map(|status| Switches::parse(&status))
+            .unwrap_or_default()
+    }
+
     /// Peak resident set size in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
@@ -234,6 +242,46 @@ fn schedstat_nanos(schedstat: &str) -> Option<u64> {
     schedstat.split_whitespace().next()?.parse().ok()
 }
 
+/// Times a thread left its core: `waiting` when it went to sleep for more work (a request, the
+/// database's answer), `preempted` when the scheduler gave the core to another process. Each
+/// costs the switch itself and, on its return, caches that the other process used meanwhile.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Switches {
+    pub waiting: u64,
+    pub preempted: u64,
+}
+
+impl Switches {
+    /// From a thread's `/proc/.../status`; a count it does not show reads 0.
+    fn parse(status: &str) -> Self {
+        let count = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            waiting: count("voluntary_ctxt_switches:"),
+            preempted: count("nonvoluntary_ctxt_switches:"),
+        }
+    }
+
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            waiting: self.waiting + other.waiting,
+            preempted: self.preempted + other.preempted,
+        }
+    }
+
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            waiting: self.waiting.saturating_sub(before.waiting),
+            preempted: self.preempted.saturating_sub(before.preempted),
+        }
+    }
+}
+
 /// This process's CPU time so far (the load generator's cost).
 pub fn own_cpu_time() -> Duration {
     cpu_time(std::process::id()).unwrap_or_default()
@@ -298,6 +346,34 @@ mod tests {
         assert_eq!(schedstat_nanos("1234567 89 10\n"), Some(1_234_567));
         assert_eq!(schedstat_nanos(""), None);
         assert_eq!(schedstat_nanos("x 1 2"), None);
+    }
+
+    #[test]
+    fn switches_are_read_apart_and_a_missing_count_reads_zero() {
+        let status = "Name:\totpd\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        let earlier = Switches::parse(status);
+        assert_eq!(
+            earlier,
+            Switches {
+                waiting: 120,
+                preempted: 7
+            }
+        );
+        let later = Switches::parse("voluntary_ctxt_switches:\t150\n");
+        assert_eq!(
+            later.since(earlier),
+            Switches {
+                waiting: 30,
+                preempted: 0
+            }
+        );
+        assert_eq!(
+            earlier.plus(earlier),
+            Switches {
+                waiting: 240,
+                preempted: 14
+            }
+        );
     }
 
     #[test]
