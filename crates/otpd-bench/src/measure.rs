@@ -153,12 +153,14 @@ pub async fn measure(
                 Some((name.clone(), per_request(after.saturating_sub(*before))))
             })
             .collect(),
-        request_thread_switches_per_request: (!args.instructions && measured.requests > 0).then(
-            || SwitchesPerRequest {
+        // A ceiling's requests run on its runtime's workers, not its main thread.
+        request_thread_switches_per_request: (!args.instructions
+            && !store.starts_with('-')
+            && measured.requests > 0)
+            .then(|| SwitchesPerRequest {
                 waiting: switched.waiting as f64 / measured.requests as f64,
                 preempted: switched.preempted as f64 / measured.requests as f64,
-            },
-        ),
+            }),
         sqlite_grouping: grouping_before
             .0
             .zip(grouping_after.0)
