@@ -73,11 +73,12 @@ pub async fn measure(
         );
         Vec::new()
     };
+    // Over every server, or none if one cannot be read.
     let switches = || {
         servers
             .iter()
             .map(Server::request_thread_switches)
-            .fold(Switches::default(), Switches::plus)
+            .try_fold(Switches::default(), |sum, one| Some(sum.plus(one?)))
     };
     let threads_before = thread_cpu_times();
     let switches_before = switches();
@@ -93,7 +94,9 @@ pub async fn measure(
     let grouping_before = metrics_totals(grouped).await;
     tokio::time::sleep_until(phases.measure_until.into()).await;
     let threads_after = thread_cpu_times();
-    let switched = switches().since(switches_before);
+    let switched = switches()
+        .zip(switches_before)
+        .map(|(after, before)| after.since(before));
     let after = (
         cpu_time(),
         server::postgres_cpu_time(),
@@ -154,10 +157,9 @@ pub async fn measure(
             })
             .collect(),
         // A ceiling's requests run on its runtime's workers, not its main thread.
-        request_thread_switches_per_request: (!args.instructions
-            && !store.starts_with('-')
-            && measured.requests > 0)
-            .then(|| SwitchesPerRequest {
+        request_thread_switches_per_request: switched
+            .filter(|_| !args.instructions && !store.starts_with('-') && measured.requests > 0)
+            .map(|switched| SwitchesPerRequest {
                 waiting: switched.waiting as f64 / measured.requests as f64,
                 preempted: switched.preempted as f64 / measured.requests as f64,
             }),

@@ -132,12 +132,13 @@ impl Server {
         times
     }
 
-    /// How often the main thread, which runs the requests, has been switched out so far.
-    pub fn request_thread_switches(&self) -> Switches {
+    /// How often the main thread, which runs the requests, has been switched out so far;
+    /// `None` when its status cannot be read.
+    pub fn request_thread_switches(&self) -> Option<Switches> {
         let pid = self.pid();
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status"))
+            .ok()
             .map(|status| Switches::parse(&status))
-            .unwrap_or_default()
     }
 
     /// Peak resident set size in KiB.
