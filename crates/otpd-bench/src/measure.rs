@@ -9,7 +9,7 @@ use crate::instructions;
 use crate::load::{self, MakeRequest, Measured, Phases};
 use crate::metrics_page;
 use crate::postgres_groups::GroupTotals;
-use crate::report::{Row, SwitchesPerRequest, write_timeline};
+use crate::report::{Row, SwitchesPerRequest, is_ceiling_store, write_timeline};
 use crate::server::{self, MachineTimes, Server, Switches};
 
 /// Whether a run measured for `measured_seconds` of its planned window stopped early enough to
@@ -158,7 +158,7 @@ pub async fn measure(
             .collect(),
         // A ceiling's requests run on its runtime's workers, not its main thread.
         request_thread_switches_per_request: switched
-            .filter(|_| !args.instructions && !store.starts_with('-') && measured.requests > 0)
+            .filter(|_| !args.instructions && !is_ceiling_store(store) && measured.requests > 0)
             .map(|switched| SwitchesPerRequest {
                 waiting: switched.waiting as f64 / measured.requests as f64,
                 preempted: switched.preempted as f64 / measured.requests as f64,

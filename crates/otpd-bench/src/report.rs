@@ -83,7 +83,12 @@ pub struct Row {
 
 /// A ceiling's row (its store is `- (before)` or `- (after)`), not otpd's.
 pub fn is_ceiling(row: &Row) -> bool {
-    row.store.starts_with('-')
+    is_ceiling_store(&row.store)
+}
+
+/// Whether a row's store names a ceiling: `-`, `- (before)`, `- (after)`.
+pub fn is_ceiling_store(store: &str) -> bool {
+    store.starts_with('-')
 }
 
 /// How far the paired ceiling moved across each row it was read around.

@@ -145,12 +145,7 @@ impl Server {
     pub fn peak_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|line| line.strip_prefix("VmHWM:"))
-                    .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            })
+            .and_then(|status| status_number(&status, "VmHWM:"))
             .unwrap_or(0)
     }
 }
@@ -243,6 +238,13 @@ fn schedstat_nanos(schedstat: &str) -> Option<u64> {
     schedstat.split_whitespace().next()?.parse().ok()
 }
 
+/// The number on the line of a `/proc/.../status` that starts with `key` (`VmHWM:`, say),
+/// without its unit (`kB`).
+fn status_number(status: &str, key: &str) -> Option<u64> {
+    let value = status.lines().find_map(|line| line.strip_prefix(key))?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
 /// Times a thread left its core: `waiting` when it went to sleep for more work (a request, the
 /// database's answer), `preempted` when the scheduler gave the core to another process. Each
 /// costs the switch itself and, on its return, caches that the other process used meanwhile.
@@ -255,13 +257,7 @@ pub struct Switches {
 impl Switches {
     /// From a thread's `/proc/.../status`; a count it does not show reads 0.
     fn parse(status: &str) -> Self {
-        let count = |key: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(key))
-                .and_then(|value| value.trim().parse().ok())
-                .unwrap_or(0)
-        };
+        let count = |key: &str| status_number(status, key).unwrap_or(0);
         Self {
             waiting: count("voluntary_ctxt_switches:"),
             preempted: count("nonvoluntary_ctxt_switches:"),
@@ -347,6 +343,14 @@ mod tests {
         assert_eq!(schedstat_nanos("1234567 89 10\n"), Some(1_234_567));
         assert_eq!(schedstat_nanos(""), None);
         assert_eq!(schedstat_nanos("x 1 2"), None);
+    }
+
+    #[test]
+    fn a_status_number_is_read_without_its_unit() {
+        let status = "VmPeak:\t  9000 kB\nVmHWM:\t   51234 kB\nThreads:\t7\n";
+        assert_eq!(status_number(status, "VmHWM:"), Some(51_234));
+        assert_eq!(status_number(status, "Threads:"), Some(7));
+        assert_eq!(status_number(status, "VmRSS:"), None);
     }
 
     #[test]
